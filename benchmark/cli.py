@@ -1,0 +1,102 @@
+"""The `benchmark` command line: run, table, datasets, methods, protocols, ui."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import BenchmarkError
+
+
+def _cmd_datasets_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from .data import DATASETS
+
+    rows = []
+    for name in DATASETS.names():
+        reader = DATASETS.get(name)
+        folder = reader.default_folder + "/" if reader.default_folder else (
+            "(generated)" if name.startswith("synth5/") else "(--root)")
+        rows.append([name, folder, ",".join(reader.splits), reader.description])
+    print(tabulate(rows, headers=["name", "folder under --data-root", "splits", "layout"]))
+    return 0
+
+
+def _cmd_datasets_check(args: argparse.Namespace) -> int:
+    from .data.check import check_dataset, format_report, write_manifest
+    from .data.roots import dataset_root, parse_assignments
+
+    root = dataset_root(args.name, root=args.root, data_root=args.data_root)
+    options = parse_assignments(args.option, "--option")
+    reports = check_dataset(args.name, root, args.split, skip_bad=args.skip_bad,
+                            verify=not args.no_verify, options=options)
+    print(format_report(args.name, reports))
+    if args.manifest:
+        n = write_manifest(Path(args.manifest), reports)
+        print(f"manifest: {args.manifest} ({n} rows)")
+    return 0
+
+
+def _not_yet(issue: int, what: str):
+    def run(args: argparse.Namespace) -> int:
+        print(f"benchmark {what}: not implemented yet (tracked in issue #{issue})", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="benchmark",
+        description="Generalizable facial expression recognition: train on one dataset, test on all five.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run methods on a protocol's source x target grid, logging to MLflow")
+    run.set_defaults(func=_not_yet(5, "run"))
+    table = sub.add_parser("table", help="build the paper's tables (markdown, LaTeX, CSV) from MLflow runs")
+    table.set_defaults(func=_not_yet(6, "table"))
+    methods = sub.add_parser("methods", help="list the registered methods")
+    methods.set_defaults(func=_not_yet(3, "methods"))
+    protocols = sub.add_parser("protocols", help="list the protocol files")
+    protocols.set_defaults(func=_not_yet(5, "protocols"))
+    ui = sub.add_parser("ui", help="start the MLflow UI on the results store (127.0.0.1 by default)")
+    ui.set_defaults(func=_not_yet(5, "ui"))
+
+    datasets = sub.add_parser("datasets", help="list dataset readers, or check a dataset on disk")
+    dsub = datasets.add_subparsers(dest="datasets_command", required=True, metavar="ACTION")
+    dlist = dsub.add_parser("list", help="the readers and the folder each expects under --data-root")
+    dlist.set_defaults(func=_cmd_datasets_list)
+    check = dsub.add_parser("check", help="read every split, count each class, report what was dropped and why")
+    check.add_argument("name", help="reader name, e.g. rafdb or synth5/studio (see `datasets list`)")
+    check.add_argument("--root", help="the dataset's own folder")
+    check.add_argument("--data-root", help="folder holding one sub-folder per dataset (default $FER_DATA_ROOT)")
+    check.add_argument("--split", action="append", choices=["train", "val", "test"],
+                       help="check only this split (repeatable; default all the reader has)")
+    check.add_argument("--option", action="append", metavar="KEY=VALUE",
+                       help="reader option, e.g. variant=original for rafdb (repeatable)")
+    check.add_argument("--skip-bad", action="store_true",
+                       help="drop rows whose image is missing or unreadable and count them, instead of failing")
+    check.add_argument("--no-verify", action="store_true", help="do not decode every image (faster)")
+    check.add_argument("--manifest", metavar="FILE", help="write a CSV split,path,label of every kept sample")
+    check.set_defaults(func=_cmd_datasets_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except BenchmarkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

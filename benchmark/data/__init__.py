@@ -1,0 +1,11 @@
+"""Dataset readers, the decoded-image cache and synth5.
+
+Importing this package registers every built-in reader in `DATASETS`.
+"""
+
+from . import affectnet, ferplus, imagefolder, listfile, mma, rafdb, sfew, synth5  # noqa: F401  (registration)
+from .base import DATASETS, DatasetReader, register_dataset
+from .cache import DecodedSplit, decode_split
+from .samples import SPLITS, Samples
+
+__all__ = ["DATASETS", "DatasetReader", "DecodedSplit", "Samples", "SPLITS", "decode_split", "register_dataset"]

@@ -1,0 +1,80 @@
+"""What a dataset reader returns: the kept samples of one split, with what was dropped and why."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..labels import CLASSES
+
+SPLITS = ("train", "val", "test")
+
+# Reasons a row of a label file or an image is dropped. The same strings appear in
+# `benchmark datasets check` output and in MLflow params.
+NON_BASIC = "non-basic class"
+NO_FACE = "no face"
+MISSING_FILE = "missing file"
+UNREADABLE = "unreadable image"
+
+
+@dataclass
+class Samples:
+    """The kept samples of one split of one dataset.
+
+    `ids` are paths relative to `root` with forward slashes (the manifest's `path` column); for
+    data that has no image files (FER2013's pixel CSV, synth5) they are `<file>#<row>` references
+    and `pixels` holds the images. `labels` are canonical indices (see `benchmark.labels`).
+    """
+
+    dataset: str
+    split: str
+    root: Path
+    ids: list[str]
+    labels: np.ndarray
+    variant: str
+    dropped: Counter = field(default_factory=Counter)
+    pixels: np.ndarray | None = None
+    file_sizes: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if len(self.ids) != len(self.labels):
+            raise ValueError(f"{len(self.ids)} ids but {len(self.labels)} labels")
+        if self.pixels is not None and len(self.pixels) != len(self.ids):
+            raise ValueError(f"{len(self.ids)} ids but {len(self.pixels)} images")
+        if not self.fingerprint:
+            self.fingerprint = fingerprint(self)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def path(self, i: int) -> Path:
+        return self.root / self.ids[i]
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=len(CLASSES))
+        return {name: int(counts[k]) for k, name in enumerate(CLASSES)}
+
+
+def fingerprint(samples: Samples) -> str:
+    """A digest of what was parsed: ids, labels and the image bytes or file sizes.
+
+    A changed label file, an added/removed image or a replaced file of another size all change
+    it; moving the data root does not (ids are relative).
+    """
+    h = hashlib.sha256()
+    h.update(json.dumps([samples.dataset, samples.split, samples.variant]).encode())
+    h.update("\n".join(samples.ids).encode())
+    h.update(samples.labels.tobytes())
+    if samples.pixels is not None:
+        h.update(np.ascontiguousarray(samples.pixels).data)
+    if samples.file_sizes is not None:
+        h.update(np.asarray(samples.file_sizes, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
