@@ -40,6 +40,17 @@ def _cmd_datasets_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from methods import METHODS, load_plugins
+
+    load_plugins()
+    rows = [[name, METHODS.get(name).description] for name in METHODS.names()]
+    print(tabulate(rows, headers=["method", "what it is"]))
+    return 0
+
+
 def _not_yet(issue: int, what: str):
     def run(args: argparse.Namespace) -> int:
         print(f"benchmark {what}: not implemented yet (tracked in issue #{issue})", file=sys.stderr)
@@ -61,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="build the paper's tables (markdown, LaTeX, CSV) from MLflow runs")
     table.set_defaults(func=_not_yet(6, "table"))
     methods = sub.add_parser("methods", help="list the registered methods")
-    methods.set_defaults(func=_not_yet(3, "methods"))
+    methods.set_defaults(func=_cmd_methods)
     protocols = sub.add_parser("protocols", help="list the protocol files")
     protocols.set_defaults(func=_not_yet(5, "protocols"))
     ui = sub.add_parser("ui", help="start the MLflow UI on the results store (127.0.0.1 by default)")

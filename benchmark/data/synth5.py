@@ -35,7 +35,7 @@ from .base import DATASETS, DatasetReader
 from .samples import SPLITS, Samples
 from .synthfaces import draw_face, expression_params, sample_identity
 
-GENERATOR_VERSION = 3  # bump when the drawing changes: old caches are then not reused
+GENERATOR_VERSION = 4  # bump when the drawing changes: old caches are then not reused
 IDENTITIES_PER_SPLIT = 60
 SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
 
@@ -72,15 +72,16 @@ DOMAINS: dict[str, DomainStyle] = {d.name: d for d in (
                 size=48, counts=STANDARD, prior=(0.12, 0.03, 0.02, 0.27, 0.12, 0.09, 0.35),
                 label_noise=0.03, grey=True, background="gradient", shift=0.05, scale=(0.85, 1.1),
                 angle=10, yaw=0.2, brightness=(0.75, 1.25), noise=7.0),
-    DomainStyle("wild", "AffectNet-like: colour in-the-wild, clutter, pose, occluders, 8% label noise",
-                size=112, counts=STANDARD, prior=(0.14, 0.13, 0.13, 0.17, 0.14, 0.15, 0.14),
-                label_noise=0.08, background="clutter", shift=0.09, scale=(0.7, 1.1), angle=22,
-                yaw=0.7, intensity=(0.55, 1.0), brightness=(0.7, 1.3), occluder_p=0.25),
+    DomainStyle("wild", "AffectNet-like: colour in-the-wild, clutter, pose, occluders, 6% label noise",
+                size=112, counts={"train": 2400, "val": 200, "test": 500},
+                prior=(0.14, 0.13, 0.13, 0.17, 0.14, 0.15, 0.14), label_noise=0.06, background="clutter",
+                shift=0.07, scale=(0.8, 1.1), angle=15, yaw=0.5, intensity=(0.65, 1.0), brightness=(0.75, 1.25),
+                occluder_p=0.15),
     DomainStyle("film", "SFEW-like: dark film frames, colour cast, blur, grain, small train set",
                 size=96, counts={"train": 600, "val": 100, "test": 300},
                 prior=(0.09, 0.12, 0.07, 0.19, 0.16, 0.18, 0.19), label_noise=0.05,
                 background="dark", shift=0.07, scale=(0.75, 1.05), angle=15, yaw=0.5,
-                brightness=(0.4, 0.7), colour_cast=True, blur=(0.4, 1.0), noise=5.0),
+                brightness=(0.45, 0.75), colour_cast=True, blur=(0.3, 0.8), noise=5.0),
     DomainStyle("lowres", "MMA-like: 48 px greyscale, other identities (round, glasses, beards), side light",
                 size=48, counts=STANDARD, prior=(0.10, 0.04, 0.02, 0.29, 0.14, 0.09, 0.32),
                 label_noise=0.03, grey=True, background="gradient", shift=0.04, scale=(0.85, 1.05),
@@ -100,7 +101,7 @@ def _background(rng: np.random.Generator, style: DomainStyle, canvas: int) -> Im
         return Image.fromarray(grad.astype(np.uint8))
     img = Image.new("RGB", (canvas, canvas), tuple(int(c) for c in rng.integers(0, 255, 3)))
     d = ImageDraw.Draw(img)
-    shapes = int(rng.integers(12, 30)) if style.background == "clutter" else int(rng.integers(2, 6))
+    shapes = int(rng.integers(6, 16)) if style.background == "clutter" else int(rng.integers(2, 6))
     hi = 255 if style.background == "clutter" else 110
     for _ in range(shapes):
         x0, y0 = rng.uniform(-0.2, 1.0, 2) * canvas
@@ -124,7 +125,7 @@ def _finish(rng: np.random.Generator, style: DomainStyle, img: Image.Image) -> n
         d = ImageDraw.Draw(img)
         c = img.size[0]
         x, y = rng.uniform(0.2, 0.7, 2) * c
-        r = rng.uniform(0.12, 0.22) * c
+        r = rng.uniform(0.08, 0.16) * c
         d.ellipse([x, y, x + r * 1.3, y + r], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
     img = img.resize((style.size, style.size), Image.BILINEAR)
     if style.blur[1] > 0:

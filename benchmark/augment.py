@@ -1,0 +1,100 @@
+"""The paper's input pipeline, batched on tensors.
+
+Per sample, the authors' code did: Gaussian noise (sigma^2 = 30) on the uint8 image with p=0.5,
+resize to 224, ToTensor, ImageNet Normalize, RandomHorizontalFlip(0.5), RandomErasing(p=0.5,
+scale=(0.02, 0.25), ratio=(0.3, 3.3), value=0) — so erased pixels equal the ImageNet mean colour.
+Here the same distributions run on a whole batch at once (on the training device), drawing
+every random number from one seeded generator, so a job is reproducible.
+
+Known difference: the decoded-image cache already holds resized images, so the noise is added
+after the resize instead of before it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NOISE_STD = math.sqrt(30.0)
+ERASE_SCALE = (0.02, 0.25)
+ERASE_RATIO = (0.3, 3.3)
+ERASE_ATTEMPTS = 10  # torchvision's RandomErasing tries 10 boxes, then leaves the image alone
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    noise_p: float = 0.5
+    flip_p: float = 0.5
+    erase_p: float = 0.5
+    # SCN and RUL: with probability `one_of_p` apply ONE of {flip, noise}, chosen uniformly,
+    # instead of the independent noise and flip above.
+    one_of_p: float = 0.0
+
+
+PAPER = AugmentSpec()
+
+
+def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float, ImageNet-normalised (the eval transform)."""
+    x = images_uint8.permute(0, 3, 1, 2).float().div_(255.0)
+    return TF.normalize(x, list(IMAGENET_MEAN), list(IMAGENET_STD))
+
+
+def _rand(shape: tuple[int, ...], gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.rand(shape, generator=gen, device=gen.device).to(device)
+
+
+def add_noise(images: torch.Tensor, apply: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """uint8-valued float (B, 3, H, W): + N(0, 30) where `apply`, clipped and cast like uint8."""
+    noise = torch.randn(images.shape, generator=gen, device=gen.device).to(images.device) * NOISE_STD
+    noisy = (images + noise).clamp_(0, 255).floor_()  # np.clip(...).astype(uint8) truncates
+    return torch.where(apply[:, None, None, None], noisy, images)
+
+
+def random_erase(x: torch.Tensor, apply: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """torchvision RandomErasing(scale, ratio, value=0) per sample, vectorised over the batch."""
+    b, _, h, w = x.shape
+    area = h * w
+    scale = _rand((b, ERASE_ATTEMPTS), gen, x.device) * (ERASE_SCALE[1] - ERASE_SCALE[0]) + ERASE_SCALE[0]
+    log_lo, log_hi = math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1])
+    ratio = torch.exp(_rand((b, ERASE_ATTEMPTS), gen, x.device) * (log_hi - log_lo) + log_lo)
+    eh = torch.round(torch.sqrt(area * scale * ratio)).long()
+    ew = torch.round(torch.sqrt(area * scale / ratio)).long()
+    valid = (eh < h) & (ew < w)
+    has_box = valid.any(dim=1) & apply
+    first = valid.float().argmax(dim=1)  # first attempt that fits
+    rows = torch.arange(b, device=x.device)
+    eh, ew = eh[rows, first], ew[rows, first]
+    top = (_rand((b,), gen, x.device) * (h - eh + 1).float()).long()
+    left = (_rand((b,), gen, x.device) * (w - ew + 1).float()).long()
+    ys = torch.arange(h, device=x.device)[None, :, None]
+    xs = torch.arange(w, device=x.device)[None, None, :]
+    box = ((ys >= top[:, None, None]) & (ys < (top + eh)[:, None, None])
+           & (xs >= left[:, None, None]) & (xs < (left + ew)[:, None, None]) & has_box[:, None, None])
+    return x.masked_fill(box[:, None], 0.0)
+
+
+def augment(images_uint8: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:
+    """(B, H, W, 3) uint8 on the device -> augmented, normalised (B, 3, H, W) float."""
+    b = images_uint8.shape[0]
+    device = images_uint8.device
+    x = images_uint8.permute(0, 3, 1, 2).float()
+    if spec.one_of_p > 0:
+        chosen = _rand((b,), gen, device) < spec.one_of_p
+        pick_flip = _rand((b,), gen, device) < 0.5
+        noise_mask, flip_mask = chosen & ~pick_flip, chosen & pick_flip
+    else:
+        noise_mask = _rand((b,), gen, device) < spec.noise_p
+        flip_mask = _rand((b,), gen, device) < spec.flip_p
+    if noise_mask.any():
+        x = add_noise(x, noise_mask, gen)
+    x = TF.normalize(x.div_(255.0), list(IMAGENET_MEAN), list(IMAGENET_STD))
+    x = torch.where(flip_mask[:, None, None, None], x.flip(-1), x)
+    if spec.erase_p > 0:
+        x = random_erase(x, _rand((b,), gen, device) < spec.erase_p, gen)
+    return x

@@ -1,0 +1,150 @@
+"""The training loop every trained method shares: the paper's recipe, seeding, batching, logging.
+
+Recipe (spec §2.3): Adam with L2 weight decay, ExponentialLR stepped once per epoch, the paper's
+augmentations (benchmark.augment), shuffled batches or a class-balanced sampler with a fixed
+number of samples per epoch. All randomness (weights init, order, augmentation, CAFE's drop
+masks) comes from the job's seed, so the same job on CPU gives identical numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import RandomSampler, WeightedRandomSampler
+
+from .augment import augment, normalize
+from .data.cache import DecodedSplit
+from .errors import BenchmarkError
+
+if TYPE_CHECKING:
+    from methods.base import RunLog, TrainedMethod
+
+
+class TrainingDiverged(BenchmarkError):
+    """The loss became NaN or infinite: the job stops instead of training on garbage."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a job trains; defaults are the paper's (CAFE's train script)."""
+
+    epochs: int = 60
+    batch_size: int = 32
+    input_size: int = 224
+    sampler: str = "uniform"  # "uniform" (shuffle) or "balanced" (class-balanced, with replacement)
+    samples_per_epoch: int = 0  # 0 = the split's size
+    seed: int = 3407
+    amp: bool = True  # autocast (bf16) on CUDA; ignored on CPU
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.sampler not in ("uniform", "balanced"):
+            raise BenchmarkError(f"recipe.sampler = {self.sampler!r}; expected 'uniform' or 'balanced'")
+        for key in ("epochs", "batch_size", "input_size"):
+            if getattr(self, key) <= 0:
+                raise BenchmarkError(f"recipe.{key} = {getattr(self, key)}; must be positive")
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_sampler(labels: np.ndarray, recipe: Recipe, gen: torch.Generator):
+    n = len(labels)
+    size = recipe.samples_per_epoch or n
+    if recipe.sampler == "balanced":
+        counts = np.bincount(labels, minlength=int(labels.max()) + 1).astype(np.float64)
+        weights = 1.0 / counts[labels]
+        return WeightedRandomSampler(torch.from_numpy(weights), num_samples=size, replacement=True, generator=gen)
+    # A fixed epoch size larger than the split repeats whole permutations.
+    return RandomSampler(range(n), num_samples=size, generator=gen)
+
+
+def load_batch(data: DecodedSplit, index: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images and labels of `index` (read from the memory-mapped cache, sorted for locality)."""
+    order = np.argsort(index, kind="stable")
+    rows = np.array(data.images[index[order]])
+    rows[order] = rows.copy()  # back to the sampler's order
+    images = torch.from_numpy(rows).to(device, non_blocking=True)
+    labels = torch.from_numpy(data.labels[index]).to(device)
+    return images, labels
+
+
+def fit(method: "TrainedMethod", data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: "RunLog",
+        val_data: DecodedSplit | None = None) -> None:
+    """Train `method` on `data` for `recipe.epochs` epochs."""
+    seed_everything(recipe.seed)
+    method.build(device)
+    optimizer = torch.optim.Adam(method.param_groups(), lr=method.hparams.lr, weight_decay=method.hparams.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=method.hparams.lr_gamma)
+    gen = torch.Generator(device="cpu").manual_seed(recipe.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(recipe.seed + 1)
+    method.rng = random.Random(recipe.seed + 2)
+    use_amp = recipe.amp and device.type == "cuda"
+    total_steps = math.ceil((recipe.samples_per_epoch or len(data)) / recipe.batch_size) * recipe.epochs
+    bar = None
+    if recipe.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_steps, desc=f"{method.name} on {data.dataset}", unit="step", leave=False)
+    step = 0
+    for epoch in range(1, recipe.epochs + 1):
+        method.train_mode(True)
+        sums: dict[str, float] = {}
+        batches = 0
+        start = time.perf_counter()
+        order = np.fromiter(epoch_sampler(data.labels, recipe, gen), dtype=np.int64)
+        for begin in range(0, len(order), recipe.batch_size):
+            images, labels = load_batch(data, order[begin:begin + recipe.batch_size], device)
+            x = augment(images, method.augment_spec, aug_gen)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss, parts = method.training_step(x, labels)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"{method.name}: loss is {loss.item()} at epoch {epoch}, step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            method.after_step(x, labels, epoch)
+            for key, value in {"loss": loss.detach(), **parts}.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            batches += 1
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{sums['loss'] / batches:.3f}")
+        metrics = {f"train/{k}": v / max(1, batches) for k, v in sums.items()}
+        metrics["lr"] = optimizer.param_groups[0]["lr"]
+        metrics["train/epoch_seconds"] = time.perf_counter() - start
+        metrics.update(method.epoch_metrics())
+        scheduler.step()
+        if val_data is not None:
+            metrics["source_val/acc"] = float((method.predict(val_data).argmax(1) == val_data.labels).mean())
+        log.metrics(metrics, step=epoch)
+    if bar is not None:
+        bar.close()
+
+
+@torch.no_grad()
+def predict_batches(data: DecodedSplit, device: torch.device, batch_size: int,
+                    logits_fn: Callable[[torch.Tensor, slice], torch.Tensor]) -> np.ndarray:
+    """Softmax probabilities (N, C) over `data`, evaluated in order with the eval transform."""
+    out = []
+    for start in range(0, len(data), batch_size):
+        rows = slice(start, min(len(data), start + batch_size))
+        x = normalize(torch.from_numpy(np.array(data.images[rows])).to(device))
+        out.append(torch.softmax(logits_fn(x, rows).float(), dim=1).cpu())
+    return torch.cat(out).numpy()

@@ -1,0 +1,243 @@
+"""The Method interface, its registry, and the base class of every trained method.
+
+A method is a registered class with a hyperparameter dataclass whose defaults are the paper's:
+
+    fit(train_data, *, recipe, device, log)      train on a decoded split
+    predict(data) -> (N, 7) probabilities         evaluate (no augmentation)
+    state_dict() / load_state_dict(state)
+
+It gets everything passed in (data, recipe, device, a `log` object, and its `Components`: the
+frozen encoder, the backbone spec, the feature cache); it never opens MLflow or reads flags.
+Variants are the same class registered under another name with other defaults:
+
+    @register_method("cafe", "...")
+    @register_method("cafe_nosigmoid", "...", use_sigmoid=False)
+    class Cafe(TrainedMethod): ...
+
+Outside packages add methods through the entry-point group `benchmark.methods` (each entry point
+is a module or callable that registers its methods when loaded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Callable, ClassVar, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmark.augment import PAPER, AugmentSpec
+from benchmark.backbones import Backbone, BackboneSpec, build_backbone
+from benchmark.data.cache import DecodedSplit
+from benchmark.encoders import FrozenEncoder
+from benchmark.errors import BenchmarkError
+from benchmark.features import FeatureCache
+from benchmark.registry import Registry
+from benchmark.trainer import Recipe, fit as train_loop, predict_batches
+
+ENTRY_POINT_GROUP = "benchmark.methods"
+
+
+class RunLog(Protocol):
+    """What a method may report while it runs; the runner decides where it goes."""
+
+    def metrics(self, values: dict[str, float], step: int | None = None) -> None: ...
+
+    def figure(self, name: str, figure: Any) -> None: ...
+
+
+@dataclass
+class MemoryLog:
+    """A RunLog that keeps everything in memory (tests, quick experiments)."""
+
+    history: list[tuple[int | None, dict[str, float]]] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        self.history.append((step, dict(values)))
+
+    def figure(self, name: str, figure: Any) -> None:
+        self.figures[name] = figure
+
+    def series(self, key: str) -> list[float]:
+        return [values[key] for _, values in self.history if key in values]
+
+
+@dataclass
+class Components:
+    """What the runner builds once and hands to a method."""
+
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)
+    encoder: FrozenEncoder | None = None
+    features: FeatureCache = field(default_factory=FeatureCache)
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    name: str
+    cls: type["Method"]
+    description: str
+    defaults: dict[str, Any]
+
+    def hparams(self, overrides: dict[str, Any] | None = None) -> Any:
+        """The resolved hyperparameters: dataclass defaults < variant defaults < overrides."""
+        merged = {**self.defaults, **(overrides or {})}
+        known = {f.name for f in dataclasses.fields(self.cls.Hparams)}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise BenchmarkError(f"method {self.name}: unknown hyperparameter(s) {', '.join(unknown)} "
+                                 f"(known: {', '.join(sorted(known))})")
+        return dataclasses.replace(self.cls.Hparams(), **merged)
+
+
+METHODS: Registry[MethodEntry] = Registry("method")
+_plugins_loaded = False
+
+
+def register_method(name: str, description: str, **defaults: Any) -> Callable[[type], type]:
+    def decorator(cls: type) -> type:
+        METHODS.add(name, MethodEntry(name, cls, description, defaults))
+        return cls
+
+    return decorator
+
+
+def load_plugins() -> None:
+    """Import the methods of installed packages that declare the `benchmark.methods` entry point."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()
+
+
+def build_method(name: str, overrides: dict[str, Any] | None = None,
+                 components: Components | None = None) -> "Method":
+    load_plugins()
+    entry = METHODS.get(name)
+    return entry.cls(entry.hparams(overrides), components or Components(), name=name)
+
+
+@dataclass
+class BaseHparams:
+    """The optimisation recipe shared by the paper's methods (Adam + ExponentialLR per epoch)."""
+
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    lr_gamma: float = 0.9
+
+
+class Method:
+    """The interface the runner uses."""
+
+    Hparams: ClassVar[type] = BaseHparams
+    needs_encoder: ClassVar[bool] = False
+
+    def __init__(self, hparams: Any, components: Components, name: str = ""):
+        self.hparams = hparams
+        self.components = components
+        self.name = name or type(self).__name__.lower()
+        self.device = torch.device("cpu")
+        if self.needs_encoder and components.encoder is None:
+            raise BenchmarkError(f"method {self.name} needs a frozen encoder (protocol key `encoder`)")
+
+    def fit(self, train_data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
+            val_data: DecodedSplit | None = None) -> None:
+        raise NotImplementedError
+
+    def predict(self, data: DecodedSplit) -> np.ndarray:
+        raise NotImplementedError
+
+    def report(self, data: DecodedSplit, log: RunLog) -> None:
+        """Method-specific figures on a labelled split (the runner passes the source test split)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class TrainedMethod(Method):
+    """A method trained by the shared loop: subclasses build modules and define the loss."""
+
+    augment_spec: ClassVar[AugmentSpec] = PAPER
+    eval_batch_size: ClassVar[int] = 128
+
+    def __init__(self, hparams: Any, components: Components, name: str = ""):
+        super().__init__(hparams, components, name)
+        self.model: nn.Module | None = None
+        self.rng = random.Random(0)  # replaced by a seeded one at fit time
+
+    # -- to implement ------------------------------------------------------------------------
+    def make_model(self) -> nn.Module:
+        """The trainable modules (the encoder is NOT among them)."""
+        raise NotImplementedError
+
+    def training_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(total loss, {loss part: value}) for one augmented, normalised batch."""
+        raise NotImplementedError
+
+    def logits(self, x: torch.Tensor, rows: slice, data: DecodedSplit) -> torch.Tensor:
+        """Test-time logits of eval-normalised images `x` (rows `rows` of `data`)."""
+        raise NotImplementedError
+
+    # -- hooks with defaults -------------------------------------------------------------------
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+
+    def after_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
+        """Called after each optimizer step (SCN relabels here)."""
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Extra per-epoch metrics (e.g. how many labels SCN changed)."""
+        return {}
+
+    # -- shared plumbing ----------------------------------------------------------------------
+    def build(self, device: torch.device) -> None:
+        self.device = device
+        self.model = self.make_model().to(device)
+        if self.components.encoder is not None:
+            self.components.encoder.to_device(device)
+
+    def new_backbone(self) -> Backbone:
+        return build_backbone(self.components.backbone)
+
+    def train_mode(self, training: bool) -> None:
+        self.model.train(training)
+
+    def fit(self, train_data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
+            val_data: DecodedSplit | None = None) -> None:
+        train_loop(self, train_data, recipe=recipe, device=device, log=log, val_data=val_data)
+
+    def predict(self, data: DecodedSplit) -> np.ndarray:
+        if self.model is None:
+            raise BenchmarkError(f"method {self.name}: predict before fit or load_state_dict")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return predict_batches(data, self.device, self.eval_batch_size,
+                                   lambda x, rows: self.logits(x, rows, data))
+        finally:
+            self.model.train(was_training)
+
+    def encoder_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Online features of the frozen encoder (the paper's input policy: same tensor, every batch)."""
+        return self.components.encoder(x)
+
+    def cached_features(self, data: DecodedSplit, rows: slice) -> torch.Tensor:
+        """Eval features of rows of `data`, computed once per split and cached on disk."""
+        return self.components.features.get(self.components.encoder, data, self.device)[rows]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "hparams": dataclasses.asdict(self.hparams)}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | None = None) -> None:
+        self.build(device or self.device)
+        self.model.load_state_dict(state["model"])
+

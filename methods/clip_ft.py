@@ -1,0 +1,38 @@
+"""clip_ft: "CLIP + Finetune" of the paper's Table 4.
+
+A frozen encoder's feature F and the trainable backbone's pooled feature h are concatenated and
+one linear layer classifies them: logits = W [F ‖ h] + b, cross-entropy only, with CAFE's
+optimiser, schedule, augmentations and epochs (spec §3.9, inferred: the paper gives no code).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from benchmark.labels import NUM_CLASSES
+
+from .base import BaseHparams, TrainedMethod, register_method
+
+
+@register_method("clip_ft", "frozen CLIP feature ‖ backbone feature -> one linear layer (Table 4 'CLIP+Finetune')")
+class ClipFinetune(TrainedMethod):
+    Hparams = BaseHparams
+    needs_encoder = True
+
+    def make_model(self) -> nn.Module:
+        backbone = self.new_backbone()
+        fc = nn.Linear(self.components.encoder.dim + backbone.dim, NUM_CLASSES)
+        return nn.ModuleDict({"backbone": backbone, "fc": fc})
+
+    def _logits(self, clip_feat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        h = self.model["backbone"](x)
+        return self.model["fc"](torch.cat([clip_feat.to(h.dtype), h], dim=1))
+
+    def training_step(self, x: torch.Tensor, y: torch.Tensor):
+        loss = F.cross_entropy(self._logits(self.encoder_features(x), x), y)
+        return loss, {"ce": loss.detach()}
+
+    def logits(self, x, rows, data) -> torch.Tensor:
+        return self._logits(self.cached_features(data, rows), x)

@@ -1,0 +1,123 @@
+"""Short real training runs on a synth5 domain, reproducibility, and the batched augmentations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.augment import IMAGENET_MEAN, IMAGENET_STD, PAPER, AugmentSpec, augment
+from benchmark.backbones import BackboneSpec
+from benchmark.data import DATASETS, decode_split
+from benchmark.encoders import EncoderSpec, build_encoder
+from benchmark.trainer import Recipe, epoch_sampler
+from methods import Components, MemoryLog, build_method
+
+SIZE = 48
+RECIPE = Recipe(epochs=4, batch_size=32, input_size=SIZE, seed=7, progress=False)
+# 60 steps instead of the paper's ~23,000: a larger learning rate, the same for every method.
+SHORT_RUN = {"lr": 2e-3}
+
+
+@pytest.fixture(scope="module")
+def studio():
+    reader = DATASETS.get("synth5/studio")
+    train = decode_split(reader.load(None, "train", scale=0.4), SIZE)
+    test = decode_split(reader.load(None, "test", scale=0.4), SIZE)
+    return train, test
+
+
+@pytest.fixture(scope="module")
+def components():
+    encoder = build_encoder(EncoderSpec("torchvision:mobilenet_v2:imagenet"))
+    return Components(BackboneSpec("mobilenet_v2", "imagenet"), encoder)
+
+
+def train_and_predict(name, studio, components):
+    train, test = studio
+    method = build_method(name, SHORT_RUN, components=components)
+    log = MemoryLog()
+    method.fit(train, recipe=RECIPE, device=torch.device("cpu"), log=log)
+    return method, log, method.predict(test)
+
+
+@pytest.mark.parametrize("name", ["erm", "cafe", "clip_ft"])
+def test_short_training_lowers_loss_and_beats_chance(name, studio, components):
+    train, test = studio
+    method, log, probs = train_and_predict(name, studio, components)
+    losses = log.series("train/loss")
+    assert len(losses) == RECIPE.epochs and losses[-1] < losses[0]
+    assert log.series("lr") == pytest.approx([2e-3 * 0.9**k for k in range(RECIPE.epochs)])
+    assert probs.shape == (len(test), 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    accuracy = float((probs.argmax(1) == test.labels).mean())
+    majority = np.bincount(test.labels).max() / len(test)
+    assert accuracy > majority + 0.1, f"{name}: accuracy {accuracy:.3f}, majority class {majority:.3f}"
+
+
+def test_same_seed_twice_gives_identical_predictions(studio, components):
+    _, _, first = train_and_predict("cafe", studio, components)
+    _, _, second = train_and_predict("cafe", studio, components)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_cafe_logs_its_mask_figure(studio, components):
+    method, _, _ = train_and_predict("cafe_mask", studio, components)
+    log = MemoryLog()
+    method.report(studio[1], log)
+    assert list(log.figures) == ["cafe_mask_masks.png"]
+    masks = method.class_masks(studio[1])
+    assert masks.shape == (7, 1280) and np.nanmin(masks) >= 0.5
+
+
+def test_state_dict_round_trip(studio, components):
+    method, _, probs = train_and_predict("erm", studio, components)
+    clone = build_method("erm", SHORT_RUN, components=components)
+    clone.load_state_dict(method.state_dict(), device=torch.device("cpu"))
+    np.testing.assert_allclose(clone.predict(studio[1]), probs, atol=1e-6)
+
+
+def test_balanced_sampler_equalises_classes_with_fixed_epoch_size():
+    labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
+    recipe = Recipe(sampler="balanced", samples_per_epoch=3000, seed=1)
+    order = np.fromiter(epoch_sampler(labels, recipe, torch.Generator().manual_seed(1)), dtype=np.int64)
+    counts = np.bincount(labels[order], minlength=3)
+    assert len(order) == 3000 and counts.min() > 850 and counts.max() < 1150
+
+
+def test_batched_augmentations_match_the_paper_distributions():
+    gen = torch.Generator().manual_seed(0)
+    n, size = 4000, 32
+    grey = torch.full((n, size, size, 3), 128, dtype=torch.uint8)
+    grey[:, :, : size // 2] = 100  # left half darker: a flip moves it
+    x = augment(grey, PAPER, gen)
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    pixels = (x * std + mean) * 255  # back to 0..255; erased pixels become the mean colour
+    erased = (x == 0).all(dim=1)  # value 0 after normalisation on all three channels
+    erased_frac = erased.float().mean(dim=(1, 2))
+    has_erase = erased_frac > 0
+    assert abs(has_erase.float().mean().item() - 0.5) < 0.03
+    # torchvision: area ~ U(0.02, 0.25) -> mean 0.135 (boxes are rounded to whole pixels)
+    assert abs(erased_frac[has_erase].mean().item() - 0.135) < 0.015
+    flipped = pixels[:, 0, size // 2, 0] > pixels[:, 0, size // 2, -1] + 10
+    assert abs(flipped.float().mean().item() - 0.5) < 0.03
+    # Noise sigma^2 = 30 on half the images: residual std over an untouched flat patch.
+    right = pixels[:, :, :4, -4:].reshape(n, -1)
+    right = right[~erased[:, :4, -4:].reshape(n, -1).any(1)]
+    stds = right.std(dim=1)
+    noisy = stds > 1
+    assert abs(noisy.float().mean().item() - 0.5) < 0.04
+    assert abs(stds[noisy].mean().item() - math.sqrt(30)) < 0.6
+
+
+def test_one_of_policy_never_flips_and_noises_together():
+    gen = torch.Generator().manual_seed(0)
+    img = torch.full((2000, 8, 8, 3), 128, dtype=torch.uint8)
+    img[:, :, :4] = 60
+    x = augment(img, AugmentSpec(one_of_p=0.5, erase_p=0.0), gen)
+    flipped = x[:, 0, 0, 0] > x[:, 0, 0, -1]
+    noisy = x[:, 0, :, 4:].reshape(2000, -1).std(dim=1) > 1e-3  # one channel: flat unless noised
+    assert not (flipped & noisy).any()
+    assert abs(flipped.float().mean().item() - 0.25) < 0.04 and abs(noisy.float().mean().item() - 0.25) < 0.04
