@@ -49,9 +49,13 @@ class Backbone(nn.Module):
         return self.feature_map(x).mean(dim=(2, 3))
 
 
-def _torchvision_model(name: str) -> nn.Module:
+def _torchvision_model_name_ok(name: str) -> None:
     if name not in BACKBONES:
         raise BenchmarkError(f"unknown backbone {name!r} (known: {', '.join(BACKBONES)})")
+
+
+def _torchvision_model(name: str) -> nn.Module:
+    _torchvision_model_name_ok(name)
     return torchvision.models.get_model(name, weights=None)
 
 
@@ -69,26 +73,38 @@ def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torc
     return state
 
 
-def build_backbone(spec: BackboneSpec) -> Backbone:
-    """A fresh backbone with its weights loaded (strictly) as the spec says."""
+def backbone_weights_file(spec: BackboneSpec) -> Path | None:
+    """The weights file the spec names (None for weights 'none'); errors say what is missing."""
     if spec.weights not in WEIGHTS:
         raise BenchmarkError(f"unknown backbone weights {spec.weights!r} (known: {', '.join(WEIGHTS)})")
-    model = _torchvision_model(spec.name)
-    digest = "none"
+    _torchvision_model_name_ok(spec.name)
     if spec.weights == "msceleb":
         if spec.name != "resnet18":
             raise BenchmarkError(f"msceleb weights exist for resnet18 only, not {spec.name}")
         if not spec.path:
             raise WeightsError(f"backbone weights 'msceleb' need the path of {MSCELEB_FILE} "
-                               "(set backbone_path / --set backbone.path=FILE), or use weights 'imagenet' or 'none'")
-        # The file holds torchvision-style keys under 'state_dict', including the 1000-way fc; a
+                               "(--set backbone.path=FILE), or use weights 'imagenet' or 'none'")
+        if not Path(spec.path).is_file():
+            raise WeightsError(f"{spec.path}: backbone weights file not found")
+        return Path(spec.path)
+    if spec.weights == "imagenet":
+        return torchvision_weights_file(spec.name, spec.path)
+    return None
+
+
+def backbone_weights_digest(spec: BackboneSpec) -> str:
+    path = backbone_weights_file(spec)
+    return "none" if path is None else file_digest(str(path.resolve()))
+
+
+def build_backbone(spec: BackboneSpec) -> Backbone:
+    """A fresh backbone with its weights loaded (strictly) as the spec says."""
+    path = backbone_weights_file(spec)
+    model = _torchvision_model(spec.name)
+    if path is not None:
+        # msceleb: torchvision-style keys under 'state_dict', including the 1000-way fc; a
         # DataParallel copy prefixes every key with 'module.', which is stripped explicitly.
-        state = _strip_prefix(load_state_dict(Path(spec.path)), "module.")
-        load_strict(model, state, spec.path)
-        digest = file_digest(str(Path(spec.path).resolve()))
-    elif spec.weights == "imagenet":
-        path = torchvision_weights_file(spec.name, spec.path)
-        load_strict(model, load_state_dict(path), str(path))
-        digest = file_digest(str(path.resolve()))
+        state = _strip_prefix(load_state_dict(path), "module.")
+        load_strict(model, state, str(path))
     trunk, dim = _trunk(spec.name, model)  # the pretrained classifier is dropped here
-    return Backbone(trunk, dim, spec, digest)
+    return Backbone(trunk, dim, spec, backbone_weights_digest(spec))

@@ -51,6 +51,49 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .data.roots import parse_assignments
+    from .grid import run_grid
+    from .jobs import plan_from
+    from .protocol import load_protocol
+    from .tracking import default_tracking_uri
+
+    overrides = parse_assignments(args.set, "--set")
+    if args.seeds:
+        overrides["seeds"] = "[" + args.seeds + "]"
+    if args.sources:
+        overrides["sources"] = "[" + ",".join(f'"{s.strip()}"' for s in args.sources.split(",")) + "]"
+    protocol = load_protocol(args.protocol, overrides)
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else protocol.methods
+    plan = plan_from(protocol, args.data_root, parse_assignments(args.dataset_path, "--dataset-path"))
+    return run_grid(protocol, methods, plan, tracking_uri=args.tracking_uri or default_tracking_uri(),
+                    executor=args.executor, dry_run=args.dry_run, device=args.device, ray_address=args.ray_address,
+                    jobs_per_gpu=args.jobs_per_gpu, command=" ".join(sys.argv))
+
+
+def _cmd_protocols(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from .protocol import list_protocols
+
+    rows = [[p.name, ",".join(p.methods), len(p.sources), len(p.datasets), ",".join(map(str, p.seeds)),
+             p.recipe.epochs, p.description] for p in list_protocols()]
+    print(tabulate(rows, headers=["protocol", "methods", "sources", "targets", "seeds", "epochs", "description"]))
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from .tracking import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri()
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+               "--port", str(args.port)]
+    print(f"MLflow UI on http://{args.host}:{args.port} for {uri}", flush=True)
+    return subprocess.call(command)
+
+
 def _not_yet(issue: int, what: str):
     def run(args: argparse.Namespace) -> int:
         print(f"benchmark {what}: not implemented yet (tracked in issue #{issue})", file=sys.stderr)
@@ -68,15 +111,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run methods on a protocol's source x target grid, logging to MLflow")
-    run.set_defaults(func=_not_yet(5, "run"))
+    run.add_argument("--protocol", default="synth5", help="protocol name in protocols/ or a .toml path (default synth5)")
+    run.add_argument("--methods", help="comma-separated method names (default: the protocol's)")
+    run.add_argument("--seeds", help="comma-separated seeds (overrides the protocol's)")
+    run.add_argument("--sources", help="comma-separated source datasets (overrides the protocol's)")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a protocol field, e.g. recipe.epochs=2 or backbone.path=FILE (repeatable)")
+    run.add_argument("--data-root", help="folder holding one sub-folder per dataset (default $FER_DATA_ROOT)")
+    run.add_argument("--dataset-path", action="append", metavar="NAME=DIR", help="one dataset's folder (repeatable)")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db)")
+    run.add_argument("--executor", choices=["local", "ray"], default="local", help="in process (default) or Ray tasks")
+    run.add_argument("--ray-address", help="join a running Ray cluster (default: start a local one)")
+    run.add_argument("--jobs-per-gpu", type=int, default=1, help="with Ray on GPUs: jobs sharing one GPU")
+    run.add_argument("--device", help="torch device for local jobs (default cuda when present, else cpu)")
+    run.add_argument("--dry-run", action="store_true", help="list the jobs and whether each is FINISHED; run nothing")
+    run.set_defaults(func=_cmd_run)
     table = sub.add_parser("table", help="build the paper's tables (markdown, LaTeX, CSV) from MLflow runs")
     table.set_defaults(func=_not_yet(6, "table"))
     methods = sub.add_parser("methods", help="list the registered methods")
     methods.set_defaults(func=_cmd_methods)
     protocols = sub.add_parser("protocols", help="list the protocol files")
-    protocols.set_defaults(func=_not_yet(5, "protocols"))
+    protocols.set_defaults(func=_cmd_protocols)
     ui = sub.add_parser("ui", help="start the MLflow UI on the results store (127.0.0.1 by default)")
-    ui.set_defaults(func=_not_yet(5, "ui"))
+    ui.add_argument("--tracking-uri", help="store to show (default as `run`)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=_cmd_ui)
 
     datasets = sub.add_parser("datasets", help="list dataset readers, or check a dataset on disk")
     dsub = datasets.add_subparsers(dest="datasets_command", required=True, metavar="ACTION")

@@ -105,6 +105,21 @@ def _openclip_weights(model: str, tag: str, path: str | None) -> Path:
         f"(the hub cache), or pass the file with encoder_path=FILE")
 
 
+def encoder_weights_file(spec: EncoderSpec) -> Path | None:
+    """The weights file of an encoder spec (None for open_clip's `random`), without building it."""
+    kind, model, tag = spec.parts
+    if kind == "openclip":
+        return None if tag == "random" else _openclip_weights(model, tag, spec.path)
+    if tag != "imagenet":
+        raise BenchmarkError(f"encoder {spec.id!r}: torchvision encoders take 'imagenet' weights")
+    return torchvision_weights_file(model, spec.path)
+
+
+def encoder_weights_digest(spec: EncoderSpec) -> str:
+    path = encoder_weights_file(spec)
+    return "random" if path is None else file_digest(str(path.resolve()))
+
+
 def build_encoder(spec: EncoderSpec) -> FrozenEncoder:
     kind, model, tag = spec.parts
     if kind == "openclip":

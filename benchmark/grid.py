@@ -1,0 +1,172 @@
+"""`benchmark run`: expand the grid, resume it, execute it (local or Ray), summarise it."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+from tabulate import tabulate
+
+from . import tracking
+from .jobs import DataPlan, Job, expand
+from .protocol import Protocol
+from .runner import JobResult, RunContext, run_job
+
+
+@dataclass
+class JobState:
+    job: Job
+    state: str  # "new", "FINISHED", "FAILED", "RUNNING" (alive elsewhere), "abandoned"
+    run_ids: list[str]
+
+
+def job_states(jobs: list[Job], tracking_uri: str, experiment_id: str) -> list[JobState]:
+    """What the store already says about each job, by its hash."""
+    c = tracking.client(tracking_uri)
+    wanted = {j.hash for j in jobs}
+    by_hash: dict[str, list] = {}
+    token = None
+    while True:  # tag filters cannot say IN (...): page through the experiment's job runs
+        page = tracking.retry(lambda: c.search_runs([experiment_id], "tags.job_hash != ''", max_results=1000,
+                                                    page_token=token))
+        for run in page:
+            if run.data.tags.get("job_hash") in wanted:
+                by_hash.setdefault(run.data.tags["job_hash"], []).append(run)
+        token = page.token
+        if not token:
+            break
+    states = []
+    for job in jobs:
+        runs = by_hash.get(job.hash, [])
+        statuses = {r.info.status for r in runs}
+        ids = [r.info.run_id for r in runs]
+        if "FINISHED" in statuses:
+            state = "FINISHED"
+        elif "RUNNING" in statuses:
+            alive = [tracking.process_alive(r.data.tags) for r in runs if r.info.status == "RUNNING"]
+            state = "abandoned" if all(a is False for a in alive) else "RUNNING"
+        elif statuses:
+            state = "FAILED"
+        else:
+            state = "new"
+        states.append(JobState(job, state, ids))
+    return states
+
+
+def mark_abandoned(state: JobState, tracking_uri: str) -> None:
+    c = tracking.client(tracking_uri)
+    for run_id in state.run_ids:
+        run = tracking.retry(lambda: c.get_run(run_id))
+        if run.info.status == "RUNNING":
+            tracking.retry(lambda: c.set_tag(run_id, "error", "abandoned: its process ended without finishing"))
+            tracking.retry(lambda: c.set_terminated(run_id, "FAILED"))
+
+
+def dry_run_table(states: list[JobState]) -> str:
+    rows = [[s.job.method, s.job.source, s.job.seed, s.job.hash, s.state] for s in states]
+    return tabulate(rows, headers=["method", "source", "seed", "hash", "status"])
+
+
+def _run_local(jobs: Iterable[Job], ctx: RunContext, announce) -> list[JobResult]:
+    results = []
+    for job in jobs:
+        announce(job)
+        results.append(run_job(job, ctx))
+        report(results[-1])
+    return results
+
+
+def _run_ray(jobs: list[Job], ctx: RunContext, announce, address: str | None, jobs_per_gpu: int) -> list[JobResult]:
+    try:
+        import ray
+    except ImportError:
+        from .errors import BenchmarkError
+
+        raise BenchmarkError("--executor ray needs Ray: pip install -e '.[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {k: v for k, v in os.environ.items()
+                                           if k.startswith(("BENCHMARK_", "FER_", "MLFLOW_", "HF_"))}})
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus:
+        options = {"num_gpus": 1.0 / max(1, jobs_per_gpu), "num_cpus": 1}
+    else:
+        options = {"num_cpus": 1}
+    remote = ray.remote(**options)(run_job)
+    ctx.plan = DataPlan(ctx.plan.data_root, ctx.plan.dataset_paths, ctx.plan.options, ctx.plan.skip_bad)
+    pending = {}
+    for job in jobs:
+        announce(job)
+        pending[remote.remote(job, ctx)] = job
+    results = []
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            pending.pop(ref)
+            results.append(ray.get(ref))
+            report(results[-1])
+    return results
+
+
+def report(result: JobResult) -> None:
+    if result.status == "FINISHED":
+        print(f"[done] {result.label}: {result.seconds:.0f}s, source acc {100 * result.source_acc:.2f}, "
+              f"mean acc {100 * result.mean_target_acc:.2f} (run {result.run_id})", flush=True)
+    else:
+        print(f"[FAILED] {result.label}: {result.error} (run {result.run_id})", flush=True)
+
+
+def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, tracking_uri: str, executor: str = "local",
+             dry_run: bool = False, device: str | None = None, ray_address: str | None = None,
+             jobs_per_gpu: int = 1, command: str = "") -> int:
+    """Run (or list) the grid; returns the process exit code (1 when any job failed)."""
+    jobs = expand(protocol, methods, plan)
+    experiment = tracking.experiment_id(tracking_uri, protocol.name)
+    states = job_states(jobs, tracking_uri, experiment)
+    if dry_run:
+        print(dry_run_table(states))
+        print(f"{len(jobs)} jobs, {sum(s.state == 'FINISHED' for s in states)} already FINISHED "
+              f"(experiment {protocol.name!r} in {tracking_uri})")
+        return 0
+    todo = []
+    for s in states:
+        if s.state == "FINISHED":
+            print(f"[skip] {s.job.label}: FINISHED already (hash {s.job.hash})", flush=True)
+        elif s.state == "RUNNING":
+            print(f"[skip] {s.job.label}: RUNNING in another live process (hash {s.job.hash})", flush=True)
+        else:
+            if s.state == "abandoned":
+                mark_abandoned(s, tracking_uri)
+                print(f"[resume] {s.job.label}: its earlier run was abandoned; running it again", flush=True)
+            todo.append(s.job)
+    c = tracking.client(tracking_uri)
+    parent = tracking.retry(lambda: c.create_run(experiment, run_name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
+                                                 tags={"protocol": protocol.name, "kind": "grid",
+                                                       "command": command[:5000], **tracking.process_tags()}))
+    parent_log = tracking.MlflowRunLog(tracking_uri, parent.info.run_id)
+    parent_log.params({"methods": ",".join(methods), "executor": executor, "jobs": len(jobs), "todo": len(todo)})
+    parent_log.text("protocol.json", json.dumps(protocol.to_dict(), indent=1, default=str))
+    ctx = RunContext(tracking_uri, experiment, parent.info.run_id, plan, protocol.to_dict(), device)
+    started = time.perf_counter()
+
+    def announce(job: Job) -> None:
+        print(f"[start] {job.label} (hash {job.hash})", flush=True)
+
+    try:
+        if executor == "ray":
+            results = _run_ray(todo, ctx, announce, ray_address, jobs_per_gpu)
+        else:
+            results = _run_local(todo, ctx, announce)
+    except BaseException:
+        parent_log.finish("KILLED")
+        raise
+    failed = [r for r in results if r.status != "FINISHED"]
+    print(f"\n{len(jobs)} jobs: {len(jobs) - len(todo)} skipped, {len(results) - len(failed)} finished, "
+          f"{len(failed)} failed, in {time.perf_counter() - started:.0f}s")
+    for r in failed:
+        print(f"  FAILED {r.label}: {r.error}")
+    parent_log.finish("FAILED" if failed else "FINISHED")
+    return 1 if failed else 0

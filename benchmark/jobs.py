@@ -1,0 +1,115 @@
+"""Grid expansion and job identity.
+
+One job per (method, source, seed): it trains once on the source's train split and evaluates on
+every dataset's test split. Its identity is a short hash of the canonical JSON of everything that
+changes its numbers — protocol name and version, method, resolved hyperparameters, recipe,
+source, seed, data fingerprints, encoder id and weights digest (for methods that use it),
+backbone id and weights digest — and of nothing else (no paths, executor or device), so the same
+job run anywhere has the same hash and a FINISHED one is never run twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .backbones import backbone_weights_digest
+from .data import DATASETS, Samples
+from .data.roots import dataset_root
+from .encoders import encoder_weights_digest
+from .protocol import Protocol
+from .trainer import Recipe
+
+
+@dataclass
+class DataPlan:
+    """Where each dataset lives and how to read it; Samples are parsed once and shared."""
+
+    data_root: str | None = None
+    dataset_paths: dict[str, str] = field(default_factory=dict)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skip_bad: bool = False
+    _loaded: dict[tuple[str, str], Samples] = field(default_factory=dict, repr=False)
+
+    def samples(self, dataset: str, split: str) -> Samples:
+        key = (dataset, split)
+        if key not in self._loaded:
+            root = dataset_root(dataset, data_root=self.data_root, dataset_paths=self.dataset_paths)
+            self._loaded[key] = DATASETS.get(dataset).load(root, split, skip_bad=self.skip_bad,
+                                                           **self.options.get(dataset, {}))
+        return self._loaded[key]
+
+    def has_split(self, dataset: str, split: str) -> bool:
+        return split in DATASETS.get(dataset).splits
+
+
+@dataclass
+class Job:
+    protocol: str
+    method: str
+    source: str
+    seed: int
+    targets: list[str]
+    test_split: str
+    hparams: dict[str, Any]
+    recipe: Recipe
+    encoder: dict[str, Any] | None  # id, path, digest; None when the method uses no encoder
+    backbone: dict[str, Any]  # name, weights, path, digest
+    fingerprints: dict[str, str]  # "<dataset>:<split>" -> fingerprint
+    identity: dict[str, Any]
+    hash: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} on {self.source} (seed {self.seed})"
+
+
+def job_hash(identity: dict[str, Any]) -> str:
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
+    """The grid: methods x sources x seeds, in that order."""
+    from methods import METHODS, load_plugins
+
+    load_plugins()
+    entries = {m: METHODS.get(m) for m in methods}  # typos fail before any work
+    encoder_digest = None
+    backbone = {"name": protocol.backbone.name, "weights": protocol.backbone.weights,
+                "path": protocol.backbone.path, "digest": backbone_weights_digest(protocol.backbone)}
+    test_prints = {f"{t}:{protocol.test_split}": plan.samples(t, protocol.test_split).fingerprint
+                   for t in protocol.datasets}
+    jobs = []
+    for method in methods:
+        entry = entries[method]
+        hparams = dataclasses.asdict(entry.hparams(protocol.hparams.get(method)))
+        encoder = None
+        if entry.cls.needs_encoder:
+            if encoder_digest is None:
+                encoder_digest = encoder_weights_digest(protocol.encoder)
+            encoder = {"id": protocol.encoder.id, "path": protocol.encoder.path, "digest": encoder_digest}
+        for source in protocol.sources:
+            prints = {f"{source}:train": plan.samples(source, "train").fingerprint, **test_prints}
+            for seed in protocol.seeds:
+                recipe = protocol.recipe_for(source, seed)
+                recipe_id = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in ("progress", "amp")}
+                identity = {
+                    "protocol": protocol.name, "protocol_version": protocol.version, "method": method,
+                    "hparams": hparams, "recipe": recipe_id, "source": source, "seed": seed,
+                    "data": prints, "test_split": protocol.test_split,
+                    "encoder": None if encoder is None else {"id": encoder["id"], "digest": encoder["digest"]},
+                    "backbone": {"id": protocol.backbone.id, "digest": backbone["digest"]},
+                }
+                jobs.append(Job(protocol.name, method, source, seed, list(protocol.datasets), protocol.test_split,
+                                hparams, recipe, encoder, backbone, prints, identity, job_hash(identity)))
+    return jobs
+
+
+def plan_from(protocol: Protocol, data_root: str | Path | None, dataset_paths: dict[str, str] | None) -> DataPlan:
+    return DataPlan(str(data_root) if data_root else None, dict(dataset_paths or {}),
+                    protocol.dataset_options, protocol.skip_bad)

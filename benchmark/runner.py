@@ -1,0 +1,184 @@
+"""Running jobs: one job trains a method on its source and evaluates it on every target.
+
+`run_grid` expands a protocol into jobs, skips the ones whose hash already has a FINISHED run,
+marks abandoned RUNNING runs (their process is gone) FAILED, and hands the rest to an executor
+(in process, or Ray). A job that raises is recorded as FAILED with its error and the grid goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import subprocess
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import tracking
+from .data import decode_split
+from .jobs import DataPlan, Job
+from .labels import CLASSES
+from .metrics import evaluate
+
+_ENCODERS: dict[tuple[str, str | None], Any] = {}  # one encoder per process, shared by its jobs
+
+
+@dataclass
+class RunContext:
+    """What a job needs besides itself; picklable, so Ray workers get it too."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    plan: DataPlan
+    protocol: dict[str, Any]
+    device: str | None = None
+
+
+@dataclass
+class JobResult:
+    job_hash: str
+    label: str
+    status: str  # FINISHED | FAILED | SKIPPED
+    seconds: float = 0.0
+    source_acc: float | None = None
+    mean_target_acc: float | None = None  # over all targets, source included (the paper's Mean)
+    error: str = ""
+    run_id: str = ""
+    accs: dict[str, float] = field(default_factory=dict)
+
+
+def library_versions() -> dict[str, str]:
+    import mlflow
+    import open_clip
+    import sklearn
+    import torch
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "open_clip": open_clip.__version__,
+            "mlflow": mlflow.__version__, "scikit-learn": sklearn.__version__, "python": platform.python_version()}
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _encoder(job: Job):
+    from .encoders import EncoderSpec, build_encoder
+
+    key = (job.encoder["id"], job.encoder["path"])
+    if key not in _ENCODERS:
+        _ENCODERS[key] = build_encoder(EncoderSpec(*key))
+    return _ENCODERS[key]
+
+
+def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}.{k}": v for k, v in values.items()}
+
+
+def start_job_run(job: Job, ctx: RunContext) -> tracking.MlflowRunLog:
+    c = tracking.client(ctx.tracking_uri)
+    tags = {"job_hash": job.hash, "method": job.method, "source": job.source, "seed": str(job.seed),
+            "protocol": job.protocol, "mlflow.parentRunId": ctx.parent_run_id, **tracking.process_tags()}
+    run = tracking.retry(lambda: c.create_run(ctx.experiment_id, tags=tags,
+                                              run_name=f"{job.method}-{tracking.metric_name(job.source)}-s{job.seed}"))
+    return tracking.MlflowRunLog(ctx.tracking_uri, run.info.run_id)
+
+
+def run_job(job: Job, ctx: RunContext) -> JobResult:
+    """Train and evaluate one job, logging everything to its own MLflow run; never raises."""
+    import torch
+
+    from methods import Components, build_method
+
+    from .backbones import BackboneSpec
+    from .trainer import pick_device
+
+    start = time.perf_counter()
+    log = start_job_run(job, ctx)
+    result = JobResult(job.hash, job.label, "FAILED", run_id=log.run_id)
+    try:
+        device = pick_device(ctx.device)
+        log.params({**_flatten("hp", job.hparams), **_flatten("recipe", dataclasses.asdict(job.recipe)),
+                    "encoder": job.encoder["id"] if job.encoder else "none",
+                    "encoder.digest": job.encoder["digest"] if job.encoder else "none",
+                    "backbone": f"{job.backbone['name']}:{job.backbone['weights']}",
+                    "backbone.digest": job.backbone["digest"], "test_split": job.test_split,
+                    **{f"data.{k}": v for k, v in job.fingerprints.items()},
+                    **_flatten("lib", library_versions()), "git_commit": git_commit(),
+                    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"})
+        plan = ctx.plan
+        size = job.recipe.input_size
+        train = decode_split(plan.samples(job.source, "train"), size, skip_bad=plan.skip_bad)
+        val = (decode_split(plan.samples(job.source, "val"), size, skip_bad=plan.skip_bad)
+               if plan.has_split(job.source, "val") else None)
+        dropped = {f"dropped.{job.source}.train.{reason}": n for reason, n in train.dropped.items() if n}
+        if dropped:
+            log.params(dropped)
+        components = Components(BackboneSpec(job.backbone["name"], job.backbone["weights"], job.backbone["path"]),
+                                _encoder(job) if job.encoder else None)
+        method = build_method(job.method, job.hparams, components)
+        method.fit(train, recipe=job.recipe, device=device, log=log, val_data=val)
+        with tempfile.TemporaryDirectory() as tmp:
+            for target in job.targets:
+                samples = plan.samples(target, job.test_split)
+                test = decode_split(samples, size, skip_bad=plan.skip_bad)
+                probs = method.predict(test)
+                preds = probs.argmax(1)
+                ev = evaluate(test.labels, preds)
+                name = tracking.metric_name(target)
+                log.metrics(ev.as_metrics(f"test/{name}"))
+                result.accs[target] = ev.acc
+                ids = [samples.ids[k] for k in test.kept]
+                _write_target_artifacts(Path(tmp) / name, test, ids, probs, preds, ev)
+                if target == job.source:
+                    method.report(test, log)
+            log.client.log_artifacts(log.run_id, tmp, "evaluation")
+        result.source_acc = result.accs.get(job.source)
+        result.mean_target_acc = float(np.mean(list(result.accs.values())))
+        log.metrics({"test/mean_acc": result.mean_target_acc, "time/job_seconds": time.perf_counter() - start})
+        result.status = "FINISHED"
+        log.finish("FINISHED")
+    except Exception as exc:  # noqa: BLE001 - a failing job is recorded and the grid goes on
+        result.error = f"{type(exc).__name__}: {exc}"
+        try:
+            log.tags({"error": result.error[:5000]})
+            log.text("error.txt", traceback.format_exc())
+        finally:
+            log.finish("FAILED")
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _write_target_artifacts(folder: Path, test, ids: list[str], probs: np.ndarray, preds: np.ndarray, ev) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(ev.confusion, index=list(CLASSES), columns=list(CLASSES)).to_csv(folder / "confusion.csv")
+    display = ConfusionMatrixDisplay(ev.confusion, display_labels=list(CLASSES))
+    fig, ax = plt.subplots(figsize=(7, 6))
+    display.plot(ax=ax, xticks_rotation=45, colorbar=False)
+    ax.set_title(f"{test.dataset} {test.split}: acc {100 * ev.acc:.2f}%")
+    fig.tight_layout()
+    fig.savefig(folder / "confusion.png", dpi=100)
+    plt.close(fig)
+    frame = pd.DataFrame({"id": ids, "label": [CLASSES[y] for y in test.labels], "pred": [CLASSES[y] for y in preds]})
+    for k, name in enumerate(CLASSES):
+        frame[f"p_{name}"] = probs[:, k].round(6)
+    frame.to_csv(folder / "predictions.csv", index=False)
+

@@ -1,0 +1,128 @@
+"""Everything the harness writes to MLflow, through MlflowClient with explicit run ids.
+
+Layout (design.md): one experiment per protocol, one parent run per `benchmark run`, one child
+run per job tagged `job_hash`, `method`, `source`, `seed`, `protocol`. A job's run status is the
+truth about it: RUNNING, FINISHED, or FAILED with the reason in the `error` tag. Workers on other
+processes or machines log straight to the same tracking URI.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from .paths import results_dir
+
+T = TypeVar("T")
+SAFE_SEP = "."  # dataset names like synth5/studio become synth5.studio in metric keys
+
+
+def default_tracking_uri() -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    results = results_dir().resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{results / 'mlflow.db'}"
+
+
+def metric_name(dataset: str) -> str:
+    return dataset.replace("/", SAFE_SEP)
+
+
+def retry(fn: Callable[[], T], attempts: int = 20) -> T:
+    """Retry an MLflow call while SQLite says the database is locked (many writers at once)."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - MLflow wraps the driver's error in its own types
+            if "locked" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(min(2.0, 0.05 * 2**attempt))
+    raise AssertionError("unreachable")
+
+
+def client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def experiment_id(tracking_uri: str, name: str) -> str:
+    c = client(tracking_uri)
+    found = retry(lambda: c.get_experiment_by_name(name))
+    if found is not None:
+        return found.experiment_id
+    artifacts = None
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        artifacts = (db.parent / "mlartifacts").resolve().as_uri()
+    try:
+        return retry(lambda: c.create_experiment(name, artifact_location=artifacts))
+    except Exception:  # noqa: BLE001 - created concurrently by another process
+        return retry(lambda: c.get_experiment_by_name(name)).experiment_id
+
+
+def process_tags() -> dict[str, str]:
+    import psutil
+
+    me = psutil.Process()
+    return {"host": socket.gethostname(), "pid": str(me.pid), "pid_started": f"{me.create_time():.3f}"}
+
+
+def process_alive(tags: dict[str, str]) -> bool | None:
+    """Whether the process that owns a RUNNING run still lives: True/False on this host, None elsewhere."""
+    import psutil
+
+    if tags.get("host") != socket.gethostname():
+        return None
+    try:
+        proc = psutil.Process(int(tags.get("pid", "-1")))
+        return abs(proc.create_time() - float(tags.get("pid_started", "0"))) < 1.0
+    except (psutil.NoSuchProcess, ValueError):
+        return False
+
+
+class MlflowRunLog:
+    """The `log` object handed to methods: metrics and figures go to one MLflow run."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.client = client(tracking_uri)
+        self.run_id = run_id
+
+    def metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in values.items()]
+        retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
+
+    def params(self, values: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in values.items()]
+        for start in range(0, len(items), 100):
+            retry(lambda: self.client.log_batch(self.run_id, params=items[start:start + 100]))
+
+    def tags(self, values: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        retry(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in values.items()]))
+
+    def figure(self, name: str, figure: Any) -> None:
+        import matplotlib.pyplot as plt
+
+        retry(lambda: self.client.log_figure(self.run_id, figure, f"figures/{name}"))
+        plt.close(figure)
+
+    def text(self, name: str, content: str) -> None:
+        retry(lambda: self.client.log_text(self.run_id, content, name))
+
+    def artifact(self, path: Path, folder: str | None = None) -> None:
+        retry(lambda: self.client.log_artifact(self.run_id, str(path), folder))
+
+    def finish(self, status: str) -> None:
+        retry(lambda: self.client.set_terminated(self.run_id, status))
