@@ -1,0 +1,233 @@
+"""The grid runner end to end on tiny synth5 data: MLflow layout, dry run, resume after a kill,
+failure isolation, concurrent logging, protocol validation."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.errors import BenchmarkError
+from benchmark.protocol import ProtocolError, load_protocol
+
+from .fsdata import write_image
+
+TINY = """
+name = "tiny"
+version = 1
+methods = ["erm", "clip_ft"]
+datasets = ["synth5/studio", "synth5/film"{extra_datasets}]
+sources = ["synth5/studio", "synth5/film"{extra_sources}]
+seeds = [0]
+encoder = "torchvision:mobilenet_v2:imagenet"
+
+[backbone]
+name = "mobilenet_v2"
+weights = "imagenet"
+
+[recipe]
+epochs = {epochs}
+batch_size = 16
+input_size = 32
+progress = false
+
+[dataset_options."synth5/studio"]
+scale = 0.03
+[dataset_options."synth5/film"]
+scale = 0.05
+"""
+
+
+def write_protocol(tmp_path: Path, epochs: int = 1, extra: str = "") -> Path:
+    path = tmp_path / "tiny.toml"
+    extra_list = f', "{extra}"' if extra else ""
+    path.write_text(TINY.format(epochs=epochs, extra_datasets=extra_list, extra_sources=extra_list))
+    return path
+
+
+def finished_runs(uri: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("tiny")
+    return c.search_runs([exp.experiment_id], "tags.job_hash != ''", max_results=1000)
+
+
+def test_tiny_grid_logs_every_metric_and_dry_run_lists_jobs(tmp_path, capsys):
+    protocol = write_protocol(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4 jobs, 0 already FINISHED" in out and out.count(" new") == 4
+
+    assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri]) == 0
+    runs = finished_runs(uri)
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    run = next(r for r in runs if r.data.tags["method"] == "clip_ft" and r.data.tags["source"] == "synth5/studio")
+    tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+    assert tags["seed"] == "0" and tags["protocol"] == "tiny" and len(tags["job_hash"]) == 16
+    assert "mlflow.parentRunId" in tags
+    for target in ("synth5.studio", "synth5.film"):
+        for key in ("acc", "mean_class_acc", "macro_f1", "acc/happiness"):
+            assert 0.0 <= metrics[f"test/{target}/{key}"] <= 1.0
+    assert "train/loss" in metrics and "lr" in metrics and "source_val/acc" in metrics
+    assert params["encoder"] == "torchvision:mobilenet_v2:imagenet" and params["encoder.digest"].startswith("b0353104")
+    assert params["hp.lr"] == "0.0002" and params["recipe.epochs"] == "1" and "lib.torch" in params
+    assert "data.synth5/studio:train" in params and "git_commit" in params
+    from mlflow.tracking import MlflowClient
+
+    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id, "evaluation/synth5.film")}
+    assert {"evaluation/synth5.film/confusion.csv", "evaluation/synth5.film/confusion.png",
+            "evaluation/synth5.film/predictions.csv"} <= artifacts
+
+    # A second identical command skips every job.
+    assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[skip]") == 4 and "4 skipped, 0 finished" in out
+    assert len(finished_runs(uri)) == 4
+
+
+def run_cli(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "benchmark", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def accuracies(uri: str) -> dict[str, dict[str, float]]:
+    return {r.data.tags["job_hash"]: {k: v for k, v in r.data.metrics.items() if k.startswith("test/")}
+            for r in finished_runs(uri) if r.info.status == "FINISHED"}
+
+
+def test_killed_grid_resumes_without_duplicates_and_matches_uninterrupted(tmp_path):
+    protocol = write_protocol(tmp_path, epochs=2)
+    killed_uri = f"sqlite:///{tmp_path / 'killed.db'}"
+    proc = run_cli(["run", "--protocol", str(protocol), "--tracking-uri", killed_uri])
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill it once the first job has finished, mid-way through the grid
+        time.sleep(0.5)
+        if (tmp_path / "killed.db").exists():
+            try:
+                if any(r.info.status == "FINISHED" for r in finished_runs(killed_uri)):
+                    break
+            except Exception:  # noqa: BLE001 - the store may be mid-creation
+                pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    states = [r.info.status for r in finished_runs(killed_uri)]
+    assert "FINISHED" in states and len([s for s in states if s == "FINISHED"]) < 4
+
+    resumed = run_cli(["run", "--protocol", str(protocol), "--tracking-uri", killed_uri])
+    out = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out
+    runs = finished_runs(killed_uri)
+    finished = [r.data.tags["job_hash"] for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) == 4 and len(set(finished)) == 4  # every job once, none twice
+    assert all(r.info.status in ("FINISHED", "FAILED") for r in runs)  # the killed run is closed
+
+    clean_uri = f"sqlite:///{tmp_path / 'clean.db'}"
+    clean = run_cli(["run", "--protocol", str(protocol), "--tracking-uri", clean_uri])
+    assert clean.wait(timeout=300) == 0
+    assert accuracies(killed_uri) == accuracies(clean_uri)
+
+
+def test_failing_job_is_isolated_and_exit_code_is_nonzero(tmp_path, capsys):
+    broken = tmp_path / "broken"
+    for cls in ("happy", "sad"):
+        for i in range(3):
+            write_image(broken / f"train/{cls}/{i}.png", value=30 * i)
+            write_image(broken / f"test/{cls}/{i}.png", value=30 * i)
+    (broken / "train/sad/1.png").write_bytes(b"corrupt")
+    protocol = write_protocol(tmp_path, extra="imagefolder")
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    code = main(["run", "--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm",
+                 "--dataset-path", f"imagefolder={broken}"])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "FAILED erm on imagefolder" in out and "unreadable image" in out
+    runs = finished_runs(uri)
+    by_source = {r.data.tags["source"]: r for r in runs}
+    assert by_source["imagefolder"].info.status == "FAILED"
+    assert "train/sad/1.png: unreadable image" in by_source["imagefolder"].data.tags["error"]
+    assert by_source["synth5/studio"].info.status == "FINISHED"
+    assert "test/imagefolder/acc" in by_source["synth5/studio"].data.metrics
+
+
+def _log_many(uri: str, run_id: str, worker: int) -> None:
+    from benchmark.tracking import MlflowRunLog
+
+    log = MlflowRunLog(uri, run_id)
+    for step in range(25):
+        log.metrics({f"w{worker}/a": float(step), f"w{worker}/b": float(-step)}, step=step)
+
+
+def test_four_processes_logging_into_one_sqlite_store_lose_nothing(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from benchmark.tracking import experiment_id
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    exp = experiment_id(uri, "concurrency")
+    c = MlflowClient(uri)
+    run_ids = [c.create_run(exp).info.run_id for _ in range(4)]
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_log_many, args=(uri, run_ids[w], w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    for w, run_id in enumerate(run_ids):
+        history = c.get_metric_history(run_id, f"w{w}/a")
+        assert sorted(m.step for m in history) == list(range(25))
+
+
+def test_protocol_unknown_key_and_wrong_type_are_named(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\ndatasets = ["synth5/studio"]\n[recipe]\nepochz = 3\n')
+    with pytest.raises(ProtocolError, match=r"bad.toml: recipe: unknown key\(s\) epochz"):
+        load_protocol(str(bad))
+    bad.write_text('name = "x"\ndatasets = ["synth5/studio"]\n[recipe]\nepochs = "three"\n')
+    with pytest.raises(ProtocolError, match=r"recipe.epochs: expected int, got str"):
+        load_protocol(str(bad))
+    bad.write_text('name = "x"\ndatasets = ["synth5/studio"]\nseed = [1]\n')
+    with pytest.raises(ProtocolError, match=r"unknown key\(s\) seed"):
+        load_protocol(str(bad))
+    with pytest.raises(BenchmarkError, match="did you mean 'rafdb'"):
+        load_protocol("gfer5", {"datasets": '["raf-db"]'})
+
+
+def test_overrides_and_shipped_protocols_load():
+    protocol = load_protocol("gfer5", {"recipe.epochs": "2", "backbone.path": "/x/resnet18_msceleb.pth",
+                                       "seeds": "[1, 2]"})
+    assert protocol.recipe.epochs == 2 and protocol.backbone.path == "/x/resnet18_msceleb.pth"
+    assert protocol.seeds == [1, 2]
+    assert protocol.recipe_for("affectnet", 1).sampler == "balanced"
+    assert protocol.recipe_for("rafdb", 1).sampler == "uniform"
+    for name in ("gfer5", "gfer5_ablation", "gfer5_backbones", "gfer5_clip", "synth5"):
+        assert load_protocol(name).name == name
+
+
+def test_ray_executor_runs_two_jobs_at_once_into_one_store(tmp_path, capsys):
+    ray = pytest.importorskip("ray")
+    protocol = write_protocol(tmp_path, epochs=2)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        code = main(["run", "--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm",
+                     "--executor", "ray"])
+    finally:
+        ray.shutdown()
+    assert code == 0, capsys.readouterr().out
+    runs = finished_runs(uri)
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    for run in runs:
+        assert "test/synth5.film/acc" in run.data.metrics and "train/loss" in run.data.metrics
+    (a, b) = sorted(runs, key=lambda r: r.info.start_time)
+    assert b.info.start_time < a.info.end_time  # the two jobs overlapped: they ran at once
