@@ -71,6 +71,48 @@ def _cmd_run(args: argparse.Namespace) -> int:
                     jobs_per_gpu=args.jobs_per_gpu, command=" ".join(sys.argv))
 
 
+def _cmd_table(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import tables
+    from .tracking import default_tracking_uri, latest_protocol
+
+    uri = args.tracking_uri or default_tracking_uri()
+    protocol_name = args.protocol or latest_protocol(uri)
+    sources, datasets, preferred = tables.protocol_layout(protocol_name)
+    results = tables.load_results(uri, protocol_name, datasets)
+    if results.empty:
+        raise BenchmarkError(f"no FINISHED runs for protocol {protocol_name!r} in {uri}")
+    if not datasets:
+        datasets = sorted(set(results["target"]))
+        sources = sorted(set(results["source"]))
+    present = list(dict.fromkeys(results["method"]))
+    methods = [m for m in preferred if m in present] + [m for m in present if m not in preferred]
+    names = list(tables.TABLES) if args.table == "all" else [args.table]
+    outputs = []
+    for name in names:
+        built = tables.build_tables(name, results, args.metric, sources, datasets, methods)
+        if args.format == "csv":
+            import pandas as pd
+
+            outputs.append((name, pd.concat([tables.to_frame(t) for t in built]).to_csv(index=False)))
+        else:
+            outputs.append((name, "\n".join(tables.render(t, args.format, args.compare == "paper") for t in built)))
+    header = f"{protocol_name}: {args.metric} (%)\n\n" if args.format == "md" else ""
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for name, text in outputs:
+            path = out if len(outputs) == 1 else out.with_name(f"{name}{out.suffix or '.md'}")
+            path.write_text(header + text)
+            print(f"wrote {path}")
+        for fig in tables.write_figures(results, args.metric, sources, datasets, methods, out.parent):
+            print(f"wrote {fig}")
+    for _, text in outputs:
+        print(header + text)
+    return 0
+
+
 def _cmd_protocols(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
@@ -92,14 +134,6 @@ def _cmd_ui(args: argparse.Namespace) -> int:
                "--port", str(args.port)]
     print(f"MLflow UI on http://{args.host}:{args.port} for {uri}", flush=True)
     return subprocess.call(command)
-
-
-def _not_yet(issue: int, what: str):
-    def run(args: argparse.Namespace) -> int:
-        print(f"benchmark {what}: not implemented yet (tracked in issue #{issue})", file=sys.stderr)
-        return 2
-
-    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="list the jobs and whether each is FINISHED; run nothing")
     run.set_defaults(func=_cmd_run)
     table = sub.add_parser("table", help="build the paper's tables (markdown, LaTeX, CSV) from MLflow runs")
-    table.set_defaults(func=_not_yet(6, "table"))
+    table.add_argument("--protocol", help="experiment to read (default: the most recent with finished runs)")
+    table.add_argument("--table", default="table1", help="table1..table5, perclass, or all (default table1)")
+    table.add_argument("--out", help="write here (with --table all: one file per table beside it) plus the figures")
+    table.add_argument("--format", choices=["md", "latex", "csv"], default="md")
+    table.add_argument("--compare", choices=["paper"], help="put the paper's number and the difference beside ours")
+    table.add_argument("--metric", choices=["acc", "mean_class_acc", "macro_f1"], default="acc")
+    table.add_argument("--tracking-uri", help="MLflow tracking URI (default as `run`)")
+    table.set_defaults(func=_cmd_table)
     methods = sub.add_parser("methods", help="list the registered methods")
     methods.set_defaults(func=_cmd_methods)
     protocols = sub.add_parser("protocols", help="list the protocol files")

@@ -126,3 +126,20 @@ class MlflowRunLog:
 
     def finish(self, status: str) -> None:
         retry(lambda: self.client.set_terminated(self.run_id, status))
+
+
+def latest_protocol(tracking_uri: str) -> str:
+    """Name of the experiment whose newest FINISHED job run is the most recent."""
+    c = client(tracking_uri)
+    experiments = retry(lambda: c.search_experiments())
+    best, best_time = None, -1
+    for exp in experiments:
+        runs = retry(lambda: c.search_runs([exp.experiment_id], "tags.job_hash != '' and attributes.status = 'FINISHED'",
+                                           max_results=1, order_by=["attributes.end_time DESC"]))
+        if runs and (runs[0].info.end_time or 0) > best_time:
+            best, best_time = exp.name, runs[0].info.end_time or 0
+    if best is None:
+        from .errors import BenchmarkError
+
+        raise BenchmarkError(f"no FINISHED runs in {tracking_uri}; run `benchmark run` first")
+    return best

@@ -1,0 +1,349 @@
+"""`benchmark table`: the paper's Tables 1-5 and a per-class table, rebuilt from MLflow runs.
+
+Runs are read with `mlflow.search_runs` into a long frame (method, backbone, source, target,
+seed, metric value), aggregated over seeds with pandas, and written with tabulate (markdown,
+LaTeX) or pandas (CSV). Cells are percentages with two decimals, `mean ± std` over seeds when
+there are several. A missing cell (a job not run, or FAILED) prints as `–` with a footnote; a
+mean over an incomplete row is computed over what exists and marked `*`. `--compare paper` puts
+the paper's number and our difference beside each cell; means are always recomputed from cells
+(two of the paper's printed means are wrong), the printed one appears only in the paper column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from .errors import BenchmarkError
+from .labels import CLASSES
+from .tracking import metric_name
+
+PAPER_ORDER = ["rafdb", "ferplus", "affectnet", "sfew", "mma"]
+DISPLAY = {"rafdb": "RAF-DB", "ferplus": "FERPlus", "affectnet": "AffectNet", "sfew": "SFEW2.0", "mma": "MMA"}
+MISSING = "–"
+TABLES = ("table1", "table2", "table3", "table4", "table5", "perclass")
+TABLE_METHODS = {"table2": ["erm", "cafe_mask", "cafe_mask_sep", "cafe"], "table4": ["clip_ft", "cafe"],
+                 "table5": ["cafe_nosigmoid", "cafe"]}
+
+
+def display(name: str) -> str:
+    return DISPLAY.get(name, name)
+
+
+def load_results(tracking_uri: str, protocol: str, datasets: list[str] | None = None) -> pd.DataFrame:
+    """Long frame of FINISHED job runs: method, backbone, source, seed, target, metric, value."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    runs = mlflow.search_runs(experiment_names=[protocol], filter_string="tags.job_hash != ''",
+                              max_results=50000)
+    columns = ["method", "backbone", "source", "seed", "target", "metric", "value"]
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    runs = runs[runs["status"] == "FINISHED"]
+    rows = []
+    names = {metric_name(d): d for d in (datasets or [])}
+    for _, run in runs.iterrows():
+        backbone = str(run.get("params.backbone", "")).split(":")[0]
+        for column, value in run.items():
+            if not (isinstance(column, str) and column.startswith("metrics.test/")) or pd.isna(value):
+                continue
+            parts = column[len("metrics.test/"):].split("/", 1)
+            if len(parts) != 2:
+                continue  # test/mean_acc
+            target = names.get(parts[0], parts[0])
+            rows.append([run["tags.method"], backbone, run["tags.source"], int(run["tags.seed"]), target,
+                         parts[1], float(value)])
+    # A fixed row order makes every sum (and so every rounded cell) the same from run to run.
+    return pd.DataFrame(rows, columns=columns).sort_values(columns[:6], kind="stable").reset_index(drop=True)
+
+
+def protocol_layout(name: str) -> tuple[list[str], list[str], list[str]]:
+    """(sources, datasets, methods) of a protocol file of that name; empty when there is none."""
+    from .protocol import ProtocolError, load_protocol
+
+    try:
+        protocol = load_protocol(name)
+    except ProtocolError:
+        return [], [], []
+    return list(protocol.sources), list(protocol.datasets), list(protocol.methods)
+
+
+def paper_numbers() -> pd.DataFrame:
+    return pd.read_csv(files("benchmark").joinpath("paper_tables.csv"))
+
+
+@dataclass
+class Cell:
+    mean: float | None  # fraction
+    std: float | None = None
+    seeds: int = 0
+    partial: bool = False  # a mean over an incomplete row
+
+    def text(self, with_std: bool) -> str:
+        if self.mean is None:
+            return MISSING
+        out = f"{100 * self.mean:.2f}"
+        if with_std and self.seeds > 1:
+            out += f" ± {100 * self.std:.2f}"
+        return out + ("*" if self.partial else "")
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[tuple[str, list[Cell]]]
+    notes: list[str] = field(default_factory=list)
+    paper: dict[tuple[str, str], float] = field(default_factory=dict)  # (row, column) -> paper %
+    bold: bool = True
+    delta_row: tuple[str, str] | None = None  # (minuend, subtrahend) rows for a Δ row
+
+
+def _cells(frame: pd.DataFrame, targets: list[str], mean_over: list[str]) -> tuple[list[Cell], bool]:
+    """Cells of one row (one method/backbone/source) and whether any was missing."""
+    by_target = frame.groupby("target")["value"]
+    cells, missing = [], False
+    for t in targets:
+        if t in by_target.groups:
+            values = by_target.get_group(t)
+            cells.append(Cell(values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0, len(values)))
+        else:
+            cells.append(Cell(None))
+            missing = True
+    # Mean: per seed over the `mean_over` targets, then mean ± std over seeds.
+    sub = frame[frame["target"].isin(mean_over)]
+    per_seed = sub.groupby("seed")["value"].mean()
+    present = set(sub["target"])
+    incomplete = not set(mean_over) <= present
+    if len(per_seed):
+        cells.append(Cell(per_seed.mean(), per_seed.std(ddof=1) if len(per_seed) > 1 else 0.0, len(per_seed),
+                          partial=incomplete))
+    else:
+        cells.append(Cell(None))
+    return cells, missing or incomplete
+
+
+def ordered_targets(source: str, datasets: list[str]) -> list[str]:
+    """The source's own test set first, then the others in the paper's (or protocol's) order."""
+    rest = [d for d in sorted(datasets, key=lambda d: PAPER_ORDER.index(d) if d in PAPER_ORDER else 99)
+            if d != source]
+    return [source, *rest]
+
+
+def method_rows(acc: pd.DataFrame, methods: list[str]) -> list[tuple[str, str, pd.DataFrame]]:
+    """(row label, method, frame) per method; `method@backbone` rows when backbones differ."""
+    several = acc["backbone"].nunique() > 1
+    rows = []
+    for method in methods:
+        frame = acc[acc["method"] == method]
+        if several:
+            for backbone in sorted(frame["backbone"].unique()) or [""]:
+                rows.append((f"{method}@{backbone}", method, frame[frame["backbone"] == backbone]))
+        else:
+            rows.append((method, method, frame))
+    return rows
+
+
+def table1(results: pd.DataFrame, metric: str, sources: list[str], datasets: list[str],
+           methods: list[str]) -> list[Table]:
+    acc = results[results["metric"] == metric]
+    tables = []
+    for source in sources:
+        targets = ordered_targets(source, datasets)
+        rows, missing = [], False
+        for label, _, frame in method_rows(acc, methods):
+            cells, m = _cells(frame[frame["source"] == source], targets, targets)
+            rows.append((label, cells))
+            missing |= m
+        table = Table(f"Trained on {display(source)}", [display(t) for t in targets] + ["Mean"], rows)
+        table.paper = _paper_lookup("table1", source, methods, targets, "mean5")
+        if missing:
+            table.notes.append(f"{MISSING}: no FINISHED run; * mean over the cells that exist")
+        tables.append(table)
+    return tables
+
+
+def _paper_lookup(name: str, source: str, rows: list[str], targets: list[str], mean_key: str,
+                  row_key=lambda r: r) -> dict[tuple[str, str], float]:
+    paper = paper_numbers()
+    paper = paper[(paper["table"] == name) & (paper["source"] == source)]
+    out = {}
+    for _, rec in paper.iterrows():
+        for row in rows:
+            if rec["method"] == row_key(row):
+                column = "Mean" if rec["target"] == mean_key else display(rec["target"])
+                out[(row, column)] = float(rec["accuracy"])
+    return out
+
+
+def single_source_table(name: str, results: pd.DataFrame, metric: str, source: str, datasets: list[str],
+                        methods: list[str]) -> Table:
+    """Tables 2, 4, 5: one source (RAF-DB in the paper), one row per method."""
+    acc = results[(results["metric"] == metric) & (results["source"] == source)]
+    unseen_only = name == "table2"
+    targets = [t for t in ordered_targets(source, datasets) if not (unseen_only and t == source)]
+    rows, missing = [], False
+    for label, _, frame in method_rows(acc, methods):
+        cells, m = _cells(frame, targets, targets)
+        rows.append((label, cells))
+        missing |= m
+    titles = {"table2": "Ablation (mean over the four unseen test sets)", "table4": "CLIP+Finetune vs CAFE",
+              "table5": "Without the sigmoid vs CAFE"}
+    table = Table(f"{titles[name]}, trained on {display(source)}", [display(t) for t in targets] + ["Mean"], rows)
+    table.paper = _paper_lookup(name, source, methods, targets, "mean4" if unseen_only else "mean5")
+    if name in ("table4", "table5"):
+        table.delta_row = ("cafe", methods[0])
+        table.bold = False
+    if missing:
+        table.notes.append(f"{MISSING}: no FINISHED run; * mean over the cells that exist")
+    return table
+
+
+def table3(results: pd.DataFrame, metric: str, source: str, datasets: list[str]) -> Table:
+    acc = results[(results["metric"] == metric) & (results["source"] == source)
+                  & (results["method"].isin(["erm", "cafe"]))]
+    targets = ordered_targets(source, datasets)
+    rows, missing = [], False
+    for backbone in sorted(acc["backbone"].unique()):
+        for method in ("erm", "cafe"):
+            cells, m = _cells(acc[(acc["backbone"] == backbone) & (acc["method"] == method)], targets, targets)
+            rows.append((f"{method}@{backbone}", cells))
+            missing |= m
+    table = Table(f"Backbones, trained on {display(source)}", [display(t) for t in targets] + ["Mean"], rows)
+    paper_name = {"mobilenet_v2": "mobilenet"}
+    table.paper = _paper_lookup("table3", source, [r for r, _ in rows], targets, "mean5",
+                                row_key=lambda r: "@".join([r.split("@")[0], paper_name.get(r.split("@")[1], r.split("@")[1])]))
+    if missing:
+        table.notes.append(f"{MISSING}: no FINISHED run; * mean over the cells that exist")
+    return table
+
+
+def perclass_table(results: pd.DataFrame, sources: list[str], datasets: list[str], methods: list[str]) -> Table:
+    rows = []
+    for method in methods:
+        for source in sources:
+            for target in ordered_targets(source, datasets):
+                frame = results[(results["method"] == method) & (results["source"] == source)
+                                & (results["target"] == target)]
+                if frame.empty:
+                    continue
+                cells = []
+                for key in [f"acc/{c}" for c in CLASSES] + ["mean_class_acc"]:
+                    values = frame[frame["metric"] == key]["value"]
+                    cells.append(Cell(values.mean() if len(values) else None,
+                                      values.std(ddof=1) if len(values) > 1 else 0.0, len(values)))
+                rows.append((f"{method} | {display(source)} → {display(target)}", cells))
+    return Table("Per-class accuracy", list(CLASSES) + ["mean per class"], rows, bold=False)
+
+
+def render(table: Table, fmt: str, compare: bool = False) -> str:
+    with_std = any(c.seeds > 1 for _, cells in table.rows for c in cells)
+    seeds = max((c.seeds for _, cells in table.rows for c in cells), default=0)
+    best = {}
+    if table.bold and len(table.rows) >= 2:
+        for j in range(len(table.columns)):
+            values = [cells[j].mean for _, cells in table.rows if cells[j].mean is not None]
+            if values:
+                best[j] = max(values)
+    body = []
+    for name, cells in table.rows:
+        line = [name]
+        for j, cell in enumerate(cells):
+            text = cell.text(with_std)
+            if j in best and cell.mean is not None and np.isclose(cell.mean, best[j]):
+                text = f"\\textbf{{{text}}}" if fmt == "latex" else f"**{text}**"
+            if compare:
+                ref = table.paper.get((name, table.columns[j]))
+                if ref is not None:
+                    diff = "" if cell.mean is None else f", {round(100 * cell.mean - ref, 2) + 0.0:+.2f}"
+                    text += f" ({ref:.2f}{diff})"
+            line.append(text)
+        body.append(line)
+    if table.delta_row:
+        rows = dict(table.rows)
+        a, b = rows.get(table.delta_row[0]), rows.get(table.delta_row[1])
+        if a and b:
+            body.append(["Δ"] + [MISSING if x.mean is None or y.mean is None else f"{100 * (x.mean - y.mean):+.2f}"
+                                 for x, y in zip(a, b)])
+    header = ["Method", *table.columns]
+    title = table.title + (f" ({seeds} seeds, mean ± std)" if seeds > 1 else "")
+    if compare:
+        title += " — ours (paper, ours − paper)"
+    notes = "".join(f"\n\n{n}" for n in table.notes)
+    if fmt == "latex":
+        return f"% {title}\n" + tabulate(body, headers=header, tablefmt="latex_raw", disable_numparse=True) + notes.replace("\n", "\n% ")
+    return f"**{title}**\n\n" + tabulate(body, headers=header, tablefmt="github", disable_numparse=True) + notes + "\n"
+
+
+def to_frame(table: Table) -> pd.DataFrame:
+    return pd.DataFrame([{"table": table.title, "row": name, "column": col, "mean": cell.mean, "std": cell.std,
+                          "seeds": cell.seeds, "partial": cell.partial}
+                         for name, cells in table.rows for col, cell in zip(table.columns, cells)])
+
+
+def build_tables(name: str, results: pd.DataFrame, metric: str, sources: list[str], datasets: list[str],
+                 methods: list[str]) -> list[Table]:
+    if results.empty:
+        raise BenchmarkError("no FINISHED runs to build a table from")
+    main_source = "rafdb" if "rafdb" in sources else sources[0]
+    if name == "table1":
+        return table1(results, metric, sources, datasets, methods)
+    if name in TABLE_METHODS:
+        return [single_source_table(name, results, metric, main_source, datasets, TABLE_METHODS[name])]
+    if name == "table3":
+        return [table3(results, metric, main_source, datasets)]
+    if name == "perclass":
+        return [perclass_table(results, sources, datasets, methods)]
+    raise BenchmarkError(f"unknown table {name!r} (known: {', '.join(TABLES)}, all)")
+
+
+def write_figures(results: pd.DataFrame, metric: str, sources: list[str], datasets: list[str],
+                  methods: list[str], folder: Path) -> list[Path]:
+    """A source x target heatmap per method and a bar chart of mean unseen accuracy per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    acc = results[results["metric"] == metric]
+    written = []
+    order = sorted(datasets, key=lambda d: PAPER_ORDER.index(d) if d in PAPER_ORDER else 99)
+    for method in methods:
+        grid = (acc[acc["method"] == method].groupby(["source", "target"])["value"].mean().unstack()
+                .reindex(index=[s for s in order if s in sources], columns=order))
+        fig, ax = plt.subplots(figsize=(6, 5))
+        im = ax.imshow(100 * grid.to_numpy(dtype=float), vmin=0, vmax=100, cmap="viridis")
+        ax.set_xticks(range(len(order)), [display(d) for d in order], rotation=30, ha="right")
+        ax.set_yticks(range(len(grid.index)), [display(d) for d in grid.index])
+        ax.set_xlabel("test set")
+        ax.set_ylabel("train set")
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                v = grid.iat[i, j]
+                ax.text(j, i, MISSING if pd.isna(v) else f"{100 * v:.1f}", ha="center", va="center", color="w")
+        ax.set_title(f"{method}: {metric} (%)")
+        fig.colorbar(im, ax=ax)
+        fig.tight_layout()
+        path = folder / f"heatmap_{method}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    unseen = acc[acc["source"] != acc["target"]].groupby(["method", "seed"])["value"].mean().reset_index()
+    stats = unseen.groupby("method")["value"].agg(["mean", "std", "count"]).reindex(methods).dropna(subset=["mean"])
+    fig, ax = plt.subplots(figsize=(1.2 * len(stats) + 2, 4))
+    ax.bar(stats.index, 100 * stats["mean"], yerr=100 * stats["std"].fillna(0), capsize=4)
+    ax.set_ylabel(f"mean unseen-target {metric} (%)")
+    ax.set_title("mean over unseen targets (error bars: std over seeds)")
+    fig.tight_layout()
+    path = folder / "mean_unseen.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+    return written
