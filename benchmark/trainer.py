@@ -74,13 +74,17 @@ def epoch_sampler(labels: np.ndarray, recipe: Recipe, gen: torch.Generator):
     return RandomSampler(range(n), num_samples=size, generator=gen)
 
 
-def load_batch(data: DecodedSplit, index: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images and labels of `index` (read from the memory-mapped cache, sorted for locality)."""
+def load_batch(data: DecodedSplit, index: np.ndarray, device: torch.device,
+               labels: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images and labels of `index` (read from the memory-mapped cache, sorted for locality).
+
+    `labels` replaces the split's own labels (SCN trains on labels it relabels).
+    """
     order = np.argsort(index, kind="stable")
     rows = np.array(data.images[index[order]])
     rows[order] = rows.copy()  # back to the sampler's order
     images = torch.from_numpy(rows).to(device, non_blocking=True)
-    labels = torch.from_numpy(data.labels[index]).to(device)
+    labels = torch.from_numpy((data.labels if labels is None else labels)[index]).to(device)
     return images, labels
 
 
@@ -88,7 +92,8 @@ def fit(method: "TrainedMethod", data: DecodedSplit, *, recipe: Recipe, device: 
         val_data: DecodedSplit | None = None) -> None:
     """Train `method` on `data` for `recipe.epochs` epochs."""
     seed_everything(recipe.seed)
-    method.build(device)
+    method.build(device, recipe.input_size)
+    method.train_labels = np.array(data.labels)  # a private copy: methods may relabel, the cache never changes
     optimizer = torch.optim.Adam(method.param_groups(), lr=method.hparams.lr, weight_decay=method.hparams.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=method.hparams.lr_gamma)
     gen = torch.Generator(device="cpu").manual_seed(recipe.seed)
@@ -109,7 +114,8 @@ def fit(method: "TrainedMethod", data: DecodedSplit, *, recipe: Recipe, device: 
         start = time.perf_counter()
         order = np.fromiter(epoch_sampler(data.labels, recipe, gen), dtype=np.int64)
         for begin in range(0, len(order), recipe.batch_size):
-            images, labels = load_batch(data, order[begin:begin + recipe.batch_size], device)
+            index = order[begin:begin + recipe.batch_size]
+            images, labels = load_batch(data, index, device, method.train_labels)
             x = augment(images, method.augment_spec, aug_gen)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss, parts = method.training_step(x, labels)
@@ -118,7 +124,7 @@ def fit(method: "TrainedMethod", data: DecodedSplit, *, recipe: Recipe, device: 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            method.after_step(x, labels, epoch)
+            method.after_step(index, epoch)
             for key, value in {"loss": loss.detach(), **parts}.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
             batches += 1

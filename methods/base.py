@@ -173,6 +173,8 @@ class TrainedMethod(Method):
         super().__init__(hparams, components, name)
         self.model: nn.Module | None = None
         self.rng = random.Random(0)  # replaced by a seeded one at fit time
+        self.input_size = 224
+        self.train_labels: np.ndarray | None = None
 
     # -- to implement ------------------------------------------------------------------------
     def make_model(self) -> nn.Module:
@@ -191,16 +193,17 @@ class TrainedMethod(Method):
     def param_groups(self) -> list[dict[str, Any]]:
         return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
 
-    def after_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> None:
-        """Called after each optimizer step (SCN relabels here)."""
+    def after_step(self, index: np.ndarray, epoch: int) -> None:
+        """Called after each optimizer step with the batch's sample indices (SCN relabels here)."""
 
     def epoch_metrics(self) -> dict[str, float]:
         """Extra per-epoch metrics (e.g. how many labels SCN changed)."""
         return {}
 
     # -- shared plumbing ----------------------------------------------------------------------
-    def build(self, device: torch.device) -> None:
+    def build(self, device: torch.device, input_size: int = 224) -> None:
         self.device = device
+        self.input_size = input_size
         self.model = self.make_model().to(device)
         if self.components.encoder is not None:
             self.components.encoder.to_device(device)
@@ -235,9 +238,10 @@ class TrainedMethod(Method):
         return self.components.features.get(self.components.encoder, data, self.device)[rows]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "hparams": dataclasses.asdict(self.hparams)}
+        return {"model": self.model.state_dict(), "hparams": dataclasses.asdict(self.hparams),
+                "input_size": self.input_size}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device | None = None) -> None:
-        self.build(device or self.device)
+        self.build(device or self.device, state.get("input_size", 224))
         self.model.load_state_dict(state["model"])
 

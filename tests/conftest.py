@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+SIZE = 48  # input size of the short training runs
+
+
+
 
 @pytest.fixture(autouse=True)
 def isolated_outputs(tmp_path_factory, monkeypatch):
@@ -12,3 +16,38 @@ def isolated_outputs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("BENCHMARK_CACHE", str(out / "cache"))
     monkeypatch.delenv("FER_DATA_ROOT", raising=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def studio(tmp_path_factory):
+    """A small synth5/studio train and test split, decoded at SIZE px (shared by the training tests)."""
+    import os
+
+    from benchmark.data import DATASETS, decode_split
+
+    cache = tmp_path_factory.mktemp("studio-cache")
+    reader = DATASETS.get("synth5/studio")
+    old = os.environ.get("BENCHMARK_CACHE")
+    os.environ["BENCHMARK_CACHE"] = str(cache)
+    try:
+        train = decode_split(reader.load(None, "train", scale=0.4), SIZE)
+        test = decode_split(reader.load(None, "test", scale=0.4), SIZE)
+    finally:
+        if old is None:
+            os.environ.pop("BENCHMARK_CACHE", None)
+        else:
+            os.environ["BENCHMARK_CACHE"] = old
+    return train, test
+
+
+@pytest.fixture(scope="session")
+def components(tmp_path_factory):
+    """MobileNetV2 ImageNet as frozen encoder and trainable backbone: the weights that exist offline."""
+    from benchmark.backbones import BackboneSpec
+    from benchmark.encoders import EncoderSpec, build_encoder
+    from benchmark.features import FeatureCache
+    from methods import Components
+
+    encoder = build_encoder(EncoderSpec("torchvision:mobilenet_v2:imagenet"))
+    return Components(BackboneSpec("mobilenet_v2", "imagenet"), encoder,
+                      FeatureCache(tmp_path_factory.mktemp("features")))

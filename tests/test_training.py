@@ -9,30 +9,14 @@ import pytest
 import torch
 
 from benchmark.augment import IMAGENET_MEAN, IMAGENET_STD, PAPER, AugmentSpec, augment
-from benchmark.backbones import BackboneSpec
-from benchmark.data import DATASETS, decode_split
-from benchmark.encoders import EncoderSpec, build_encoder
 from benchmark.trainer import Recipe, epoch_sampler
-from methods import Components, MemoryLog, build_method
+from methods import MemoryLog, build_method
 
-SIZE = 48
+from .conftest import SIZE
+
 RECIPE = Recipe(epochs=4, batch_size=32, input_size=SIZE, seed=7, progress=False)
 # 60 steps instead of the paper's ~23,000: a larger learning rate, the same for every method.
 SHORT_RUN = {"lr": 2e-3}
-
-
-@pytest.fixture(scope="module")
-def studio():
-    reader = DATASETS.get("synth5/studio")
-    train = decode_split(reader.load(None, "train", scale=0.4), SIZE)
-    test = decode_split(reader.load(None, "test", scale=0.4), SIZE)
-    return train, test
-
-
-@pytest.fixture(scope="module")
-def components():
-    encoder = build_encoder(EncoderSpec("torchvision:mobilenet_v2:imagenet"))
-    return Components(BackboneSpec("mobilenet_v2", "imagenet"), encoder)
 
 
 def train_and_predict(name, studio, components):
