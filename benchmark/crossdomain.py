@@ -9,6 +9,7 @@ runner: it prints one 5x5 source -> target accuracy table per method, with the t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -23,7 +24,7 @@ from .trainer import Recipe, pick_device
 
 def cross_domain(method_name: str, *, size: int, epochs: int, scale: float, seed: int, lr: float,
                  encoder: str, backbone: BackboneSpec) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    from methods import Components, MemoryLog, build_method
+    from methods import METHODS, Components, MemoryLog, build_method
 
     device = pick_device()
     components = Components(backbone, build_encoder(EncoderSpec(encoder)))
@@ -31,7 +32,9 @@ def cross_domain(method_name: str, *, size: int, epochs: int, scale: float, seed
     table, seconds = {}, {}
     for source in DOMAINS:
         train = decode_split(DATASETS.get(f"synth5/{source}").load(None, "train", scale=scale), size)
-        method = build_method(method_name, {"lr": lr}, components)
+        # The same learning rate for every method that has one (clip_probe has none).
+        has_lr = any(f.name == "lr" for f in dataclasses.fields(METHODS.get(method_name).cls.Hparams))
+        method = build_method(method_name, {"lr": lr} if has_lr else {}, components)
         start = time.perf_counter()
         method.fit(train, recipe=Recipe(epochs=epochs, input_size=size, seed=seed, progress=False),
                    device=device, log=MemoryLog())

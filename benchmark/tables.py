@@ -337,10 +337,10 @@ def write_figures(results: pd.DataFrame, metric: str, sources: list[str], datase
         written.append(path)
     unseen = acc[acc["source"] != acc["target"]].groupby(["method", "seed"])["value"].mean().reset_index()
     stats = unseen.groupby("method")["value"].agg(["mean", "std", "count"]).reindex(methods).dropna(subset=["mean"])
-    fig, ax = plt.subplots(figsize=(1.2 * len(stats) + 2, 4))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(stats) + 2), 4))
     ax.bar(stats.index, 100 * stats["mean"], yerr=100 * stats["std"].fillna(0), capsize=4)
     ax.set_ylabel(f"mean unseen-target {metric} (%)")
-    ax.set_title("mean over unseen targets (error bars: std over seeds)")
+    ax.set_title(f"mean over unseen targets, {int(stats['count'].max())} seed(s)\n(error bars: std over seeds)")
     fig.tight_layout()
     path = folder / "mean_unseen.png"
     fig.savefig(path, dpi=100)

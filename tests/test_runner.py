@@ -231,3 +231,32 @@ def test_ray_executor_runs_two_jobs_at_once_into_one_store(tmp_path, capsys):
         assert "test/synth5.film/acc" in run.data.metrics and "train/loss" in run.data.metrics
     (a, b) = sorted(runs, key=lambda r: r.info.start_time)
     assert b.info.start_time < a.info.end_time  # the two jobs overlapped: they ran at once
+
+
+def test_nan_loss_stops_the_job_as_failed(tmp_path, monkeypatch, capsys):
+    import methods.erm as erm_module
+
+    def nan_step(self, x, y):
+        loss = self.model["fc"](self.model["backbone"](x)).sum() * float("nan")
+        return loss, {}
+
+    monkeypatch.setattr(erm_module.Erm, "training_step", nan_step)
+    protocol = write_protocol(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm",
+                 "--sources", "synth5/film"]) == 1
+    (run,) = finished_runs(uri)
+    assert run.info.status == "FAILED" and "TrainingDiverged" in run.data.tags["error"]
+    assert "loss is nan at epoch 1" in run.data.tags["error"]
+
+
+def test_ui_binds_to_localhost_unless_told(monkeypatch, capsys):
+    import subprocess as sp
+
+    calls = []
+    monkeypatch.setattr(sp, "call", lambda command: calls.append(command) or 0)
+    assert main(["ui", "--tracking-uri", "sqlite:///x.db"]) == 0
+    assert main(["ui", "--tracking-uri", "sqlite:///x.db", "--host", "0.0.0.0", "--port", "6000"]) == 0
+    first, second = calls
+    assert first[first.index("--host") + 1] == "127.0.0.1" and "sqlite:///x.db" in first
+    assert second[second.index("--host") + 1] == "0.0.0.0" and second[second.index("--port") + 1] == "6000"
