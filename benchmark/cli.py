@@ -113,6 +113,18 @@ def _cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_perf(args: argparse.Namespace) -> int:
+    from .perf import main_perf
+
+    overrides = {}
+    if args.methods:
+        overrides["methods"] = [m.strip() for m in args.methods.split(",")]
+    for key in ("size", "batch_size", "steps", "backbone", "encoder"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    return main_perf(args.quick, overrides, args.device, args.json)
+
+
 def _cmd_protocols(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
@@ -178,6 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=_cmd_ui)
+
+    perf = sub.add_parser("perf", help="measure training and evaluation throughput on this machine")
+    perf.add_argument("--quick", action="store_true", help="a tiny configuration that runs in seconds (CI)")
+    perf.add_argument("--methods", help="comma-separated methods (default erm,cafe,clip_ft)")
+    perf.add_argument("--size", type=int, help="input size (default 224)")
+    perf.add_argument("--batch-size", type=int, help="batch size (default 32)")
+    perf.add_argument("--steps", type=int, help="timed training steps per method and data path (default 20)")
+    perf.add_argument("--backbone", help="NAME:WEIGHTS (default resnet18:none)")
+    perf.add_argument("--encoder", help="frozen encoder spec (default torchvision:mobilenet_v2:imagenet)")
+    perf.add_argument("--device", help="torch device (default cuda when present, else cpu)")
+    perf.add_argument("--json", help="also write the report as JSON here")
+    perf.set_defaults(func=_cmd_perf)
 
     datasets = sub.add_parser("datasets", help="list dataset readers, or check a dataset on disk")
     dsub = datasets.add_subparsers(dest="datasets_command", required=True, metavar="ACTION")
