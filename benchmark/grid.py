@@ -96,6 +96,7 @@ def _run_ray(jobs: list[Job], ctx: RunContext, announce, address: str | None, jo
     else:
         options = {"num_cpus": 1}
     remote = ray.remote(**options)(run_job)
+    # Ship the data plan without the Samples parsed here: workers parse their own (smaller payloads).
     ctx.plan = DataPlan(ctx.plan.data_root, ctx.plan.dataset_paths, ctx.plan.options, ctx.plan.skip_bad)
     pending = {}
     for job in jobs:
@@ -105,8 +106,11 @@ def _run_ray(jobs: list[Job], ctx: RunContext, announce, address: str | None, jo
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
-            pending.pop(ref)
-            results.append(ray.get(ref))
+            job = pending.pop(ref)
+            try:
+                results.append(ray.get(ref))
+            except Exception as exc:  # noqa: BLE001 - the worker died (OOM, node lost): the job failed
+                results.append(JobResult(job.hash, job.label, "FAILED", error=f"{type(exc).__name__}: {exc}"))
             report(results[-1])
     return results
 
