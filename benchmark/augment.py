@@ -79,8 +79,12 @@ def random_erase(x: torch.Tensor, apply: torch.Tensor, gen: torch.Generator) -> 
     return x.masked_fill(box[:, None], 0.0)
 
 
-def augment(images_uint8: torch.Tensor, spec: AugmentSpec, gen: torch.Generator) -> torch.Tensor:
-    """(B, H, W, 3) uint8 on the device -> augmented, normalised (B, 3, H, W) float."""
+def augment(images_uint8: torch.Tensor, spec: AugmentSpec, gen: torch.Generator,
+            return_flips: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """(B, H, W, 3) uint8 on the device -> augmented, normalised (B, 3, H, W) float.
+
+    With `return_flips`, also the (B,) bool mask of the samples that were flipped.
+    """
     b = images_uint8.shape[0]
     device = images_uint8.device
     x = images_uint8.permute(0, 3, 1, 2).float()
@@ -97,4 +101,4 @@ def augment(images_uint8: torch.Tensor, spec: AugmentSpec, gen: torch.Generator)
     x = torch.where(flip_mask[:, None, None, None], x.flip(-1), x)
     if spec.erase_p > 0:
         x = random_erase(x, _rand((b,), gen, device) < spec.erase_p, gen)
-    return x
+    return (x, flip_mask) if return_flips else x

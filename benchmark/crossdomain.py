@@ -23,7 +23,8 @@ from .trainer import Recipe, pick_device
 
 
 def cross_domain(method_name: str, *, size: int, epochs: int, scale: float, seed: int, lr: float,
-                 encoder: str, backbone: BackboneSpec) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+                 encoder: str, backbone: BackboneSpec, hparams: dict | None = None,
+                 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     from methods import METHODS, Components, MemoryLog, build_method
 
     device = pick_device()
@@ -34,7 +35,7 @@ def cross_domain(method_name: str, *, size: int, epochs: int, scale: float, seed
         train = decode_split(DATASETS.get(f"synth5/{source}").load(None, "train", scale=scale), size)
         # The same learning rate for every method that has one (clip_probe has none).
         has_lr = any(f.name == "lr" for f in dataclasses.fields(METHODS.get(method_name).cls.Hparams))
-        method = build_method(method_name, {"lr": lr} if has_lr else {}, components)
+        method = build_method(method_name, {**({"lr": lr} if has_lr else {}), **(hparams or {})}, components)
         start = time.perf_counter()
         method.fit(train, recipe=Recipe(epochs=epochs, input_size=size, seed=seed, progress=False),
                    device=device, log=MemoryLog())
@@ -64,16 +65,21 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--encoder", default="torchvision:mobilenet_v2:imagenet")
     parser.add_argument("--backbone", default="mobilenet_v2:imagenet", help="NAME:WEIGHTS[:PATH]")
+    parser.add_argument("--hparam", action="append", metavar="KEY=VALUE",
+                        help="hyperparameter override for every method, e.g. clip_features=cached")
     args = parser.parse_args()
     name, weights, *path = args.backbone.split(":")
     backbone = BackboneSpec(name, weights, path[0] if path else None)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    from .data.roots import parse_assignments
+    from .protocol import parse_value
+
+    hparams = {k: parse_value(v) for k, v in parse_assignments(args.hparam, "--hparam").items()}
     for method in args.methods.split(","):
         table, seconds = cross_domain(method, size=args.size, epochs=args.epochs, scale=args.scale, seed=args.seed,
-                                      lr=args.lr, encoder=args.encoder, backbone=backbone)
+                                      lr=args.lr, encoder=args.encoder, backbone=backbone, hparams=hparams)
         print(markdown(method, table, seconds))
         print(f"({args.size} px, {args.epochs} epochs, batch 32, lr {args.lr}, synth5 scale {args.scale}, "
-              f"seed {args.seed}, encoder {args.encoder}, backbone {args.backbone})\n", flush=True)
+              f"seed {args.seed}, encoder {args.encoder}, backbone {args.backbone}, hparams {hparams})\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,22 +30,24 @@ class FeatureCache:
         self.enabled = enabled
         self._memory: dict[Path, torch.Tensor] = {}  # features already loaded in this process
 
-    def path(self, encoder: FrozenEncoder, data: DecodedSplit) -> Path:
-        key = "|".join([encoder.id, encoder.weights_digest, data.fingerprint, str(data.size), EVAL_TRANSFORM])
+    def path(self, encoder: FrozenEncoder, data: DecodedSplit, flipped: bool = False) -> Path:
+        transform = EVAL_TRANSFORM + ("+hflip" if flipped else "")
+        key = "|".join([encoder.id, encoder.weights_digest, data.fingerprint, str(data.size), transform])
         digest = hashlib.sha256(key.encode()).hexdigest()[:20]
         return self.root / data.dataset.replace("/", "__") / f"{data.split}-{digest}.npy"
 
-    def get(self, encoder: FrozenEncoder, data: DecodedSplit, device: torch.device, batch_size: int = 128) -> torch.Tensor:
-        """(N, dim) float32 features of every image of `data`, on `device`."""
-        path = self.path(encoder, data)
+    def get(self, encoder: FrozenEncoder, data: DecodedSplit, device: torch.device, batch_size: int = 128,
+            flipped: bool = False) -> torch.Tensor:
+        """(N, dim) float32 features of every image of `data` (horizontally flipped if asked), on `device`."""
+        path = self.path(encoder, data, flipped)
         if path in self._memory:
             return self._memory[path].to(device)
-        feats = self._load_or_compute(path, encoder, data, device, batch_size)
+        feats = self._load_or_compute(path, encoder, data, device, batch_size, flipped)
         self._memory = {path: feats}  # keep one split: evaluation walks the splits one by one
         return feats
 
     def _load_or_compute(self, path: Path, encoder: FrozenEncoder, data: DecodedSplit, device: torch.device,
-                         batch_size: int) -> torch.Tensor:
+                         batch_size: int, flipped: bool) -> torch.Tensor:
         if self.enabled and path.is_file():
             try:
                 cached = np.load(path)
@@ -53,7 +55,7 @@ class FeatureCache:
                     return torch.from_numpy(cached).to(device)
             except (OSError, ValueError):
                 pass  # unreadable: recompute and overwrite
-        feats = encode_split(encoder, data, device, batch_size)
+        feats = encode_split(encoder, data, device, batch_size, flipped)
         if self.enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
@@ -63,9 +65,10 @@ class FeatureCache:
         return feats
 
 
-def encode_split(encoder: FrozenEncoder, data: DecodedSplit, device: torch.device, batch_size: int = 128) -> torch.Tensor:
+def encode_split(encoder: FrozenEncoder, data: DecodedSplit, device: torch.device, batch_size: int = 128,
+                 flipped: bool = False) -> torch.Tensor:
     out = []
     for start in range(0, len(data), batch_size):
-        batch = torch.from_numpy(np.array(data.images[start:start + batch_size])).to(device)
-        out.append(encoder(normalize(batch)))
+        x = normalize(torch.from_numpy(np.array(data.images[start:start + batch_size])).to(device))
+        out.append(encoder(x.flip(-1) if flipped else x))
     return torch.cat(out)

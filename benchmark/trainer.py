@@ -116,7 +116,8 @@ def fit(method: "TrainedMethod", data: DecodedSplit, *, recipe: Recipe, device: 
         for begin in range(0, len(order), recipe.batch_size):
             index = order[begin:begin + recipe.batch_size]
             images, labels = load_batch(data, index, device, method.train_labels)
-            x = augment(images, method.augment_spec, aug_gen)
+            x, flips = augment(images, method.augment_spec, aug_gen, return_flips=True)
+            method.batch_index, method.batch_flips = index, flips  # for clip_features="cached"
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss, parts = method.training_step(x, labels)
             if not torch.isfinite(loss):

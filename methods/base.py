@@ -132,6 +132,21 @@ class BaseHparams:
     lr_gamma: float = 0.9
 
 
+CLIP_FEATURES = ("online", "cached")
+
+
+def check_clip_features(method: str, value: str) -> None:
+    if value not in CLIP_FEATURES:
+        raise BenchmarkError(f"{method}: clip_features = {value!r}; expected one of {', '.join(CLIP_FEATURES)}")
+
+
+@dataclass
+class EncoderHparams(BaseHparams):
+    """BaseHparams plus the choice of how the frozen encoder's training features are computed."""
+
+    clip_features: str = "online"  # "online" (the paper) or "cached" (faster, no augmentation on F)
+
+
 class Method:
     """The interface the runner uses."""
 
@@ -175,6 +190,9 @@ class TrainedMethod(Method):
         self.rng = random.Random(0)  # replaced by a seeded one at fit time
         self.input_size = 224
         self.train_labels: np.ndarray | None = None
+        self.batch_index: np.ndarray | None = None  # set by the trainer before each training_step
+        self.batch_flips: torch.Tensor | None = None
+        self._train_features: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- to implement ------------------------------------------------------------------------
     def make_model(self) -> nn.Module:
@@ -216,7 +234,14 @@ class TrainedMethod(Method):
 
     def fit(self, train_data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
             val_data: DecodedSplit | None = None) -> None:
+        if getattr(self.hparams, "clip_features", "online") == "cached":
+            # Faster but different: encoder features of the un-augmented image and of its mirror,
+            # computed once; training then sees no noise or erasing on the encoder branch.
+            encoder, cache = self.components.encoder.to_device(device), self.components.features
+            self._train_features = (cache.get(encoder, train_data, device),
+                                    cache.get(encoder, train_data, device, flipped=True))
         train_loop(self, train_data, recipe=recipe, device=device, log=log, val_data=val_data)
+        self._train_features = None
 
     def predict(self, data: DecodedSplit) -> np.ndarray:
         if self.model is None:
@@ -230,8 +255,18 @@ class TrainedMethod(Method):
             self.model.train(was_training)
 
     def encoder_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Online features of the frozen encoder (the paper's input policy: same tensor, every batch)."""
-        return self.components.encoder(x)
+        """Training features of the frozen encoder for the batch `x`.
+
+        `clip_features="online"` (default, the paper's policy): the encoder sees the same augmented
+        tensor as the backbone, every batch. `"cached"`: the precomputed features of the batch's
+        un-augmented images, mirrored ones where the augmentation flipped the sample.
+        """
+        if self._train_features is None:
+            return self.components.encoder(x)
+        plain, mirrored = self._train_features
+        index = torch.from_numpy(self.batch_index).to(plain.device)
+        flips = self.batch_flips.to(plain.device)[:, None]
+        return torch.where(flips, mirrored[index], plain[index]).to(x.device)
 
     def cached_features(self, data: DecodedSplit, rows: slice) -> torch.Tensor:
         """Eval features of rows of `data`, computed once per split and cached on disk."""

@@ -29,13 +29,13 @@ from benchmark.augment import normalize
 from benchmark.errors import BenchmarkError
 from benchmark.labels import CLASSES, NUM_CLASSES
 
-from .base import BaseHparams, TrainedMethod, register_method
+from .base import EncoderHparams, TrainedMethod, check_clip_features, register_method
 
 DIV_NORMS = ("code", "paper")
 
 
 @dataclass
-class CafeHparams(BaseHparams):
+class CafeHparams(EncoderHparams):
     sep_weight: float = 1.5  # lambda
     div_weight: float = 5.0  # beta
     drop_per_group: int = 10  # zeros per group in the channel-drop mask
@@ -100,6 +100,7 @@ class Cafe(TrainedMethod):
         super().__init__(hparams, components, name)
         if hparams.div_norm not in DIV_NORMS:
             raise BenchmarkError(f"{self.name}: div_norm = {hparams.div_norm!r}; expected one of {', '.join(DIV_NORMS)}")
+        check_clip_features(self.name, hparams.clip_features)
         if not hparams.use_mask and (hparams.use_sep or hparams.use_div):
             raise BenchmarkError(f"{self.name}: use_mask=False is the plain backbone (Table 2 baseline); "
                                  "it takes use_sep=False and use_div=False")

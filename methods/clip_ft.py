@@ -13,13 +13,17 @@ from torch.nn import functional as F
 
 from benchmark.labels import NUM_CLASSES
 
-from .base import BaseHparams, TrainedMethod, register_method
+from .base import EncoderHparams, TrainedMethod, check_clip_features, register_method
 
 
 @register_method("clip_ft", "frozen CLIP feature ‖ backbone feature -> one linear layer (Table 4 'CLIP+Finetune')")
 class ClipFinetune(TrainedMethod):
-    Hparams = BaseHparams
+    Hparams = EncoderHparams
     needs_encoder = True
+
+    def __init__(self, hparams, components, name=""):
+        super().__init__(hparams, components, name)
+        check_clip_features(self.name, hparams.clip_features)
 
     def make_model(self) -> nn.Module:
         backbone = self.new_backbone()

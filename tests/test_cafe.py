@@ -150,3 +150,51 @@ def test_clip_ft_layer_is_1024_to_7_for_two_512_features():
 def test_methods_needing_an_encoder_say_so():
     with pytest.raises(BenchmarkError, match="needs a frozen encoder"):
         build_method("clip_ft", components=Components(BackboneSpec("resnet18", "none"), None))
+
+
+def test_cached_clip_features_pick_mirrored_rows_for_flipped_samples():
+    import numpy as np
+
+    method = make_cafe("cafe", clip_features="cached")
+    plain = torch.arange(10, dtype=torch.float32)[:, None].repeat(1, 512)
+    method._train_features = (plain, -plain)
+    method.batch_index = np.array([3, 7, 1])
+    method.batch_flips = torch.tensor([False, True, False])
+    feats = method.encoder_features(torch.zeros(3, 3, 32, 32))
+    assert feats[:, 0].tolist() == [3.0, -7.0, 1.0]
+    with pytest.raises(BenchmarkError, match="clip_features"):
+        make_cafe("cafe", clip_features="sometimes")
+
+
+def test_cached_mode_runs_the_encoder_only_to_precompute(studio, components, tmp_path):
+    from benchmark.features import FeatureCache
+    from benchmark.trainer import Recipe
+    from methods import MemoryLog
+
+    # A fresh feature cache, so that nothing is precomputed by an earlier test.
+    components = Components(components.backbone, components.encoder, FeatureCache(tmp_path / "features"))
+    calls = []
+    hook = components.encoder.register_forward_hook(lambda m, a, o: calls.append(len(a[0])))
+    try:
+        method = build_method("cafe", {"clip_features": "cached"}, components)
+        method.fit(studio[0], recipe=Recipe(epochs=1, batch_size=32, input_size=studio[0].size, progress=False),
+                   device=torch.device("cpu"), log=MemoryLog())
+    finally:
+        hook.remove()
+    # Only the two precomputing passes (plain and mirrored) over the training split; no call per step.
+    assert sum(calls) == 2 * len(studio[0])
+
+
+def test_cached_mode_changes_the_job_hash(tmp_path):
+    from benchmark.jobs import expand, plan_from
+    from benchmark.protocol import load_protocol
+
+    from .test_runner import write_protocol
+
+    path = write_protocol(tmp_path)
+    online = load_protocol(str(path), {"methods": '["cafe"]'})
+    cached = load_protocol(str(path), {"methods": '["cafe"]', "hparams.cafe.clip_features": "cached"})
+    jobs_online = expand(online, ["cafe"], plan_from(online, None, None))
+    jobs_cached = expand(cached, ["cafe"], plan_from(cached, None, None))
+    assert jobs_cached[0].hparams["clip_features"] == "cached"
+    assert {j.hash for j in jobs_online}.isdisjoint({j.hash for j in jobs_cached})
