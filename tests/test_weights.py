@@ -100,9 +100,9 @@ def test_offline_missing_weights_fail_fast_and_say_where(tmp_path, monkeypatch):
     assert time.perf_counter() - start < 10
 
 
-def test_network_probe_itself_is_quick_offline():
+def test_network_probe_answers_quickly_when_nothing_listens():
     start = time.perf_counter()
-    weights_module.network_reachable("https://example.invalid", timeout=2.0)
+    assert weights_module.network_reachable("https://127.0.0.1", timeout=2.0) is False  # loopback, port 443 closed
     assert time.perf_counter() - start < 5
 
 
