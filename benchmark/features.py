@@ -36,6 +36,10 @@ class FeatureCache:
         digest = hashlib.sha256(key.encode()).hexdigest()[:20]
         return self.root / data.dataset.replace("/", "__") / f"{data.split}-{digest}.npy"
 
+    def forget(self) -> None:
+        """Drop the in-process copy (the next `get` reads the disk cache or recomputes)."""
+        self._memory.clear()
+
     def get(self, encoder: FrozenEncoder, data: DecodedSplit, device: torch.device, batch_size: int = 128,
             flipped: bool = False) -> torch.Tensor:
         """(N, dim) float32 features of every image of `data` (horizontally flipped if asked), on `device`."""
