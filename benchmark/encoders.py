@@ -53,17 +53,31 @@ class FrozenEncoder(nn.Module):
     def train(self, mode: bool = True) -> "FrozenEncoder":
         return super().train(False)  # frozen means eval mode too (BN statistics, dropout)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = next(self.net.parameters())
-        return self.net(x.to(weight.dtype)).float()
+        return self.net(x.to(self.dtype)).float()
 
-    def to_device(self, device: torch.device) -> "FrozenEncoder":
-        """Move to `device`; CLIP weights become fp16 on CUDA as in the authors' code."""
-        self.to(device)
-        if device.type == "cuda" and self.clip_model is not None:
-            self.half()
-        return self
+    def to_device(self, device: torch.device, dtype: torch.dtype | None = None) -> "FrozenEncoder":
+        """Move to `device` with weights in `dtype` (default: fp16 for CLIP on CUDA, as the authors'
+        code, else fp32). The fp32 weights are kept aside on the host so that a later job asking
+        for fp32 gets the exact original weights back, not a round trip through 16 bits."""
+        if dtype is None:
+            dtype = torch.float16 if device.type == "cuda" and self.clip_model is not None else torch.float32
+        if dtype != self.dtype:
+            if self.dtype != torch.float32:  # back to the exact fp32 weights first
+                self.float().load_state_dict(self._fp32_state)
+            if dtype != torch.float32:
+                self._fp32_state = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
+                self.to(dtype)
+        return self.to(device)
+
+    @property
+    def is_clip(self) -> bool:
+        return self.clip_model is not None
 
 
 class _ClipVisual(nn.Module):

@@ -19,6 +19,7 @@ import torch
 from .augment import normalize
 from .data.cache import DecodedSplit
 from .encoders import FrozenEncoder
+from .execution import to_device_batch
 from .paths import cache_dir as default_cache_dir
 
 EVAL_TRANSFORM = "resize-bilinear+imagenet-norm"
@@ -32,7 +33,9 @@ class FeatureCache:
 
     def path(self, encoder: FrozenEncoder, data: DecodedSplit, flipped: bool = False) -> Path:
         transform = EVAL_TRANSFORM + ("+hflip" if flipped else "")
-        key = "|".join([encoder.id, encoder.weights_digest, data.fingerprint, str(data.size), transform])
+        # The encoder's dtype is part of the key: fp16/bf16 features are not the fp32 ones.
+        key = "|".join([encoder.id, encoder.weights_digest, data.fingerprint, str(data.size), transform,
+                        str(encoder.dtype).removeprefix("torch.")])
         digest = hashlib.sha256(key.encode()).hexdigest()[:20]
         return self.root / data.dataset.replace("/", "__") / f"{data.split}-{digest}.npy"
 
@@ -73,6 +76,6 @@ def encode_split(encoder: FrozenEncoder, data: DecodedSplit, device: torch.devic
                  flipped: bool = False) -> torch.Tensor:
     out = []
     for start in range(0, len(data), batch_size):
-        x = normalize(torch.from_numpy(np.array(data.images[start:start + batch_size])).to(device))
+        x = normalize(to_device_batch(np.array(data.images[start:start + batch_size]), device))
         out.append(encoder(x.flip(-1) if flipped else x))
     return torch.cat(out)

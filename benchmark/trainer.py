@@ -21,6 +21,7 @@ from torch.utils.data import RandomSampler, WeightedRandomSampler
 from .augment import augment, normalize
 from .data.cache import DecodedSplit
 from .errors import BenchmarkError
+from .execution import PRECISIONS, Execution, to_device_batch
 
 if TYPE_CHECKING:
     from methods.base import RunLog, TrainedMethod
@@ -40,12 +41,16 @@ class Recipe:
     sampler: str = "uniform"  # "uniform" (shuffle) or "balanced" (class-balanced, with replacement)
     samples_per_epoch: int = 0  # 0 = the split's size
     seed: int = 3407
-    amp: bool = True  # autocast (bf16) on CUDA; ignored on CPU
+    precision: str = "auto"  # "auto" | "fp32" | "bf16": see benchmark.execution
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the trainable backbone
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.sampler not in ("uniform", "balanced"):
             raise BenchmarkError(f"recipe.sampler = {self.sampler!r}; expected 'uniform' or 'balanced'")
+        if self.precision not in PRECISIONS:
+            raise BenchmarkError(f"recipe.precision = {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
         for key in ("epochs", "batch_size", "input_size"):
             if getattr(self, key) <= 0:
                 raise BenchmarkError(f"recipe.{key} = {getattr(self, key)}; must be positive")
@@ -83,8 +88,8 @@ def load_batch(data: DecodedSplit, index: np.ndarray, device: torch.device,
     order = np.argsort(index, kind="stable")
     rows = np.array(data.images[index[order]])
     rows[order] = rows.copy()  # back to the sampler's order
-    images = torch.from_numpy(rows).to(device, non_blocking=True)
-    labels = torch.from_numpy((data.labels if labels is None else labels)[index]).to(device)
+    images = to_device_batch(rows, device)
+    labels = to_device_batch((data.labels if labels is None else labels)[index], device)
     return images, labels
 
 
@@ -92,14 +97,14 @@ def fit(method: "TrainedMethod", data: DecodedSplit, *, recipe: Recipe, device: 
         val_data: DecodedSplit | None = None) -> None:
     """Train `method` on `data` for `recipe.epochs` epochs."""
     seed_everything(recipe.seed)
-    method.build(device, recipe.input_size)
+    execution = Execution.from_recipe(device, recipe)
+    method.build(device, recipe.input_size, execution)
     method.train_labels = np.array(data.labels)  # a private copy: methods may relabel, the cache never changes
     optimizer = torch.optim.Adam(method.param_groups(), lr=method.hparams.lr, weight_decay=method.hparams.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=method.hparams.lr_gamma)
     gen = torch.Generator(device="cpu").manual_seed(recipe.seed)
     aug_gen = torch.Generator(device=device).manual_seed(recipe.seed + 1)
     method.rng = random.Random(recipe.seed + 2)
-    use_amp = recipe.amp and device.type == "cuda"
     total_steps = math.ceil((recipe.samples_per_epoch or len(data)) / recipe.batch_size) * recipe.epochs
     bar = None
     if recipe.progress:
@@ -118,8 +123,8 @@ def fit(method: "TrainedMethod", data: DecodedSplit, *, recipe: Recipe, device: 
             images, labels = load_batch(data, index, device, method.train_labels)
             x, flips = augment(images, method.augment_spec, aug_gen, return_flips=True)
             method.batch_index, method.batch_flips = index, flips  # for clip_features="cached"
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, parts = method.training_step(x, labels)
+            with execution.autocast():
+                loss, parts = method.training_step(execution.layout(x), labels)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"{method.name}: loss is {loss.item()} at epoch {epoch}, step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -146,12 +151,14 @@ def fit(method: "TrainedMethod", data: DecodedSplit, *, recipe: Recipe, device: 
 
 
 @torch.no_grad()
-def predict_batches(data: DecodedSplit, device: torch.device, batch_size: int,
+def predict_batches(data: DecodedSplit, execution: Execution, batch_size: int,
                     logits_fn: Callable[[torch.Tensor, slice], torch.Tensor]) -> np.ndarray:
     """Softmax probabilities (N, C) over `data`, evaluated in order with the eval transform."""
     out = []
     for start in range(0, len(data), batch_size):
         rows = slice(start, min(len(data), start + batch_size))
-        x = normalize(torch.from_numpy(np.array(data.images[rows])).to(device))
-        out.append(torch.softmax(logits_fn(x, rows).float(), dim=1).cpu())
+        x = execution.layout(normalize(to_device_batch(np.array(data.images[rows]), execution.device)))
+        with execution.autocast():
+            logits = logits_fn(x, rows)
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(out).numpy()

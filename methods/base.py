@@ -35,6 +35,7 @@ from benchmark.backbones import Backbone, BackboneSpec, build_backbone
 from benchmark.data.cache import DecodedSplit
 from benchmark.encoders import FrozenEncoder
 from benchmark.errors import BenchmarkError
+from benchmark.execution import Execution
 from benchmark.features import FeatureCache
 from benchmark.registry import Registry
 from benchmark.trainer import Recipe, fit as train_loop, predict_batches
@@ -158,12 +159,18 @@ class Method:
         self.components = components
         self.name = name or type(self).__name__.lower()
         self.device = torch.device("cpu")
+        self.execution = Execution.resolve(self.device)
         if self.needs_encoder and components.encoder is None:
             raise BenchmarkError(f"method {self.name} needs a frozen encoder (protocol key `encoder`)")
 
     def fit(self, train_data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
             val_data: DecodedSplit | None = None) -> None:
         raise NotImplementedError
+
+    def placed_encoder(self) -> FrozenEncoder:
+        """The frozen encoder on this method's device, in the dtype its execution asks for."""
+        encoder = self.components.encoder
+        return encoder.to_device(self.execution.device, self.execution.encoder_dtype_for(encoder.is_clip))
 
     def predict(self, data: DecodedSplit) -> np.ndarray:
         raise NotImplementedError
@@ -219,12 +226,19 @@ class TrainedMethod(Method):
         return {}
 
     # -- shared plumbing ----------------------------------------------------------------------
-    def build(self, device: torch.device, input_size: int = 224) -> None:
+    def build(self, device: torch.device, input_size: int = 224, execution: Execution | None = None) -> None:
+        """Fresh trainable modules on `device`, laid out and compiled as `execution` says (default:
+        the "auto" precision, contiguous layout, no compilation)."""
+        self.execution = execution or Execution.resolve(device)
         self.device = device
         self.input_size = input_size
-        self.model = self.make_model().to(device)
+        self.model = self.execution.prepare(self.make_model().to(device))
+        if self.execution.compile:
+            for module in self.model.modules():
+                if isinstance(module, Backbone):
+                    module.compile()  # in place: state_dict keys stay as they are
         if self.components.encoder is not None:
-            self.components.encoder.to_device(device)
+            self.placed_encoder()
 
     def new_backbone(self) -> Backbone:
         return build_backbone(self.components.backbone)
@@ -237,7 +251,8 @@ class TrainedMethod(Method):
         if getattr(self.hparams, "clip_features", "online") == "cached":
             # Faster but different: encoder features of the un-augmented image and of its mirror,
             # computed once; training then sees no noise or erasing on the encoder branch.
-            encoder, cache = self.components.encoder.to_device(device), self.components.features
+            self.execution = Execution.from_recipe(device, recipe)
+            encoder, cache = self.placed_encoder(), self.components.features
             self._train_features = (cache.get(encoder, train_data, device),
                                     cache.get(encoder, train_data, device, flipped=True))
         train_loop(self, train_data, recipe=recipe, device=device, log=log, val_data=val_data)
@@ -249,7 +264,7 @@ class TrainedMethod(Method):
         was_training = self.model.training
         self.model.eval()
         try:
-            return predict_batches(data, self.device, self.eval_batch_size,
+            return predict_batches(data, self.execution, self.eval_batch_size,
                                    lambda x, rows: self.logits(x, rows, data))
         finally:
             self.model.train(was_training)
@@ -270,13 +285,14 @@ class TrainedMethod(Method):
 
     def cached_features(self, data: DecodedSplit, rows: slice) -> torch.Tensor:
         """Eval features of rows of `data`, computed once per split and cached on disk."""
-        return self.components.features.get(self.components.encoder, data, self.device)[rows]
+        return self.components.features.get(self.placed_encoder(), data, self.device)[rows]
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "hparams": dataclasses.asdict(self.hparams),
-                "input_size": self.input_size}
+                "input_size": self.input_size, "precision": self.execution.precision}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device | None = None) -> None:
-        self.build(device or self.device, state.get("input_size", 224))
+        device = device or self.device
+        self.build(device, state.get("input_size", 224), Execution.resolve(device, state.get("precision", "auto")))
         self.model.load_state_dict(state["model"])
 

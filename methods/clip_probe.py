@@ -15,6 +15,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from benchmark.errors import BenchmarkError
+from benchmark.execution import Execution
 from benchmark.labels import NUM_CLASSES
 
 from .base import Method, register_method
@@ -36,11 +37,10 @@ class ClipProbe(Method):
         self.pipeline = None
 
     def features(self, data) -> np.ndarray:
-        encoder = self.components.encoder.to_device(self.device)
-        return self.components.features.get(encoder, data, self.device).cpu().numpy()
+        return self.components.features.get(self.placed_encoder(), data, self.device).cpu().numpy()
 
     def fit(self, train_data, *, recipe, device, log, val_data=None) -> None:
-        self.device = device
+        self.device, self.execution = device, Execution.resolve(device, recipe.precision)
         x, y = self.features(train_data), train_data.labels
         self.pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=self.hparams.C,
                                                                            max_iter=self.hparams.max_iter,

@@ -17,6 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from benchmark.errors import BenchmarkError
+from benchmark.execution import Execution
 from benchmark.labels import CLASSES
 
 from .base import Method, register_method
@@ -62,8 +63,8 @@ class ClipZeroShot(Method):
     def fit(self, train_data, *, recipe, device, log, val_data=None) -> None:
         import open_clip
 
-        self.device = device
-        encoder = self.components.encoder.to_device(device)
+        self.device, self.execution = device, Execution.resolve(device, recipe.precision)
+        encoder = self.placed_encoder()
         model_name = encoder.id.split(":")[1]
         self.text = class_embeddings(encoder.clip_model.encode_text, open_clip.get_tokenizer(model_name),
                                      self.hparams.templates, device)
@@ -72,7 +73,7 @@ class ClipZeroShot(Method):
     def predict(self, data) -> np.ndarray:
         if self.text is None:
             raise BenchmarkError(f"method {self.name}: predict before fit")
-        image = F.normalize(self.components.features.get(self.components.encoder, data, self.device), dim=-1)
+        image = F.normalize(self.components.features.get(self.placed_encoder(), data, self.device), dim=-1)
         return torch.softmax(self.hparams.logit_scale * image @ self.text.T, dim=1).cpu().numpy()
 
     def state_dict(self):
