@@ -119,10 +119,12 @@ def _cmd_perf(args: argparse.Namespace) -> int:
     overrides = {}
     if args.methods:
         overrides["methods"] = [m.strip() for m in args.methods.split(",")]
+    if args.precisions:
+        overrides["precisions"] = [p.strip() for p in args.precisions.split(",")]
     for key in ("size", "batch_size", "steps", "backbone", "encoder"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    return main_perf(args.quick, overrides, args.device, args.json)
+    return main_perf(args.quick, overrides, args.device, args.json, args.scale_images)
 
 
 def _cmd_protocols(args: argparse.Namespace) -> int:
@@ -198,7 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--batch-size", type=int, help="batch size (default 32)")
     perf.add_argument("--steps", type=int, help="timed training steps per method and data path (default 20)")
     perf.add_argument("--backbone", help="NAME:WEIGHTS (default resnet18:none)")
-    perf.add_argument("--encoder", help="frozen encoder spec (default torchvision:mobilenet_v2:imagenet)")
+    perf.add_argument("--encoder", help="frozen encoder spec (default openclip:ViT-B-32:random, the paper's "
+                      "architecture; random weights time the same as the real ones)")
+    perf.add_argument("--precisions", help="comma-separated recipe.precision values the harness path runs at "
+                      "(default auto,bf16)")
+    perf.add_argument("--scale-images", type=int, default=0, metavar="N",
+                      help="instead: train erm one epoch over N synthetic images at --size px and report the "
+                      "peak resident memory (the first of --precisions is used)")
     perf.add_argument("--device", help="torch device (default cuda when present, else cpu)")
     perf.add_argument("--json", help="also write the report as JSON here")
     perf.set_defaults(func=_cmd_perf)

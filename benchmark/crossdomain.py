@@ -23,7 +23,7 @@ from .trainer import Recipe, pick_device
 
 
 def cross_domain(method_name: str, *, size: int, epochs: int, scale: float, seed: int, lr: float,
-                 encoder: str, backbone: BackboneSpec, hparams: dict | None = None,
+                 encoder: str, backbone: BackboneSpec, hparams: dict | None = None, recipe: dict | None = None,
                  ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     from methods import METHODS, Components, MemoryLog, build_method
 
@@ -37,7 +37,8 @@ def cross_domain(method_name: str, *, size: int, epochs: int, scale: float, seed
         has_lr = any(f.name == "lr" for f in dataclasses.fields(METHODS.get(method_name).cls.Hparams))
         method = build_method(method_name, {**({"lr": lr} if has_lr else {}), **(hparams or {})}, components)
         start = time.perf_counter()
-        method.fit(train, recipe=Recipe(epochs=epochs, input_size=size, seed=seed, progress=False),
+        method.fit(train, recipe=Recipe(**{"epochs": epochs, "input_size": size, "seed": seed, "progress": False,
+                                           **(recipe or {})}),
                    device=device, log=MemoryLog())
         seconds[source] = time.perf_counter() - start
         table[source] = {t: float((method.predict(d).argmax(1) == d.labels).mean()) for t, d in tests.items()}
@@ -67,6 +68,8 @@ def main() -> None:
     parser.add_argument("--backbone", default="mobilenet_v2:imagenet", help="NAME:WEIGHTS[:PATH]")
     parser.add_argument("--hparam", action="append", metavar="KEY=VALUE",
                         help="hyperparameter override for every method, e.g. clip_features=cached")
+    parser.add_argument("--recipe", action="append", metavar="KEY=VALUE",
+                        help="recipe override, e.g. data_path=per_sample or precision=bf16")
     args = parser.parse_args()
     name, weights, *path = args.backbone.split(":")
     backbone = BackboneSpec(name, weights, path[0] if path else None)
@@ -74,12 +77,14 @@ def main() -> None:
     from .protocol import parse_value
 
     hparams = {k: parse_value(v) for k, v in parse_assignments(args.hparam, "--hparam").items()}
+    recipe = {k: parse_value(v) for k, v in parse_assignments(args.recipe, "--recipe").items()}
     for method in args.methods.split(","):
         table, seconds = cross_domain(method, size=args.size, epochs=args.epochs, scale=args.scale, seed=args.seed,
-                                      lr=args.lr, encoder=args.encoder, backbone=backbone, hparams=hparams)
+                                      lr=args.lr, encoder=args.encoder, backbone=backbone, hparams=hparams,
+                                      recipe=recipe)
         print(markdown(method, table, seconds))
         print(f"({args.size} px, {args.epochs} epochs, batch 32, lr {args.lr}, synth5 scale {args.scale}, "
-              f"seed {args.seed}, encoder {args.encoder}, backbone {args.backbone}, hparams {hparams})\n", flush=True)
+              f"seed {args.seed}, encoder {args.encoder}, backbone {args.backbone}, hparams {hparams}, recipe {recipe})\n", flush=True)
 
 
 if __name__ == "__main__":

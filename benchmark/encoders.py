@@ -59,7 +59,10 @@ class FrozenEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.to(self.dtype)).float()
+        # Outside any autocast of the trainable model: the encoder computes in its own weight
+        # dtype (fp16 CLIP on CUDA as the authors', bf16 or fp32 as the recipe says).
+        with torch.autocast(x.device.type, enabled=False):
+            return self.net(x.to(self.dtype)).float()
 
     def to_device(self, device: torch.device, dtype: torch.dtype | None = None) -> "FrozenEncoder":
         """Move to `device` with weights in `dtype` (default: fp16 for CLIP on CUDA, as the authors'

@@ -76,6 +76,6 @@ def encode_split(encoder: FrozenEncoder, data: DecodedSplit, device: torch.devic
                  flipped: bool = False) -> torch.Tensor:
     out = []
     for start in range(0, len(data), batch_size):
-        x = normalize(to_device_batch(np.array(data.images[start:start + batch_size]), device))
+        x = normalize(to_device_batch(data.read(slice(start, start + batch_size)), device))
         out.append(encoder(x.flip(-1) if flipped else x))
     return torch.cat(out)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,7 @@ from .backbones import BackboneSpec
 from .data import DATASETS, decode_split
 from .data.synth5 import DOMAINS
 from .encoders import EncoderSpec, build_encoder
+from .execution import Execution
 from .features import FeatureCache
 from .labels import CLASSES
 from .trainer import load_batch, pick_device
@@ -45,14 +47,20 @@ class PerfConfig:
     steps: int = 20
     warmup: int = 2
     scale: float = 0.5  # synth5 size
-    encoder: str = "torchvision:mobilenet_v2:imagenet"
+    # The paper's CLIP architecture with random weights: the same arithmetic and time as OpenAI's
+    # weights, and nothing to download. Timing only; accuracy needs the real weights.
+    encoder: str = "openclip:ViT-B-32:random"
     backbone: str = "resnet18:none"
+    # The harness path runs once per precision (benchmark.execution); the per-sample path runs at
+    # "auto" with the contiguous layout, as the common FER code does.
+    precisions: list[str] = field(default_factory=lambda: ["auto", "bf16"])
     workers: int = 2
     matmul_n: int = 2048
 
 
 QUICK = dict(methods=["erm", "cafe", "clip_ft"], size=32, batch_size=8, steps=3, warmup=1, scale=0.02,
-             backbone="mobilenet_v2:imagenet", workers=1, matmul_n=256)
+             encoder="torchvision:mobilenet_v2:imagenet", backbone="mobilenet_v2:imagenet", workers=1,
+             matmul_n=256)
 
 
 class Timer:
@@ -116,8 +124,8 @@ def write_files(samples, folder: Path) -> list[Path]:
     return files
 
 
-def matmul_flops(device: torch.device, n: int, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_flops(device: torch.device, n: int, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -133,8 +141,8 @@ def step_flops(method, x: torch.Tensor, y: torch.Tensor) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with counter:
-        loss, _ = method.training_step(x, y)
+    with counter, method.execution.autocast():
+        loss, _ = method.training_step(method.execution.layout(x), y)
         loss.backward()
     method.model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
@@ -156,7 +164,8 @@ def time_training(method, batches, device: torch.device, steps: int, warmup: int
             x, y = next(batches)
             timer.sync()
             t1 = time.perf_counter()
-            loss, _ = method.training_step(x, y)
+            with method.execution.autocast():
+                loss, _ = method.training_step(method.execution.layout(x), y)
             loss.backward()
             timer.sync()
             t2 = time.perf_counter()
@@ -211,37 +220,49 @@ def run_perf(config: PerfConfig, device_name: str | None = None) -> dict:
             for x, y in loader:
                 yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
+    report["flops_per_s_measured_bf16"] = matmul_flops(device, config.matmul_n, dtype=torch.bfloat16)
     for method_name in config.methods:
         components = Components(BackboneSpec(name, weights), encoder, FeatureCache(work / "features"))
         method = build_method(method_name, components=components)
-        method.build(device, config.size)
+        row: dict = {}
+        # The common code's run: per-sample data path, spec precision, contiguous layout.
+        method.build(device, config.size, Execution.resolve(device, "auto"))
         method.train_mode(True)
         x, y = next(harness_batches())
-        flops = step_flops(method, x, y) / len(y)
-        harness = time_training(method, harness_batches(), device, config.steps, config.warmup)
-        per_sample = time_training(method, per_sample_batches(), device, config.steps, config.warmup)
-        report["methods"][method_name] = {
-            "train_flops_per_image": flops, "harness": harness, "per_sample": per_sample,
-            "speedup": harness["images_per_s"] / per_sample["images_per_s"],
-            "efficiency": flops * harness["images_per_s"] / report["flops_per_s_measured"]}
-    report["eval"] = time_eval(config, encoder, name, weights, device, work)
+        row["train_flops_per_image"] = step_flops(method, x, y) / len(y)
+        row["per_sample"] = time_training(method, per_sample_batches(), device, config.steps, config.warmup)
+        for precision in config.precisions:
+            execution = Execution.resolve(device, precision, channels_last=True)
+            method.build(device, config.size, execution)
+            method.train_mode(True)
+            timing = time_training(method, harness_batches(), device, config.steps, config.warmup)
+            peak = report["flops_per_s_measured_bf16" if execution.autocast_dtype else "flops_per_s_measured"]
+            timing["speedup_vs_per_sample"] = timing["images_per_s"] / row["per_sample"]["images_per_s"]
+            timing["efficiency"] = row["train_flops_per_image"] * timing["images_per_s"] / peak
+            row[f"harness_{precision}"] = timing
+        report["methods"][method_name] = row
+    report["eval"] = {precision: time_eval(config, encoder, name, weights, device, work,
+                                           Execution.resolve(device, precision, channels_last=True))
+                      for precision in config.precisions}
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
 
 
-def time_eval(config: PerfConfig, encoder, name: str, weights: str, device: torch.device, work: Path) -> dict:
+def time_eval(config: PerfConfig, encoder, name: str, weights: str, device: torch.device, work: Path,
+              execution: Execution) -> dict:
     """CAFE's evaluation of five test sets: cold (decode files, encode) vs warm (both caches)."""
     from methods import Components, build_method
 
-    roots = {}
-    for domain in DOMAINS:
-        samples = DATASETS.get(f"synth5/{domain}").load(None, "test", scale=config.scale)
-        roots[domain] = work / "eval" / domain
-        write_files(samples, roots[domain] / "test")
+    roots = {domain: work / "eval" / domain for domain in DOMAINS}
+    for domain, root in roots.items():
+        if not root.exists():
+            write_files(DATASETS.get(f"synth5/{domain}").load(None, "test", scale=config.scale), root / "test")
     components = Components(BackboneSpec(name, weights), encoder, FeatureCache(work / "eval-features"))
     method = build_method("cafe", components=components)
-    method.build(device, config.size)
+    method.build(device, config.size, execution)
     timings = {}
+    shutil.rmtree(work / "eval-cache", ignore_errors=True)  # cold means no decoded images either
+    shutil.rmtree(work / "eval-features", ignore_errors=True)
     for run in ("cold", "warm"):
         components.features.forget()  # warm means "from the disk caches", not from this process's memory
         start = time.perf_counter()
@@ -257,31 +278,52 @@ def time_eval(config: PerfConfig, encoder, name: str, weights: str, device: torc
 def format_report(report: dict) -> str:
     from tabulate import tabulate
 
+    if "scale" in report:
+        r = report["scale"]
+        return (f"device {report['device']}; one epoch of erm ({r['backbone']}, {r['precision']}) over "
+                f"{r['images']:,} synthetic images at {r['size']} px: cache {r['cache_mb']:.0f} MB built in "
+                f"{r['build_s']:.1f} s; epoch {r['epoch_s']:.1f} s ({r['images_per_s']:.1f} img/s); "
+                f"peak resident memory {r['peak_rss_mb']:.0f} MB ({r['peak_rss_mb_before_training']:.0f} MB "
+                "before training)")
     rows = []
+    paths = ["per_sample"] + [f"harness_{p}" for p in report["config"]["precisions"]]
     for name, m in report["methods"].items():
-        for path in ("harness", "per_sample"):
+        for path in paths:
             r = m[path]
             rows.append([name, path, f"{r['images_per_s']:.1f}", f"{1000 * r['data_s']:.1f}",
                          f"{1000 * r['encoder_s']:.1f}", f"{1000 * r['backbone_fwd_bwd_s']:.1f}",
-                         f"{1000 * r['optimizer_s']:.1f}", f"{100 * r['data_wait_share']:.0f}%"])
+                         f"{1000 * r['optimizer_s']:.1f}", f"{100 * r['data_wait_share']:.0f}%",
+                         f"{r['speedup_vs_per_sample']:.2f}x" if "speedup_vs_per_sample" in r else "1.00x",
+                         f"{100 * r['efficiency']:.1f}%" if "efficiency" in r else ""])
     lines = [f"device {report['device']}; config {json.dumps(report['config'])}",
+             f"measured matmul rate: fp32 {report['flops_per_s_measured'] / 1e9:.1f} GFLOP/s, "
+             f"bf16 {report['flops_per_s_measured_bf16'] / 1e9:.1f} GFLOP/s",
              tabulate(rows, headers=["method", "data path", "img/s", "data ms", "encoder ms",
-                                     "backbone f+b ms", "optim ms", "data wait"]), ""]
+                                     "backbone f+b ms", "optim ms", "data wait", "vs per-sample",
+                                     "efficiency"]), ""]
     for name, m in report["methods"].items():
-        lines.append(f"{name}: harness/per-sample {m['speedup']:.2f}x; {m['train_flops_per_image'] / 1e9:.3f} "
-                     f"GFLOP per training image; efficiency {100 * m['efficiency']:.1f}% of the measured "
-                     f"{report['flops_per_s_measured'] / 1e9:.1f} GFLOP/s matmul rate")
-    e = report["eval"]
-    lines.append(f"evaluation of 5 test sets (cafe): cold {e['cold_s']:.2f}s, warm {e['warm_s']:.2f}s "
-                 f"({e['speedup']:.2f}x)")
+        lines.append(f"{name}: {m['train_flops_per_image'] / 1e9:.3f} GFLOP per training image "
+                     "(efficiency = achieved / measured matmul rate of the precision used)")
+    for precision, e in report["eval"].items():
+        lines.append(f"evaluation of 5 test sets (cafe, {precision}): cold {e['cold_s']:.2f}s, "
+                     f"warm {e['warm_s']:.2f}s ({e['speedup']:.2f}x)")
     lines.append(f"peak resident memory {report['peak_rss_mb']:.0f} MB")
     return "\n".join(lines)
 
 
-def main_perf(quick: bool, overrides: dict, device: str | None, json_path: str | None) -> int:
+def main_perf(quick: bool, overrides: dict, device: str | None, json_path: str | None,
+              scale_images: int = 0) -> int:
     config = PerfConfig(**{**(QUICK if quick else {}), **overrides})
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    report = run_perf(config, device)
+    if scale_images:
+        from .perf_scale import scale_check
+
+        dev = pick_device(device)
+        report = {"device": str(dev), "scale": scale_check(
+            scale_images, config.size, config.backbone, config.precisions[0], config.batch_size, dev,
+            Path(tempfile.mkdtemp(prefix="benchmark-perf-scale-")))}
+    else:
+        report = run_perf(config, device)
     print(format_report(report))
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=1))

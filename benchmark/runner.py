@@ -103,6 +103,7 @@ def run_job(job: Job, ctx: RunContext) -> JobResult:
     from methods import Components, build_method
 
     from .backbones import BackboneSpec
+    from .execution import Execution
     from .trainer import pick_device
 
     start = time.perf_counter()
@@ -110,6 +111,7 @@ def run_job(job: Job, ctx: RunContext) -> JobResult:
     result = JobResult(job.hash, job.label, "FAILED", run_id=log.run_id)
     try:
         device = pick_device(ctx.device)
+        execution = Execution.from_recipe(device, job.recipe)
         log.params({**_flatten("hp", job.hparams), **_flatten("recipe", dataclasses.asdict(job.recipe)),
                     "encoder": job.encoder["id"] if job.encoder else "none",
                     "encoder.digest": job.encoder["digest"] if job.encoder else "none",
@@ -117,7 +119,10 @@ def run_job(job: Job, ctx: RunContext) -> JobResult:
                     "backbone.digest": job.backbone["digest"], "test_split": job.test_split,
                     **{f"data.{k}": v for k, v in job.fingerprints.items()},
                     **_flatten("lib", library_versions()), "git_commit": git_commit(),
-                    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"})
+                    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+                    # What recipe.precision resolved to on this device (it is "auto" by default).
+                    "execution.autocast": str(execution.autocast_dtype).removeprefix("torch.") if execution.autocast_dtype else "off",
+                    "execution.clip_dtype": str(execution.encoder_dtype).removeprefix("torch.")})
         plan = ctx.plan
         size = job.recipe.input_size
         train = decode_split(plan.samples(job.source, "train"), size, skip_bad=plan.skip_bad)

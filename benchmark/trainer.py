@@ -22,6 +22,7 @@ from .augment import augment, normalize
 from .data.cache import DecodedSplit
 from .errors import BenchmarkError
 from .execution import PRECISIONS, Execution, to_device_batch
+from .per_sample import check_per_sample, per_sample_batches
 
 if TYPE_CHECKING:
     from methods.base import RunLog, TrainedMethod
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
 
 class TrainingDiverged(BenchmarkError):
     """The loss became NaN or infinite: the job stops instead of training on garbage."""
+
+
+DATA_PATHS = ("cache", "per_sample")
 
 
 @dataclass(frozen=True)
@@ -44,11 +48,18 @@ class Recipe:
     precision: str = "auto"  # "auto" | "fp32" | "bf16": see benchmark.execution
     channels_last: bool = True
     compile: bool = False  # torch.compile the trainable backbone
+    # "cache": batches from the decoded-image cache, augmented batched on the device (the fast
+    # path); "per_sample": decode and transform each image in DataLoader workers (the reference,
+    # benchmark.per_sample), with `loader_workers` worker processes.
+    data_path: str = "cache"
+    loader_workers: int = 2
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.sampler not in ("uniform", "balanced"):
             raise BenchmarkError(f"recipe.sampler = {self.sampler!r}; expected 'uniform' or 'balanced'")
+        if self.data_path not in DATA_PATHS:
+            raise BenchmarkError(f"recipe.data_path = {self.data_path!r}; expected one of {', '.join(DATA_PATHS)}")
         if self.precision not in PRECISIONS:
             raise BenchmarkError(f"recipe.precision = {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
         for key in ("epochs", "batch_size", "input_size"):
@@ -81,16 +92,27 @@ def epoch_sampler(labels: np.ndarray, recipe: Recipe, gen: torch.Generator):
 
 def load_batch(data: DecodedSplit, index: np.ndarray, device: torch.device,
                labels: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images and labels of `index` (read from the memory-mapped cache, sorted for locality).
+    """uint8 images and labels of `index`, read from the decoded-image cache.
 
     `labels` replaces the split's own labels (SCN trains on labels it relabels).
     """
-    order = np.argsort(index, kind="stable")
-    rows = np.array(data.images[index[order]])
-    rows[order] = rows.copy()  # back to the sampler's order
-    images = to_device_batch(rows, device)
+    images = to_device_batch(data.read(index), device)
     labels = to_device_batch((data.labels if labels is None else labels)[index], device)
     return images, labels
+
+
+def epoch_batches(method: "TrainedMethod", data: DecodedSplit, order: np.ndarray, recipe: Recipe,
+                  device: torch.device, gen: torch.Generator, aug_gen: torch.Generator):
+    """(row indices, augmented batch, flip mask or None) of one epoch, by the recipe's data path."""
+    if recipe.data_path == "per_sample":
+        for index, x in per_sample_batches(data, order, recipe.batch_size, device, recipe.loader_workers, gen,
+                                           method.augment_spec):
+            yield index, x, None
+        return
+    for begin in range(0, len(order), recipe.batch_size):
+        index = order[begin:begin + recipe.batch_size]
+        x, flips = augment(to_device_batch(data.read(index), device), method.augment_spec, aug_gen, return_flips=True)
+        yield index, x, flips
 
 
 def fit(method: "TrainedMethod", data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: "RunLog",
@@ -100,6 +122,8 @@ def fit(method: "TrainedMethod", data: DecodedSplit, *, recipe: Recipe, device: 
     execution = Execution.from_recipe(device, recipe)
     method.build(device, recipe.input_size, execution)
     method.train_labels = np.array(data.labels)  # a private copy: methods may relabel, the cache never changes
+    if recipe.data_path == "per_sample":
+        check_per_sample(data, method.augment_spec, method.name)
     optimizer = torch.optim.Adam(method.param_groups(), lr=method.hparams.lr, weight_decay=method.hparams.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=method.hparams.lr_gamma)
     gen = torch.Generator(device="cpu").manual_seed(recipe.seed)
@@ -118,10 +142,8 @@ def fit(method: "TrainedMethod", data: DecodedSplit, *, recipe: Recipe, device: 
         batches = 0
         start = time.perf_counter()
         order = np.fromiter(epoch_sampler(data.labels, recipe, gen), dtype=np.int64)
-        for begin in range(0, len(order), recipe.batch_size):
-            index = order[begin:begin + recipe.batch_size]
-            images, labels = load_batch(data, index, device, method.train_labels)
-            x, flips = augment(images, method.augment_spec, aug_gen, return_flips=True)
+        for index, x, flips in epoch_batches(method, data, order, recipe, device, gen, aug_gen):
+            labels = to_device_batch(method.train_labels[index], device)
             method.batch_index, method.batch_flips = index, flips  # for clip_features="cached"
             with execution.autocast():
                 loss, parts = method.training_step(execution.layout(x), labels)
@@ -157,7 +179,7 @@ def predict_batches(data: DecodedSplit, execution: Execution, batch_size: int,
     out = []
     for start in range(0, len(data), batch_size):
         rows = slice(start, min(len(data), start + batch_size))
-        x = execution.layout(normalize(to_device_batch(np.array(data.images[rows]), execution.device)))
+        x = execution.layout(normalize(to_device_batch(data.read(rows), execution.device)))
         with execution.autocast():
             logits = logits_fn(x, rows)
         out.append(torch.softmax(logits.float(), dim=1).cpu())

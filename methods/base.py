@@ -249,6 +249,9 @@ class TrainedMethod(Method):
     def fit(self, train_data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
             val_data: DecodedSplit | None = None) -> None:
         if getattr(self.hparams, "clip_features", "online") == "cached":
+            if recipe.data_path != "cache":
+                raise BenchmarkError(f"{self.name}: clip_features = 'cached' picks features by the batch's flips, "
+                                     "which only the cache data path reports; use recipe.data_path = 'cache'")
             # Faster but different: encoder features of the un-augmented image and of its mirror,
             # computed once; training then sees no noise or erasing on the encoder branch.
             self.execution = Execution.from_recipe(device, recipe)

@@ -152,7 +152,7 @@ class Cafe(TrainedMethod):
         sums = torch.zeros(NUM_CLASSES, self.width)
         counts = torch.zeros(NUM_CLASSES)
         for start in range(0, len(data), self.eval_batch_size):
-            x = normalize(torch.from_numpy(np.array(data.images[start:start + self.eval_batch_size])).to(self.device))
+            x = normalize(torch.from_numpy(data.read(slice(start, start + self.eval_batch_size))).to(self.device))
             y = torch.from_numpy(data.labels[start:start + self.eval_batch_size])
             sums.index_add_(0, y, self.mask(x).float().cpu())
             counts += torch.bincount(y, minlength=NUM_CLASSES).float()

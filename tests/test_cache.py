@@ -7,6 +7,8 @@ import pytest
 
 from benchmark.data import DATASETS, cache, decode_split
 from benchmark.errors import DatasetError
+from benchmark.labels import CLASSES
+from PIL import Image
 
 from .fsdata import write_image, write_text
 
@@ -99,3 +101,22 @@ def test_pixel_samples_decode_without_files(tmp_path):
     samples = DATASETS.get("ferplus").load(make_fer2013_csv(tmp_path / "F"), "train")
     decoded = decode_split(samples, 24)
     assert decoded.images.shape == (2, 24, 24, 3) and int(decoded.images[1, 5, 5, 1]) == 10
+
+
+def test_read_matches_the_memory_map_without_mapping_pages(tmp_path):
+    """DecodedSplit.read returns the same pixels as indexing the memmap, in the asked order."""
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for k in range(12):
+        folder = root / "train" / CLASSES[k % 7]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"{k}.png")
+    data = decode_split(DATASETS.get("imagefolder").load(root, "train"), 16, cache_dir=tmp_path / "cache")
+    assert isinstance(data.images, np.memmap)
+    index = np.array([5, 0, 11, 5, 3])
+    np.testing.assert_array_equal(data.read(index), np.asarray(data.images)[index])
+    np.testing.assert_array_equal(data.read(slice(2, 9)), np.asarray(data.images)[2:9])
+    np.testing.assert_array_equal(data.read(slice(10, 40)), np.asarray(data.images)[10:])
+    assert data.read(np.array([], dtype=np.int64)).shape == (0, 16, 16, 3)
+    with pytest.raises(IndexError, match="rows outside"):
+        data.read(np.array([12]))

@@ -12,15 +12,29 @@ def test_perf_quick_prints_and_writes_every_field(tmp_path, capsys):
     assert main(["perf", "--quick", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     for field in ("img/s", "data ms", "encoder ms", "backbone f+b ms", "optim ms", "data wait",
-                  "harness/per-sample", "GFLOP per training image", "efficiency", "evaluation of 5 test sets",
-                  "peak resident memory"):
+                  "vs per-sample", "GFLOP per training image", "efficiency", "evaluation of 5 test sets",
+                  "peak resident memory", "bf16"):
         assert field in text
     report = json.loads(out.read_text())
     assert set(report["methods"]) == {"erm", "cafe", "clip_ft"}
     for m in report["methods"].values():
-        assert m["train_flops_per_image"] > 0 and 0 < m["efficiency"] < 1.5
-        for path in ("harness", "per_sample"):
+        assert m["train_flops_per_image"] > 0
+        for path in ("harness_auto", "harness_bf16"):
+            assert 0 < m[path]["efficiency"] < 1.5 and m[path]["speedup_vs_per_sample"] > 0
+        for path in ("per_sample", "harness_auto", "harness_bf16"):
             assert m[path]["images_per_s"] > 0 and 0 <= m[path]["data_wait_share"] <= 1
-    assert report["methods"]["erm"]["harness"]["encoder_s"] == 0  # erm runs no encoder
-    assert report["methods"]["cafe"]["harness"]["encoder_s"] > 0
-    assert report["eval"]["cold_s"] > 0 and report["eval"]["warm_s"] > 0 and report["peak_rss_mb"] > 0
+    assert report["methods"]["erm"]["harness_auto"]["encoder_s"] == 0  # erm runs no encoder
+    assert report["methods"]["cafe"]["harness_auto"]["encoder_s"] > 0
+    for e in report["eval"].values():
+        assert e["cold_s"] > 0 and e["warm_s"] > 0
+    assert set(report["eval"]) == {"auto", "bf16"} and report["peak_rss_mb"] > 0
+
+
+def test_perf_scale_trains_one_epoch_and_reports_memory(tmp_path, capsys):
+    out = tmp_path / "scale.json"
+    assert main(["perf", "--quick", "--scale-images", "600", "--size", "24", "--json", str(out)]) == 0
+    assert "peak resident memory" in capsys.readouterr().out
+    scale = json.loads(out.read_text())["scale"]
+    assert scale["images"] == 600 and scale["size"] == 24
+    assert scale["cache_mb"] == 600 * 24 * 24 * 3 / 2**20
+    assert scale["epoch_s"] > 0 and scale["peak_rss_mb"] >= scale["peak_rss_mb_before_training"] > 0

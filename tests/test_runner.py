@@ -79,6 +79,8 @@ def test_tiny_grid_logs_every_metric_and_dry_run_lists_jobs(tmp_path, capsys):
     assert "train/loss" in metrics and "lr" in metrics and "source_val/acc" in metrics
     assert params["encoder"] == "torchvision:mobilenet_v2:imagenet" and params["encoder.digest"].startswith("b0353104")
     assert params["hp.lr"] == "0.0002" and params["recipe.epochs"] == "1" and "lib.torch" in params
+    assert params["recipe.precision"] == "auto" and params["execution.autocast"] == "off"  # CPU: fp32
+    assert params["execution.clip_dtype"] == "float32" and params["recipe.data_path"] == "cache"
     assert "data.synth5/studio:train" in params and "git_commit" in params
     from mlflow.tracking import MlflowClient
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,30 +71,56 @@ def test_balanced_sampler_equalises_classes_with_fixed_epoch_size():
     assert len(order) == 3000 and counts.min() > 850 and counts.max() < 1150
 
 
-def test_batched_augmentations_match_the_paper_distributions():
-    gen = torch.Generator().manual_seed(0)
-    n, size = 4000, 32
+def half_grey(n: int, size: int) -> torch.Tensor:
+    """n copies of a grey image whose left half is darker (a flip moves it), (n, size, size, 3) uint8."""
     grey = torch.full((n, size, size, 3), 128, dtype=torch.uint8)
-    grey[:, :, : size // 2] = 100  # left half darker: a flip moves it
-    x = augment(grey, PAPER, gen)
+    grey[:, :, : size // 2] = 100
+    return grey
+
+
+def augmentation_stats(x: torch.Tensor) -> dict[str, float]:
+    """Erase rate and mean erased area, flip rate, noisy rate and noise std of augmented half_grey images."""
+    n, size = x.shape[0], x.shape[-1]
     mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
     std = torch.tensor(IMAGENET_STD)[:, None, None]
     pixels = (x * std + mean) * 255  # back to 0..255; erased pixels become the mean colour
     erased = (x == 0).all(dim=1)  # value 0 after normalisation on all three channels
     erased_frac = erased.float().mean(dim=(1, 2))
     has_erase = erased_frac > 0
-    assert abs(has_erase.float().mean().item() - 0.5) < 0.03
-    # torchvision: area ~ U(0.02, 0.25) -> mean 0.135 (boxes are rounded to whole pixels)
-    assert abs(erased_frac[has_erase].mean().item() - 0.135) < 0.015
     flipped = pixels[:, 0, size // 2, 0] > pixels[:, 0, size // 2, -1] + 10
-    assert abs(flipped.float().mean().item() - 0.5) < 0.03
-    # Noise sigma^2 = 30 on half the images: residual std over an untouched flat patch.
+    # Noise: residual std over a flat 4x4 patch untouched by erasing.
     right = pixels[:, :, :4, -4:].reshape(n, -1)
-    right = right[~erased[:, :4, -4:].reshape(n, -1).any(1)]
-    stds = right.std(dim=1)
+    stds = right[~erased[:, :4, -4:].reshape(n, -1).any(1)].std(dim=1)
     noisy = stds > 1
-    assert abs(noisy.float().mean().item() - 0.5) < 0.04
-    assert abs(stds[noisy].mean().item() - math.sqrt(30)) < 0.6
+    return {"erase": has_erase.float().mean().item(), "area": erased_frac[has_erase].mean().item(),
+            "flip": flipped.float().mean().item(), "noisy": noisy.float().mean().item(),
+            "noise_std": stds[noisy].mean().item()}
+
+
+def test_batched_augmentations_match_the_paper_distributions():
+    stats = augmentation_stats(augment(half_grey(4000, 32), PAPER, torch.Generator().manual_seed(0)))
+    assert abs(stats["erase"] - 0.5) < 0.03
+    # torchvision: area ~ U(0.02, 0.25) -> mean 0.135 (boxes are rounded to whole pixels)
+    assert abs(stats["area"] - 0.135) < 0.015
+    assert abs(stats["flip"] - 0.5) < 0.03
+    assert abs(stats["noisy"] - 0.5) < 0.04  # noise sigma^2 = 30 on half the images
+    assert abs(stats["noise_std"] - math.sqrt(30)) < 0.6
+
+
+def test_batched_augmentations_match_the_per_sample_reference_path():
+    """The fast path's batched augmentations against the per-sample torchvision pipeline it replaces."""
+    from benchmark.data.samples import Samples
+    from benchmark.per_sample import PerSampleDataset
+
+    n, size = 3000, 32
+    images = half_grey(n, size)
+    samples = Samples("t", "train", Path("."), [f"x#{i}" for i in range(n)], np.zeros(n), "", pixels=images.numpy())
+    torch.manual_seed(0)
+    dataset = PerSampleDataset(samples, np.arange(n), size)
+    reference = augmentation_stats(torch.stack([dataset[i][0] for i in range(n)]))
+    batched = augmentation_stats(augment(images, PAPER, torch.Generator().manual_seed(1)))
+    for key, tolerance in {"erase": 0.04, "area": 0.015, "flip": 0.04, "noisy": 0.05, "noise_std": 0.6}.items():
+        assert abs(batched[key] - reference[key]) < tolerance, (key, batched[key], reference[key])
 
 
 def test_one_of_policy_never_flips_and_noises_together():

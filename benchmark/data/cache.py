@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..errors import DatasetError
 from ..paths import cache_dir as default_cache_dir
@@ -54,18 +55,52 @@ class DecodedSplit:
     size: int
     dropped: Counter
     path: Path
+    samples: Samples | None = None  # the parsed source, for the per-sample reference data path
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def read(self, rows: np.ndarray | slice) -> np.ndarray:
+        """Images `rows` (indices or a slice) as an in-memory array.
+
+        A memory-mapped cache is read with positioned file reads, not through the map: pages
+        touched through a map count in this process's resident memory until unmapped, so an epoch
+        over a 100k-image split would make the process look (and be accounted) 4 GB large. With
+        pread the OS page cache still keeps the file warm, outside the process.
+        """
+        images = self.images
+        if not isinstance(images, np.memmap) or images.filename is None:
+            return np.array(images[rows])
+        rows = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows)
+        out = np.empty((len(rows), *images.shape[1:]), dtype=images.dtype)
+        if not len(rows):
+            return out
+        if rows.min() < 0 or rows.max() >= len(images):
+            raise IndexError(f"{self.path}: rows outside 0..{len(images) - 1}")
+        row_bytes = out[0].nbytes
+        contiguous = bool(np.all(np.diff(rows) == 1))
+        # One read for a run of consecutive rows (evaluation), one per row otherwise (training).
+        reads = [(rows[0], out)] if contiguous else [(i, out[k]) for k, i in enumerate(rows)]
+        fd = os.open(images.filename, os.O_RDONLY)
+        try:
+            for first, target in reads:
+                if os.preadv(fd, [memoryview(target).cast("B")], images.offset + int(first) * row_bytes) != target.nbytes:
+                    raise OSError(f"{images.filename}: short read at row {first} (truncated cache file?)")
+        finally:
+            os.close(fd)
+        return out
+
+
+def native_image(samples: Samples, index: int) -> Image.Image:
+    """One image at its stored size, RGB, from its file or the in-memory pixels."""
+    if samples.pixels is not None:
+        return to_pil_rgb(samples.pixels[index])
+    return read_rgb(samples.path(index))
+
 
 def decode_one(samples: Samples, index: int, size: int) -> np.ndarray:
-    """One image as (size, size, 3) uint8 RGB, from its file or the in-memory pixels."""
-    if samples.pixels is not None:
-        img = to_pil_rgb(samples.pixels[index])
-    else:
-        img = read_rgb(samples.path(index))
-    return resize_square(img, size)
+    """One image as (size, size, 3) uint8 RGB."""
+    return resize_square(native_image(samples, index), size)
 
 
 def entry_dir(samples: Samples, size: int, cache_dir: Path) -> Path:
@@ -191,4 +226,4 @@ def _open_entry(path: Path, samples: Samples, size: int, skip_bad: bool) -> Deco
     if meta["unreadable"]:
         dropped[UNREADABLE] += len(meta["unreadable"])
     return DecodedSplit(images=images, labels=labels, kept=kept, dataset=samples.dataset, split=samples.split,
-                        fingerprint=samples.fingerprint, size=size, dropped=dropped, path=path)
+                        fingerprint=samples.fingerprint, size=size, dropped=dropped, path=path, samples=samples)
