@@ -11,6 +11,7 @@ from typing import Iterable
 from tabulate import tabulate
 
 from . import tracking
+from .errors import BenchmarkError
 from .jobs import DataPlan, Job, expand
 from .protocol import Protocol
 from .runner import JobResult, RunContext, run_job
@@ -79,23 +80,26 @@ def _run_local(jobs: Iterable[Job], ctx: RunContext, announce) -> list[JobResult
     return results
 
 
+def task_resources(cluster_gpus: float, jobs_per_gpu: int) -> dict[str, float]:
+    """What one job asks Ray for: 1/N of a GPU when the cluster has GPUs (N jobs packed on each,
+    since one ResNet-18 at batch 32 leaves a large GPU mostly idle), else one CPU."""
+    if jobs_per_gpu < 1:
+        raise BenchmarkError(f"--jobs-per-gpu {jobs_per_gpu}: must be 1 or more")
+    if cluster_gpus:
+        return {"num_gpus": 1.0 / jobs_per_gpu, "num_cpus": 1}
+    return {"num_cpus": 1}
+
+
 def _run_ray(jobs: list[Job], ctx: RunContext, announce, address: str | None, jobs_per_gpu: int) -> list[JobResult]:
     try:
         import ray
     except ImportError:
-        from .errors import BenchmarkError
-
         raise BenchmarkError("--executor ray needs Ray: pip install -e '.[ray]'") from None
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=True,
                  runtime_env={"env_vars": {k: v for k, v in os.environ.items()
                                            if k.startswith(("BENCHMARK_", "FER_", "MLFLOW_", "HF_"))}})
-    gpus = ray.cluster_resources().get("GPU", 0)
-    if gpus:
-        options = {"num_gpus": 1.0 / max(1, jobs_per_gpu), "num_cpus": 1}
-    else:
-        options = {"num_cpus": 1}
-    remote = ray.remote(**options)(run_job)
+    remote = ray.remote(**task_resources(ray.cluster_resources().get("GPU", 0), jobs_per_gpu))(run_job)
     # Ship the data plan without the Samples parsed here: workers parse their own (smaller payloads).
     ctx.plan = DataPlan(ctx.plan.data_root, ctx.plan.dataset_paths, ctx.plan.options, ctx.plan.skip_bad)
     pending = {}

@@ -1,10 +1,11 @@
 """`benchmark perf`: measured throughput of the training and evaluation paths on this machine.
 
-For each method it times training steps two ways at the same recipe:
-- the harness path: batches sliced from the memory-mapped decoded-image cache, augmented batched
-  on the device (benchmark.augment);
-- the common per-sample path: a DataLoader whose workers decode each image file and run the
-  paper's per-sample torchvision transforms every step.
+For each method it times training steps on two data paths:
+- the common per-sample path (benchmark.per_sample): a DataLoader whose workers decode each image
+  file and run the paper's per-sample torchvision transforms every step; spec precision
+  ("auto"), contiguous layout, as published FER code runs;
+- the harness path: batches read from the decoded-image cache, augmented batched on the device
+  (benchmark.augment), channels_last, once per precision in `precisions` (benchmark.execution).
 Each step is split into stages (data, frozen-encoder forward, backbone forward + backward,
 optimizer) and the share of time spent waiting for data. It counts the FLOPs of one training
 step (torch.utils.flop_counter), times a dense matmul to measure the device's FLOP/s, and
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD, NOISE_STD, PAPER, augment
+from .augment import PAPER, augment
 from .backbones import BackboneSpec
 from .data import DATASETS, decode_split
 from .data.synth5 import DOMAINS
@@ -36,6 +37,7 @@ from .encoders import EncoderSpec, build_encoder
 from .execution import Execution
 from .features import FeatureCache
 from .labels import CLASSES
+from .per_sample import PerSampleDataset
 from .trainer import load_batch, pick_device
 
 
@@ -89,28 +91,6 @@ def _encoder_hooks(encoder, timer: Timer):
         timer.add("encoder", time.perf_counter() - state["t"])
 
     return [encoder.register_forward_pre_hook(pre), encoder.register_forward_hook(post)]
-
-
-class PerSampleDataset(torch.utils.data.Dataset):
-    """The common FER data path: decode the file and transform one sample at a time, every epoch."""
-
-    def __init__(self, files: list[Path], labels: np.ndarray, size: int):
-        from torchvision import transforms
-
-        self.files, self.labels = files, labels
-        self.transform = transforms.Compose([
-            transforms.ToPILImage(), transforms.Resize((size, size)), transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD), transforms.RandomHorizontalFlip(),
-            transforms.RandomErasing(scale=(0.02, 0.25))])
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int):
-        img = np.asarray(Image.open(self.files[i]).convert("RGB"))
-        if np.random.rand() < 0.5:  # Gaussian noise on the uint8 image, as the authors' loaders do
-            img = np.clip(img + np.random.normal(0, NOISE_STD, img.shape), 0, 255).astype(np.uint8)
-        return self.transform(img), int(self.labels[i])
 
 
 def write_files(samples, folder: Path) -> list[Path]:
@@ -188,19 +168,19 @@ def time_training(method, batches, device: torch.device, steps: int, warmup: int
             "data_wait_share": timer.totals["data"] / total}
 
 
-def run_perf(config: PerfConfig, device_name: str | None = None) -> dict:
+def run_perf(config: PerfConfig, work: Path, device_name: str | None = None) -> dict:
     from methods import Components, build_method
 
     device = pick_device(device_name)
     torch.manual_seed(0)
     np.random.seed(0)
     name, weights = config.backbone.split(":")
-    work = Path(tempfile.mkdtemp(prefix="benchmark-perf-"))
     report: dict = {"config": asdict(config), "device": str(device), "methods": {}}
     encoder = build_encoder(EncoderSpec(config.encoder))
     samples = DATASETS.get("synth5/studio").load(None, "train", scale=config.scale)
     cached = decode_split(samples, config.size, cache_dir=work / "cache")
-    files = write_files(samples, work / "files" / "train")
+    write_files(samples, work / "files" / "train")
+    file_samples = DATASETS.get("imagefolder").load(work / "files", "train")
     report["flops_per_s_measured"] = matmul_flops(device, config.matmul_n)
     gen = torch.Generator(device="cpu").manual_seed(0)
     aug_gen = torch.Generator(device=device).manual_seed(1)
@@ -212,13 +192,15 @@ def run_perf(config: PerfConfig, device_name: str | None = None) -> dict:
             yield augment(images, PAPER, aug_gen), labels
 
     def per_sample_batches():
-        loader = torch.utils.data.DataLoader(PerSampleDataset(files, samples.labels, config.size),
+        dataset = PerSampleDataset(file_samples, np.arange(len(file_samples)), config.size)
+        labels = torch.from_numpy(file_samples.labels)
+        loader = torch.utils.data.DataLoader(dataset,
                                              batch_size=config.batch_size, shuffle=True, drop_last=True,
                                              num_workers=config.workers, persistent_workers=config.workers > 0,
                                              pin_memory=device.type == "cuda")
         while True:
-            for x, y in loader:
-                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            for x, rows in loader:
+                yield x.to(device, non_blocking=True), labels[rows].to(device, non_blocking=True)
 
     report["flops_per_s_measured_bf16"] = matmul_flops(device, config.matmul_n, dtype=torch.bfloat16)
     for method_name in config.methods:
@@ -315,15 +297,16 @@ def main_perf(quick: bool, overrides: dict, device: str | None, json_path: str |
               scale_images: int = 0) -> int:
     config = PerfConfig(**{**(QUICK if quick else {}), **overrides})
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    if scale_images:
-        from .perf_scale import scale_check
+    # Scratch files (image files, caches, the large split) go to a temporary folder, removed after.
+    with tempfile.TemporaryDirectory(prefix="benchmark-perf-") as work:
+        if scale_images:
+            from .perf_scale import scale_check
 
-        dev = pick_device(device)
-        report = {"device": str(dev), "scale": scale_check(
-            scale_images, config.size, config.backbone, config.precisions[0], config.batch_size, dev,
-            Path(tempfile.mkdtemp(prefix="benchmark-perf-scale-")))}
-    else:
-        report = run_perf(config, device)
+            dev = pick_device(device)
+            report = {"device": str(dev), "scale": scale_check(
+                scale_images, config.size, config.backbone, config.precisions[0], config.batch_size, dev, Path(work))}
+        else:
+            report = run_perf(config, Path(work), device)
     print(format_report(report))
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=1))

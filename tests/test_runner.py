@@ -258,3 +258,14 @@ def test_ui_binds_to_localhost_unless_told(monkeypatch, capsys):
     first, second = calls
     assert first[first.index("--host") + 1] == "127.0.0.1" and "sqlite:///x.db" in first
     assert second[second.index("--host") + 1] == "0.0.0.0" and second[second.index("--port") + 1] == "6000"
+
+
+def test_jobs_per_gpu_packs_fractional_gpus():
+    from benchmark.errors import BenchmarkError
+    from benchmark.grid import task_resources
+
+    assert task_resources(8, 4) == {"num_gpus": 0.25, "num_cpus": 1}
+    assert task_resources(1, 1) == {"num_gpus": 1.0, "num_cpus": 1}
+    assert task_resources(0, 4) == {"num_cpus": 1}  # a CPU-only cluster: one CPU per job
+    with pytest.raises(BenchmarkError, match="--jobs-per-gpu 0"):
+        task_resources(1, 0)
