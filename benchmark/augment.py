@@ -6,8 +6,9 @@ scale=(0.02, 0.25), ratio=(0.3, 3.3), value=0) — so erased pixels equal the Im
 Here the same distributions run on a whole batch at once (on the training device), drawing
 every random number from one seeded generator, so a job is reproducible.
 
-Known difference: the decoded-image cache already holds resized images, so the noise is added
-after the resize instead of before it.
+The authors add the noise before the resize, to the image at its stored size; the decoded-image
+cache holds resized images, so the noise is drawn at each image's native size and resized with
+it (see add_noise): the same distribution, up to where clipping at 0/255 happens.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
+# Bumped when the batched augmentation changes what it computes (it is part of every job's hash).
+# 2: the Gaussian noise is drawn at each image's native size (it was drawn at the cache's size).
+AUGMENT_VERSION = 2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NOISE_STD = math.sqrt(30.0)
@@ -49,10 +54,29 @@ def _rand(shape: tuple[int, ...], gen: torch.Generator, device: torch.device) ->
     return torch.rand(shape, generator=gen, device=gen.device).to(device)
 
 
-def add_noise(images: torch.Tensor, apply: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """uint8-valued float (B, 3, H, W): + N(0, 30) where `apply`, clipped and cast like uint8."""
-    noise = torch.randn(images.shape, generator=gen, device=gen.device).to(images.device) * NOISE_STD
-    noisy = (images + noise).clamp_(0, 255).floor_()  # np.clip(...).astype(uint8) truncates
+def add_noise(images: torch.Tensor, apply: torch.Tensor, gen: torch.Generator,
+              native_hw: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8-valued float (B, 3, H, W): + N(0, 30) where `apply`, clipped and cast like uint8.
+
+    The authors add the noise to the image at its stored (native) size, before the resize. The
+    cache holds resized images and a bilinear resize is linear, so the equivalent is noise drawn
+    at each image's native size and resized like the image (antialiased bilinear, as PIL) to
+    H x W: a 48 px FERPlus face upsampled to 224 px gets smooth, weaker noise, not fresh
+    per-pixel noise. `native_hw` (B, 2) holds the native sizes; None: the images are native.
+    """
+    b, c, h, w = images.shape
+    if native_hw is None:
+        noise = torch.randn(images.shape, generator=gen, device=gen.device).to(images.device)
+    else:
+        noise = torch.empty_like(images)
+        sizes = [tuple(hw) for hw in native_hw.tolist()]
+        for nh, nw in sorted(set(sizes)):  # one draw per distinct native size, in a fixed order
+            rows = torch.tensor([k for k, hw in enumerate(sizes) if hw == (nh, nw)], device=images.device)
+            raw = torch.randn((len(rows), c, nh, nw), generator=gen, device=gen.device).to(images.device)
+            if (nh, nw) != (h, w):
+                raw = F.interpolate(raw, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+            noise[rows] = raw
+    noisy = (images + noise * NOISE_STD).clamp_(0, 255).floor_()  # np.clip(...).astype(uint8) truncates
     return torch.where(apply[:, None, None, None], noisy, images)
 
 
@@ -80,10 +104,12 @@ def random_erase(x: torch.Tensor, apply: torch.Tensor, gen: torch.Generator) -> 
 
 
 def augment(images_uint8: torch.Tensor, spec: AugmentSpec, gen: torch.Generator,
-            return_flips: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+            return_flips: bool = False, native_hw: torch.Tensor | None = None,
+            ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """(B, H, W, 3) uint8 on the device -> augmented, normalised (B, 3, H, W) float.
 
-    With `return_flips`, also the (B,) bool mask of the samples that were flipped.
+    `native_hw` (B, 2): each image's size before the cache resized it (see add_noise). With
+    `return_flips`, also the (B,) bool mask of the samples that were flipped.
     """
     b = images_uint8.shape[0]
     device = images_uint8.device
@@ -96,7 +122,7 @@ def augment(images_uint8: torch.Tensor, spec: AugmentSpec, gen: torch.Generator,
         noise_mask = _rand((b,), gen, device) < spec.noise_p
         flip_mask = _rand((b,), gen, device) < spec.flip_p
     if noise_mask.any():
-        x = add_noise(x, noise_mask, gen)
+        x = add_noise(x, noise_mask, gen, native_hw)
     x = TF.normalize(x.div_(255.0), list(IMAGENET_MEAN), list(IMAGENET_STD))
     x = torch.where(flip_mask[:, None, None, None], x.flip(-1), x)
     if spec.erase_p > 0:

@@ -4,7 +4,8 @@ One job per (method, source, seed): it trains once on the source's train split a
 every dataset's test split. Its identity is a short hash of the canonical JSON of everything that
 changes its numbers — protocol name and version, method, resolved hyperparameters, recipe,
 source, seed, data fingerprints, encoder id and weights digest (for methods that use it),
-backbone id and weights digest — and of nothing else (no paths, executor or device), so the same
+backbone id and weights digest, the input pipeline's version (decoding recipe and augmentation) —
+and of nothing else (no paths, executor or device), so the same
 job run anywhere has the same hash and a FINISHED one is never run twice.
 """
 
@@ -17,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .augment import AUGMENT_VERSION
 from .backbones import backbone_weights_digest
+from .data.cache import DECODE_RECIPE
 from .data import DATASETS, Samples
 from .data.roots import dataset_root
 from .encoders import encoder_weights_digest
@@ -68,6 +71,9 @@ class Job:
         return f"{self.method} on {self.source} (seed {self.seed})"
 
 
+PIPELINE_VERSION = f"{DECODE_RECIPE}+augment-v{AUGMENT_VERSION}"
+
+
 def job_hash(identity: dict[str, Any]) -> str:
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -104,6 +110,7 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
                     "data": prints, "test_split": protocol.test_split,
                     "encoder": None if encoder is None else {"id": encoder["id"], "digest": encoder["digest"]},
                     "backbone": {"id": protocol.backbone.id, "digest": backbone["digest"]},
+                    "pipeline": PIPELINE_VERSION,
                 }
                 jobs.append(Job(protocol.name, method, source, seed, list(protocol.datasets), protocol.test_split,
                                 hparams, recipe, encoder, backbone, prints, identity, job_hash(identity)))

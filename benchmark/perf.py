@@ -189,7 +189,7 @@ def run_perf(config: PerfConfig, work: Path, device_name: str | None = None) -> 
         while True:
             index = torch.randint(0, len(cached), (config.batch_size,), generator=gen).numpy()
             images, labels = load_batch(cached, index, device)
-            yield augment(images, PAPER, aug_gen), labels
+            yield augment(images, PAPER, aug_gen, native_hw=torch.from_numpy(cached.native_hw[index])), labels
 
     def per_sample_batches():
         dataset = PerSampleDataset(file_samples, np.arange(len(file_samples)), config.size)
@@ -265,8 +265,9 @@ def format_report(report: dict) -> str:
         return (f"device {report['device']}; one epoch of erm ({r['backbone']}, {r['precision']}) over "
                 f"{r['images']:,} synthetic images at {r['size']} px: cache {r['cache_mb']:.0f} MB built in "
                 f"{r['build_s']:.1f} s; epoch {r['epoch_s']:.1f} s ({r['images_per_s']:.1f} img/s); "
-                f"peak resident memory {r['peak_rss_mb']:.0f} MB ({r['peak_rss_mb_before_training']:.0f} MB "
-                "before training)")
+                f"peak resident memory while training {r['peak_rss_mb']:.0f} MB"
+                f"{'' if r['peak_rss_training_only'] else ' (process lifetime: the peak could not be reset)'}; "
+                f"while building the split {r['peak_rss_mb_build']:.0f} MB")
     rows = []
     paths = ["per_sample"] + [f"harness_{p}" for p in report["config"]["precisions"]]
     for name, m in report["methods"].items():

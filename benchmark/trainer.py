@@ -111,7 +111,9 @@ def epoch_batches(method: "TrainedMethod", data: DecodedSplit, order: np.ndarray
         return
     for begin in range(0, len(order), recipe.batch_size):
         index = order[begin:begin + recipe.batch_size]
-        x, flips = augment(to_device_batch(data.read(index), device), method.augment_spec, aug_gen, return_flips=True)
+        native = None if data.native_hw is None else torch.from_numpy(data.native_hw[index])
+        x, flips = augment(to_device_batch(data.read(index), device), method.augment_spec, aug_gen,
+                           return_flips=True, native_hw=native)
         yield index, x, flips
 
 

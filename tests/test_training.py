@@ -132,3 +132,28 @@ def test_one_of_policy_never_flips_and_noises_together():
     noisy = x[:, 0, :, 4:].reshape(2000, -1).std(dim=1) > 1e-3  # one channel: flat unless noised
     assert not (flipped & noisy).any()
     assert abs(flipped.float().mean().item() - 0.25) < 0.04 and abs(noisy.float().mean().item() - 0.25) < 0.04
+
+
+@pytest.mark.parametrize("native", [48, 20])  # downsampled and upsampled to 32 px
+def test_noise_is_drawn_at_the_native_size_like_the_per_sample_path(native):
+    """The authors add noise before the resize: resized noise is weaker and smoother than fresh noise."""
+    from benchmark.data.samples import Samples
+    from benchmark.per_sample import PerSampleDataset
+
+    n, size, spec = 1500, 32, AugmentSpec(erase_p=0.0, flip_p=0.0)
+    flat = np.full((n, native, native, 3), 128, dtype=np.uint8)
+    samples = Samples("t", "train", Path("."), [f"x#{i}" for i in range(n)], np.zeros(n), "", pixels=flat)
+    torch.manual_seed(0)
+    dataset = PerSampleDataset(samples, np.arange(n), size, spec)
+    reference = torch.stack([dataset[i][0] for i in range(n)])
+    cached = torch.full((n, size, size, 3), 128, dtype=torch.uint8)  # what the cache holds: resized, flat
+    native_hw = torch.full((n, 2), native)
+    batched = augment(cached, spec, torch.Generator().manual_seed(1), native_hw=native_hw)
+    at_cache_size = augment(cached, spec, torch.Generator().manual_seed(1))
+
+    def noise_std(x):  # mean per-image, per-channel std (0..255 units) of the noised images
+        stds = (x * torch.tensor(IMAGENET_STD)[:, None, None] * 255).flatten(2).std(dim=2).mean(dim=1)
+        return stds[stds > 0.5].mean().item()
+
+    assert abs(noise_std(batched) - noise_std(reference)) < 0.1 * noise_std(reference)
+    assert noise_std(reference) < 0.8 * math.sqrt(30) < noise_std(at_cache_size)  # the difference it fixes

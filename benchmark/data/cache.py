@@ -38,7 +38,7 @@ from .samples import UNREADABLE, Samples
 log = logging.getLogger(__name__)
 
 # Bump when decoding changes (colour handling, resize filter), so old entries are not reused.
-DECODE_RECIPE = "pil-rgb-bilinear-v1"
+DECODE_RECIPE = "pil-rgb-bilinear-v2"  # v2: entries also hold each image's native size
 CHUNK = 256
 
 
@@ -56,6 +56,7 @@ class DecodedSplit:
     dropped: Counter
     path: Path
     samples: Samples | None = None  # the parsed source, for the per-sample reference data path
+    native_hw: np.ndarray | None = None  # (N, 2) int32 height, width before the resize (augment's noise)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -96,11 +97,6 @@ def native_image(samples: Samples, index: int) -> Image.Image:
     if samples.pixels is not None:
         return to_pil_rgb(samples.pixels[index])
     return read_rgb(samples.path(index))
-
-
-def decode_one(samples: Samples, index: int, size: int) -> np.ndarray:
-    """One image as (size, size, 3) uint8 RGB."""
-    return resize_square(native_image(samples, index), size)
 
 
 def entry_dir(samples: Samples, size: int, cache_dir: Path) -> Path:
@@ -147,12 +143,15 @@ def _build_entry(tmp: Path, samples: Samples, size: int, skip_bad: bool,
                  workers: int | None, progress: bool) -> None:
     n = len(samples)
     images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+    native = np.zeros((n, 2), dtype=np.int32)
     ok = np.ones(n, dtype=bool)
     unreadable: list[dict[str, str]] = []
 
     def decode_into(i: int) -> None:
         try:
-            images[i] = decode_one(samples, i, size)
+            img = native_image(samples, i)
+            native[i] = (img.height, img.width)
+            images[i] = resize_square(img, size)
         except DatasetError as exc:
             ok[i] = False
             unreadable.append({"id": samples.ids[i], "error": str(exc)})
@@ -190,6 +189,7 @@ def _build_entry(tmp: Path, samples: Samples, size: int, skip_bad: bool,
         del images
     np.save(tmp / "labels.npy", samples.labels[kept])
     np.save(tmp / "kept.npy", kept)
+    np.save(tmp / "native.npy", native[kept])
     meta = {"dataset": samples.dataset, "split": samples.split, "fingerprint": samples.fingerprint,
             "size": size, "recipe": DECODE_RECIPE, "count": int(len(kept)),
             "unreadable": sorted(unreadable, key=lambda u: u["id"])}
@@ -205,10 +205,12 @@ def _open_entry(path: Path, samples: Samples, size: int, skip_bad: bool) -> Deco
         images = np.load(path / "images.npy", mmap_mode="r")
         labels = np.load(path / "labels.npy")
         kept = np.load(path / "kept.npy")
+        native = np.load(path / "native.npy")
         count = meta["count"]
         complete = (
             meta["fingerprint"] == samples.fingerprint and meta["size"] == size
             and images.shape == (count, size, size, 3) and labels.shape == (count,) and kept.shape == (count,)
+            and native.shape == (count, 2)
             and images.offset + images.nbytes == os.path.getsize(path / "images.npy")
         )
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
@@ -226,4 +228,5 @@ def _open_entry(path: Path, samples: Samples, size: int, skip_bad: bool) -> Deco
     if meta["unreadable"]:
         dropped[UNREADABLE] += len(meta["unreadable"])
     return DecodedSplit(images=images, labels=labels, kept=kept, dataset=samples.dataset, split=samples.split,
-                        fingerprint=samples.fingerprint, size=size, dropped=dropped, path=path, samples=samples)
+                        fingerprint=samples.fingerprint, size=size, dropped=dropped, path=path, samples=samples,
+                        native_hw=native)
