@@ -32,7 +32,7 @@ def test_decode_resizes_to_rgb_and_second_load_reads_the_cache(tmp_path, monkeyp
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again although the cache holds this split")
 
-    monkeypatch.setattr(cache, "decode_one", no_decoding)
+    monkeypatch.setattr(cache, "native_image", no_decoding)
     second = decode_split(samples, 16)
     assert second.path == first.path
     np.testing.assert_array_equal(second.images, first.images)
