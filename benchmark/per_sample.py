@@ -55,7 +55,7 @@ def check_per_sample(data: DecodedSplit, spec: AugmentSpec, method: str) -> None
                              f"{data.dataset}/{data.split} was built without them")
     if spec.one_of_p:
         raise BenchmarkError(f"{method}: the per-sample reference path implements the paper's noise/flip/erase "
-                             "augmentation only, not SCN/RUL's one-of choice; use data_path = 'cache'")
+                             "augmentation only, not the one-of policy (one_of_p); use data_path = 'cache'")
 
 
 def per_sample_batches(data: DecodedSplit, order: np.ndarray, batch_size: int, device: torch.device,
