@@ -34,6 +34,7 @@ from .backbones import BackboneSpec
 from .data import DATASETS, decode_split
 from .data.synth5 import DOMAINS
 from .encoders import EncoderSpec, build_encoder
+from .errors import BenchmarkError
 from .execution import Execution
 from .features import FeatureCache
 from .labels import CLASSES
@@ -302,6 +303,8 @@ def format_report(report: dict) -> str:
 
 def main_perf(quick: bool, overrides: dict, device: str | None, json_path: str | None,
               scale_images: int = 0) -> int:
+    if scale_images < 0:
+        raise BenchmarkError(f"--scale-images {scale_images}: must be a positive number of images")
     config = PerfConfig(**{**(QUICK if quick else {}), **overrides})
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     # Scratch files (image files, caches, the large split) go to a temporary folder, removed after.
