@@ -121,6 +121,8 @@ def _cmd_perf(args: argparse.Namespace) -> int:
         overrides["methods"] = [m.strip() for m in args.methods.split(",")]
     if args.precisions:
         overrides["precisions"] = [p.strip() for p in args.precisions.split(",")]
+    if args.eval_methods:
+        overrides["eval_methods"] = [m.strip() for m in args.eval_methods.split(",")]
     for key in ("size", "batch_size", "steps", "backbone", "encoder"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
@@ -204,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "architecture; random weights time the same as the real ones)")
     perf.add_argument("--precisions", help="comma-separated recipe.precision values the harness path runs at "
                       "(default auto,bf16)")
+    perf.add_argument("--eval-methods", help="comma-separated methods whose evaluation of five test sets is "
+                      "timed cold and warm (default cafe,clip_probe)")
     perf.add_argument("--scale-images", type=int, default=0, metavar="N",
                       help="instead: train erm one epoch over N synthetic images at --size px and report the "
                       "peak resident memory (the first of --precisions is used)")

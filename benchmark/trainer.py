@@ -65,6 +65,9 @@ class Recipe:
         for key in ("epochs", "batch_size", "input_size"):
             if getattr(self, key) <= 0:
                 raise BenchmarkError(f"recipe.{key} = {getattr(self, key)}; must be positive")
+        if self.loader_workers < 0:
+            raise BenchmarkError(f"recipe.loader_workers = {self.loader_workers}; must be 0 (load in the "
+                                 "training process) or more")
 
 
 def pick_device(name: str | None = None) -> torch.device:

@@ -38,6 +38,8 @@ def test_precision_policy_per_device():
         Recipe(precision="fp16")
     with pytest.raises(BenchmarkError, match="recipe.data_path = 'disk'"):
         Recipe(data_path="disk")
+    with pytest.raises(BenchmarkError, match="recipe.loader_workers = -1"):
+        Recipe(loader_workers=-1)
 
 
 def test_encoder_gets_its_exact_fp32_weights_back_after_bf16(components, studio):
