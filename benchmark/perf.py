@@ -29,17 +29,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .augment import PAPER, augment
 from .backbones import BackboneSpec
 from .data import DATASETS, decode_split
 from .data.synth5 import DOMAINS
 from .encoders import EncoderSpec, build_encoder
 from .errors import BenchmarkError
-from .execution import Execution
+from .execution import Execution, to_device_batch
 from .features import FeatureCache
 from .labels import CLASSES
 from .per_sample import PerSampleDataset
-from .trainer import load_batch, pick_device
+from .trainer import Recipe, epoch_batches, pick_device
 
 
 @dataclass
@@ -195,11 +194,13 @@ def run_perf(config: PerfConfig, work: Path, device_name: str | None = None) -> 
     gen = torch.Generator(device="cpu").manual_seed(0)
     aug_gen = torch.Generator(device=device).manual_seed(1)
 
-    def harness_batches():
+    def harness_batches(method):
+        """The trainer's own cache data path (trainer.epoch_batches), over random rows."""
+        recipe = Recipe(batch_size=config.batch_size, progress=False)
         while True:
-            index = torch.randint(0, len(cached), (config.batch_size,), generator=gen).numpy()
-            images, labels = load_batch(cached, index, device)
-            yield augment(images, PAPER, aug_gen, native_hw=torch.from_numpy(cached.native_hw[index])), labels
+            order = torch.randint(0, len(cached), (64 * config.batch_size,), generator=gen).numpy()
+            for index, x, _ in epoch_batches(method, cached, order, recipe, device, gen, aug_gen):
+                yield x, to_device_batch(cached.labels[index], device)
 
     def per_sample_batches():
         dataset = PerSampleDataset(file_samples, np.arange(len(file_samples)), config.size)
@@ -220,14 +221,14 @@ def run_perf(config: PerfConfig, work: Path, device_name: str | None = None) -> 
         # The common code's run: per-sample data path, spec precision, contiguous layout.
         method.build(device, config.size, Execution.resolve(device, "auto"))
         method.train_mode(True)
-        x, y = next(harness_batches())
+        x, y = next(harness_batches(method))
         row["train_flops_per_image"] = step_flops(method, x, y) / len(y)
         row["per_sample"] = time_training(method, per_sample_batches(), device, config.steps, config.warmup)
         for precision in config.precisions:
             execution = Execution.resolve(device, precision, channels_last=True)
             method.build(device, config.size, execution)
             method.train_mode(True)
-            timing = time_training(method, harness_batches(), device, config.steps, config.warmup)
+            timing = time_training(method, harness_batches(method), device, config.steps, config.warmup)
             peak = report["flops_per_s_measured_bf16" if execution.autocast_dtype else "flops_per_s_measured"]
             timing["speedup_vs_per_sample"] = timing["images_per_s"] / row["per_sample"]["images_per_s"]
             timing["efficiency"] = row["train_flops_per_image"] * timing["images_per_s"] / peak
@@ -250,8 +251,6 @@ def time_eval(config: PerfConfig, encoder, name: str, weights: str, device: torc
     can remove is the first two, so cold / rest is what removing exactly those would give.
     """
     from methods import Components, MemoryLog, TrainedMethod, build_method
-
-    from .trainer import Recipe
 
     roots = {domain: work / "eval" / domain for domain in DOMAINS}
     for domain, root in roots.items():

@@ -93,17 +93,6 @@ def epoch_sampler(labels: np.ndarray, recipe: Recipe, gen: torch.Generator):
     return RandomSampler(range(n), num_samples=size, generator=gen)
 
 
-def load_batch(data: DecodedSplit, index: np.ndarray, device: torch.device,
-               labels: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images and labels of `index`, read from the decoded-image cache.
-
-    `labels` replaces the split's own labels (SCN trains on labels it relabels).
-    """
-    images = to_device_batch(data.read(index), device)
-    labels = to_device_batch((data.labels if labels is None else labels)[index], device)
-    return images, labels
-
-
 def epoch_batches(method: "TrainedMethod", data: DecodedSplit, order: np.ndarray, recipe: Recipe,
                   device: torch.device, gen: torch.Generator, aug_gen: torch.Generator):
     """(row indices, augmented batch, flip mask or None) of one epoch, by the recipe's data path."""
