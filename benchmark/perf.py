@@ -268,8 +268,8 @@ def time_eval(config: PerfConfig, encoder, name: str, weights: str, device: torc
             method.fit(train_data, recipe=Recipe(precision=execution.precision, seed=0, progress=False),
                        device=device, log=MemoryLog())
         # One untimed pass first, so neither run pays for first-call kernel set-up (oneDNN, cuDNN).
-        method.predict(decode_split(DATASETS.get("imagefolder").load(next(iter(roots.values())), "test"), config.size,
-                                    cache_dir=work / "eval-cache"))
+        first = DATASETS.get("imagefolder").load(next(iter(roots.values())), "test")
+        method.predict(decode_split(first, config.size, cache_dir=work / "eval-cache"))
         timings: dict = {}
         shutil.rmtree(work / "eval-cache", ignore_errors=True)  # cold means no decoded images either
         shutil.rmtree(work / "eval-features", ignore_errors=True)
@@ -294,7 +294,8 @@ def time_eval(config: PerfConfig, encoder, name: str, weights: str, device: torc
             for h in hooks:
                 h.remove()
         timings["speedup"] = timings["cold"]["total_s"] / timings["warm"]["total_s"]
-        timings["cold_over_rest"] = timings["cold"]["total_s"] / timings["cold"]["rest_s"]
+        rest = timings["cold"]["rest_s"]
+        timings["cold_over_rest"] = timings["cold"]["total_s"] / rest if rest > 0 else float("inf")
         report[method_name] = timings
     return report
 
