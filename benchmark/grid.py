@@ -57,13 +57,28 @@ def job_states(jobs: list[Job], tracking_uri: str, experiment_id: str) -> list[J
     return states
 
 
+ABANDONED = "abandoned: its process ended without finishing"
+
+
 def mark_abandoned(state: JobState, tracking_uri: str) -> None:
     c = tracking.client(tracking_uri)
     for run_id in state.run_ids:
         run = tracking.retry(lambda: c.get_run(run_id))
         if run.info.status == "RUNNING":
-            tracking.retry(lambda: c.set_tag(run_id, "error", "abandoned: its process ended without finishing"))
+            tracking.retry(lambda: c.set_tag(run_id, "error", ABANDONED))
             tracking.retry(lambda: c.set_terminated(run_id, "FAILED"))
+
+
+def close_abandoned_grids(experiment_id: str, tracking_uri: str) -> None:
+    """Parent runs of earlier `benchmark run`s on this host whose process died without closing
+    them (SIGKILL, power loss) are marked KILLED, as an interrupted run marks its own."""
+    c = tracking.client(tracking_uri)
+    running = tracking.retry(lambda: c.search_runs([experiment_id], "tags.kind = 'grid' and attributes.status = 'RUNNING'",
+                                                   max_results=1000))
+    for run in running:
+        if tracking.process_alive(run.data.tags) is False:
+            tracking.retry(lambda: c.set_tag(run.info.run_id, "error", ABANDONED))
+            tracking.retry(lambda: c.set_terminated(run.info.run_id, "KILLED"))
 
 
 def dry_run_table(states: list[JobState]) -> str:
@@ -150,6 +165,7 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, tracking
                 mark_abandoned(s, tracking_uri)
                 print(f"[resume] {s.job.label}: its earlier run was abandoned; running it again", flush=True)
             todo.append(s.job)
+    close_abandoned_grids(experiment, tracking_uri)
     c = tracking.client(tracking_uri)
     parent = tracking.retry(lambda: c.create_run(experiment, run_name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
                                                  tags={"protocol": protocol.name, "kind": "grid",

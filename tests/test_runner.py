@@ -14,6 +14,7 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.errors import BenchmarkError
+from benchmark.grid import ABANDONED
 from benchmark.protocol import ProtocolError, load_protocol
 
 from .fsdata import write_image
@@ -51,12 +52,19 @@ def write_protocol(tmp_path: Path, epochs: int = 1, extra: str = "") -> Path:
     return path
 
 
-def finished_runs(uri: str) -> list:
+def runs_where(uri: str, filter_string: str) -> list:
     from mlflow.tracking import MlflowClient
 
     c = MlflowClient(uri)
-    exp = c.get_experiment_by_name("tiny")
-    return c.search_runs([exp.experiment_id], "tags.job_hash != ''", max_results=1000)
+    return c.search_runs([c.get_experiment_by_name("tiny").experiment_id], filter_string, max_results=1000)
+
+
+def finished_runs(uri: str) -> list:
+    return runs_where(uri, "tags.job_hash != ''")
+
+
+def grid_runs(uri: str) -> list:
+    return runs_where(uri, "tags.kind = 'grid'")
 
 
 def test_tiny_grid_logs_every_metric_and_dry_run_lists_jobs(tmp_path, capsys):
@@ -128,6 +136,9 @@ def test_killed_grid_resumes_without_duplicates_and_matches_uninterrupted(tmp_pa
     finished = [r.data.tags["job_hash"] for r in runs if r.info.status == "FINISHED"]
     assert len(finished) == 4 and len(set(finished)) == 4  # every job once, none twice
     assert all(r.info.status in ("FINISHED", "FAILED") for r in runs)  # the killed run is closed
+    grids = grid_runs(killed_uri)  # the killed invocation's parent run too, as KILLED
+    assert sorted(r.info.status for r in grids) == ["FINISHED", "KILLED"]
+    assert [r.data.tags["error"] for r in grids if r.info.status == "KILLED"] == [ABANDONED]
 
     clean_uri = f"sqlite:///{tmp_path / 'clean.db'}"
     clean = run_cli(["run", "--protocol", str(protocol), "--tracking-uri", clean_uri])
@@ -261,7 +272,6 @@ def test_ui_binds_to_localhost_unless_told(monkeypatch, capsys):
 
 
 def test_jobs_per_gpu_packs_fractional_gpus():
-    from benchmark.errors import BenchmarkError
     from benchmark.grid import task_resources
 
     assert task_resources(8, 4) == {"num_gpus": 0.25, "num_cpus": 1}
