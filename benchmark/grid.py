@@ -73,8 +73,8 @@ def close_abandoned_grids(experiment_id: str, tracking_uri: str) -> None:
     """Parent runs of earlier `benchmark run`s on this host whose process died without closing
     them (SIGKILL, power loss) are marked KILLED, as an interrupted run marks its own."""
     c = tracking.client(tracking_uri)
-    running = tracking.retry(lambda: c.search_runs([experiment_id], "tags.kind = 'grid' and attributes.status = 'RUNNING'",
-                                                   max_results=1000))
+    running = tracking.retry(lambda: c.search_runs(
+        [experiment_id], "tags.kind = 'grid' and attributes.status = 'RUNNING'", max_results=1000))
     for run in running:
         if tracking.process_alive(run.data.tags) is False:
             tracking.retry(lambda: c.set_tag(run.info.run_id, "error", ABANDONED))
