@@ -45,10 +45,26 @@ def retry(fn: Callable[[], T], attempts: int = 20) -> T:
     raise AssertionError("unreachable")
 
 
+_READY_STORES: set[str] = set()
+
+
 def client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    if not tracking_uri.startswith("sqlite:///") or tracking_uri in _READY_STORES:
+        return MlflowClient(tracking_uri=tracking_uri)
+    # MLflow creates and migrates a new SQLite store when a process first opens it; two processes
+    # doing that at once break each other's migration (measured: 5 of 5 tries with four
+    # processes). One at a time, under a lock file beside the database.
+    from filelock import FileLock
+
+    db = Path(tracking_uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock"):
+        c = MlflowClient(tracking_uri=tracking_uri)
+        retry(lambda: c.search_experiments(max_results=1))
+    _READY_STORES.add(tracking_uri)
+    return c
 
 
 def experiment_id(tracking_uri: str, name: str) -> str:

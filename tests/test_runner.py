@@ -197,6 +197,26 @@ def test_four_processes_logging_into_one_sqlite_store_lose_nothing(tmp_path):
         assert sorted(m.step for m in history) == list(range(25))
 
 
+def _open_new_store(uri: str, barrier, worker: int) -> None:
+    from benchmark.tracking import experiment_id
+
+    barrier.wait()  # all four open the store that does not exist yet at the same moment
+    experiment_id(uri, "concurrency")
+
+
+def test_four_processes_creating_one_new_sqlite_store_at_once_all_succeed(tmp_path):
+    # Without the lock in tracking.client, MLflow's schema migration raced here in 5 of 5 tries.
+    uri = f"sqlite:///{tmp_path / 'new' / 'store.db'}"
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_open_new_store, args=(uri, barrier, w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+
+
 def test_protocol_unknown_key_and_wrong_type_are_named(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\ndatasets = ["synth5/studio"]\n[recipe]\nepochz = 3\n')
