@@ -20,7 +20,7 @@ from .runner import JobResult, RunContext, run_job
 @dataclass
 class JobState:
     job: Job
-    state: str  # "new", "FINISHED", "FAILED", "RUNNING" (alive elsewhere), "abandoned"
+    state: str  # "new", "FINISHED", "FAILED", "RUNNING" (alive, or unknown), "abandoned" (known dead)
     run_ids: list[str]
 
 
@@ -47,7 +47,7 @@ def job_states(jobs: list[Job], tracking_uri: str, experiment_id: str) -> list[J
         if "FINISHED" in statuses:
             state = "FINISHED"
         elif "RUNNING" in statuses:
-            alive = [tracking.process_alive(r.data.tags) for r in runs if r.info.status == "RUNNING"]
+            alive = [tracking.run_alive(r.data.tags) for r in runs if r.info.status == "RUNNING"]
             state = "abandoned" if all(a is False for a in alive) else "RUNNING"
         elif statuses:
             state = "FAILED"

@@ -98,6 +98,17 @@ def start_job_run(job: Job, ctx: RunContext) -> tracking.MlflowRunLog:
 
 def run_job(job: Job, ctx: RunContext) -> JobResult:
     """Train and evaluate one job, logging everything to its own MLflow run; never raises."""
+    start = time.perf_counter()
+    log = start_job_run(job, ctx)
+    result = JobResult(job.hash, job.label, "FAILED", run_id=log.run_id)
+    with tracking.Heartbeat(ctx.tracking_uri, log.run_id):
+        _run_logged_job(job, ctx, log, result, start)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _run_logged_job(job: Job, ctx: RunContext, log: tracking.MlflowRunLog, result: JobResult, start: float) -> None:
+    """run_job's body: fills `result` and closes the run as FINISHED or FAILED."""
     import torch
 
     from methods import Components, build_method
@@ -106,9 +117,6 @@ def run_job(job: Job, ctx: RunContext) -> JobResult:
     from .execution import Execution
     from .trainer import pick_device
 
-    start = time.perf_counter()
-    log = start_job_run(job, ctx)
-    result = JobResult(job.hash, job.label, "FAILED", run_id=log.run_id)
     try:
         device = pick_device(ctx.device)
         execution = Execution.from_recipe(device, job.recipe)
@@ -162,8 +170,6 @@ def run_job(job: Job, ctx: RunContext) -> JobResult:
             log.text("error.txt", traceback.format_exc())
         finally:
             log.finish("FAILED")
-    result.seconds = time.perf_counter() - start
-    return result
 
 
 def _write_target_artifacts(folder: Path, test, ids: list[str], probs: np.ndarray, preds: np.ndarray, ev) -> None:

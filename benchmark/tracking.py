@@ -102,6 +102,55 @@ def process_alive(tags: dict[str, str]) -> bool | None:
         return False
 
 
+# A running job refreshes its `heartbeat` tag (a Unix time) this often; a RUNNING run on another
+# host whose heartbeat is older than HEARTBEAT_STALE_S is taken as dead (a lost node, a killed
+# worker). Ten missed beats, so a briefly locked store or a skewed clock does not count.
+HEARTBEAT_EVERY_S = 60.0
+HEARTBEAT_STALE_S = 600.0
+
+
+def run_alive(tags: dict[str, str], now: float | None = None) -> bool | None:
+    """Whether a RUNNING run's owner lives: by its process on this host, by its heartbeat
+    elsewhere; None when neither can tell (another host, a run from before heartbeats)."""
+    local = process_alive(tags)
+    if local is not None or "heartbeat" not in tags:
+        return local
+    try:
+        beat = float(tags["heartbeat"])
+    except ValueError:
+        return None
+    return (time.time() if now is None else now) - beat < HEARTBEAT_STALE_S
+
+
+class Heartbeat:
+    """Refreshes a run's `heartbeat` tag from a daemon thread while the `with` block runs."""
+
+    def __init__(self, tracking_uri: str, run_id: str, every_s: float = HEARTBEAT_EVERY_S):
+        import threading
+
+        self.tracking_uri, self.run_id, self.every_s = tracking_uri, run_id, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id}", daemon=True)
+
+    def _beat(self) -> None:
+        c = client(self.tracking_uri)  # its own client: the job's thread logs through another
+        while True:
+            try:
+                retry(lambda: c.set_tag(self.run_id, "heartbeat", f"{time.time():.0f}"))
+            except Exception:  # noqa: BLE001 - a missed beat must never fail the job
+                pass
+            if self._stop.wait(self.every_s):
+                return
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
 class MlflowRunLog:
     """The `log` object handed to methods: metrics and figures go to one MLflow run."""
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,7 @@ def test_tiny_grid_logs_every_metric_and_dry_run_lists_jobs(tmp_path, capsys):
     run = next(r for r in runs if r.data.tags["method"] == "clip_ft" and r.data.tags["source"] == "synth5/studio")
     tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
     assert tags["seed"] == "0" and tags["protocol"] == "tiny" and len(tags["job_hash"]) == 16
-    assert "mlflow.parentRunId" in tags
+    assert "mlflow.parentRunId" in tags and "heartbeat" in tags  # a job run beats while it runs
     for target in ("synth5.studio", "synth5.film"):
         for key in ("acc", "mean_class_acc", "macro_f1", "acc/happiness"):
             assert 0.0 <= metrics[f"test/{target}/{key}"] <= 1.0
@@ -144,6 +145,44 @@ def test_killed_grid_resumes_without_duplicates_and_matches_uninterrupted(tmp_pa
     clean = run_cli(["run", "--protocol", str(protocol), "--tracking-uri", clean_uri])
     assert clean.wait(timeout=300) == 0
     assert accuracies(killed_uri) == accuracies(clean_uri)
+
+
+def test_running_job_on_another_host_is_judged_by_its_heartbeat(tmp_path, capsys):
+    from benchmark import tracking
+
+    protocol = write_protocol(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    args = ["run", "--protocol", str(protocol), "--tracking-uri", uri, "--dry-run"]
+    assert main(args) == 0
+    hashes = [line.split()[3] for line in capsys.readouterr().out.splitlines() if line.endswith(" new")]
+    c = tracking.client(uri)
+    experiment = tracking.experiment_id(uri, "tiny")
+    now = time.time()
+    elsewhere = {"host": "another-node", "pid": "1", "pid_started": "0"}
+    beats = {hashes[0]: now - tracking.HEARTBEAT_STALE_S - 60,  # its node died ten minutes ago
+             hashes[1]: now - 5,  # still training over there
+             hashes[2]: None}  # a run from before heartbeats: nothing to judge by
+    for job_hash, beat in beats.items():
+        tags = {"job_hash": job_hash, **elsewhere, **({"heartbeat": f"{beat:.0f}"} if beat else {})}
+        c.create_run(experiment, tags=tags)  # status RUNNING
+    assert main(args) == 0
+    status = {line.split()[3]: line.split()[4] for line in capsys.readouterr().out.splitlines()
+              if len(line.split()) == 5 and line.split()[3] in hashes}
+    assert status == {hashes[0]: "abandoned", hashes[1]: "RUNNING", hashes[2]: "RUNNING", hashes[3]: "new"}
+
+
+def test_heartbeat_refreshes_the_tag_until_the_block_ends(tmp_path):
+    from benchmark import tracking
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    c = tracking.client(uri)
+    run_id = c.create_run(tracking.experiment_id(uri, "beats")).info.run_id
+    with tracking.Heartbeat(uri, run_id, every_s=0.05) as beat:
+        deadline = time.time() + 30
+        while "heartbeat" not in c.get_run(run_id).data.tags and time.time() < deadline:
+            time.sleep(0.05)
+        assert abs(float(c.get_run(run_id).data.tags["heartbeat"]) - time.time()) < 30
+    assert not beat._thread.is_alive()
 
 
 def test_failing_job_is_isolated_and_exit_code_is_nonzero(tmp_path, capsys):
