@@ -60,9 +60,17 @@ def client(tracking_uri: str):
 
     db = Path(tracking_uri[len("sqlite:///"):])
     db.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{db}.lock"):
+    lock: FileLock | None = FileLock(f"{db}.lock")
+    try:
+        lock.acquire()
+    except OSError:  # a read-only folder (someone else's results): nobody creates a store there
+        lock = None
+    try:
         c = MlflowClient(tracking_uri=tracking_uri)
         retry(lambda: c.search_experiments(max_results=1))
+    finally:
+        if lock is not None:
+            lock.release()
     _READY_STORES.add(tracking_uri)
     return c
 

@@ -256,6 +256,22 @@ def test_four_processes_creating_one_new_sqlite_store_at_once_all_succeed(tmp_pa
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
 
 
+def test_a_store_whose_lock_file_cannot_be_written_still_opens(tmp_path, monkeypatch):
+    import filelock
+
+    from benchmark import tracking
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    tracking.experiment_id(uri, "existing")
+    tracking._READY_STORES.discard(uri)  # as a fresh process reading someone's read-only results
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", f"{tmp_path / 'store.db.lock'}")
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", refuse)
+    assert tracking.client(uri).get_experiment_by_name("existing") is not None
+
+
 def test_protocol_unknown_key_and_wrong_type_are_named(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\ndatasets = ["synth5/studio"]\n[recipe]\nepochz = 3\n')
