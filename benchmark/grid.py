@@ -60,13 +60,17 @@ def job_states(jobs: list[Job], tracking_uri: str, experiment_id: str) -> list[J
 ABANDONED = "abandoned: its process ended without finishing"
 
 
+def _close_abandoned(c, run_id: str, status: str) -> None:
+    tracking.retry(lambda: c.set_tag(run_id, "error", ABANDONED))
+    tracking.retry(lambda: c.set_terminated(run_id, status))
+
+
 def mark_abandoned(state: JobState, tracking_uri: str) -> None:
     c = tracking.client(tracking_uri)
     for run_id in state.run_ids:
         run = tracking.retry(lambda: c.get_run(run_id))
         if run.info.status == "RUNNING":
-            tracking.retry(lambda: c.set_tag(run_id, "error", ABANDONED))
-            tracking.retry(lambda: c.set_terminated(run_id, "FAILED"))
+            _close_abandoned(c, run_id, "FAILED")
 
 
 def close_abandoned_grids(experiment_id: str, tracking_uri: str) -> None:
@@ -77,8 +81,7 @@ def close_abandoned_grids(experiment_id: str, tracking_uri: str) -> None:
         [experiment_id], "tags.kind = 'grid' and attributes.status = 'RUNNING'", max_results=1000))
     for run in running:
         if tracking.process_alive(run.data.tags) is False:
-            tracking.retry(lambda: c.set_tag(run.info.run_id, "error", ABANDONED))
-            tracking.retry(lambda: c.set_terminated(run.info.run_id, "KILLED"))
+            _close_abandoned(c, run.info.run_id, "KILLED")
 
 
 def dry_run_table(states: list[JobState]) -> str:

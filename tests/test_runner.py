@@ -171,7 +171,7 @@ def test_running_job_on_another_host_is_judged_by_its_heartbeat(tmp_path, capsys
     assert status == {hashes[0]: "abandoned", hashes[1]: "RUNNING", hashes[2]: "RUNNING", hashes[3]: "new"}
 
 
-def test_heartbeat_refreshes_the_tag_until_the_block_ends(tmp_path):
+def test_heartbeat_tags_the_run_with_the_time_and_stops_with_the_block(tmp_path):
     from benchmark import tracking
 
     uri = f"sqlite:///{tmp_path / 'store.db'}"
@@ -236,7 +236,7 @@ def test_four_processes_logging_into_one_sqlite_store_lose_nothing(tmp_path):
         assert sorted(m.step for m in history) == list(range(25))
 
 
-def _open_new_store(uri: str, barrier, worker: int) -> None:
+def _open_new_store(uri: str, barrier) -> None:
     from benchmark.tracking import experiment_id
 
     barrier.wait()  # all four open the store that does not exist yet at the same moment
@@ -248,7 +248,7 @@ def test_four_processes_creating_one_new_sqlite_store_at_once_all_succeed(tmp_pa
     uri = f"sqlite:///{tmp_path / 'new' / 'store.db'}"
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(4)
-    procs = [ctx.Process(target=_open_new_store, args=(uri, barrier, w)) for w in range(4)]
+    procs = [ctx.Process(target=_open_new_store, args=(uri, barrier)) for _ in range(4)]
     for p in procs:
         p.start()
     for p in procs:
