@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
-from torchvision.transforms.v2 import functional as TF
 
 # Bumped when the batched augmentation changes what it computes (it is part of every job's hash).
 # 2: the Gaussian noise is drawn at each image's native size (it was drawn at the cache's size).
@@ -44,10 +43,24 @@ class AugmentSpec:
 PAPER = AugmentSpec()
 
 
+_NORM_CONSTANTS: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / std per channel of a float (B, 3, H, W) batch, as torchvision's Normalize
+    computes it. The constants are made once per device: torchvision builds them from Python
+    lists on every call, a blocking host-to-GPU copy (a host sync) each batch."""
+    key = (x.device, x.dtype)
+    if key not in _NORM_CONSTANTS:
+        _NORM_CONSTANTS[key] = (torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(-1, 1, 1).to(x.device),
+                                torch.tensor(IMAGENET_STD, dtype=x.dtype).view(-1, 1, 1).to(x.device))
+    mean, std = _NORM_CONSTANTS[key]
+    return x.sub(mean).div_(std)
+
+
 def normalize(images_uint8: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float, ImageNet-normalised (the eval transform)."""
-    x = images_uint8.permute(0, 3, 1, 2).float().div_(255.0)
-    return TF.normalize(x, list(IMAGENET_MEAN), list(IMAGENET_STD))
+    return imagenet_normalize(images_uint8.permute(0, 3, 1, 2).float().div_(255.0))
 
 
 def _rand(shape: tuple[int, ...], gen: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -71,7 +84,8 @@ def add_noise(images: torch.Tensor, apply: torch.Tensor, gen: torch.Generator,
         noise = torch.empty_like(images)
         sizes = [tuple(hw) for hw in native_hw.tolist()]
         for nh, nw in sorted(set(sizes)):  # one draw per distinct native size, in a fixed order
-            rows = torch.tensor([k for k, hw in enumerate(sizes) if hw == (nh, nw)], device=images.device)
+            rows = torch.tensor([k for k, hw in enumerate(sizes) if hw == (nh, nw)]).to(images.device,
+                                                                                         non_blocking=True)
             raw = torch.randn((len(rows), c, nh, nw), generator=gen, device=gen.device).to(images.device)
             if (nh, nw) != (h, w):
                 raw = F.interpolate(raw, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
@@ -121,9 +135,12 @@ def augment(images_uint8: torch.Tensor, spec: AugmentSpec, gen: torch.Generator,
     else:
         noise_mask = _rand((b,), gen, device) < spec.noise_p
         flip_mask = _rand((b,), gen, device) < spec.flip_p
-    if noise_mask.any():
+    # Skipping the noise draw when no sample takes it saves work but asks the host; on CUDA that
+    # question would stall the GPU every batch, so there the noise is always drawn (and applied
+    # only where selected: the same distribution; the generator then runs on in another order).
+    if device.type == "cuda" or noise_mask.any():
         x = add_noise(x, noise_mask, gen, native_hw)
-    x = TF.normalize(x.div_(255.0), list(IMAGENET_MEAN), list(IMAGENET_STD))
+    x = imagenet_normalize(x.div_(255.0))
     x = torch.where(flip_mask[:, None, None, None], x.flip(-1), x)
     if spec.erase_p > 0:
         x = random_erase(x, _rand((b,), gen, device) < spec.erase_p, gen)

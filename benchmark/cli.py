@@ -123,7 +123,11 @@ def _cmd_perf(args: argparse.Namespace) -> int:
         overrides["precisions"] = [p.strip() for p in args.precisions.split(",")]
     if args.eval_methods:
         overrides["eval_methods"] = [m.strip() for m in args.eval_methods.split(",")]
-    for key in ("size", "batch_size", "steps", "backbone", "encoder"):
+    if args.pack:
+        overrides["pack"] = [int(n) for n in args.pack.split(",")]
+    if args.compile:
+        overrides["compile"] = True
+    for key in ("size", "batch_size", "steps", "backbone", "encoder", "loop_steps", "workers", "matmul_n"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     return main_perf(args.quick, overrides, args.device, args.json, args.scale_images)
@@ -172,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db)")
     run.add_argument("--executor", choices=["local", "ray"], default="local", help="in process (default) or Ray tasks")
     run.add_argument("--ray-address", help="join a running Ray cluster (default: start a local one)")
-    run.add_argument("--jobs-per-gpu", type=int, default=1, help="with Ray on GPUs: jobs sharing one GPU")
+    run.add_argument("--jobs-per-gpu", type=int, default=1, help="jobs sharing one GPU: N worker processes with the local executor, "
+                     "1/N of a GPU per task with Ray (default 1)")
     run.add_argument("--device", help="torch device for local jobs (default cuda when present, else cpu)")
     run.add_argument("--dry-run", action="store_true", help="list the jobs and whether each is FINISHED; run nothing")
     run.set_defaults(func=_cmd_run)
@@ -211,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--scale-images", type=int, default=0, metavar="N",
                       help="instead: train erm one epoch over N synthetic images at --size px and report the "
                       "peak resident memory (the first of --precisions is used)")
+    perf.add_argument("--loop-steps", type=int, help="batches in the timed epoch of the training loop (default 100)")
+    perf.add_argument("--workers", type=int, help="DataLoader workers of the per-sample path (default: one per core)")
+    perf.add_argument("--matmul-n", type=int, help="side of the timed matmul (default 8192 on CUDA, else 2048)")
+    perf.add_argument("--compile", action="store_true", help="also time the training loop with torch.compile")
+    perf.add_argument("--pack", metavar="N,N,...", help="also time N processes training at once on the device")
     perf.add_argument("--device", help="torch device (default cuda when present, else cpu)")
     perf.add_argument("--json", help="also write the report as JSON here")
     perf.set_defaults(func=_cmd_perf)

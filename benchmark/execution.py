@@ -74,9 +74,12 @@ class Execution:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
 
+def host_batch(array, device: torch.device) -> torch.Tensor:
+    """A host array as a tensor ready for a non-blocking copy to `device` (pinned for CUDA)."""
+    tensor = torch.from_numpy(array)
+    return tensor.pin_memory() if device.type == "cuda" else tensor
+
+
 def to_device_batch(array, device: torch.device) -> torch.Tensor:
     """A host array as a tensor on `device`; through pinned memory with a non-blocking copy on CUDA."""
-    tensor = torch.from_numpy(array)
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
+    return host_batch(array, device).to(device, non_blocking=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -98,14 +99,52 @@ def _run_local(jobs: Iterable[Job], ctx: RunContext, announce) -> list[JobResult
     return results
 
 
+def for_workers(ctx: RunContext) -> RunContext:
+    """The context shipped to worker processes: the data plan without the Samples parsed here
+    (workers parse their own; smaller payloads)."""
+    plan = DataPlan(ctx.plan.data_root, ctx.plan.dataset_paths, ctx.plan.options, ctx.plan.skip_bad)
+    return dataclasses.replace(ctx, plan=plan)
+
+
+def _run_packed(jobs: list[Job], ctx: RunContext, announce, workers: int) -> list[JobResult]:
+    """`workers` jobs at a time in their own processes, all on this machine's device: one
+    ResNet-18 at batch 32 leaves a large GPU mostly idle, so several jobs share it (each process
+    has its own CUDA context, models and memory). Jobs start in the grid's order."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    results = []
+    # spawn, not fork: a forked child of a process that touched CUDA cannot use CUDA.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        shipped = for_workers(ctx)
+        pending = {}
+        for job in jobs:
+            announce(job)
+            pending[pool.submit(run_job, job, shipped)] = job
+        while pending:
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in done:
+                job = pending.pop(future)
+                try:
+                    results.append(future.result())
+                except Exception as exc:  # noqa: BLE001 - the worker process died: the job failed
+                    results.append(JobResult(job.hash, job.label, "FAILED", error=f"{type(exc).__name__}: {exc}"))
+                report(results[-1])
+    return results
+
+
 def task_resources(cluster_gpus: float, jobs_per_gpu: int) -> dict[str, float]:
     """What one job asks Ray for: 1/N of a GPU when the cluster has GPUs (N jobs packed on each,
     since one ResNet-18 at batch 32 leaves a large GPU mostly idle), else one CPU."""
-    if jobs_per_gpu < 1:
-        raise BenchmarkError(f"--jobs-per-gpu {jobs_per_gpu}: must be 1 or more")
+    check_jobs_per_gpu(jobs_per_gpu)
     if cluster_gpus:
         return {"num_gpus": 1.0 / jobs_per_gpu, "num_cpus": 1}
     return {"num_cpus": 1}
+
+
+def check_jobs_per_gpu(jobs_per_gpu: int) -> None:
+    if jobs_per_gpu < 1:
+        raise BenchmarkError(f"--jobs-per-gpu {jobs_per_gpu}: must be 1 or more")
 
 
 def _run_ray(jobs: list[Job], ctx: RunContext, announce, address: str | None, jobs_per_gpu: int) -> list[JobResult]:
@@ -118,8 +157,7 @@ def _run_ray(jobs: list[Job], ctx: RunContext, announce, address: str | None, jo
                  runtime_env={"env_vars": {k: v for k, v in os.environ.items()
                                            if k.startswith(("BENCHMARK_", "FER_", "MLFLOW_", "HF_"))}})
     remote = ray.remote(**task_resources(ray.cluster_resources().get("GPU", 0), jobs_per_gpu))(run_job)
-    # Ship the data plan without the Samples parsed here: workers parse their own (smaller payloads).
-    ctx.plan = DataPlan(ctx.plan.data_root, ctx.plan.dataset_paths, ctx.plan.options, ctx.plan.skip_bad)
+    ctx = for_workers(ctx)
     pending = {}
     for job in jobs:
         announce(job)
@@ -149,6 +187,7 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, tracking
              dry_run: bool = False, device: str | None = None, ray_address: str | None = None,
              jobs_per_gpu: int = 1, command: str = "") -> int:
     """Run (or list) the grid; returns the process exit code (1 when any job failed)."""
+    check_jobs_per_gpu(jobs_per_gpu)
     jobs = expand(protocol, methods, plan)
     experiment = tracking.experiment_id(tracking_uri, protocol.name)
     states = job_states(jobs, tracking_uri, experiment)
@@ -185,6 +224,8 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, tracking
     try:
         if executor == "ray":
             results = _run_ray(todo, ctx, announce, ray_address, jobs_per_gpu)
+        elif jobs_per_gpu > 1 and len(todo) > 1:
+            results = _run_packed(todo, ctx, announce, jobs_per_gpu)
         else:
             results = _run_local(todo, ctx, announce)
     except BaseException:

@@ -22,7 +22,7 @@ import resource
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,13 +59,21 @@ class PerfConfig:
     # CAFE runs its trained backbone on every test image, which no cache removes; clip_probe
     # predicts from the encoder features alone, so it shows what the caches remove.
     eval_methods: list[str] = field(default_factory=lambda: ["cafe", "clip_probe"])
-    workers: int = 2
-    matmul_n: int = 2048
+    workers: int = 0  # DataLoader workers of the per-sample path; 0 = one per CPU core
+    matmul_n: int = 0  # side of the timed matmul; 0 = 8192 on CUDA (a smaller one reads low there), else 2048
+    # The real training loop (benchmark.perf_loop): batches per timed epoch, the methods whose
+    # feeding variants are timed, whether a compiled run is timed too, and the numbers of
+    # processes packed on the device (each fitting `pack_method`).
+    loop_steps: int = 100
+    variant_methods: list[str] = field(default_factory=lambda: ["cafe"])
+    compile: bool = False
+    pack: list[int] = field(default_factory=list)
+    pack_method: str = "cafe"
 
 
 QUICK = dict(methods=["erm", "cafe", "clip_ft"], size=32, batch_size=8, steps=3, warmup=1, scale=0.02,
              encoder="torchvision:mobilenet_v2:imagenet", backbone="mobilenet_v2:imagenet", workers=1,
-             matmul_n=256)
+             matmul_n=256, loop_steps=3)
 
 
 class Timer:
@@ -183,6 +191,8 @@ def run_perf(config: PerfConfig, work: Path, device_name: str | None = None) -> 
     device = pick_device(device_name)
     torch.manual_seed(0)
     np.random.seed(0)
+    config = replace(config, workers=config.workers or os.cpu_count() or 1,
+                     matmul_n=config.matmul_n or (8192 if device.type == "cuda" else 2048))
     name, weights = config.backbone.split(":")
     report: dict = {"config": asdict(config), "device": str(device), "methods": {}}
     encoder = build_encoder(EncoderSpec(config.encoder))
@@ -234,11 +244,44 @@ def run_perf(config: PerfConfig, work: Path, device_name: str | None = None) -> 
             timing["efficiency"] = row["train_flops_per_image"] * timing["images_per_s"] / peak
             row[f"harness_{precision}"] = timing
         report["methods"][method_name] = row
+    report["loop"] = time_loop(config, encoder, device, work)
     report["eval"] = {precision: time_eval(config, encoder, name, weights, device, work,
                                            Execution.resolve(device, precision, channels_last=True), cached)
                       for precision in config.precisions}
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
+
+
+def time_loop(config: PerfConfig, encoder, device: torch.device, work: Path) -> dict:
+    """The trainer's own loop (benchmark.perf_loop): every method at every precision with the
+    default feeding; the per-sample path through the same loop; the feeding variants and a
+    compiled run of `variant_methods`; `pack` processes at once."""
+    from .perf_loop import FEEDING_VARIANTS, LoopSpec, packed_throughput, timed_fit
+
+    def spec(method: str, precision: str, **changes) -> LoopSpec:
+        return LoopSpec(method, config.encoder, config.backbone, config.size, config.batch_size, config.loop_steps,
+                        config.scale, str(work / "cache"), str(device), precision, recipe_changes=changes)
+
+    out: dict = {"methods": {}, "variants": {}, "pack": []}
+    for method in config.methods:
+        row = {p: timed_fit(spec(method, p), encoder) for p in config.precisions}
+        # The common code's run through the same loop: files decoded in `workers` DataLoader
+        # processes, "auto" precision, contiguous layout.
+        per_sample = replace(spec(method, "auto", data_path="per_sample", loader_workers=config.workers),
+                             channels_last=False, dataset="imagefolder", root=str(work / "files"))
+        row["per_sample"] = timed_fit(per_sample, encoder)
+        for p in config.precisions:
+            row[p]["speedup_vs_per_sample"] = row[p]["images_per_s"] / row["per_sample"]["images_per_s"]
+        out["methods"][method] = row
+    for method in config.variant_methods:
+        variants = {v: timed_fit(spec(method, config.precisions[0], **changes), encoder)
+                    for v, changes in FEEDING_VARIANTS.items()}
+        if config.compile:
+            variants["compiled"] = timed_fit(spec(method, config.precisions[0], compile=True), encoder)
+        out["variants"][method] = variants
+    for processes in config.pack:
+        out["pack"].append(packed_throughput(spec(config.pack_method, config.precisions[0]), processes))
+    return out
 
 
 def time_eval(config: PerfConfig, encoder, name: str, weights: str, device: torch.device, work: Path,
@@ -343,8 +386,38 @@ def format_report(report: dict) -> str:
               " cold/rest = the speed-up if a cache removed exactly cold's decoding and encoder time)",
               tabulate(eval_rows, headers=["method", "precision", "run", "total s", "decode s", "encoder s",
                                            "rest s", "speed-up", "cold/rest"]), ""]
+    lines += format_loop(report)
     lines.append(f"peak resident memory {report['peak_rss_mb']:.0f} MB")
     return "\n".join(lines)
+
+
+def format_loop(report: dict) -> list[str]:
+    from tabulate import tabulate
+
+    loop = report.get("loop")
+    if not loop:
+        return []
+    rows = []
+    for method, row in loop["methods"].items():
+        for path, r in row.items():
+            rows.append([method, path, f"{r['images_per_s']:.1f}", f"{r['warmup_epoch_s']:.2f}",
+                         f"{r['speedup_vs_per_sample']:.2f}x" if "speedup_vs_per_sample" in r else ""])
+    for method, variants in loop["variants"].items():
+        for variant, r in variants.items():
+            rows.append([method, f"feeding: {variant}", f"{r['images_per_s']:.1f}", f"{r['warmup_epoch_s']:.2f}", ""])
+    lines = ["training loop (trainer.fit, timed second epoch; no synchronisation but the trainer's own)",
+             tabulate(rows, headers=["method", "path / precision", "img/s", "warm-up epoch s", "vs per-sample"]), ""]
+    bf16 = report["flops_per_s_measured_bf16"]
+    pack_method = report["config"]["pack_method"]
+    flops = report["methods"].get(pack_method, {}).get("train_flops_per_image")
+    for r in loop["pack"]:
+        if "error" in r:
+            lines.append(f"{r['processes']} packed {pack_method} processes: FAILED ({r['error']})")
+            continue
+        efficiency = f", {100 * flops * r['images_per_s'] / bf16:.1f}% of the bf16 matmul rate" if flops else ""
+        lines.append(f"{r['processes']} packed {pack_method} processes: {r['images_per_s']:.0f} img/s together"
+                     f"{efficiency}")
+    return lines
 
 
 def main_perf(quick: bool, overrides: dict, device: str | None, json_path: str | None,

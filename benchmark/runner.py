@@ -130,7 +130,13 @@ def _run_logged_job(job: Job, ctx: RunContext, log: tracking.MlflowRunLog, resul
                     "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
                     # What recipe.precision resolved to on this device (it is "auto" by default).
                     "execution.autocast": str(execution.autocast_dtype).removeprefix("torch.") if execution.autocast_dtype else "off",
-                    "execution.clip_dtype": str(execution.encoder_dtype).removeprefix("torch.")})
+                    "execution.clip_dtype": str(execution.encoder_dtype).removeprefix("torch."),
+                    # What else the last bits depend on, on CUDA: cuDNN's algorithm choice and TF32.
+                    **({"cuda.cudnn_deterministic": torch.backends.cudnn.deterministic,
+                        "cuda.cudnn_benchmark": torch.backends.cudnn.benchmark,
+                        "cuda.cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+                        "cuda.matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                        "cuda.torch_cuda": torch.version.cuda} if device.type == "cuda" else {})})
         plan = ctx.plan
         size = job.recipe.input_size
         train = decode_split(plan.samples(job.source, "train"), size, skip_bad=plan.skip_bad)

@@ -282,7 +282,7 @@ class TrainedMethod(Method):
         if self._train_features is None:
             return self.components.encoder(x)
         plain, mirrored = self._train_features
-        index = torch.from_numpy(self.batch_index).to(plain.device)
+        index = torch.from_numpy(self.batch_index).to(plain.device, non_blocking=True)
         flips = self.batch_flips.to(plain.device)[:, None]
         return torch.where(flips, mirrored[index], plain[index]).to(x.device)
 

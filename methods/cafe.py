@@ -131,7 +131,7 @@ class Cafe(TrainedMethod):
         if self.hparams.use_sep or self.hparams.use_div:
             groups = grouped(ft)
             if self.hparams.use_sep:
-                drop = drop_mask(self.width, self.hparams.drop_per_group, self.rng).to(ft.device, ft.dtype)
+                drop = drop_mask(self.width, self.hparams.drop_per_group, self.rng).to(ft.device, ft.dtype, non_blocking=True)
                 sep = F.cross_entropy((groups * drop).amax(-1), y)
                 loss = loss + self.hparams.sep_weight * sep
                 parts["sep"] = sep.detach()

@@ -54,7 +54,9 @@ class Rul(TrainedMethod):
     def make_model(self) -> nn.Module:
         backbone = self.new_backbone()
         with torch.no_grad():  # the heads flatten the feature map, so its size fixes their width
+            backbone.eval()  # one probe image: batch norm in training mode refuses a 1x1 map of it
             h, w = backbone.feature_map(torch.zeros(1, 3, self.input_size, self.input_size)).shape[2:]
+            backbone.train()
         hp = self.hparams
         return nn.ModuleDict({"backbone": backbone,
                               "mu": head(backbone.dim, h * w, hp.embed_dim, hp.dropout),
