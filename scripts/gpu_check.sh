@@ -65,7 +65,7 @@ else
     TESTS=()
     PERF=(--methods erm,cafe,clip_ft --precisions auto,fp32,bf16 --steps 20 --loop-steps 60 --compile --pack 4,8)
     GRID=(--jobs-per-gpu 4)
-    LIMITS=(150 220 130)
+    LIMITS=(130 200 110)
 fi
 
 stage env 60 bash -c "nvidia-smi || true; \"$PY\" -c 'import torch, platform; print(\"python\", platform.python_version(), \"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"cudnn\", torch.backends.cudnn.version(), \"gpu\", torch.cuda.get_device_name() if torch.cuda.is_available() else None)'; nproc; \"$PY\" -m pip list 2>/dev/null | grep -i -E '^(torch|torchvision|mlflow|open.clip|numpy|scikit-learn|pandas) '"
