@@ -127,6 +127,12 @@ def _cmd_perf(args: argparse.Namespace) -> int:
         overrides["pack"] = [int(n) for n in args.pack.split(",")]
     if args.compile:
         overrides["compile"] = True
+    if args.variant_methods is not None:
+        overrides["variant_methods"] = [m.strip() for m in args.variant_methods.split(",") if m.strip()]
+    if args.loop_only:
+        overrides["loop_only"] = True
+    if args.pack_variants:
+        overrides["pack_variants"] = [v.strip() for v in args.pack_variants.split(",")]
     for key in ("size", "batch_size", "steps", "backbone", "encoder", "loop_steps", "workers", "matmul_n"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
@@ -221,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--matmul-n", type=int, help="side of the timed matmul (default 8192 on CUDA, else 2048)")
     perf.add_argument("--compile", action="store_true", help="also time the training loop with torch.compile")
     perf.add_argument("--pack", metavar="N,N,...", help="also time N processes training at once on the device")
+    perf.add_argument("--pack-variants", metavar="NAME,...", help="recipe variants of the packed runs "
+                      "(perf_loop.LOOP_VARIANTS; default: default)")
+    perf.add_argument("--variant-methods", metavar="NAME,...", help="methods whose training-loop variants are "
+                      "timed (default cafe; empty for none)")
+    perf.add_argument("--loop-only", action="store_true", help="only the training-loop variants and packing")
     perf.add_argument("--device", help="torch device (default cuda when present, else cpu)")
     perf.add_argument("--json", help="also write the report as JSON here")
     perf.set_defaults(func=_cmd_perf)

@@ -34,13 +34,15 @@ class Execution:
     encoder_dtype: torch.dtype = torch.float32  # open_clip encoders (torchvision ones: see below)
     encoder_dtype_any: bool = False  # True: torchvision encoders take encoder_dtype too
     channels_last: bool = False
-    compile: bool = False
+    compile: bool | str = False  # False, or torch.compile's mode ("default", "reduce-overhead", ...)
 
     @classmethod
     def resolve(cls, device: torch.device, precision: str = "auto", channels_last: bool = False,
-                compile: bool = False, cuda_bf16: bool | None = None) -> "Execution":
+                compile: bool | str = False, cuda_bf16: bool | None = None) -> "Execution":
         """`cuda_bf16`: whether the GPU computes in bf16 (asked of torch when None); on GPUs
         without it (before Ampere) "auto" keeps the trainable model in fp32."""
+        if compile is True:
+            compile = "default"
         if precision not in PRECISIONS:
             raise BenchmarkError(f"recipe.precision = {precision!r}; expected one of {', '.join(PRECISIONS)}")
         if precision == "bf16":
@@ -54,7 +56,8 @@ class Execution:
 
     @classmethod
     def from_recipe(cls, device: torch.device, recipe) -> "Execution":
-        return cls.resolve(device, recipe.precision, recipe.channels_last, recipe.compile)
+        return cls.resolve(device, recipe.precision, recipe.channels_last,
+                           recipe.compile and recipe.compile_mode)
 
     def encoder_dtype_for(self, is_clip: bool) -> torch.dtype:
         return self.encoder_dtype if is_clip or self.encoder_dtype_any else torch.float32

@@ -103,7 +103,7 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
             prints = {f"{source}:train": plan.samples(source, "train").fingerprint, **test_prints}
             for seed in protocol.seeds:
                 recipe = protocol.recipe_for(source, seed)
-                recipe_id = {k: v for k, v in dataclasses.asdict(recipe).items() if k not in Recipe.EXECUTION_ONLY}
+                recipe_id = recipe.identity()
                 identity = {
                     "protocol": protocol.name, "protocol_version": protocol.version, "method": method,
                     "hparams": hparams, "recipe": recipe_id, "source": source, "seed": seed,

@@ -69,6 +69,8 @@ class PerfConfig:
     compile: bool = False
     pack: list[int] = field(default_factory=list)
     pack_method: str = "cafe"
+    pack_variants: list[str] = field(default_factory=lambda: ["default"])  # names in perf_loop.LOOP_VARIANTS
+    loop_only: bool = False  # only the loop variants and packing (no staged timing, per-sample path, evaluation)
 
 
 QUICK = dict(methods=["erm", "cafe", "clip_ft"], size=32, batch_size=8, steps=3, warmup=1, scale=0.02,
@@ -233,6 +235,9 @@ def run_perf(config: PerfConfig, work: Path, device_name: str | None = None) -> 
         method.train_mode(True)
         x, y = next(harness_batches(method))
         row["train_flops_per_image"] = step_flops(method, x, y) / len(y)
+        report["methods"][method_name] = row
+        if config.loop_only:
+            continue
         row["per_sample"] = time_training(method, per_sample_batches(), device, config.steps, config.warmup)
         for precision in config.precisions:
             execution = Execution.resolve(device, precision, channels_last=True)
@@ -243,27 +248,34 @@ def run_perf(config: PerfConfig, work: Path, device_name: str | None = None) -> 
             timing["speedup_vs_per_sample"] = timing["images_per_s"] / row["per_sample"]["images_per_s"]
             timing["efficiency"] = row["train_flops_per_image"] * timing["images_per_s"] / peak
             row[f"harness_{precision}"] = timing
-        report["methods"][method_name] = row
     report["loop"] = time_loop(config, encoder, device, work)
-    report["eval"] = {precision: time_eval(config, encoder, name, weights, device, work,
-                                           Execution.resolve(device, precision, channels_last=True), cached)
-                      for precision in config.precisions}
+    report["eval"] = {} if config.loop_only else {
+        precision: time_eval(config, encoder, name, weights, device, work,
+                             Execution.resolve(device, precision, channels_last=True), cached)
+        for precision in config.precisions}
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
 
 
 def time_loop(config: PerfConfig, encoder, device: torch.device, work: Path) -> dict:
     """The trainer's own loop (benchmark.perf_loop): every method at every precision with the
-    default feeding; the per-sample path through the same loop; the feeding variants and a
-    compiled run of `variant_methods`; `pack` processes at once."""
-    from .perf_loop import FEEDING_VARIANTS, LoopSpec, packed_throughput, timed_fit
+    default recipe and the per-sample path through the same loop (unless `loop_only`); the
+    variants of `variant_methods`; `pack` processes at once for each of `pack_variants`.
+    A variant that fails is recorded with its error; the others still run."""
+    from .perf_loop import COMPILED_VARIANTS, LOOP_VARIANTS, LoopSpec, packed_throughput, timed_fit
 
     def spec(method: str, precision: str, **changes) -> LoopSpec:
         return LoopSpec(method, config.encoder, config.backbone, config.size, config.batch_size, config.loop_steps,
                         config.scale, str(work / "cache"), str(device), precision, recipe_changes=changes)
 
+    def attempt(loop_spec: LoopSpec) -> dict:
+        try:
+            return timed_fit(loop_spec, encoder)
+        except Exception as exc:  # noqa: BLE001 - one failing variant is a finding, not the end of the report
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
     out: dict = {"methods": {}, "variants": {}, "pack": []}
-    for method in config.methods:
+    for method in [] if config.loop_only else config.methods:
         row = {p: timed_fit(spec(method, p), encoder) for p in config.precisions}
         # The common code's run through the same loop: files decoded in `workers` DataLoader
         # processes, "auto" precision, contiguous layout.
@@ -273,14 +285,14 @@ def time_loop(config: PerfConfig, encoder, device: torch.device, work: Path) -> 
         for p in config.precisions:
             row[p]["speedup_vs_per_sample"] = row[p]["images_per_s"] / row["per_sample"]["images_per_s"]
         out["methods"][method] = row
+    variants = {**LOOP_VARIANTS, **(COMPILED_VARIANTS if config.compile else {})}
     for method in config.variant_methods:
-        variants = {v: timed_fit(spec(method, config.precisions[0], **changes), encoder)
-                    for v, changes in FEEDING_VARIANTS.items()}
-        if config.compile:
-            variants["compiled"] = timed_fit(spec(method, config.precisions[0], compile=True), encoder)
-        out["variants"][method] = variants
-    for processes in config.pack:
-        out["pack"].append(packed_throughput(spec(config.pack_method, config.precisions[0]), processes))
+        out["variants"][method] = {v: attempt(spec(method, config.precisions[0], **changes))
+                                   for v, changes in variants.items()}
+    for variant in config.pack_variants:
+        for processes in config.pack:
+            out["pack"].append({"variant": variant, **packed_throughput(
+                spec(config.pack_method, config.precisions[0], **LOOP_VARIANTS[variant]), processes)})
     return out
 
 
@@ -357,7 +369,7 @@ def format_report(report: dict) -> str:
     rows = []
     paths = ["per_sample"] + [f"harness_{p}" for p in report["config"]["precisions"]]
     for name, m in report["methods"].items():
-        for path in paths:
+        for path in [p for p in paths if p in m]:
             r = m[path]
             rows.append([name, path, f"{r['images_per_s']:.1f}", f"{1000 * r['data_s']:.1f}",
                          f"{1000 * r['encoder_s']:.1f}", f"{1000 * r['backbone_fwd_bwd_s']:.1f}",
@@ -404,7 +416,10 @@ def format_loop(report: dict) -> list[str]:
                          f"{r['speedup_vs_per_sample']:.2f}x" if "speedup_vs_per_sample" in r else ""])
     for method, variants in loop["variants"].items():
         for variant, r in variants.items():
-            rows.append([method, f"feeding: {variant}", f"{r['images_per_s']:.1f}", f"{r['warmup_epoch_s']:.2f}", ""])
+            if "error" in r:
+                rows.append([method, f"variant: {variant}", f"FAILED: {r['error'][:150]}", "", ""])
+                continue
+            rows.append([method, f"variant: {variant}", f"{r['images_per_s']:.1f}", f"{r['warmup_epoch_s']:.2f}", ""])
     lines = ["training loop (trainer.fit, timed second epoch; no synchronisation but the trainer's own)",
              tabulate(rows, headers=["method", "path / precision", "img/s", "warm-up epoch s", "vs per-sample"]), ""]
     bf16 = report["flops_per_s_measured_bf16"]
@@ -412,11 +427,11 @@ def format_loop(report: dict) -> list[str]:
     flops = report["methods"].get(pack_method, {}).get("train_flops_per_image")
     for r in loop["pack"]:
         if "error" in r:
-            lines.append(f"{r['processes']} packed {pack_method} processes: FAILED ({r['error']})")
+            lines.append(f"{r['processes']} packed {pack_method} processes ({r['variant']}): FAILED ({r['error']})")
             continue
         efficiency = f", {100 * flops * r['images_per_s'] / bf16:.1f}% of the bf16 matmul rate" if flops else ""
-        lines.append(f"{r['processes']} packed {pack_method} processes: {r['images_per_s']:.0f} img/s together"
-                     f"{efficiency}")
+        lines.append(f"{r['processes']} packed {pack_method} processes ({r['variant']}): {r['images_per_s']:.0f} "
+                     f"img/s together{efficiency}")
     return lines
 
 

@@ -6,10 +6,12 @@ of the GPU. Here nothing is synchronised but what the trainer itself does: a met
 for two epochs of `loop_steps` batches with `trainer.fit` (the first epoch warms up kernels,
 cuDNN and compilation; the second is timed by the trainer's own `train/epoch_seconds`).
 
-Feeding variants (recipe keys that do not change the numbers) show what each part of the loop
-is worth: `sync_every_step` looks at the loss on the host every step and reads each batch in
-the loop from disk (as the loop did before read-ahead); `on_disk` keeps read-ahead but not the
-device-resident split; `default` is the recipe's default.
+Variants of the recipe's execution keys show what each part of the loop is worth:
+`sync_every_step` looks at the loss on the host every step and reads each batch in the loop
+from disk (as the loop did before read-ahead); `on_disk` keeps read-ahead but not the
+device-resident split; `foreach_adam` runs Adam as torch's multi-tensor kernels instead of the
+fused one; `default` is the recipe's default; `cudnn_benchmark` lets cuDNN time its algorithms;
+the compiled ones add torch.compile of the backbone (with CUDA graphs: "reduce-overhead").
 
 Packing runs N processes at once, each fitting the same method on the same device; a barrier
 at the end of every process's warm-up epoch starts the timed epochs together, and the
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import os
 import time
 from pathlib import Path
 
@@ -27,10 +30,16 @@ import torch
 
 from .trainer import Recipe
 
-FEEDING_VARIANTS = {
+LOOP_VARIANTS = {
     "sync_every_step": {"sync_every": 1, "prefetch": 0, "data_on_device": "never"},
     "on_disk": {"data_on_device": "never"},
+    "foreach_adam": {"adam_impl": "foreach"},
     "default": {},
+    "cudnn_benchmark": {"cudnn_benchmark": True},
+}
+COMPILED_VARIANTS = {
+    "compiled": {"compile": True},
+    "compiled_cuda_graphs": {"compile": True, "compile_mode": "reduce-overhead"},
 }
 
 
@@ -107,7 +116,8 @@ def timed_fit(spec: LoopSpec, encoder=None, barrier=None) -> dict:
             "timed_start": log.epoch_ends[0], "timed_end": log.epoch_ends[-1]}
 
 
-def _packed_worker(spec: LoopSpec, barrier, results) -> None:
+def _packed_worker(spec: LoopSpec, barrier, results, threads: int) -> None:
+    torch.set_num_threads(threads)  # the CPU's cores shared among the packed processes
     try:
         results.put(timed_fit(spec, barrier=barrier))
     except BaseException as exc:  # noqa: BLE001 - reported by the parent
@@ -119,7 +129,8 @@ def packed_throughput(spec: LoopSpec, processes: int, timeout_s: float = 600) ->
     """`processes` fits of `spec` at once on its device; the aggregate training images/s."""
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     barrier, results = ctx.Barrier(processes), ctx.Queue()
-    workers = [ctx.Process(target=_packed_worker, args=(spec, barrier, results)) for _ in range(processes)]
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    workers = [ctx.Process(target=_packed_worker, args=(spec, barrier, results, threads)) for _ in range(processes)]
     for w in workers:
         w.start()
     outcomes = [results.get(timeout=timeout_s) for _ in workers]
@@ -127,8 +138,9 @@ def packed_throughput(spec: LoopSpec, processes: int, timeout_s: float = 600) ->
         w.join()
     errors = [o["error"] for o in outcomes if "error" in o]
     if errors:
-        return {"processes": processes, "error": errors[0]}
+        return {"processes": processes, "recipe_changes": spec.recipe_changes, "error": errors[0]}
     span = max(o["timed_end"] for o in outcomes) - min(o["timed_start"] for o in outcomes)
     images = sum(o["images"] for o in outcomes)
-    return {"processes": processes, "images_per_s": images / span, "span_s": span,
+    return {"processes": processes, "recipe_changes": spec.recipe_changes, "images_per_s": images / span,
+            "span_s": span,
             "per_process_images_per_s": [o["images_per_s"] for o in outcomes]}

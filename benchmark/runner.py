@@ -115,7 +115,7 @@ def _run_logged_job(job: Job, ctx: RunContext, log: tracking.MlflowRunLog, resul
 
     from .backbones import BackboneSpec
     from .execution import Execution
-    from .trainer import pick_device
+    from .trainer import adam_kernels, pick_device
 
     try:
         device = pick_device(ctx.device)
@@ -136,7 +136,8 @@ def _run_logged_job(job: Job, ctx: RunContext, log: tracking.MlflowRunLog, resul
                         "cuda.cudnn_benchmark": torch.backends.cudnn.benchmark,
                         "cuda.cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
                         "cuda.matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-                        "cuda.torch_cuda": torch.version.cuda} if device.type == "cuda" else {})})
+                        "cuda.torch_cuda": torch.version.cuda} if device.type == "cuda" else {}),
+                    "execution.adam": next(iter(adam_kernels(job.recipe.adam_impl, device)), "torch default")})
         plan = ctx.plan
         size = job.recipe.input_size
         train = decode_split(plan.samples(job.source, "train"), size, skip_bad=plan.skip_bad)

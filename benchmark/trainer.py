@@ -8,6 +8,7 @@ masks) comes from the job's seed, so the same job on CPU gives identical numbers
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -35,6 +36,8 @@ class TrainingDiverged(BenchmarkError):
 
 DATA_PATHS = ("cache", "per_sample")
 DATA_ON_DEVICE = ("auto", "always", "never")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+ADAM_IMPLS = ("auto", "fused", "foreach")
 # recipe.data_on_device = "auto" holds the decoded split on the GPU when it takes at most this
 # share of the GPU's free memory (the rest is left to the models and to jobs packed beside it).
 RESIDENT_SHARE = 0.25
@@ -53,6 +56,10 @@ class Recipe:
     precision: str = "auto"  # "auto" | "fp32" | "bf16": see benchmark.execution
     channels_last: bool = True
     compile: bool = False  # torch.compile the trainable backbone
+    compile_mode: str = "default"  # torch.compile's mode: "default", "reduce-overhead" (CUDA graphs), ...
+    # Adam's kernels: "auto" (one fused kernel on CUDA, torch's default elsewhere), "fused", "foreach".
+    adam_impl: str = "auto"
+    cudnn_benchmark: bool = False  # let cuDNN time its algorithms per shape (faster; last bits may vary run to run)
     # "cache": batches from the decoded-image cache, augmented batched on the device (the fast
     # path); "per_sample": decode and transform each image in DataLoader workers (the reference,
     # benchmark.per_sample), with `loader_workers` worker processes.
@@ -66,6 +73,16 @@ class Recipe:
 
     # Fields that change how fast a job runs, never what it computes (left out of the job hash).
     EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("progress", "prefetch", "data_on_device", "sync_every")
+    # Fields added after jobs were first hashed: they enter a job's identity only when set away
+    # from their default, so the jobs hashed before them keep their hash.
+    HASHED_WHEN_CHANGED: ClassVar[tuple[str, ...]] = ("compile_mode", "adam_impl", "cudnn_benchmark")
+
+    def identity(self) -> dict:
+        """The recipe's part of a job's identity (benchmark.jobs)."""
+        defaults = Recipe()
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in self.EXECUTION_ONLY
+                and not (k in self.HASHED_WHEN_CHANGED and v == getattr(defaults, k))}
 
     def __post_init__(self) -> None:
         if self.sampler not in ("uniform", "balanced"):
@@ -74,6 +91,10 @@ class Recipe:
             raise BenchmarkError(f"recipe.data_path = {self.data_path!r}; expected one of {', '.join(DATA_PATHS)}")
         if self.precision not in PRECISIONS:
             raise BenchmarkError(f"recipe.precision = {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise BenchmarkError(f"recipe.compile_mode = {self.compile_mode!r}; expected one of {', '.join(COMPILE_MODES)}")
+        if self.adam_impl not in ADAM_IMPLS:
+            raise BenchmarkError(f"recipe.adam_impl = {self.adam_impl!r}; expected one of {', '.join(ADAM_IMPLS)}")
         if self.data_on_device not in DATA_ON_DEVICE:
             raise BenchmarkError(f"recipe.data_on_device = {self.data_on_device!r}; expected one of "
                                  f"{', '.join(DATA_ON_DEVICE)}")
@@ -91,6 +112,16 @@ def pick_device(name: str | None = None) -> torch.device:
     if name:
         return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def adam_kernels(impl: str, device: torch.device) -> dict:
+    """torch.optim.Adam's keyword for `recipe.adam_impl`: "auto" fuses the update into one kernel
+    on CUDA (one launch instead of several per parameter group) and leaves torch's default elsewhere."""
+    if impl == "fused" or (impl == "auto" and device.type == "cuda"):
+        return {"fused": True}
+    if impl == "foreach":
+        return {"foreach": True}
+    return {}
 
 
 def seed_everything(seed: int) -> None:
@@ -203,12 +234,15 @@ def fit(method: "TrainedMethod", data: DecodedSplit, *, recipe: Recipe, device: 
         val_data: DecodedSplit | None = None) -> None:
     """Train `method` on `data` for `recipe.epochs` epochs."""
     seed_everything(recipe.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = recipe.cudnn_benchmark  # process-wide: jobs in a process run one by one
     execution = Execution.from_recipe(device, recipe)
     method.build(device, recipe.input_size, execution)
     method.train_labels = np.array(data.labels)  # a private copy: methods may relabel, the cache never changes
     if recipe.data_path == "per_sample":
         check_per_sample(data, method.augment_spec, method.name)
-    optimizer = torch.optim.Adam(method.param_groups(), lr=method.hparams.lr, weight_decay=method.hparams.weight_decay)
+    optimizer = torch.optim.Adam(method.param_groups(), lr=method.hparams.lr, weight_decay=method.hparams.weight_decay,
+                                 **adam_kernels(recipe.adam_impl, device))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=method.hparams.lr_gamma)
     gen = torch.Generator(device="cpu").manual_seed(recipe.seed)
     aug_gen = torch.Generator(device=device).manual_seed(recipe.seed + 1)

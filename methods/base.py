@@ -236,7 +236,7 @@ class TrainedMethod(Method):
         if self.execution.compile:
             for module in self.model.modules():
                 if isinstance(module, Backbone):
-                    module.compile()  # in place: state_dict keys stay as they are
+                    module.compile(mode=self.execution.compile)  # in place: state_dict keys stay as they are
         if self.components.encoder is not None:
             self.placed_encoder()
 
