@@ -69,7 +69,7 @@ else
 fi
 
 stage env 60 bash -c "nvidia-smi || true; \"$PY\" -c 'import torch, platform; print(\"python\", platform.python_version(), \"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"cudnn\", torch.backends.cudnn.version(), \"gpu\", torch.cuda.get_device_name() if torch.cuda.is_available() else None)'; nproc; \"$PY\" -m pip list 2>/dev/null | grep -i -E '^(torch|torchvision|mlflow|open.clip|numpy|scikit-learn|pandas) '"
-BENCHMARK_GPU_REPORT="$OUT_DIR/tests.jsonl" stage tests "${LIMITS[0]}" "$PY" -m pytest -q -p no:cacheprovider tests/gpu "${TESTS[@]}"
+BENCHMARK_GPU_REPORT="$OUT_DIR/tests.jsonl" stage tests "${LIMITS[0]}" "$PY" -m pytest -q -o addopts= -p no:cacheprovider tests/gpu "${TESTS[@]}"
 stage perf "${LIMITS[1]}" "$PY" -m benchmark perf "${PERF[@]}" --json "$OUT_DIR/perf.json"
 stage grid "${LIMITS[2]}" bash -c "\"$PY\" -m benchmark run --protocol synth5_gpu ${GRID[*]} && \"$PY\" scripts/grid_summary.py synth5_gpu \"$OUT_DIR/grid.json\""
 echo "stages:"; cat "$OUT_DIR/stages.jsonl"

@@ -354,3 +354,19 @@ def test_jobs_per_gpu_packs_fractional_gpus():
     assert task_resources(0, 4) == {"num_cpus": 1}  # a CPU-only cluster: one CPU per job
     with pytest.raises(BenchmarkError, match="--jobs-per-gpu 0"):
         task_resources(1, 0)
+
+
+def test_local_executor_packs_jobs_into_worker_processes_each_job_once(tmp_path, capsys):
+    protocol = write_protocol(tmp_path, epochs=2)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    args = ["run", "--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm", "--jobs-per-gpu", "2"]
+    assert main(args) == 0, capsys.readouterr().out
+    runs = finished_runs(uri)
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.tags["pid"] for r in runs}) == 2 and str(os.getpid()) not in {r.data.tags["pid"] for r in runs}
+    (a, b) = sorted(runs, key=lambda r: r.info.start_time)
+    assert b.info.start_time < a.info.end_time  # the two jobs overlapped: they ran at once
+    assert main(args) == 0  # run again: both FINISHED, nothing trained twice
+    assert "[skip]" in capsys.readouterr().out and len(finished_runs(uri)) == 2
+    assert main(args[:-1] + ["0"]) == 2
+    assert "--jobs-per-gpu 0: must be 1 or more" in capsys.readouterr().err

@@ -1,0 +1,29 @@
+"""The device script's CPU dry run: every stage runs at toy sizes and leaves its logs and JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_dry_run_runs_every_stage_and_writes_its_reports(tmp_path):
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BENCHMARK_", "MLFLOW_"))}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", str(out)],
+                          env={**env, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=900)
+    stages = [json.loads(line) for line in (out / "stages.jsonl").read_text().splitlines()]
+    assert [s["stage"] for s in stages] == ["env", "tests", "perf", "grid"], proc.stdout
+    assert proc.returncode == 0 and all(s["rc"] == 0 for s in stages), proc.stdout + proc.stderr
+    assert " passed" in (out / "tests.log").read_text()  # the CUDA suite ran (on the CPU)
+    tests = [json.loads(line) for line in (out / "tests.jsonl").read_text().splitlines()]
+    assert any(t["test"].startswith("train_predict[cafe-") for t in tests)
+    perf = json.loads((out / "perf.json").read_text())
+    assert perf["loop"]["pack"] and perf["loop"]["pack"][0]["images_per_s"] > 0
+    assert perf["loop"]["variants"]["cafe"]["default"]["images_per_s"] > 0
+    grid = json.loads((out / "grid.json").read_text())
+    assert grid["one_finished_run_per_job"] and grid["jobs"] == 4 and grid["processes"] == 2
