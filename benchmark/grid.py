@@ -106,6 +106,12 @@ def for_workers(ctx: RunContext) -> RunContext:
     return dataclasses.replace(ctx, plan=plan)
 
 
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _run_packed(jobs: list[Job], ctx: RunContext, announce, workers: int) -> list[JobResult]:
     """`workers` jobs at a time in their own processes, all on this machine's device: one
     ResNet-18 at batch 32 leaves a large GPU mostly idle, so several jobs share it (each process
@@ -114,8 +120,10 @@ def _run_packed(jobs: list[Job], ctx: RunContext, announce, workers: int) -> lis
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     results = []
+    threads = max(1, (os.cpu_count() or 1) // workers)  # the CPU's cores shared, not oversubscribed
     # spawn, not fork: a forked child of a process that touched CUDA cannot use CUDA.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_set_threads, initargs=(threads,)) as pool:
         shipped = for_workers(ctx)
         pending = {}
         for job in jobs:
