@@ -3,12 +3,13 @@
 Three recipe keys choose it (all in the job hash, since each can change the numbers' last bits):
 
 - `precision`:
-  - "auto" (default, the spec's): on CUDA the trainable model runs under bf16 autocast (where the
-    GPU supports bf16; fp32 before Ampere) and an open_clip encoder holds fp16 weights, as the
-    authors' code does; on CPU everything is fp32.
+  - "auto" (default, the authors' arithmetic): the trainable model in fp32 everywhere; on CUDA an
+    open_clip encoder holds fp16 weights, as the authors' code does; on CPU everything is fp32.
+    (Until 2026-11-26 "auto" also ran the trainable model under bf16 autocast on CUDA.)
   - "fp32": fp32 everywhere (the reference).
-  - "bf16": bf16 autocast for the trainable model and bf16 encoder weights on any device. On CPUs
-    with native bf16 (AVX512-BF16 / AMX) this is about twice as fast as fp32; elsewhere slower.
+  - "bf16": the named fast option: bf16 autocast for the trainable model and bf16 encoder
+    weights on any device. On CPUs with native bf16 (AVX512-BF16 / AMX) this is about twice as
+    fast as fp32; elsewhere slower.
 - `channels_last`: NHWC memory layout for the trainable model and its inputs (faster convolutions
   with cuDNN and oneDNN).
 - `compile`: `torch.compile` the trainable model (a one-off compile cost per job; CUDA mostly).
@@ -38,9 +39,7 @@ class Execution:
 
     @classmethod
     def resolve(cls, device: torch.device, precision: str = "auto", channels_last: bool = False,
-                compile: bool | str = False, cuda_bf16: bool | None = None) -> "Execution":
-        """`cuda_bf16`: whether the GPU computes in bf16 (asked of torch when None); on GPUs
-        without it (before Ampere) "auto" keeps the trainable model in fp32."""
+                compile: bool | str = False) -> "Execution":
         if compile is True:
             compile = "default"
         if precision not in PRECISIONS:
@@ -48,10 +47,7 @@ class Execution:
         if precision == "bf16":
             return cls(device, precision, torch.bfloat16, torch.bfloat16, True, channels_last, compile)
         if precision == "auto" and device.type == "cuda":
-            if cuda_bf16 is None:
-                cuda_bf16 = torch.cuda.is_bf16_supported()
-            return cls(device, precision, torch.bfloat16 if cuda_bf16 else None, torch.float16, False,
-                       channels_last, compile)
+            return cls(device, precision, None, torch.float16, False, channels_last, compile)
         return cls(device, precision, None, torch.float32, False, channels_last, compile)
 
     @classmethod

@@ -112,6 +112,8 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
                     "backbone": {"id": protocol.backbone.id, "digest": backbone["digest"]},
                     "pipeline": PIPELINE_VERSION,
                 }
+                if entry.cls.version > 1:
+                    identity["method_version"] = entry.cls.version
                 jobs.append(Job(protocol.name, method, source, seed, list(protocol.datasets), protocol.test_split,
                                 hparams, recipe, encoder, backbone, prints, identity, job_hash(identity)))
     return jobs

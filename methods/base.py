@@ -41,6 +41,8 @@ from benchmark.registry import Registry
 from benchmark.trainer import Recipe, fit as train_loop, predict_batches
 
 ENTRY_POINT_GROUP = "benchmark.methods"
+# SCN's and RUL's released code: with p = 0.5 apply one of {horizontal flip, Gaussian noise}.
+ONE_OF_FLIP_NOISE = AugmentSpec(noise_p=0.0, flip_p=0.0, one_of_p=0.5)
 
 
 class RunLog(Protocol):
@@ -153,6 +155,9 @@ class Method:
 
     Hparams: ClassVar[type] = BaseHparams
     needs_encoder: ClassVar[bool] = False
+    # Bumped when a fix changes what the method computes with the same hyperparameters; a job's
+    # identity holds it from 2 on (so jobs of the unchanged methods keep their hash).
+    version: ClassVar[int] = 1
 
     def __init__(self, hparams: Any, components: Components, name: str = ""):
         self.hparams = hparams

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from benchmark.labels import NUM_CLASSES
 
-from .base import BaseHparams, TrainedMethod, register_method
+from .base import ONE_OF_FLIP_NOISE, BaseHparams, TrainedMethod, register_method
 
 
 @dataclass
@@ -50,11 +50,17 @@ def mix(mu: torch.Tensor, logvar: torch.Tensor, perm: torch.Tensor) -> torch.Ten
 @register_method("rul", "RUL (NeurIPS 2021): uncertainty-weighted mixing of sample pairs, add-up loss")
 class Rul(TrainedMethod):
     Hparams = RulHparams
+    augment_spec = ONE_OF_FLIP_NOISE  # as SCN: one of {flip, noise} with p = 0.5
+    # 2: the one-of augmentation, and the feature-map probe no longer updates the backbone's
+    # BatchNorm running statistics (1 ran it in training mode).
+    version = 2
 
     def make_model(self) -> nn.Module:
         backbone = self.new_backbone()
         with torch.no_grad():  # the heads flatten the feature map, so its size fixes their width
-            backbone.eval()  # one probe image: batch norm in training mode refuses a 1x1 map of it
+            # In eval mode: in training mode the probe would move the pre-trained BatchNorm
+            # running statistics towards a black image (the authors' RUL never does).
+            backbone.eval()
             h, w = backbone.feature_map(torch.zeros(1, 3, self.input_size, self.input_size)).shape[2:]
             backbone.train()
         hp = self.hparams

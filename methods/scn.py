@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from benchmark.errors import BenchmarkError
 from benchmark.labels import NUM_CLASSES
 
-from .base import BaseHparams, TrainedMethod, register_method
+from .base import ONE_OF_FLIP_NOISE, BaseHparams, TrainedMethod, register_method
 
 
 @dataclass
@@ -63,6 +63,9 @@ def relabel(logits: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor, mar
 @register_method("scn", "SCN (CVPR 2020): attention-weighted logits, rank regularisation, relabelling from epoch 10")
 class Scn(TrainedMethod):
     Hparams = ScnHparams
+    # The authors' augmentation: with p = 0.5 one of {flip, Gaussian noise}, never both; no other flip.
+    augment_spec = ONE_OF_FLIP_NOISE
+    version = 2  # 2: the one-of augmentation (1 used CAFE's independent flip and noise)
 
     def __init__(self, hparams, components, name=""):
         super().__init__(hparams, components, name)

@@ -182,3 +182,47 @@ def test_clip_probe_beats_chance(studio, components):
     clone = build_method("clip_probe", components=components)
     clone.load_state_dict(method.state_dict())
     np.testing.assert_allclose(clone.predict(test), probs)
+
+
+# ------------------------------------------------------------------------ the authors' recipes
+
+
+def test_rul_build_leaves_the_pretrained_batchnorm_statistics_alone():
+    from benchmark.backbones import build_backbone
+
+    spec = BackboneSpec("mobilenet_v2", "imagenet")
+    reference = {k: v.clone() for k, v in build_backbone(spec).state_dict().items() if "running" in k}
+    method = build_method("rul", components=Components(spec))
+    method.build(torch.device("cpu"), SIZE)
+    built = {k.removeprefix("backbone."): v for k, v in method.model.state_dict().items() if "running" in k}
+    assert reference and all(torch.equal(built[k], v) for k, v in reference.items())
+
+
+@pytest.mark.parametrize("name", ["scn", "rul"])
+def test_scn_and_rul_flip_or_noise_never_both_as_their_authors_code(name):
+    import dataclasses
+
+    from benchmark.augment import augment, normalize
+    from methods import METHODS
+
+    spec = dataclasses.replace(METHODS.get(name).cls.augment_spec, erase_p=0.0)  # erasing measured elsewhere
+    n = 4000
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 200, (n, 8, 8, 3), generator=gen, dtype=torch.uint8)
+    out, flips = augment(images, spec, torch.Generator().manual_seed(1), return_flips=True)
+    clean = normalize(images)
+    unflipped = torch.where(flips[:, None, None, None], out.flip(-1), out)
+    noised = (unflipped - clean).abs().flatten(1).amax(1) > 1e-4
+    assert abs(flips.float().mean().item() - 0.25) < 0.025
+    assert abs(noised.float().mean().item() - 0.25) < 0.025
+    assert not (flips & noised).any()
+
+
+def test_a_method_fix_changes_its_jobs_hash_and_no_other():
+    from benchmark.jobs import DataPlan, expand
+    from benchmark.protocol import load_protocol
+
+    protocol = load_protocol("synth5")
+    jobs = {j.method: j for j in expand(protocol, ["erm", "scn", "rul"], DataPlan(options=protocol.dataset_options))}
+    assert jobs["scn"].identity["method_version"] == 2 and jobs["rul"].identity["method_version"] == 2
+    assert "method_version" not in jobs["erm"].identity
