@@ -68,7 +68,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     plan = plan_from(protocol, args.data_root, parse_assignments(args.dataset_path, "--dataset-path"))
     return run_grid(protocol, methods, plan, tracking_uri=args.tracking_uri or default_tracking_uri(),
                     executor=args.executor, dry_run=args.dry_run, device=args.device, ray_address=args.ray_address,
-                    jobs_per_gpu=args.jobs_per_gpu, command=" ".join(sys.argv))
+                    jobs_per_gpu=args.jobs_per_gpu, command=" ".join(sys.argv), threads=args.threads)
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
@@ -83,6 +83,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
     results = tables.load_results(uri, protocol_name, datasets)
     if results.empty:
         raise BenchmarkError(f"no FINISHED runs for protocol {protocol_name!r} in {uri}")
+    for warning in results.attrs.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     if not datasets:
         datasets = sorted(set(results["target"]))
         sources = sorted(set(results["source"]))
@@ -184,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", help="join a running Ray cluster (default: start a local one)")
     run.add_argument("--jobs-per-gpu", type=int, default=1, help="jobs sharing one GPU: N worker processes with the local executor, "
                      "1/N of a GPU per task with Ray (default 1)")
+    run.add_argument("--threads", type=int, help="torch threads per job, the same in every executor (default: this "
+                     "machine's cores / --jobs-per-gpu); recorded as env.threads: numbers depend on it")
     run.add_argument("--device", help="torch device for local jobs (default cuda when present, else cpu)")
     run.add_argument("--dry-run", action="store_true", help="list the jobs and whether each is FINISHED; run nothing")
     run.set_defaults(func=_cmd_run)

@@ -12,6 +12,7 @@ from typing import Iterable
 from tabulate import tabulate
 
 from . import tracking
+from .environment import default_threads
 from .errors import BenchmarkError
 from .jobs import DataPlan, Job, expand
 from .protocol import Protocol
@@ -106,12 +107,6 @@ def for_workers(ctx: RunContext) -> RunContext:
     return dataclasses.replace(ctx, plan=plan)
 
 
-def _set_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def _run_packed(jobs: list[Job], ctx: RunContext, announce, workers: int) -> list[JobResult]:
     """`workers` jobs at a time in their own processes, all on this machine's device: one
     ResNet-18 at batch 32 leaves a large GPU mostly idle, so several jobs share it (each process
@@ -120,10 +115,8 @@ def _run_packed(jobs: list[Job], ctx: RunContext, announce, workers: int) -> lis
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     results = []
-    threads = max(1, (os.cpu_count() or 1) // workers)  # the CPU's cores shared, not oversubscribed
     # spawn, not fork: a forked child of a process that touched CUDA cannot use CUDA.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_set_threads, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         shipped = for_workers(ctx)
         pending = {}
         for job in jobs:
@@ -141,13 +134,14 @@ def _run_packed(jobs: list[Job], ctx: RunContext, announce, workers: int) -> lis
     return results
 
 
-def task_resources(cluster_gpus: float, jobs_per_gpu: int) -> dict[str, float]:
+def task_resources(cluster_gpus: float, jobs_per_gpu: int, threads: int = 1) -> dict[str, float]:
     """What one job asks Ray for: 1/N of a GPU when the cluster has GPUs (N jobs packed on each,
-    since one ResNet-18 at batch 32 leaves a large GPU mostly idle), else one CPU."""
+    since one ResNet-18 at batch 32 leaves a large GPU mostly idle), and as many CPUs as the
+    job's pinned thread count, so the tasks on a node share its cores instead of oversubscribing."""
     check_jobs_per_gpu(jobs_per_gpu)
     if cluster_gpus:
-        return {"num_gpus": 1.0 / jobs_per_gpu, "num_cpus": 1}
-    return {"num_cpus": 1}
+        return {"num_gpus": 1.0 / jobs_per_gpu, "num_cpus": threads}
+    return {"num_cpus": threads}
 
 
 def check_jobs_per_gpu(jobs_per_gpu: int) -> None:
@@ -164,7 +158,7 @@ def _run_ray(jobs: list[Job], ctx: RunContext, announce, address: str | None, jo
         ray.init(address=address, include_dashboard=False, log_to_driver=True,
                  runtime_env={"env_vars": {k: v for k, v in os.environ.items()
                                            if k.startswith(("BENCHMARK_", "FER_", "MLFLOW_", "HF_"))}})
-    remote = ray.remote(**task_resources(ray.cluster_resources().get("GPU", 0), jobs_per_gpu))(run_job)
+    remote = ray.remote(**task_resources(ray.cluster_resources().get("GPU", 0), jobs_per_gpu, ctx.threads))(run_job)
     ctx = for_workers(ctx)
     pending = {}
     for job in jobs:
@@ -184,7 +178,9 @@ def _run_ray(jobs: list[Job], ctx: RunContext, announce, address: str | None, jo
 
 
 def report(result: JobResult) -> None:
-    if result.status == "FINISHED":
+    if result.status == "SKIPPED":
+        print(f"[skip] {result.label}: {result.error}", flush=True)
+    elif result.status == "FINISHED":
         print(f"[done] {result.label}: {result.seconds:.0f}s, source acc {100 * result.source_acc:.2f}, "
               f"mean acc {100 * result.mean_target_acc:.2f} (run {result.run_id})", flush=True)
     else:
@@ -193,9 +189,15 @@ def report(result: JobResult) -> None:
 
 def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, tracking_uri: str, executor: str = "local",
              dry_run: bool = False, device: str | None = None, ray_address: str | None = None,
-             jobs_per_gpu: int = 1, command: str = "") -> int:
-    """Run (or list) the grid; returns the process exit code (1 when any job failed)."""
+             jobs_per_gpu: int = 1, command: str = "", threads: int | None = None) -> int:
+    """Run (or list) the grid; returns the process exit code (1 when any job failed).
+
+    `threads`: torch threads per job, pinned in every executor so that Ray and local runs of a
+    job compute alike (default: this machine's cores divided among the jobs run at once here)."""
     check_jobs_per_gpu(jobs_per_gpu)
+    if threads is not None and threads < 1:
+        raise BenchmarkError(f"--threads {threads}: must be 1 or more")
+    threads = threads or default_threads(jobs_per_gpu)
     jobs = expand(protocol, methods, plan)
     experiment = tracking.experiment_id(tracking_uri, protocol.name)
     states = job_states(jobs, tracking_uri, experiment)
@@ -221,9 +223,10 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, tracking
                                                  tags={"protocol": protocol.name, "kind": "grid",
                                                        "command": command[:5000], **tracking.process_tags()}))
     parent_log = tracking.MlflowRunLog(tracking_uri, parent.info.run_id)
-    parent_log.params({"methods": ",".join(methods), "executor": executor, "jobs": len(jobs), "todo": len(todo)})
+    parent_log.params({"methods": ",".join(methods), "executor": executor, "jobs": len(jobs), "todo": len(todo),
+                       "threads_per_job": threads, "jobs_per_gpu": jobs_per_gpu})
     parent_log.text("protocol.json", json.dumps(protocol.to_dict(), indent=1, default=str))
-    ctx = RunContext(tracking_uri, experiment, parent.info.run_id, plan, protocol.to_dict(), device)
+    ctx = RunContext(tracking_uri, experiment, parent.info.run_id, plan, protocol.to_dict(), device, threads)
     started = time.perf_counter()
 
     def announce(job: Job) -> None:
@@ -239,8 +242,10 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, tracking
     except BaseException:
         parent_log.finish("KILLED")
         raise
-    failed = [r for r in results if r.status != "FINISHED"]
-    print(f"\n{len(jobs)} jobs: {len(jobs) - len(todo)} skipped, {len(results) - len(failed)} finished, "
+    failed = [r for r in results if r.status == "FAILED"]
+    skipped = len(jobs) - len(todo) + sum(r.status == "SKIPPED" for r in results)
+    finished = sum(r.status == "FINISHED" for r in results)
+    print(f"\n{len(jobs)} jobs: {skipped} skipped, {finished} finished, "
           f"{len(failed)} failed, in {time.perf_counter() - started:.0f}s")
     for r in failed:
         print(f"  FAILED {r.label}: {r.error}")

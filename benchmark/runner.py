@@ -39,6 +39,7 @@ class RunContext:
     plan: DataPlan
     protocol: dict[str, Any]
     device: str | None = None
+    threads: int | None = None  # torch threads per job (benchmark.environment.default_threads)
 
 
 @dataclass
@@ -98,8 +99,14 @@ def start_job_run(job: Job, ctx: RunContext) -> tracking.MlflowRunLog:
 
 def run_job(job: Job, ctx: RunContext) -> JobResult:
     """Train and evaluate one job, logging everything to its own MLflow run; never raises."""
+    from .claim import holder_other_than
+
     start = time.perf_counter()
     log = start_job_run(job, ctx)
+    holder = holder_other_than(log.client, ctx.experiment_id, job.hash, log.run_id)
+    if holder is not None:  # another process trains (or trained) this job: leave no trace of ours
+        tracking.retry(lambda: log.client.delete_run(log.run_id))
+        return JobResult(job.hash, job.label, "SKIPPED", error=holder)
     result = JobResult(job.hash, job.label, "FAILED", run_id=log.run_id)
     with tracking.Heartbeat(ctx.tracking_uri, log.run_id):
         _run_logged_job(job, ctx, log, result, start)
@@ -114,11 +121,16 @@ def _run_logged_job(job: Job, ctx: RunContext, log: tracking.MlflowRunLog, resul
     from methods import Components, build_method
 
     from .backbones import BackboneSpec
+    from .environment import environment
     from .execution import Execution
     from .trainer import adam_kernels, pick_device
 
     try:
+        if ctx.threads:
+            torch.set_num_threads(ctx.threads)
         device = pick_device(ctx.device)
+        if device.type == "cuda":  # before the environment is recorded (trainer.fit sets it too)
+            torch.backends.cudnn.benchmark = job.recipe.cudnn_benchmark
         execution = Execution.from_recipe(device, job.recipe)
         log.params({**_flatten("hp", job.hparams), **_flatten("recipe", dataclasses.asdict(job.recipe)),
                     "encoder": job.encoder["id"] if job.encoder else "none",
@@ -131,12 +143,7 @@ def _run_logged_job(job: Job, ctx: RunContext, log: tracking.MlflowRunLog, resul
                     # What recipe.precision resolved to on this device (it is "auto" by default).
                     "execution.autocast": str(execution.autocast_dtype).removeprefix("torch.") if execution.autocast_dtype else "off",
                     "execution.clip_dtype": str(execution.encoder_dtype).removeprefix("torch."),
-                    # What else the last bits depend on, on CUDA: cuDNN's algorithm choice and TF32.
-                    **({"cuda.cudnn_deterministic": torch.backends.cudnn.deterministic,
-                        "cuda.cudnn_benchmark": torch.backends.cudnn.benchmark,
-                        "cuda.cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-                        "cuda.matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-                        "cuda.torch_cuda": torch.version.cuda} if device.type == "cuda" else {}),
+                    **environment(device),
                     "execution.adam": next(iter(adam_kernels(job.recipe.adam_impl, device)), "torch default")})
         plan = ctx.plan
         size = job.recipe.input_size

@@ -36,20 +36,38 @@ def display(name: str) -> str:
 
 
 def load_results(tracking_uri: str, protocol: str, datasets: list[str] | None = None) -> pd.DataFrame:
-    """Long frame of FINISHED job runs: method, backbone, source, seed, target, metric, value."""
+    """Long frame of FINISHED job runs: method, backbone, source, seed, target, metric, value,
+    and the run's environment signature (benchmark.environment).
+
+    One FINISHED run counts per job hash (the earliest); others, left by concurrent runs of
+    older versions, are ignored. What the reader should know (ignored duplicates, runs from
+    different environments in one store) is in `frame.attrs["warnings"]`.
+    """
     import mlflow
+
+    from .environment import SIGNATURE_KEYS, signature
 
     mlflow.set_tracking_uri(tracking_uri)
     runs = mlflow.search_runs(experiment_names=[protocol], filter_string="tags.job_hash != ''",
                               max_results=50000)
-    columns = ["method", "backbone", "source", "seed", "target", "metric", "value"]
+    columns = ["method", "backbone", "source", "seed", "target", "metric", "value", "env"]
+    warnings: list[str] = []
     if runs.empty:
-        return pd.DataFrame(columns=columns)
-    runs = runs[runs["status"] == "FINISHED"]
+        empty = pd.DataFrame(columns=columns)
+        empty.attrs["warnings"] = warnings
+        return empty
+    runs = runs[runs["status"] == "FINISHED"].sort_values(["start_time", "run_id"], kind="stable")
+    duplicated = runs["tags.job_hash"].duplicated(keep="first")
+    if duplicated.any():
+        hashes = sorted(set(runs.loc[duplicated, "tags.job_hash"]))
+        warnings.append(f"{int(duplicated.sum())} extra FINISHED run(s) of {len(hashes)} job(s) ignored "
+                        f"(one run counts per job hash; hashes {', '.join(hashes)})")
+        runs = runs[~duplicated]
     rows = []
     names = {metric_name(d): d for d in (datasets or [])}
     for _, run in runs.iterrows():
         backbone = str(run.get("params.backbone", "")).split(":")[0]
+        env = signature({k: run.get(f"params.{k}") for k in SIGNATURE_KEYS})
         for column, value in run.items():
             if not (isinstance(column, str) and column.startswith("metrics.test/")) or pd.isna(value):
                 continue
@@ -58,9 +76,27 @@ def load_results(tracking_uri: str, protocol: str, datasets: list[str] | None = 
                 continue  # test/mean_acc
             target = names.get(parts[0], parts[0])
             rows.append([run["tags.method"], backbone, run["tags.source"], int(run["tags.seed"]), target,
-                         parts[1], float(value)])
+                         parts[1], float(value), env])
     # A fixed row order makes every sum (and so every rounded cell) the same from run to run.
-    return pd.DataFrame(rows, columns=columns).sort_values(columns[:6], kind="stable").reset_index(drop=True)
+    frame = pd.DataFrame(rows, columns=columns).sort_values(columns[:6], kind="stable").reset_index(drop=True)
+    frame.attrs["warnings"] = warnings + mixed_environments(frame)
+    return frame
+
+
+def mixed_environments(results: pd.DataFrame) -> list[str]:
+    """A warning naming the runs of each environment, when the results come from more than one."""
+    envs = list(dict.fromkeys(results["env"]))
+    if len(envs) < 2:
+        return []
+    jobs = results.drop_duplicates(["method", "source", "seed"])
+    parts = []
+    for env in envs:
+        cells = jobs[jobs["env"] == env]
+        listed = ", ".join(f"{r.method} on {r.source} (seed {r.seed})" for r in cells.head(6).itertuples())
+        more = f" and {len(cells) - 6} more" if len(cells) > 6 else ""
+        parts.append(f"[{env}]: {listed}{more}")
+    return [f"the results mix {len(envs)} environments, whose last bits (and so accuracies) may differ: "
+            + "; ".join(parts)]
 
 
 def protocol_layout(name: str) -> tuple[list[str], list[str], list[str]]:

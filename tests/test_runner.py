@@ -305,7 +305,7 @@ def test_ray_executor_runs_two_jobs_at_once_into_one_store(tmp_path, capsys):
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         code = main(["run", "--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm",
-                     "--executor", "ray"])
+                     "--executor", "ray", "--threads", "1"])
     finally:
         ray.shutdown()
     assert code == 0, capsys.readouterr().out
@@ -350,8 +350,8 @@ def test_jobs_per_gpu_packs_fractional_gpus():
     from benchmark.grid import task_resources
 
     assert task_resources(8, 4) == {"num_gpus": 0.25, "num_cpus": 1}
-    assert task_resources(1, 1) == {"num_gpus": 1.0, "num_cpus": 1}
-    assert task_resources(0, 4) == {"num_cpus": 1}  # a CPU-only cluster: one CPU per job
+    assert task_resources(1, 1, threads=4) == {"num_gpus": 1.0, "num_cpus": 4}
+    assert task_resources(0, 4, threads=2) == {"num_cpus": 2}  # a CPU-only cluster: the job's threads
     with pytest.raises(BenchmarkError, match="--jobs-per-gpu 0"):
         task_resources(1, 0)
 
@@ -370,3 +370,78 @@ def test_local_executor_packs_jobs_into_worker_processes_each_job_once(tmp_path,
     assert "[skip]" in capsys.readouterr().out and len(finished_runs(uri)) == 2
     assert main(args[:-1] + ["0"]) == 2
     assert "--jobs-per-gpu 0: must be 1 or more" in capsys.readouterr().err
+
+
+def test_runs_record_their_environment_and_tables_warn_when_it_is_mixed(tmp_path, capsys):
+    protocol = write_protocol(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    base = ["run", "--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm"]
+    assert main(base + ["--sources", "synth5/studio", "--threads", "1"]) == 0
+    assert main(base + ["--sources", "synth5/film", "--threads", "2"]) == 0
+    params = {r.data.tags["source"]: r.data.params for r in finished_runs(uri)}
+    assert params["synth5/studio"]["env.threads"] == "1" and params["synth5/film"]["env.threads"] == "2"
+    for key in ("env.torch", "env.cpu", "env.cpu_capability", "env.device", "env.deterministic_algorithms"):
+        assert params["synth5/film"][key] == params["synth5/studio"][key] != ""
+    capsys.readouterr()
+    assert main(["table", "--protocol", "tiny", "--tracking-uri", uri]) == 0
+    err = capsys.readouterr().err
+    assert "mix 2 environments" in err
+    assert "threads=1" in err and "threads=2" in err and "erm on synth5/studio (seed 0)" in err
+    assert main(base + ["--threads", "0"]) == 2
+    assert "--threads 0: must be 1 or more" in capsys.readouterr().err
+
+
+def two_invocations_at_once(protocol: Path, uri: str, tmp_path: Path) -> list[str]:
+    """Start two `benchmark run`s of the same grid together; their outputs."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "benchmark", "run", "--protocol", str(protocol), "--tracking-uri", uri,
+               "--threads", "1"]
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                              cwd=tmp_path) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
+    return outputs
+
+
+def assert_each_job_trained_once(uri: str, outputs: list[str]) -> None:
+    runs = finished_runs(uri)
+    hashes = [r.data.tags["job_hash"] for r in runs]
+    assert len(hashes) == 4 and len(set(hashes)) == 4  # one FINISHED run per hash, no other run left
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    trainings = sum(out.count("[done]") for out in outputs)
+    assert trainings == 4, "\n".join(outputs)  # no job trained twice
+
+
+def test_two_invocations_started_together_train_each_job_once(tmp_path):
+    protocol = write_protocol(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    outputs = two_invocations_at_once(protocol, uri, tmp_path)
+    assert_each_job_trained_once(uri, outputs)
+
+
+def test_two_invocations_through_an_mlflow_server_train_each_job_once(tmp_path):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                               "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+        outputs = two_invocations_at_once(write_protocol(tmp_path), uri, tmp_path)
+        assert_each_job_trained_once(uri, outputs)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
