@@ -118,7 +118,23 @@ def parse_protocol(data: dict[str, Any], where: str) -> Protocol:
         DATASETS.get(name)  # a typo gets "did you mean"
     for source, changes in protocol.source_recipe.items():
         _build(Recipe, {**dataclasses.asdict(protocol.recipe), **changes}, f"{where}: source_recipe.{source}")
+    check_hparams(protocol.hparams, where)
     return protocol
+
+
+def check_hparams(hparams: dict[str, Any], where: str) -> None:
+    """Every [hparams.<method>] names a known method, and every value passes that method's key,
+    type and range checks: bad values stop here, before any job starts."""
+    from methods import METHODS, load_plugins
+
+    load_plugins()
+    for method, overrides in hparams.items():
+        if not isinstance(overrides, dict):
+            raise ProtocolError(f"{where}: hparams.{method} must be a table of hyperparameters")
+        try:
+            METHODS.get(method).hparams(overrides)
+        except BenchmarkError as exc:
+            raise ProtocolError(f"{where}: hparams.{method}: {exc}") from None
 
 
 def find_protocol(name_or_path: str) -> Path:

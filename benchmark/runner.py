@@ -22,6 +22,7 @@ import pandas as pd
 
 from . import tracking
 from .data import decode_split
+from .data.samples import printable_id
 from .jobs import DataPlan, Job
 from .labels import CLASSES
 from .metrics import evaluate
@@ -167,7 +168,7 @@ def _run_logged_job(job: Job, ctx: RunContext, log: tracking.MlflowRunLog, resul
                 name = tracking.metric_name(target)
                 log.metrics(ev.as_metrics(f"test/{name}"))
                 result.accs[target] = ev.acc
-                ids = [samples.ids[k] for k in test.kept]
+                ids = [printable_id(samples.ids[k]) for k in test.kept]
                 _write_target_artifacts(Path(tmp) / name, test, ids, probs, preds, ev)
                 if target == job.source:
                     method.report(test, log)

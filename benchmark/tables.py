@@ -117,7 +117,7 @@ def paper_numbers() -> pd.DataFrame:
 @dataclass
 class Cell:
     mean: float | None  # fraction
-    std: float | None = None
+    std: float | None = None  # None with fewer than two seeds: there is no spread to show
     seeds: int = 0
     partial: bool = False  # a mean over an incomplete row
 
@@ -148,7 +148,7 @@ def _cells(frame: pd.DataFrame, targets: list[str], mean_over: list[str]) -> tup
     for t in targets:
         if t in by_target.groups:
             values = by_target.get_group(t)
-            cells.append(Cell(values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0, len(values)))
+            cells.append(Cell(values.mean(), values.std(ddof=1) if len(values) > 1 else None, len(values)))
         else:
             cells.append(Cell(None))
             missing = True
@@ -158,7 +158,7 @@ def _cells(frame: pd.DataFrame, targets: list[str], mean_over: list[str]) -> tup
     present = set(sub["target"])
     incomplete = not set(mean_over) <= present
     if len(per_seed):
-        cells.append(Cell(per_seed.mean(), per_seed.std(ddof=1) if len(per_seed) > 1 else 0.0, len(per_seed),
+        cells.append(Cell(per_seed.mean(), per_seed.std(ddof=1) if len(per_seed) > 1 else None, len(per_seed),
                           partial=incomplete))
     else:
         cells.append(Cell(None))
@@ -273,48 +273,71 @@ def perclass_table(results: pd.DataFrame, sources: list[str], datasets: list[str
                 for key in [f"acc/{c}" for c in CLASSES] + ["mean_class_acc"]:
                     values = frame[frame["metric"] == key]["value"]
                     cells.append(Cell(values.mean() if len(values) else None,
-                                      values.std(ddof=1) if len(values) > 1 else 0.0, len(values)))
-                rows.append((f"{method} | {display(source)} → {display(target)}", cells))
+                                      values.std(ddof=1) if len(values) > 1 else None, len(values)))
+                rows.append((f"{method}: {display(source)} → {display(target)}", cells))
     return Table("Per-class accuracy", list(CLASSES) + ["mean per class"], rows, bold=False)
+
+
+LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "±": r"$\pm$", "→": r"$\rightarrow$", "Δ": r"$\Delta$", "−": "-", "—": "---"}
+
+
+def latex_escape(text: str) -> str:
+    """`text` with every character LaTeX treats specially (and the non-ASCII ones we print) escaped."""
+    return "".join(LATEX_SPECIALS.get(ch, ch) for ch in text)
 
 
 def render(table: Table, fmt: str, compare: bool = False) -> str:
     with_std = any(c.seeds > 1 for _, cells in table.rows for c in cells)
     seeds = max((c.seeds for _, cells in table.rows for c in cells), default=0)
     best = {}
-    if table.bold and len(table.rows) >= 2:
+    if table.bold:
         for j in range(len(table.columns)):
             values = [cells[j].mean for _, cells in table.rows if cells[j].mean is not None]
-            if values:
+            if len(values) >= 2:  # bold marks a winner: only where two or more values compete
                 best[j] = max(values)
+    escape = latex_escape if fmt == "latex" else (lambda text: text.replace("|", "\\|"))
+    has_paper = compare and any((name, col) in table.paper for name, _ in table.rows for col in table.columns)
     body = []
     for name, cells in table.rows:
-        line = [name]
+        line = [escape(name)]
         for j, cell in enumerate(cells):
-            text = cell.text(with_std)
+            text = escape(cell.text(with_std))
             if j in best and cell.mean is not None and np.isclose(cell.mean, best[j]):
                 text = f"\\textbf{{{text}}}" if fmt == "latex" else f"**{text}**"
-            if compare:
-                ref = table.paper.get((name, table.columns[j]))
-                if ref is not None:
-                    diff = "" if cell.mean is None else f", {round(100 * cell.mean - ref, 2) + 0.0:+.2f}"
-                    text += f" ({ref:.2f}{diff})"
+            ref = table.paper.get((name, table.columns[j])) if has_paper else None
+            if ref is not None:
+                diff = "" if cell.mean is None else f", {round(100 * cell.mean - ref, 2) + 0.0:+.2f}"
+                text += f" ({ref:.2f}{diff})"
             line.append(text)
         body.append(line)
     if table.delta_row:
         rows = dict(table.rows)
         a, b = rows.get(table.delta_row[0]), rows.get(table.delta_row[1])
         if a and b:
-            body.append(["Δ"] + [MISSING if x.mean is None or y.mean is None else f"{100 * (x.mean - y.mean):+.2f}"
-                                 for x, y in zip(a, b)])
-    header = ["Method", *table.columns]
-    title = table.title + (f" ({seeds} seeds, mean ± std)" if seeds > 1 else "")
-    if compare:
+            body.append([escape("Δ")] + [MISSING if x.mean is None or y.mean is None else f"{100 * (x.mean - y.mean):+.2f}"
+                                         for x, y in zip(a, b)])
+    header = [escape(h) for h in ["Method", *table.columns]]
+    title = table.title + (f" ({seeds} seeds, mean ± std)" if seeds > 1 else " (1 seed)" if seeds == 1 else "")
+    notes = list(table.notes)
+    if has_paper:
         title += " — ours (paper, ours − paper)"
-    notes = "".join(f"\n\n{n}" for n in table.notes)
+    elif compare:
+        notes.append("No paper value exists for any cell of this table: nothing to compare.")
     if fmt == "latex":
-        return f"% {title}\n" + tabulate(body, headers=header, tablefmt="latex_raw", disable_numparse=True) + notes.replace("\n", "\n% ")
-    return f"**{title}**\n\n" + tabulate(body, headers=header, tablefmt="github", disable_numparse=True) + notes + "\n"
+        return latex_table(title, header, body, notes)
+    return (f"**{title}**\n\n" + tabulate(body, headers=header, tablefmt="github", disable_numparse=True)
+            + "".join(f"\n\n{n}" for n in notes) + "\n")
+
+
+def latex_table(title: str, header: list[str], body: list[list[str]], notes: list[str]) -> str:
+    """One booktabs `table` float: caption, the row names left-aligned, the numbers right-aligned."""
+    frame = pd.DataFrame(body, columns=header)
+    latex = frame.style.hide(axis="index").to_latex(
+        hrules=True, caption=latex_escape(title), position_float="centering",
+        column_format="l" + "r" * (len(header) - 1), environment="table")
+    return latex + "".join(f"% {line}\n" for n in notes for line in n.splitlines())
 
 
 def to_frame(table: Table) -> pd.DataFrame:
@@ -374,9 +397,14 @@ def write_figures(results: pd.DataFrame, metric: str, sources: list[str], datase
     unseen = acc[acc["source"] != acc["target"]].groupby(["method", "seed"])["value"].mean().reset_index()
     stats = unseen.groupby("method")["value"].agg(["mean", "std", "count"]).reindex(methods).dropna(subset=["mean"])
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(stats) + 2), 4))
-    ax.bar(stats.index, 100 * stats["mean"], yerr=100 * stats["std"].fillna(0), capsize=4)
+    seeds = int(stats["count"].max()) if len(stats) else 0
+    if seeds > 1:
+        ax.bar(stats.index, 100 * stats["mean"], yerr=100 * stats["std"].fillna(0), capsize=4)
+        ax.set_title(f"mean over unseen targets, {seeds} seeds\n(error bars: std over seeds)")
+    else:  # one seed: no spread to draw
+        ax.bar(stats.index, 100 * stats["mean"])
+        ax.set_title("mean over unseen targets, 1 seed")
     ax.set_ylabel(f"mean unseen-target {metric} (%)")
-    ax.set_title(f"mean over unseen targets, {int(stats['count'].max())} seed(s)\n(error bars: std over seeds)")
     fig.tight_layout()
     path = folder / "mean_unseen.png"
     fig.savefig(path, dpi=100)

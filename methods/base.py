@@ -87,14 +87,48 @@ class MethodEntry:
     defaults: dict[str, Any]
 
     def hparams(self, overrides: dict[str, Any] | None = None) -> Any:
-        """The resolved hyperparameters: dataclass defaults < variant defaults < overrides."""
+        """The resolved hyperparameters: dataclass defaults < variant defaults < overrides; every
+        key, type and range checked (each Hparams class checks its ranges in __post_init__)."""
         merged = {**self.defaults, **(overrides or {})}
-        known = {f.name for f in dataclasses.fields(self.cls.Hparams)}
+        defaults = self.cls.Hparams()
+        known = {f.name for f in dataclasses.fields(defaults)}
         unknown = sorted(set(merged) - known)
         if unknown:
             raise BenchmarkError(f"method {self.name}: unknown hyperparameter(s) {', '.join(unknown)} "
                                  f"(known: {', '.join(sorted(known))})")
-        return dataclasses.replace(self.cls.Hparams(), **merged)
+        for key, value in merged.items():
+            merged[key] = _checked_type(self.name, key, value, getattr(defaults, key))
+        try:
+            return dataclasses.replace(defaults, **merged)
+        except BenchmarkError as exc:
+            raise BenchmarkError(f"method {self.name}: {exc}") from None
+
+
+def _checked_type(method: str, key: str, value: Any, default: Any) -> Any:
+    """`value` as the type of the hyperparameter's default (an int where a float is expected, a
+    list where a tuple is), or a BenchmarkError naming the method and key."""
+    expected = type(default)
+    if isinstance(default, bool) or default is None:
+        ok = isinstance(value, expected) or default is None
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, tuple):
+        kinds = {type(d) for d in default}
+        ok = isinstance(value, (list, tuple)) and (not kinds or all(type(v) in kinds for v in value))
+        value = tuple(value) if ok else value
+    else:
+        ok = isinstance(value, expected) and not isinstance(value, bool)
+    if not ok:
+        raise BenchmarkError(f"method {method}: hyperparameter {key} = {value!r}: expected {expected.__name__}, "
+                             f"got {type(value).__name__}")
+    return value
+
+
+def check_range(ok: bool, key: str, value: Any, rule: str) -> None:
+    """Raise a BenchmarkError naming the hyperparameter unless `ok`."""
+    if not ok:
+        raise BenchmarkError(f"hyperparameter {key} = {value!r}: must be {rule}")
 
 
 METHODS: Registry[MethodEntry] = Registry("method")
@@ -133,6 +167,11 @@ class BaseHparams:
     lr: float = 2e-4
     weight_decay: float = 1e-4
     lr_gamma: float = 0.9
+
+    def __post_init__(self) -> None:
+        check_range(self.lr > 0, "lr", self.lr, "> 0")
+        check_range(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
+        check_range(0 < self.lr_gamma <= 1, "lr_gamma", self.lr_gamma, "in (0, 1]")
 
 
 CLIP_FEATURES = ("online", "cached")

@@ -29,7 +29,7 @@ from benchmark.augment import normalize
 from benchmark.errors import BenchmarkError
 from benchmark.labels import CLASSES, NUM_CLASSES
 
-from .base import EncoderHparams, TrainedMethod, check_clip_features, register_method
+from .base import EncoderHparams, TrainedMethod, check_clip_features, check_range, register_method
 
 DIV_NORMS = ("code", "paper")
 
@@ -44,6 +44,11 @@ class CafeHparams(EncoderHparams):
     use_sigmoid: bool = True
     use_sep: bool = True
     use_div: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("sep_weight", "div_weight", "drop_per_group"):
+            check_range(getattr(self, key) >= 0, key, getattr(self, key), ">= 0")
 
 
 def match_width(feat: torch.Tensor, width: int) -> torch.Tensor:

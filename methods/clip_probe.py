@@ -18,13 +18,17 @@ from benchmark.errors import BenchmarkError
 from benchmark.execution import Execution
 from benchmark.labels import NUM_CLASSES
 
-from .base import Method, register_method
+from .base import Method, check_range, register_method
 
 
 @dataclass
 class ProbeHparams:
     C: float = 1.0  # inverse L2 strength
     max_iter: int = 2000
+
+    def __post_init__(self) -> None:
+        check_range(self.C > 0, "C", self.C, "> 0")
+        check_range(self.max_iter >= 1, "max_iter", self.max_iter, ">= 1")
 
 
 @register_method("clip_probe", "logistic-regression probe on the frozen encoder's features (scikit-learn)")

@@ -20,13 +20,17 @@ from torch.nn import functional as F
 from benchmark.augment import AugmentSpec
 from benchmark.labels import NUM_CLASSES
 
-from .base import BaseHparams, TrainedMethod, register_method
+from .base import BaseHparams, TrainedMethod, check_range, register_method
 
 
 @dataclass
 class EacHparams(BaseHparams):
     lr: float = 2e-4  # the authors' advice for ResNet-18 (1e-4 for their ResNet-50)
     lam: float = 5.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self.lam >= 0, "lam", self.lam, ">= 0")
 
 
 def attention_maps(feature_map: torch.Tensor, fc_weight: torch.Tensor) -> torch.Tensor:

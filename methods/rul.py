@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from benchmark.labels import NUM_CLASSES
 
-from .base import ONE_OF_FLIP_NOISE, BaseHparams, TrainedMethod, register_method
+from .base import ONE_OF_FLIP_NOISE, BaseHparams, TrainedMethod, check_range, register_method
 
 
 @dataclass
@@ -30,6 +30,12 @@ class RulHparams(BaseHparams):
     fc_lr_factor: float = 10.0
     embed_dim: int = 64
     dropout: float = 0.4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self.fc_lr_factor > 0, "fc_lr_factor", self.fc_lr_factor, "> 0")
+        check_range(self.embed_dim >= 1, "embed_dim", self.embed_dim, ">= 1")
+        check_range(0 <= self.dropout < 1, "dropout", self.dropout, "in [0, 1)")
 
 
 def head(channels: int, spatial: int, dim: int, dropout: float) -> nn.Module:

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from benchmark.errors import BenchmarkError
 from benchmark.labels import NUM_CLASSES
 
-from .base import ONE_OF_FLIP_NOISE, BaseHparams, TrainedMethod, register_method
+from .base import ONE_OF_FLIP_NOISE, BaseHparams, TrainedMethod, check_range, register_method
 
 
 @dataclass
@@ -34,6 +34,13 @@ class ScnHparams(BaseHparams):
     margin_2: float = 0.2
     relabel_epoch: int = 10
     relabel_rule: str = "code"  # "code": any sample; "paper": only the low-importance group
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(0 < self.beta < 1, "beta", self.beta, "in (0, 1)")
+        for key in ("margin_1", "margin_2"):
+            check_range(getattr(self, key) >= 0, key, getattr(self, key), ">= 0")
+        check_range(self.relabel_epoch >= 1, "relabel_epoch", self.relabel_epoch, ">= 1")
 
 
 def rank_regularisation(alpha: torch.Tensor, beta: float, margin: float) -> torch.Tensor:

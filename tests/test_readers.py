@@ -276,3 +276,56 @@ def test_fingerprint_changes_with_labels_not_with_location(tmp_path):
     label_file.write_text(label_file.read_text().replace("test_0001.jpg 4", "test_0001.jpg 3"))
     assert load("rafdb", moved, "test").fingerprint != before
     assert np.array_equal(load("rafdb", moved, "test").labels, [2, 5])
+
+
+def test_bgr_channel_order_swaps_the_evaluated_images_and_changes_the_hash(tmp_path):
+    import copy
+
+
+    from benchmark.data import decode_split
+    from benchmark.errors import BenchmarkError
+    from benchmark.jobs import DataPlan, expand
+    from benchmark.protocol import load_protocol
+
+    protocol = load_protocol("synth5")
+    bgr_options = copy.deepcopy(protocol.dataset_options)
+    bgr_options["synth5/film"]["channel_order"] = "bgr"
+    rgb_plan, bgr_plan = DataPlan(options=protocol.dataset_options), DataPlan(options=bgr_options)
+    rgb, bgr = rgb_plan.samples("synth5/film", "test"), bgr_plan.samples("synth5/film", "test")
+    assert rgb.fingerprint != bgr.fingerprint
+    assert rgb_plan.samples("synth5/film", "train").fingerprint == bgr_plan.samples("synth5/film", "train").fingerprint
+    a, b = decode_split(rgb, 16, cache_dir=tmp_path), decode_split(bgr, 16, cache_dir=tmp_path)
+    np.testing.assert_array_equal(a.read(slice(None))[..., ::-1], b.read(slice(None)))
+    assert not np.array_equal(a.read(slice(None)), b.read(slice(None)))
+    rgb_hashes = {j.hash for j in expand(protocol, ["erm"], rgb_plan)}
+    assert rgb_hashes.isdisjoint({j.hash for j in expand(protocol, ["erm"], bgr_plan)})
+    bgr_options["synth5/film"]["channel_order"] = "brg"
+    with pytest.raises(BenchmarkError, match="dataset_options.synth5/film.channel_order = 'brg'"):
+        DataPlan(options=bgr_options).samples("synth5/film", "test")
+
+
+def test_a_file_name_that_is_not_utf8_is_read_fingerprinted_and_written(tmp_path):
+    import os
+
+    from benchmark.cli import main
+    from benchmark.data import decode_split
+
+    root = tmp_path / "mine"
+    odd = os.fsdecode(b"caf\xe9.png")  # a Latin-1 name, as old SFEW and MMA archives hold
+    write_image(root / "train" / "happy" / odd)
+    write_image(root / "train" / "sad" / "plain.png")
+    samples = load("imagefolder", root, "train")
+    assert len(samples) == 2 and samples.fingerprint
+    assert decode_split(samples, 8, cache_dir=tmp_path / "cache").read(slice(None)).shape == (2, 8, 8, 3)
+    manifest = tmp_path / "manifest.csv"
+    assert main(["datasets", "check", "imagefolder", "--root", str(root), "--split", "train",
+                 "--manifest", str(manifest)]) == 0
+    assert "train/happy/caf\\xe9.png" in manifest.read_text(encoding="utf-8")
+
+
+def test_a_label_file_that_is_not_utf8_is_refused_naming_file_and_line(tmp_path):
+    root = tmp_path / "lst"
+    write_image(root / "img" / "a.jpg")
+    (root / "train.txt").write_bytes(b"img/a.jpg 0\nimg/caf\xe9.jpg 1\n")
+    with pytest.raises(DatasetError, match=r"train.txt:2: not UTF-8 text \(byte 0xe9 at column 8\)"):
+        load("list", root, "train")

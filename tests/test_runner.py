@@ -445,3 +445,19 @@ def test_two_invocations_through_an_mlflow_server_train_each_job_once(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ('hparams.erm.lr="fast"', "hparams.erm: method erm: hyperparameter lr = 'fast': expected float, got str"),
+    ("hparams.erm.lr=-5", "hparams.erm: method erm: hyperparameter lr = -5.0: must be > 0"),
+    ("hparams.scn.beta=1.5", "hyperparameter beta = 1.5: must be in (0, 1)"),
+    ("hparams.nomethod.lr=1", "hparams.nomethod: unknown method 'nomethod'"),
+    ("hparams.cafee.lr=1", "did you mean 'cafe'?"),
+    ("hparams.erm.lrr=1", "unknown hyperparameter(s) lrr"),
+])
+def test_bad_hyperparameters_stop_at_dry_run_naming_file_and_key(tmp_path, capsys, setting, message):
+    protocol = write_protocol(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri, "--dry-run", "--set", setting]) == 2
+    err = capsys.readouterr().err
+    assert str(protocol) in err and message in err

@@ -21,15 +21,15 @@ BACKBONES = {"resnet18": "resnet18:msceleb", "resnet50": "resnet50:imagenet", "m
 class FakeJob:
     """Just what start_job_run reads from a Job."""
 
-    def __init__(self, method: str, source: str, seed: int):
+    def __init__(self, method: str, source: str, seed: int, backbone: str):
         self.method, self.source, self.seed, self.protocol = method, source, seed, "gfer5"
-        self.hash = f"{method}-{source}-{seed}"
+        self.hash = f"{method}-{source}-{seed}-{backbone}"  # a real job's hash covers its backbone too
 
 
 def log_job(uri: str, exp: str, method: str, source: str, seed: int, accs: dict[str, float],
             backbone: str = "resnet18:msceleb", status: str = "FINISHED") -> None:
     ctx = RunContext(uri, exp, parent_run_id="fixture", plan=None, protocol={})
-    log = start_job_run(FakeJob(method, source, seed), ctx)
+    log = start_job_run(FakeJob(method, source, seed, backbone), ctx)
     log.params({"backbone": backbone})
     for target, acc in accs.items():
         metrics = {f"test/{tracking.metric_name(target)}/acc": acc / 100,
@@ -88,7 +88,7 @@ def test_compare_paper_matches_golden(paper_store):
 
 def test_table1_cells_are_the_logged_numbers(paper_store):
     text = render(paper_store, "table1")
-    block = text.split("**Trained on FERPlus**")[1].split("**Trained on")[0]
+    block = text.split("**Trained on FERPlus (1 seed)**")[1].split("**Trained on")[0]
     cafe = next(line for line in block.splitlines() if line.startswith("| cafe"))
     # Paper's FERPlus row of CAFE: 89.51 / 72.91 / 39.44 / 49.38 / 60.14; mean recomputed 62.28.
     assert [c.strip(" *") for c in cafe.split("|")[2:8]] == ["89.51", "72.91", "39.44", "49.38", "60.14", "62.28"]
@@ -100,7 +100,7 @@ def test_seeds_give_mean_and_std_and_missing_job_shows_dash(paper_store):
     assert "(2 seeds, mean ± std)" in text.split("**Trained on RAF-DB")[1].splitlines()[0]
     cafe = next(line for line in rafdb.splitlines() if line.startswith("| cafe"))
     assert "89.22 ± 0.71" in cafe  # 88.72 and 89.72
-    sfew = text.split("**Trained on SFEW2.0**")[1].split("**Trained on")[0]
+    sfew = text.split("**Trained on SFEW2.0 (1 seed)**")[1].split("**Trained on")[0]
     eac = next(line for line in sfew.splitlines() if line.startswith("| eac"))
     assert eac.count("–") == 6 and "no FINISHED run" in sfew
 
@@ -116,7 +116,7 @@ def test_paper_printed_mean_only_in_paper_column(paper_store):
 def test_latex_and_csv_outputs_parse(paper_store):
     latex = render(paper_store, "table4", fmt="latex")
     assert "88.72" in latex
-    assert "\\begin{tabular}" in latex and latex.count("\\\\") >= 3 and "Δ" in latex
+    assert "\\begin{tabular}" in latex and latex.count("\\\\") >= 3 and "$\\Delta$" in latex
     results = tables.load_results(paper_store, "gfer5", DATASETS)
     frame = pd.concat(tables.to_frame(t) for t in tables.build_tables("table1", results, "acc", DATASETS, DATASETS,
                                                                           ["cafe", "scn"]))
@@ -134,3 +134,63 @@ def test_cli_writes_table_and_figures(paper_store, tmp_path, capsys):
     assert main(["table", "--tracking-uri", paper_store, "--protocol", "gfer5", "--table", "perclass",
                  "--metric", "mean_class_acc"]) == 0
     assert "happiness" in capsys.readouterr().out
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    """The cells of each table line, split where GitHub splits them (at pipes not escaped)."""
+    import re
+
+    return [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in text.splitlines()
+            if line.startswith("|")]
+
+
+def test_perclass_markdown_is_a_valid_github_table(paper_store):
+    results = tables.load_results(paper_store, "gfer5", DATASETS)
+    (table,) = tables.build_tables("perclass", results, "acc", DATASETS, DATASETS, ["cafe", "scn"])
+    rows = markdown_rows(tables.render(table, "md"))
+    assert len(rows) > 3 and {len(r) for r in rows} == {len(table.columns) + 1}
+    assert rows[0][1:] == list(table.columns) and rows[0][-1] == "mean per class"
+    assert rows[2][0] == "cafe: RAF-DB → RAF-DB"
+    piped = tables.Table("t", ["a"], [("x | y", [tables.Cell(0.5, None, 1)]), ("z", [tables.Cell(0.4, None, 1)])])
+    assert [len(r) for r in markdown_rows(tables.render(piped, "md"))] == [2, 2, 2, 2]
+
+
+def test_latex_of_every_table_compiles_with_pdflatex(paper_store, tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("pdflatex") is None:
+        assert not os.environ.get("CI"), "CI installs pdflatex (.ci/run): this test must run there"
+        pytest.skip("pdflatex is not installed here (apt-get install texlive-latex-recommended)")
+    blocks = [render(paper_store, name, fmt="latex") for name in PROTOCOL_OF]
+    results = tables.load_results(paper_store, "gfer5", DATASETS)
+    blocks += [tables.render(t, "latex") for t in tables.build_tables("perclass", results, "acc", DATASETS,
+                                                                        DATASETS, ["cafe", "clip_ft"])]
+    assert "clip\\_ft" in "".join(blocks) and "\\toprule" in blocks[0] and "\\caption{" in blocks[0]
+    doc = tmp_path / "tables.tex"
+    doc.write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage[margin=1cm,landscape]{geometry}\n"
+                   "\\begin{document}\n" + "\n".join(blocks) + "\n\\end{document}\n")
+    proc = subprocess.run(["pdflatex", "-halt-on-error", "-interaction=nonstopmode", doc.name], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert (tmp_path / "tables.pdf").stat().st_size > 1000
+
+
+def test_one_seed_shows_no_spread_and_bold_needs_a_competitor(paper_store):
+    text = render(paper_store, "table2")
+    assert "(1 seed)" in text and "±" not in text
+    results = tables.load_results(paper_store, "gfer5_ablation", DATASETS)
+    frame = pd.concat(tables.to_frame(t) for t in tables.build_tables("table2", results, "acc", DATASETS, DATASETS,
+                                                                      ["erm", "cafe"]))
+    assert frame["std"].isna().all() and (frame["seeds"] == 1).all()
+    lone = tables.Table("t", ["a", "b"], [("x", [tables.Cell(0.5, None, 1), tables.Cell(0.9, None, 1)]),
+                                          ("y", [tables.Cell(0.7, None, 1), tables.Cell(None)])])
+    x, y = markdown_rows(tables.render(lone, "md"))[2:]
+    assert x[2] == "90.00" and y[1] == "**70.00**"  # column b has one value: nothing to win
+
+
+def test_compare_paper_says_so_when_no_cell_has_a_paper_value():
+    table = tables.Table("Trained on synth5/studio", ["studio"], [("cafe", [tables.Cell(0.5, None, 1)])])
+    text = tables.render(table, "md", compare=True)
+    assert "ours (paper" not in text and "No paper value exists for any cell" in text

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError
-from .base import DatasetReader, Row, make_samples, map_code, register_dataset, scan_class_folders
+from .base import DatasetReader, Row, make_samples, map_code, read_label_text, register_dataset, scan_class_folders
 from .samples import NO_FACE, NON_BASIC, Samples
 
 # Native codes: 0 neutral, 1 happy, 2 sad, 3 surprise, 4 fear, 5 disgust, 6 anger,
@@ -58,7 +59,7 @@ class AffectNet(DatasetReader):
             raise DatasetError(f"{root}: image folder not found; expected one of {', '.join(IMAGE_DIRS)}")
         dropped: Counter = Counter()
         rows: list[Row] = []
-        with open(list_file, newline="", encoding="utf-8-sig") as fh:
+        with io.StringIO(read_label_text(list_file), newline="") as fh:
             reader = csv.reader(fh)
             for record in reader:
                 if not record:

@@ -151,12 +151,25 @@ def scan_class_folders(
     return rows
 
 
-def parse_path_label_lines(path: Path) -> Iterable[tuple[int, str, str]]:
-    """Yield (line number, image path, label token) from a `<path> <label>` list file."""
+def read_label_text(path: Path) -> str:
+    """A label file's text (UTF-8, with or without a byte-order mark); a file that is not UTF-8
+    is refused naming the line and byte, instead of failing somewhere inside a parser."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise DatasetError(f"{path}: label file not found") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DatasetError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}); "
+                           "save the file as UTF-8") from None
+
+
+def parse_path_label_lines(path: Path) -> Iterable[tuple[int, str, str]]:
+    """Yield (line number, image path, label token) from a `<path> <label>` list file."""
+    text = read_label_text(path)
     for lineno, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):

@@ -93,10 +93,12 @@ class DecodedSplit:
 
 
 def native_image(samples: Samples, index: int) -> Image.Image:
-    """One image at its stored size, RGB, from its file or the in-memory pixels."""
-    if samples.pixels is not None:
-        return to_pil_rgb(samples.pixels[index])
-    return read_rgb(samples.path(index))
+    """One image at its stored size, from its file or the in-memory pixels: RGB, or BGR where
+    the split's `channel_order` asks for it (to reproduce the authors' evaluation notebooks)."""
+    img = to_pil_rgb(samples.pixels[index]) if samples.pixels is not None else read_rgb(samples.path(index))
+    if samples.channel_order == "bgr":
+        return Image.fromarray(np.asarray(img)[:, :, ::-1].copy())
+    return img
 
 
 def entry_dir(samples: Samples, size: int, cache_dir: Path) -> Path:

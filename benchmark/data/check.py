@@ -14,6 +14,7 @@ from tabulate import tabulate
 from ..errors import DatasetError
 from ..labels import CLASSES
 from .base import DATASETS
+from .samples import printable_id
 from .images import read_rgb
 from .samples import UNREADABLE, Samples
 
@@ -89,6 +90,6 @@ def write_manifest(path: Path, reports: list[SplitReport]) -> int:
         writer.writerow(["split", "path", "label"])
         for report in reports:
             for sample_id, label in report.kept_ids:
-                writer.writerow([report.samples.split, sample_id, CLASSES[label]])
+                writer.writerow([report.samples.split, printable_id(sample_id), CLASSES[label]])
                 n += 1
     return n

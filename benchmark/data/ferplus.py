@@ -7,6 +7,7 @@ label.csv), or the original Kaggle fer2013.csv pixel table beside fer2013new.csv
 from __future__ import annotations
 
 import csv
+import io
 from itertools import zip_longest
 from collections import Counter
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError
-from .base import DatasetReader, Row, make_samples, register_dataset
+from .base import DatasetReader, Row, make_samples, read_label_text, register_dataset
 from .samples import NO_FACE, NON_BASIC, Samples
 
 VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
@@ -76,7 +77,7 @@ class FerPlus(DatasetReader):
         label_file = folder / "label.csv"
         dropped: Counter = Counter()
         rows: list[Row] = []
-        with open(label_file, newline="", encoding="utf-8-sig") as fh:
+        with io.StringIO(read_label_text(label_file), newline="") as fh:
             reader = csv.reader(fh)
             for record in reader:
                 if not record or not "".join(record).strip():
@@ -104,8 +105,8 @@ class FerPlus(DatasetReader):
         ids: list[str] = []
         labels: list[int] = []
         images: list[np.ndarray] = []
-        with open(pixels_file, newline="", encoding="utf-8-sig") as fp, \
-                open(votes_file, newline="", encoding="utf-8-sig") as fv:
+        with io.StringIO(read_label_text(pixels_file), newline="") as fp, \
+                io.StringIO(read_label_text(votes_file), newline="") as fv:
             pixel_rows, vote_rows = csv.reader(fp), csv.reader(fv)
             pixel_header, vote_header = next(pixel_rows, None), next(vote_rows, None)
             if pixel_header is None or [h.strip() for h in pixel_header[:3]] != ["emotion", "pixels", "Usage"]:

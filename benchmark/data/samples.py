@@ -42,6 +42,7 @@ class Samples:
     file_sizes: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
     fingerprint: str = ""
+    channel_order: str = "rgb"  # "bgr": images are fed channel-swapped (benchmark.jobs.DataPlan)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -63,6 +64,11 @@ class Samples:
         return {name: int(counts[k]) for k, name in enumerate(CLASSES)}
 
 
+def printable_id(sample_id: str) -> str:
+    """A sample id as UTF-8 text: bytes of a file name that are not UTF-8 shown as \\xNN."""
+    return sample_id.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def fingerprint(samples: Samples) -> str:
     """A digest of what was parsed: ids, labels and the image bytes or file sizes.
 
@@ -71,7 +77,10 @@ def fingerprint(samples: Samples) -> str:
     """
     h = hashlib.sha256()
     h.update(json.dumps([samples.dataset, samples.split, samples.variant]).encode())
-    h.update("\n".join(samples.ids).encode())
+    if samples.channel_order != "rgb":  # only then: the RGB fingerprints stay what they were
+        h.update(f"channel_order={samples.channel_order}".encode())
+    # Any name the file system holds: undecodable bytes come back as they were (surrogateescape).
+    h.update("\n".join(samples.ids).encode("utf-8", "surrogateescape"))
     h.update(samples.labels.tobytes())
     if samples.pixels is not None:
         h.update(np.ascontiguousarray(samples.pixels).data)
