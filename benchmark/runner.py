@@ -21,11 +21,14 @@ import numpy as np
 import pandas as pd
 
 from . import tracking
+from .cores import core_slot
 from .data import decode_split
 from .data.samples import printable_id
 from .jobs import DataPlan, Job
 from .labels import CLASSES
+from .environment import default_threads
 from .metrics import evaluate
+from .paths import cache_dir
 
 _ENCODERS: dict[tuple[str, str | None], Any] = {}  # one encoder per process, shared by its jobs
 
@@ -109,7 +112,8 @@ def run_job(job: Job, ctx: RunContext) -> JobResult:
         tracking.retry(lambda: log.client.delete_run(log.run_id))
         return JobResult(job.hash, job.label, "SKIPPED", error=holder)
     result = JobResult(job.hash, job.label, "FAILED", run_id=log.run_id)
-    with tracking.Heartbeat(ctx.tracking_uri, log.run_id):
+    with tracking.Heartbeat(ctx.tracking_uri, log.run_id), core_slot(ctx.threads or default_threads(1),
+                                                                      cache_dir() / "core-slots"):
         _run_logged_job(job, ctx, log, result, start)
     result.seconds = time.perf_counter() - start
     return result

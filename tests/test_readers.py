@@ -329,3 +329,18 @@ def test_a_label_file_that_is_not_utf8_is_refused_naming_file_and_line(tmp_path)
     (root / "train.txt").write_bytes(b"img/a.jpg 0\nimg/caf\xe9.jpg 1\n")
     with pytest.raises(DatasetError, match=r"train.txt:2: not UTF-8 text \(byte 0xe9 at column 8\)"):
         load("list", root, "train")
+
+
+def test_the_readme_synth5_table_is_what_the_code_builds():
+    import re
+
+    from benchmark.data.synth5 import DOMAINS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {m.group(1): (m.group(2), m.group(3)) for m in re.finditer(
+        r"^\| `synth5/(\w+)` \|[^\n]*\| (\d+/\d+/\d+) \| (\d+%|0) \|$", readme, re.MULTILINE)}
+    assert set(rows) == set(DOMAINS)
+    for name, style in DOMAINS.items():
+        counts, noise = rows[name]
+        assert counts == "/".join(str(style.counts[s]) for s in ("train", "val", "test")), name
+        assert noise == (f"{round(100 * style.label_noise)}%" if style.label_noise else "0"), name
