@@ -153,7 +153,7 @@ def _cmd_protocols(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
+    import os
 
     from .tracking import default_tracking_uri
 
@@ -161,7 +161,10 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
                "--port", str(args.port)]
     print(f"MLflow UI on http://{args.host}:{args.port} for {uri}", flush=True)
-    return subprocess.call(command)
+    # Become the MLflow process (no child in between): `kill <pid>` and Ctrl-C reach it, and it
+    # passes them on to its server, so nothing is left holding the port.
+    os.execv(sys.executable, command)
+    return 0  # not reached
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # one line, not a traceback; runs were closed as KILLED on the way out
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -114,7 +114,12 @@ def run_job(job: Job, ctx: RunContext) -> JobResult:
     result = JobResult(job.hash, job.label, "FAILED", run_id=log.run_id)
     with tracking.Heartbeat(ctx.tracking_uri, log.run_id), core_slot(ctx.threads or default_threads(1),
                                                                       cache_dir() / "core-slots"):
-        _run_logged_job(job, ctx, log, result, start)
+        try:
+            _run_logged_job(job, ctx, log, result, start)
+        except KeyboardInterrupt:  # Ctrl-C: the run is closed now, not left RUNNING for the next invocation
+            log.tags({"error": "interrupted (Ctrl-C)"})
+            log.finish("KILLED")
+            raise
     result.seconds = time.perf_counter() - start
     return result
 

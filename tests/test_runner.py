@@ -335,10 +335,8 @@ def test_nan_loss_stops_the_job_as_failed(tmp_path, monkeypatch, capsys):
 
 
 def test_ui_binds_to_localhost_unless_told(monkeypatch, capsys):
-    import subprocess as sp
-
     calls = []
-    monkeypatch.setattr(sp, "call", lambda command: calls.append(command) or 0)
+    monkeypatch.setattr(os, "execv", lambda program, command: calls.append(command))
     assert main(["ui", "--tracking-uri", "sqlite:///x.db"]) == 0
     assert main(["ui", "--tracking-uri", "sqlite:///x.db", "--host", "0.0.0.0", "--port", "6000"]) == 0
     first, second = calls
@@ -461,3 +459,67 @@ def test_bad_hyperparameters_stop_at_dry_run_naming_file_and_key(tmp_path, capsy
     assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri, "--dry-run", "--set", setting]) == 2
     err = capsys.readouterr().err
     assert str(protocol) in err and message in err
+
+
+def test_killing_benchmark_ui_stops_the_mlflow_server(tmp_path):
+    import socket
+    import urllib.request
+
+    import psutil
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ui = subprocess.Popen([sys.executable, "-m", "benchmark", "ui", "--port", str(port), "--tracking-uri",
+                           f"sqlite:///{tmp_path / 'store.db'}"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and ui.poll() is None, "the UI did not start"
+                time.sleep(0.5)
+        family = [ui.pid] + [c.pid for c in psutil.Process(ui.pid).children(recursive=True)]
+        assert len(family) > 1  # mlflow's own server processes
+        os.kill(ui.pid, signal.SIGTERM)  # what `kill <pid>` sends
+        ui.wait(timeout=30)
+        deadline = time.time() + 30
+        def alive(pid: int) -> bool:
+            try:
+                return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+
+        while any(alive(p) for p in family):
+            assert time.time() < deadline, "processes of the UI outlived it"
+            time.sleep(0.2)
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+    finally:
+        if ui.poll() is None:
+            os.killpg(ui.pid, signal.SIGKILL)
+
+
+def test_ctrl_c_closes_the_job_run_as_killed_and_prints_no_traceback(tmp_path):
+    protocol = write_protocol(tmp_path, epochs=200)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark", "run", "--protocol", str(protocol), "--tracking-uri",
+                             uri, "--methods", "erm", "--sources", "synth5/film"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []
+    for line in proc.stdout:  # MLflow's set-up lines come first
+        seen.append(line)
+        if line.startswith("[start]"):
+            break
+    assert seen and seen[-1].startswith("[start]"), "".join(seen)
+    deadline = time.time() + 60
+    while not runs_where(uri, "tags.job_hash != '' and params.`env.threads` != ''") and time.time() < deadline:
+        time.sleep(0.5)  # the job has logged its params: it is training
+    proc.send_signal(signal.SIGINT)
+    out = "".join(seen) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130 and "Traceback" not in out and "interrupted" in out, out
+    (run,) = runs_where(uri, "tags.job_hash != ''")
+    assert run.info.status == "KILLED" and run.data.tags["error"] == "interrupted (Ctrl-C)"
