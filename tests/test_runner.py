@@ -389,6 +389,28 @@ def test_runs_record_their_environment_and_tables_warn_when_it_is_mixed(tmp_path
     assert "--threads 0: must be 1 or more" in capsys.readouterr().err
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_healthy(url: str, proc: subprocess.Popen, what: str) -> None:
+    """Poll `url`/health until it answers; fail if `proc` ends or 90 s pass first."""
+    import urllib.request
+
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            return
+        except OSError:
+            assert time.time() < deadline and proc.poll() is None, f"{what} did not start"
+            time.sleep(0.5)
+
+
 def two_invocations_at_once(protocol: Path, uri: str, tmp_path: Path) -> list[str]:
     """Start two `benchmark run`s of the same grid together; their outputs."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -418,26 +440,14 @@ def test_two_invocations_started_together_train_each_job_once(tmp_path):
 
 
 def test_two_invocations_through_an_mlflow_server_train_each_job_once(tmp_path):
-    import socket
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                                "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
                                "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
-                time.sleep(0.5)
+        wait_until_healthy(uri, server, "mlflow server")
         outputs = two_invocations_at_once(write_protocol(tmp_path), uri, tmp_path)
         assert_each_job_trained_once(uri, outputs)
     finally:
@@ -462,26 +472,16 @@ def test_bad_hyperparameters_stop_at_dry_run_naming_file_and_key(tmp_path, capsy
 
 
 def test_killing_benchmark_ui_stops_the_mlflow_server(tmp_path):
-    import socket
     import urllib.request
 
     import psutil
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "benchmark", "ui", "--port", str(port), "--tracking-uri",
                            f"sqlite:///{tmp_path / 'store.db'}"], stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and ui.poll() is None, "the UI did not start"
-                time.sleep(0.5)
+        wait_until_healthy(f"http://127.0.0.1:{port}", ui, "the UI")
         family = [ui.pid] + [c.pid for c in psutil.Process(ui.pid).children(recursive=True)]
         assert len(family) > 1  # mlflow's own server processes
         os.kill(ui.pid, signal.SIGTERM)  # what `kill <pid>` sends
