@@ -52,6 +52,19 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def derived_seeds(seeds: list[int], n: int) -> list[int]:
+    """`n` seeds: the protocol's first, then the integers after its largest (deterministic, so a
+    later --num-seeds 5 reuses every job of an earlier --num-seeds 3)."""
+    if n < 1:
+        raise BenchmarkError(f"--num-seeds {n}: must be 1 or more")
+    out = list(dict.fromkeys(seeds))[:n]
+    nxt = max(out) + 1 if out else 0
+    while len(out) < n:
+        out.append(nxt)
+        nxt += 1
+    return out
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .data.roots import parse_assignments
     from .grid import run_grid
@@ -65,6 +78,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.sources:
         overrides["sources"] = "[" + ",".join(f'"{s.strip()}"' for s in args.sources.split(",")) + "]"
     protocol = load_protocol(args.protocol, overrides)
+    if args.num_seeds is not None:
+        if args.seeds:
+            raise BenchmarkError("--seeds and --num-seeds: give one of them")
+        protocol.seeds = derived_seeds(protocol.seeds, args.num_seeds)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else protocol.methods
     plan = plan_from(protocol, args.data_root, parse_assignments(args.dataset_path, "--dataset-path"))
     return run_grid(protocol, methods, plan, tracking_uri=args.tracking_uri or default_tracking_uri(),
@@ -178,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--protocol", default="synth5", help="protocol name in protocols/ or a .toml path (default synth5)")
     run.add_argument("--methods", help="comma-separated method names (default: the protocol's)")
     run.add_argument("--seeds", help="comma-separated seeds (overrides the protocol's)")
+    run.add_argument("--num-seeds", type=int, metavar="N", help="N seeds: the protocol's, then the next integers "
+                     "after its largest")
     run.add_argument("--sources", help="comma-separated source datasets (overrides the protocol's)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a protocol field, e.g. recipe.epochs=2 or backbone.path=FILE (repeatable)")

@@ -2,8 +2,9 @@
 
 Runs are read with `mlflow.search_runs` into a long frame (method, backbone, source, target,
 seed, metric value), aggregated over seeds with pandas, and written with tabulate (markdown,
-LaTeX) or pandas (CSV). Cells are percentages with two decimals, `mean ± std` over seeds when
-there are several. A missing cell (a job not run, or FAILED) prints as `–` with a footnote; a
+LaTeX) or pandas (CSV). Cells are percentages with two decimals, `mean ± h` over seeds when
+there are several, h the half-width of the 95% t-interval of the mean over seeds (the CSV gives
+mean, std, ci_low, ci_high and n). A missing cell (a job not run, or FAILED) prints as `–` with a footnote; a
 mean over an incomplete row is computed over what exists and marked `*`. `--compare paper` puts
 the paper's number and our difference beside each cell; means are always recomputed from cells
 (two of the paper's printed means are wrong), the printed one appears only in the paper column.
@@ -121,12 +122,26 @@ class Cell:
     seeds: int = 0
     partial: bool = False  # a mean over an incomplete row
 
-    def text(self, with_std: bool) -> str:
+    @property
+    def half_width(self) -> float | None:
+        """Half-width of the 95% t-interval of the mean over seeds (None with fewer than two)."""
+        if self.std is None or self.seeds < 2:
+            return None
+        from scipy import stats
+
+        return float(stats.t.ppf(0.975, self.seeds - 1) * self.std / np.sqrt(self.seeds))
+
+    @property
+    def interval(self) -> tuple[float | None, float | None]:
+        hw = self.half_width
+        return (None, None) if hw is None else (self.mean - hw, self.mean + hw)
+
+    def text(self, with_interval: bool) -> str:
         if self.mean is None:
             return MISSING
         out = f"{100 * self.mean:.2f}"
-        if with_std and self.seeds > 1:
-            out += f" ± {100 * self.std:.2f}"
+        if with_interval and self.half_width is not None:
+            out += f" ± {100 * self.half_width:.2f}"
         return out + ("*" if self.partial else "")
 
 
@@ -319,7 +334,8 @@ def render(table: Table, fmt: str, compare: bool = False) -> str:
             body.append([escape("Δ")] + [MISSING if x.mean is None or y.mean is None else f"{100 * (x.mean - y.mean):+.2f}"
                                          for x, y in zip(a, b)])
     header = [escape(h) for h in ["Method", *table.columns]]
-    title = table.title + (f" ({seeds} seeds, mean ± std)" if seeds > 1 else " (1 seed)" if seeds == 1 else "")
+    title = table.title + (f" ({seeds} seeds, mean ± 95% t-interval over seeds)" if seeds > 1
+                           else " (1 seed)" if seeds == 1 else "")
     notes = list(table.notes)
     if has_paper:
         title += " — ours (paper, ours − paper)"
@@ -342,7 +358,8 @@ def latex_table(title: str, header: list[str], body: list[list[str]], notes: lis
 
 def to_frame(table: Table) -> pd.DataFrame:
     return pd.DataFrame([{"table": table.title, "row": name, "column": col, "mean": cell.mean, "std": cell.std,
-                          "seeds": cell.seeds, "partial": cell.partial}
+                          "ci_low": cell.interval[0], "ci_high": cell.interval[1], "n": cell.seeds,
+                          "partial": cell.partial}
                          for name, cells in table.rows for col, cell in zip(table.columns, cells)])
 
 
@@ -399,8 +416,10 @@ def write_figures(results: pd.DataFrame, metric: str, sources: list[str], datase
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(stats) + 2), 4))
     seeds = int(stats["count"].max()) if len(stats) else 0
     if seeds > 1:
-        ax.bar(stats.index, 100 * stats["mean"], yerr=100 * stats["std"].fillna(0), capsize=4)
-        ax.set_title(f"mean over unseen targets, {seeds} seeds\n(error bars: std over seeds)")
+        half = [Cell(m, sd, int(n)).half_width or 0.0
+                for m, sd, n in zip(stats["mean"], stats["std"], stats["count"])]
+        ax.bar(stats.index, 100 * stats["mean"], yerr=100 * np.asarray(half), capsize=4)
+        ax.set_title(f"mean over unseen targets, {seeds} seeds\n(error bars: 95% t-interval over seeds)")
     else:  # one seed: no spread to draw
         ax.bar(stats.index, 100 * stats["mean"])
         ax.set_title("mean over unseen targets, 1 seed")

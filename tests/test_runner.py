@@ -524,3 +524,18 @@ def test_ctrl_c_closes_the_job_run_as_killed_and_prints_no_traceback(tmp_path):
     assert "INFO mlflow" not in out  # a new store's set-up is not announced
     (run,) = runs_where(uri, "tags.job_hash != ''")
     assert run.info.status == "KILLED" and run.data.tags["error"] == "interrupted (Ctrl-C)"
+
+
+def test_num_seeds_derives_seeds_from_the_protocols(tmp_path, capsys):
+    from benchmark.cli import derived_seeds
+
+    assert derived_seeds([3407], 3) == [3407, 3408, 3409]
+    assert derived_seeds([0, 5], 1) == [0] and derived_seeds([0, 5], 4) == [0, 5, 6, 7]
+    protocol = write_protocol(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm", "--num-seeds", "3",
+                 "--dry-run"]) == 0
+    assert "6 jobs, 0 already FINISHED" in capsys.readouterr().out
+    assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri, "--num-seeds", "2", "--seeds", "1",
+                 "--dry-run"]) == 2
+    assert "--seeds and --num-seeds" in capsys.readouterr().err

@@ -97,9 +97,9 @@ def test_table1_cells_are_the_logged_numbers(paper_store):
 def test_seeds_give_mean_and_std_and_missing_job_shows_dash(paper_store):
     text = render(paper_store, "table1")
     rafdb = text.split("**Trained on RAF-DB")[1].split("**Trained on")[0]
-    assert "(2 seeds, mean ± std)" in text.split("**Trained on RAF-DB")[1].splitlines()[0]
+    assert "(2 seeds, mean ± 95% t-interval over seeds)" in text.split("**Trained on RAF-DB")[1].splitlines()[0]
     cafe = next(line for line in rafdb.splitlines() if line.startswith("| cafe"))
-    assert "89.22 ± 0.71" in cafe  # 88.72 and 89.72
+    assert "89.22 ± 6.35" in cafe  # 88.72 and 89.72: std 0.707, t(0.975, 1) = 12.706, / sqrt(2)
     sfew = text.split("**Trained on SFEW2.0 (1 seed)**")[1].split("**Trained on")[0]
     eac = next(line for line in sfew.splitlines() if line.startswith("| eac"))
     assert eac.count("–") == 6 and "no FINISHED run" in sfew
@@ -183,7 +183,7 @@ def test_one_seed_shows_no_spread_and_bold_needs_a_competitor(paper_store):
     results = tables.load_results(paper_store, "gfer5_ablation", DATASETS)
     frame = pd.concat(tables.to_frame(t) for t in tables.build_tables("table2", results, "acc", DATASETS, DATASETS,
                                                                       ["erm", "cafe"]))
-    assert frame["std"].isna().all() and (frame["seeds"] == 1).all()
+    assert frame["std"].isna().all() and frame["ci_low"].isna().all() and (frame["n"] == 1).all()
     lone = tables.Table("t", ["a", "b"], [("x", [tables.Cell(0.5, None, 1), tables.Cell(0.9, None, 1)]),
                                           ("y", [tables.Cell(0.7, None, 1), tables.Cell(None)])])
     x, y = markdown_rows(tables.render(lone, "md"))[2:]
@@ -194,3 +194,14 @@ def test_compare_paper_says_so_when_no_cell_has_a_paper_value():
     table = tables.Table("Trained on synth5/studio", ["studio"], [("cafe", [tables.Cell(0.5, None, 1)])])
     text = tables.render(table, "md", compare=True)
     assert "ours (paper" not in text and "No paper value exists for any cell" in text
+
+
+def test_csv_gives_the_t_interval_of_a_two_seed_cell(paper_store):
+    results = tables.load_results(paper_store, "gfer5", DATASETS)
+    frame = pd.concat(tables.to_frame(t) for t in tables.build_tables("table1", results, "acc", DATASETS, DATASETS,
+                                                                      ["cafe"]))
+    cell = frame[(frame["table"] == "Trained on RAF-DB") & (frame["row"] == "cafe") & (frame["column"] == "RAF-DB")]
+    (row,) = cell.to_dict("records")
+    assert row["n"] == 2 and row["mean"] == pytest.approx(0.8922)
+    assert row["ci_high"] - row["mean"] == pytest.approx(12.7062 * 0.0070711 / 2 ** 0.5, rel=1e-4)
+    assert row["mean"] - row["ci_low"] == pytest.approx(row["ci_high"] - row["mean"])
