@@ -3,13 +3,15 @@
 Each job pins its torch thread count (`--threads`). Two invocations on one machine, each
 sure it has the machine to itself, would run their jobs side by side with twice the threads
 there are cores: on 2 cores a 1-epoch job that takes 6 s alone took 68 s so. A job therefore
-trains only while it holds one of this machine's `cores // threads` slots: lock files in the
-cache folder, which every process of the machine shares (a process that dies frees its slot).
+trains only while it holds one of this machine's `cores // threads` slots: lock files in this
+machine's temporary folder (never the cache, which a cluster may share over the network), one
+set per user; a process that dies frees its slot.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +20,15 @@ from typing import Iterator
 from filelock import FileLock, Timeout
 
 POLL_S = 0.2
+
+
+def machine_slot_folder() -> Path:
+    """Where this machine's slots live: $BENCHMARK_SLOTS, else local to the machine, one folder
+    per user."""
+    if os.environ.get("BENCHMARK_SLOTS"):
+        return Path(os.environ["BENCHMARK_SLOTS"])
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"benchmark-core-slots-{uid}"
 
 
 def slot_count(threads: int) -> int:

@@ -21,14 +21,13 @@ import numpy as np
 import pandas as pd
 
 from . import tracking
-from .cores import core_slot
+from .cores import core_slot, machine_slot_folder
 from .data import decode_split
 from .data.samples import printable_id
+from .environment import default_threads
 from .jobs import DataPlan, Job
 from .labels import CLASSES
-from .environment import default_threads
 from .metrics import evaluate
-from .paths import cache_dir
 
 _ENCODERS: dict[tuple[str, str | None], Any] = {}  # one encoder per process, shared by its jobs
 
@@ -113,7 +112,7 @@ def run_job(job: Job, ctx: RunContext) -> JobResult:
         return JobResult(job.hash, job.label, "SKIPPED", error=holder)
     result = JobResult(job.hash, job.label, "FAILED", run_id=log.run_id)
     with tracking.Heartbeat(ctx.tracking_uri, log.run_id), core_slot(ctx.threads or default_threads(1),
-                                                                      cache_dir() / "core-slots"):
+                                                                      machine_slot_folder()):
         try:
             _run_logged_job(job, ctx, log, result, start)
         except KeyboardInterrupt:  # Ctrl-C: the run is closed now, not left RUNNING for the next invocation

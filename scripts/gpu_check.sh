@@ -26,7 +26,7 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export BENCHMARK_CACHE="$WORK/cache" BENCHMARK_RESULTS="$WORK/results"
+export BENCHMARK_CACHE="$WORK/cache" BENCHMARK_RESULTS="$WORK/results" BENCHMARK_SLOTS="$WORK/slots"
 export MLFLOW_TRACKING_URI="sqlite:///$WORK/mlflow.db"
 : > "$OUT_DIR/stages.jsonl"
 

@@ -14,6 +14,7 @@ def isolated_outputs(tmp_path_factory, monkeypatch):
     out = tmp_path_factory.mktemp("results")
     monkeypatch.setenv("BENCHMARK_RESULTS", str(out))
     monkeypatch.setenv("BENCHMARK_CACHE", str(out / "cache"))
+    monkeypatch.setenv("BENCHMARK_SLOTS", str(out / "core-slots"))  # a test's jobs share no slot with others
     monkeypatch.delenv("FER_DATA_ROOT", raising=False)
     return out
 
