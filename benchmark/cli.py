@@ -144,7 +144,10 @@ def _cmd_perf(args: argparse.Namespace) -> int:
     if args.eval_methods:
         overrides["eval_methods"] = [m.strip() for m in args.eval_methods.split(",")]
     if args.pack:
-        overrides["pack"] = [int(n) for n in args.pack.split(",")]
+        try:
+            overrides["pack"] = [int(n) for n in args.pack.split(",")]
+        except ValueError:
+            raise BenchmarkError(f"--pack {args.pack!r}: expected numbers of processes, e.g. 4,8") from None
     if args.compile:
         overrides["compile"] = True
     if args.variant_methods is not None:
@@ -152,7 +155,12 @@ def _cmd_perf(args: argparse.Namespace) -> int:
     if args.loop_only:
         overrides["loop_only"] = True
     if args.pack_variants:
+        from .perf_loop import LOOP_VARIANTS
+
         overrides["pack_variants"] = [v.strip() for v in args.pack_variants.split(",")]
+        unknown = [v for v in overrides["pack_variants"] if v not in LOOP_VARIANTS]
+        if unknown:
+            raise BenchmarkError(f"--pack-variants: unknown {', '.join(unknown)} (known: {', '.join(LOOP_VARIANTS)})")
     for key in ("size", "batch_size", "steps", "backbone", "encoder", "loop_steps", "workers", "matmul_n"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)

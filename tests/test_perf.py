@@ -45,3 +45,10 @@ def test_perf_scale_trains_one_epoch_and_reports_memory(tmp_path, capsys):
     assert scale["images"] == 600 and scale["size"] == 24
     assert scale["cache_mb"] == 600 * 24 * 24 * 3 / 2**20
     assert scale["epoch_s"] > 0 and scale["peak_rss_mb"] > 0 and scale["peak_rss_mb_build"] > 0
+
+
+def test_bad_pack_options_are_named_before_any_timing(capsys):
+    assert main(["perf", "--quick", "--pack", "four"]) == 2
+    assert "--pack 'four'" in capsys.readouterr().err
+    assert main(["perf", "--quick", "--pack", "2", "--pack-variants", "fastest"]) == 2
+    assert "--pack-variants: unknown fastest (known: sync_every_step" in capsys.readouterr().err
