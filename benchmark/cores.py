@@ -31,8 +31,15 @@ def machine_slot_folder() -> Path:
     return Path(tempfile.gettempdir()) / f"benchmark-core-slots-{uid}"
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def slot_count(threads: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, threads))
+    return max(1, usable_cores() // max(1, threads))
 
 
 @contextmanager

@@ -57,6 +57,6 @@ def signature(params: dict) -> str:
 
 def default_threads(jobs_at_once: int) -> int:
     """Threads per job when `jobs_at_once` jobs share this machine's cores."""
-    import os
+    from .cores import usable_cores
 
-    return max(1, (os.cpu_count() or 1) // max(1, jobs_at_once))
+    return max(1, usable_cores() // max(1, jobs_at_once))
