@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-import os
 import time
 from pathlib import Path
 
 import torch
 
+from .environment import default_threads
 from .trainer import Recipe
 
 LOOP_VARIANTS = {
@@ -129,7 +129,7 @@ def packed_throughput(spec: LoopSpec, processes: int, timeout_s: float = 600) ->
     """`processes` fits of `spec` at once on its device; the aggregate training images/s."""
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     barrier, results = ctx.Barrier(processes), ctx.Queue()
-    threads = max(1, (os.cpu_count() or 1) // processes)
+    threads = default_threads(processes)
     workers = [ctx.Process(target=_packed_worker, args=(spec, barrier, results, threads)) for _ in range(processes)]
     for w in workers:
         w.start()

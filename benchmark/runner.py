@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import tracking
+from .claim import holder_other_than
 from .cores import core_slot, machine_slot_folder
 from .data import decode_split
 from .data.samples import printable_id
@@ -101,9 +102,8 @@ def start_job_run(job: Job, ctx: RunContext) -> tracking.MlflowRunLog:
 
 
 def run_job(job: Job, ctx: RunContext) -> JobResult:
-    """Train and evaluate one job, logging everything to its own MLflow run; never raises."""
-    from .claim import holder_other_than
-
+    """Train and evaluate one job, logging everything to its own MLflow run. A failing job is a
+    FAILED result, not an exception; Ctrl-C closes the run as KILLED and propagates."""
     start = time.perf_counter()
     log = start_job_run(job, ctx)
     holder = holder_other_than(log.client, ctx.experiment_id, job.hash, log.run_id)

@@ -167,7 +167,7 @@ def _cells(frame: pd.DataFrame, targets: list[str], mean_over: list[str]) -> tup
         else:
             cells.append(Cell(None))
             missing = True
-    # Mean: per seed over the `mean_over` targets, then mean ± std over seeds.
+    # Mean: per seed over the `mean_over` targets, then mean and spread over seeds.
     sub = frame[frame["target"].isin(mean_over)]
     per_seed = sub.groupby("seed")["value"].mean()
     present = set(sub["target"])

@@ -108,8 +108,10 @@ def _checked_type(method: str, key: str, value: Any, default: Any) -> Any:
     """`value` as the type of the hyperparameter's default (an int where a float is expected, a
     list where a tuple is), or a BenchmarkError naming the method and key."""
     expected = type(default)
-    if isinstance(default, bool) or default is None:
-        ok = isinstance(value, expected) or default is None
+    if default is None:  # no default to take a type from
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value

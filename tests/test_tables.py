@@ -62,7 +62,7 @@ def paper_store(tmp_path_factory):
         if table == "table5" and method == "cafe":
             continue  # logged once for gfer5_clip, with table4
         log_job(uri, exp, method, source, 3407, accs, backbone=backbone)
-    # A second seed of CAFE on RAF-DB in gfer5, one point higher everywhere: cells become mean ± std.
+    # A second seed of CAFE on RAF-DB in gfer5, one point higher everywhere: cells become mean ± interval.
     rafdb_cafe = cells[(cells["table"] == "table1") & (cells["source"] == "rafdb") & (cells["method"] == "cafe")]
     log_job(uri, tracking.experiment_id(uri, "gfer5"), "cafe", "rafdb", 1,
             {t: a + 1 for t, a in zip(rafdb_cafe["target"], rafdb_cafe["accuracy"])})
