@@ -70,7 +70,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .grid import run_grid
     from .jobs import plan_from
     from .protocol import load_protocol
-    from .tracking import default_tracking_uri
+    from .store import open_store
 
     overrides = parse_assignments(args.set, "--set")
     if args.seeds:
@@ -84,7 +84,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         protocol.seeds = derived_seeds(protocol.seeds, args.num_seeds)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else protocol.methods
     plan = plan_from(protocol, args.data_root, parse_assignments(args.dataset_path, "--dataset-path"))
-    return run_grid(protocol, methods, plan, tracking_uri=args.tracking_uri or default_tracking_uri(),
+    return run_grid(protocol, methods, plan, store=open_store(args.tracking_uri),
                     executor=args.executor, dry_run=args.dry_run, device=args.device, ray_address=args.ray_address,
                     jobs_per_gpu=args.jobs_per_gpu, command=" ".join(sys.argv), threads=args.threads)
 
@@ -93,15 +93,15 @@ def _cmd_table(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import tables
-    from .tracking import default_tracking_uri, latest_protocol
+    from .store import open_store
 
-    uri = args.tracking_uri or default_tracking_uri()
-    protocol_name = args.protocol or latest_protocol(uri)
+    store = open_store(args.tracking_uri)
+    protocol_name = args.protocol or store.latest_protocol()
     sources, datasets, preferred = tables.protocol_layout(protocol_name)
-    results = tables.load_results(uri, protocol_name, datasets)
+    results = store.results(protocol_name, datasets)
     if results.empty:
-        raise BenchmarkError(f"no FINISHED runs for protocol {protocol_name!r} in {uri}")
-    for warning in results.attrs.get("warnings", []):
+        raise BenchmarkError(f"no FINISHED runs for protocol {protocol_name!r} in {store.uri}")
+    for warning in results.attrs["warnings"] + tables.mixed_environments(results):
         print(f"warning: {warning}", file=sys.stderr)
     if not datasets:
         datasets = sorted(set(results["target"]))
@@ -179,9 +179,12 @@ def _cmd_protocols(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from .tracking import default_tracking_uri
+    from .store import default_uri
 
-    uri = args.tracking_uri or default_tracking_uri()
+    uri = args.tracking_uri or default_uri()
+    if uri.startswith("jsonl:"):
+        raise BenchmarkError(f"--tracking-uri {uri}: the UI shows MLflow stores only (a JSON-lines store is a folder "
+                             "of text files to read as they are)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
                "--port", str(args.port)]
     print(f"MLflow UI on http://{args.host}:{args.port} for {uri}", flush=True)
@@ -210,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a protocol field, e.g. recipe.epochs=2 or backbone.path=FILE (repeatable)")
     run.add_argument("--data-root", help="folder holding one sub-folder per dataset (default $FER_DATA_ROOT)")
     run.add_argument("--dataset-path", action="append", metavar="NAME=DIR", help="one dataset's folder (repeatable)")
-    run.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db)")
+    run.add_argument("--tracking-uri", help="result store: an MLflow tracking URI or jsonl:FOLDER (default "
+                     "$MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db)")
     run.add_argument("--executor", choices=["local", "ray"], default="local", help="in process (default) or Ray tasks")
     run.add_argument("--ray-address", help="join a running Ray cluster (default: start a local one)")
     run.add_argument("--jobs-per-gpu", type=int, default=1, help="jobs sharing one GPU: N worker processes with the local executor, "
@@ -227,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--format", choices=["md", "latex", "csv"], default="md")
     table.add_argument("--compare", choices=["paper"], help="put the paper's number and the difference beside ours")
     table.add_argument("--metric", choices=["acc", "mean_class_acc", "macro_f1"], default="acc")
-    table.add_argument("--tracking-uri", help="MLflow tracking URI (default as `run`)")
+    table.add_argument("--tracking-uri", help="result store to read (default as `run`)")
     table.set_defaults(func=_cmd_table)
     methods = sub.add_parser("methods", help="list the registered methods")
     methods.set_defaults(func=_cmd_methods)

@@ -6,84 +6,16 @@ import dataclasses
 import json
 import os
 import time
-from dataclasses import dataclass
 from typing import Iterable
 
 from tabulate import tabulate
 
-from . import tracking
 from .environment import default_threads
 from .errors import BenchmarkError
 from .jobs import DataPlan, Job, expand
 from .protocol import Protocol
 from .runner import JobResult, RunContext, run_job
-
-
-@dataclass
-class JobState:
-    job: Job
-    state: str  # "new", "FINISHED", "FAILED", "RUNNING" (alive, or unknown), "abandoned" (known dead)
-    run_ids: list[str]
-
-
-def job_states(jobs: list[Job], tracking_uri: str, experiment_id: str) -> list[JobState]:
-    """What the store already says about each job, by its hash."""
-    c = tracking.client(tracking_uri)
-    wanted = {j.hash for j in jobs}
-    by_hash: dict[str, list] = {}
-    token = None
-    while True:  # tag filters cannot say IN (...): page through the experiment's job runs
-        page = tracking.retry(lambda: c.search_runs([experiment_id], "tags.job_hash != ''", max_results=1000,
-                                                    page_token=token))
-        for run in page:
-            if run.data.tags.get("job_hash") in wanted:
-                by_hash.setdefault(run.data.tags["job_hash"], []).append(run)
-        token = page.token
-        if not token:
-            break
-    states = []
-    for job in jobs:
-        runs = by_hash.get(job.hash, [])
-        statuses = {r.info.status for r in runs}
-        ids = [r.info.run_id for r in runs]
-        if "FINISHED" in statuses:
-            state = "FINISHED"
-        elif "RUNNING" in statuses:
-            alive = [tracking.run_alive(r.data.tags) for r in runs if r.info.status == "RUNNING"]
-            state = "abandoned" if all(a is False for a in alive) else "RUNNING"
-        elif statuses:
-            state = "FAILED"
-        else:
-            state = "new"
-        states.append(JobState(job, state, ids))
-    return states
-
-
-ABANDONED = "abandoned: its process ended without finishing"
-
-
-def _close_abandoned(c, run_id: str, status: str) -> None:
-    tracking.retry(lambda: c.set_tag(run_id, "error", ABANDONED))
-    tracking.retry(lambda: c.set_terminated(run_id, status))
-
-
-def mark_abandoned(state: JobState, tracking_uri: str) -> None:
-    c = tracking.client(tracking_uri)
-    for run_id in state.run_ids:
-        run = tracking.retry(lambda: c.get_run(run_id))
-        if run.info.status == "RUNNING":
-            _close_abandoned(c, run_id, "FAILED")
-
-
-def close_abandoned_grids(experiment_id: str, tracking_uri: str) -> None:
-    """Parent runs of earlier `benchmark run`s on this host whose process died without closing
-    them (SIGKILL, power loss) are marked KILLED, as an interrupted run marks its own."""
-    c = tracking.client(tracking_uri)
-    running = tracking.retry(lambda: c.search_runs(
-        [experiment_id], "tags.kind = 'grid' and attributes.status = 'RUNNING'", max_results=1000))
-    for run in running:
-        if tracking.process_alive(run.data.tags) is False:
-            _close_abandoned(c, run.info.run_id, "KILLED")
+from .store import JobState, ResultStore
 
 
 def dry_run_table(states: list[JobState]) -> str:
@@ -187,7 +119,7 @@ def report(result: JobResult) -> None:
         print(f"[FAILED] {result.label}: {result.error} (run {result.run_id})", flush=True)
 
 
-def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, tracking_uri: str, executor: str = "local",
+def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: ResultStore, executor: str = "local",
              dry_run: bool = False, device: str | None = None, ray_address: str | None = None,
              jobs_per_gpu: int = 1, command: str = "", threads: int | None = None) -> int:
     """Run (or list) the grid; returns the process exit code (1 when any job failed).
@@ -199,12 +131,12 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, tracking
         raise BenchmarkError(f"--threads {threads}: must be 1 or more")
     threads = threads or default_threads(jobs_per_gpu)
     jobs = expand(protocol, methods, plan)
-    experiment = tracking.experiment_id(tracking_uri, protocol.name)
-    states = job_states(jobs, tracking_uri, experiment)
+    experiment = store.experiment(protocol.name)
+    states = store.job_states(jobs, experiment)
     if dry_run:
         print(dry_run_table(states))
         print(f"{len(jobs)} jobs, {sum(s.state == 'FINISHED' for s in states)} already FINISHED "
-              f"(experiment {protocol.name!r} in {tracking_uri})")
+              f"(experiment {protocol.name!r} in {store.uri})")
         return 0
     todo = []
     for s in states:
@@ -214,19 +146,15 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, tracking
             print(f"[skip] {s.job.label}: RUNNING in another live process (hash {s.job.hash})", flush=True)
         else:
             if s.state == "abandoned":
-                mark_abandoned(s, tracking_uri)
+                store.mark_abandoned(s, experiment)
                 print(f"[resume] {s.job.label}: its earlier run was abandoned; running it again", flush=True)
             todo.append(s.job)
-    close_abandoned_grids(experiment, tracking_uri)
-    c = tracking.client(tracking_uri)
-    parent = tracking.retry(lambda: c.create_run(experiment, run_name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
-                                                 tags={"protocol": protocol.name, "kind": "grid",
-                                                       "command": command[:5000], **tracking.process_tags()}))
-    parent_log = tracking.MlflowRunLog(tracking_uri, parent.info.run_id)
+    store.close_abandoned_grids(experiment)
+    parent_log = store.open_grid(experiment, protocol.name, command)
     parent_log.params({"methods": ",".join(methods), "executor": executor, "jobs": len(jobs), "todo": len(todo),
                        "threads_per_job": threads, "jobs_per_gpu": jobs_per_gpu})
     parent_log.text("protocol.json", json.dumps(protocol.to_dict(), indent=1, default=str))
-    ctx = RunContext(tracking_uri, experiment, parent.info.run_id, plan, protocol.to_dict(), device, threads)
+    ctx = RunContext(store, experiment, parent_log.run_id, plan, protocol.to_dict(), device, threads)
     started = time.perf_counter()
 
     def announce(job: Job) -> None:

@@ -20,8 +20,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import tracking
-from .claim import holder_other_than
 from .cores import core_slot, machine_slot_folder
 from .data import decode_split
 from .data.samples import printable_id
@@ -29,6 +27,7 @@ from .environment import default_threads
 from .jobs import DataPlan, Job
 from .labels import CLASSES
 from .metrics import evaluate
+from .store import ResultStore, RunLog, schema
 
 _ENCODERS: dict[tuple[str, str | None], Any] = {}  # one encoder per process, shared by its jobs
 
@@ -37,7 +36,7 @@ _ENCODERS: dict[tuple[str, str | None], Any] = {}  # one encoder per process, sh
 class RunContext:
     """What a job needs besides itself; picklable, so Ray workers get it too."""
 
-    tracking_uri: str
+    store: ResultStore
     experiment_id: str
     parent_run_id: str
     plan: DataPlan
@@ -60,14 +59,15 @@ class JobResult:
 
 
 def library_versions() -> dict[str, str]:
-    import mlflow
+    from importlib.metadata import version
+
     import open_clip
     import sklearn
     import torch
     import torchvision
 
     return {"torch": torch.__version__, "torchvision": torchvision.__version__, "open_clip": open_clip.__version__,
-            "mlflow": mlflow.__version__, "scikit-learn": sklearn.__version__, "python": platform.python_version()}
+            "mlflow": version("mlflow"), "scikit-learn": sklearn.__version__, "python": platform.python_version()}
 
 
 def git_commit() -> str:
@@ -92,38 +92,29 @@ def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
     return {f"{prefix}.{k}": v for k, v in values.items()}
 
 
-def start_job_run(job: Job, ctx: RunContext) -> tracking.MlflowRunLog:
-    c = tracking.client(ctx.tracking_uri)
-    tags = {"job_hash": job.hash, "method": job.method, "source": job.source, "seed": str(job.seed),
-            "protocol": job.protocol, "mlflow.parentRunId": ctx.parent_run_id, **tracking.process_tags()}
-    run = tracking.retry(lambda: c.create_run(ctx.experiment_id, tags=tags,
-                                              run_name=f"{job.method}-{tracking.metric_name(job.source)}-s{job.seed}"))
-    return tracking.MlflowRunLog(ctx.tracking_uri, run.info.run_id)
-
-
 def run_job(job: Job, ctx: RunContext) -> JobResult:
     """Train and evaluate one job, logging everything to its own MLflow run. A failing job is a
     FAILED result, not an exception; Ctrl-C closes the run as KILLED and propagates."""
     start = time.perf_counter()
-    log = start_job_run(job, ctx)
-    holder = holder_other_than(log.client, ctx.experiment_id, job.hash, log.run_id)
+    log = ctx.store.open_job(ctx.experiment_id, ctx.parent_run_id, job)
+    holder = ctx.store.claim(ctx.experiment_id, job.hash, log.run_id)
     if holder is not None:  # another process trains (or trained) this job: leave no trace of ours
-        tracking.retry(lambda: log.client.delete_run(log.run_id))
+        ctx.store.delete_run(log.run_id)
         return JobResult(job.hash, job.label, "SKIPPED", error=holder)
     result = JobResult(job.hash, job.label, "FAILED", run_id=log.run_id)
-    with tracking.Heartbeat(ctx.tracking_uri, log.run_id), core_slot(ctx.threads or default_threads(1),
+    with ctx.store.heartbeat(log.run_id), core_slot(ctx.threads or default_threads(1),
                                                                       machine_slot_folder()):
         try:
             _run_logged_job(job, ctx, log, result, start)
         except KeyboardInterrupt:  # Ctrl-C: the run is closed now, not left RUNNING for the next invocation
-            log.tags({"error": "interrupted (Ctrl-C)"})
+            log.tags({schema.ERROR: "interrupted (Ctrl-C)"})
             log.finish("KILLED")
             raise
     result.seconds = time.perf_counter() - start
     return result
 
 
-def _run_logged_job(job: Job, ctx: RunContext, log: tracking.MlflowRunLog, result: JobResult, start: float) -> None:
+def _run_logged_job(job: Job, ctx: RunContext, log: RunLog, result: JobResult, start: float) -> None:
     """run_job's body: fills `result` and closes the run as FINISHED or FAILED."""
     import torch
 
@@ -144,7 +135,7 @@ def _run_logged_job(job: Job, ctx: RunContext, log: tracking.MlflowRunLog, resul
         log.params({**_flatten("hp", job.hparams), **_flatten("recipe", dataclasses.asdict(job.recipe)),
                     "encoder": job.encoder["id"] if job.encoder else "none",
                     "encoder.digest": job.encoder["digest"] if job.encoder else "none",
-                    "backbone": f"{job.backbone['name']}:{job.backbone['weights']}",
+                    schema.BACKBONE: f"{job.backbone['name']}:{job.backbone['weights']}",
                     "backbone.digest": job.backbone["digest"], "test_split": job.test_split,
                     **{f"data.{k}": v for k, v in job.fingerprints.items()},
                     **_flatten("lib", library_versions()), "git_commit": git_commit(),
@@ -173,23 +164,22 @@ def _run_logged_job(job: Job, ctx: RunContext, log: tracking.MlflowRunLog, resul
                 probs = method.predict(test)
                 preds = probs.argmax(1)
                 ev = evaluate(test.labels, preds)
-                name = tracking.metric_name(target)
-                log.metrics(ev.as_metrics(f"test/{name}"))
+                log.metrics(ev.as_metrics(schema.target_prefix(target)))
                 result.accs[target] = ev.acc
                 ids = [printable_id(samples.ids[k]) for k in test.kept]
-                _write_target_artifacts(Path(tmp) / name, test, ids, probs, preds, ev)
+                _write_target_artifacts(Path(tmp) / schema.safe_name(target), test, ids, probs, preds, ev)
                 if target == job.source:
                     method.report(test, log)
-            log.client.log_artifacts(log.run_id, tmp, "evaluation")
+            log.artifacts(Path(tmp), "evaluation")
         result.source_acc = result.accs.get(job.source)
         result.mean_target_acc = float(np.mean(list(result.accs.values())))
-        log.metrics({"test/mean_acc": result.mean_target_acc, "time/job_seconds": time.perf_counter() - start})
+        log.metrics({schema.MEAN_ACC: result.mean_target_acc, schema.JOB_SECONDS: time.perf_counter() - start})
         result.status = "FINISHED"
         log.finish("FINISHED")
     except Exception as exc:  # noqa: BLE001 - a failing job is recorded and the grid goes on
         result.error = f"{type(exc).__name__}: {exc}"
         try:
-            log.tags({"error": result.error[:5000]})
+            log.tags({schema.ERROR: result.error[:5000]})
             log.text("error.txt", traceback.format_exc())
         finally:
             log.finish("FAILED")

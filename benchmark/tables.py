@@ -1,7 +1,7 @@
-"""`benchmark table`: the paper's Tables 1-5 and a per-class table, rebuilt from MLflow runs.
+"""`benchmark table`: the paper's Tables 1-5 and a per-class table, built from results.
 
-Runs are read with `mlflow.search_runs` into a long frame (method, backbone, source, target,
-seed, metric value), aggregated over seeds with pandas, and written with tabulate (markdown,
+Pure functions of the tidy results frame the store reads (benchmark.store: one row per method,
+backbone, source, seed, target, metric, value), aggregated over seeds with pandas, and written with tabulate (markdown,
 LaTeX) or pandas (CSV). Cells are percentages with two decimals, `mean ± h` over seeds when
 there are several, h the half-width of the 95% t-interval of the mean over seeds (the CSV gives
 mean, std, ci_low, ci_high and n). A missing cell (a job not run, or FAILED) prints as `–` with a footnote; a
@@ -22,7 +22,6 @@ from tabulate import tabulate
 
 from .errors import BenchmarkError
 from .labels import CLASSES
-from .tracking import metric_name
 
 PAPER_ORDER = ["rafdb", "ferplus", "affectnet", "sfew", "mma"]
 DISPLAY = {"rafdb": "RAF-DB", "ferplus": "FERPlus", "affectnet": "AffectNet", "sfew": "SFEW2.0", "mma": "MMA"}
@@ -34,54 +33,6 @@ TABLE_METHODS = {"table2": ["erm", "cafe_mask", "cafe_mask_sep", "cafe"], "table
 
 def display(name: str) -> str:
     return DISPLAY.get(name, name)
-
-
-def load_results(tracking_uri: str, protocol: str, datasets: list[str] | None = None) -> pd.DataFrame:
-    """Long frame of FINISHED job runs: method, backbone, source, seed, target, metric, value,
-    and the run's environment signature (benchmark.environment).
-
-    One FINISHED run counts per job hash (the earliest); others, left by concurrent runs of
-    older versions, are ignored. What the reader should know (ignored duplicates, runs from
-    different environments in one store) is in `frame.attrs["warnings"]`.
-    """
-    import mlflow
-
-    from .environment import SIGNATURE_KEYS, signature
-
-    mlflow.set_tracking_uri(tracking_uri)
-    runs = mlflow.search_runs(experiment_names=[protocol], filter_string="tags.job_hash != ''",
-                              max_results=50000)
-    columns = ["method", "backbone", "source", "seed", "target", "metric", "value", "env"]
-    warnings: list[str] = []
-    if runs.empty:
-        empty = pd.DataFrame(columns=columns)
-        empty.attrs["warnings"] = warnings
-        return empty
-    runs = runs[runs["status"] == "FINISHED"].sort_values(["start_time", "run_id"], kind="stable")
-    duplicated = runs["tags.job_hash"].duplicated(keep="first")
-    if duplicated.any():
-        hashes = sorted(set(runs.loc[duplicated, "tags.job_hash"]))
-        warnings.append(f"{int(duplicated.sum())} extra FINISHED run(s) of {len(hashes)} job(s) ignored "
-                        f"(one run counts per job hash; hashes {', '.join(hashes)})")
-        runs = runs[~duplicated]
-    rows = []
-    names = {metric_name(d): d for d in (datasets or [])}
-    for _, run in runs.iterrows():
-        backbone = str(run.get("params.backbone", "")).split(":")[0]
-        env = signature({k: run.get(f"params.{k}") for k in SIGNATURE_KEYS})
-        for column, value in run.items():
-            if not (isinstance(column, str) and column.startswith("metrics.test/")) or pd.isna(value):
-                continue
-            parts = column[len("metrics.test/"):].split("/", 1)
-            if len(parts) != 2:
-                continue  # test/mean_acc
-            target = names.get(parts[0], parts[0])
-            rows.append([run["tags.method"], backbone, run["tags.source"], int(run["tags.seed"]), target,
-                         parts[1], float(value), env])
-    # A fixed row order makes every sum (and so every rounded cell) the same from run to run.
-    frame = pd.DataFrame(rows, columns=columns).sort_values(columns[:6], kind="stable").reset_index(drop=True)
-    frame.attrs["warnings"] = warnings + mixed_environments(frame)
-    return frame
 
 
 def mixed_environments(results: pd.DataFrame) -> list[str]:

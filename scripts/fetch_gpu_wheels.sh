@@ -6,7 +6,7 @@
 #   scripts/fetch_gpu_wheels.sh        (then carry .whl with the device call)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MLFLOW_VERSION=$(python3 -c 'import mlflow; print(mlflow.__version__)' 2>/dev/null || echo 3.17.2)
+MLFLOW_VERSION=$(python3 -c 'from importlib.metadata import version; print(version("mlflow"))' 2>/dev/null || echo 3.17.2)
 all=$(mktemp -d)
 trap 'rm -rf "$all"' EXIT
 python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -1,4 +1,4 @@
-"""Summarise a grid's MLflow experiment as JSON: runs per job, their statuses and times.
+"""Summarise a grid's experiment as JSON: runs per job, their statuses and times.
 
     python scripts/grid_summary.py EXPERIMENT OUT.json   (store: $MLFLOW_TRACKING_URI)
 
@@ -8,30 +8,27 @@ Exits 1 unless every job has exactly one run and it FINISHED (what the GPU check
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections import defaultdict
 
-from mlflow.tracking import MlflowClient
+from benchmark.store import open_store, schema
 
 
 def main(experiment: str, out: str) -> int:
-    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=5000)
+    store = open_store()
+    exp = store.experiment(experiment, create=False)
     jobs = defaultdict(list)
     grids = []
-    for run in runs:
-        row = {"run_id": run.info.run_id, "status": run.info.status,
-               "seconds": (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None}
-        if run.data.tags.get("kind") == "grid":
+    for run in store.runs(exp):
+        row = {"run_id": run.run_id, "status": run.status,
+               "seconds": (run.end_time - run.start_time) / 1000 if run.end_time else None}
+        if run.tags.get(schema.KIND) == "grid":
             grids.append(row)
             continue
-        row.update(method=run.data.tags.get("method"), source=run.data.tags.get("source"),
-                   pid=run.data.tags.get("pid"), mean_acc=run.data.metrics.get("test/mean_acc"),
-                   epoch_seconds=run.data.metrics.get("train/epoch_seconds"),
-                   error=run.data.tags.get("error"))
-        jobs[run.data.tags["job_hash"]].append(row)
+        row.update(method=run.tags.get(schema.METHOD), source=run.tags.get(schema.SOURCE),
+                   pid=run.tags.get(schema.PID), mean_acc=run.metrics.get(schema.MEAN_ACC),
+                   epoch_seconds=run.metrics.get("train/epoch_seconds"), error=run.tags.get(schema.ERROR))
+        jobs[run.tags[schema.JOB_HASH]].append(row)
     ok = all(len(r) == 1 and r[0]["status"] == "FINISHED" for r in jobs.values())
     summary = {"experiment": experiment, "jobs": len(jobs), "runs": sum(len(r) for r in jobs.values()),
                "finished": sum(r["status"] == "FINISHED" for rs in jobs.values() for r in rs),

@@ -15,8 +15,8 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.errors import BenchmarkError
-from benchmark.grid import ABANDONED
 from benchmark.protocol import ProtocolError, load_protocol
+from benchmark.store import ABANDONED, RunRecord, open_store
 
 from .fsdata import write_image
 
@@ -53,33 +53,30 @@ def write_protocol(tmp_path: Path, epochs: int = 1, extra: str = "") -> Path:
     return path
 
 
-def runs_where(uri: str, filter_string: str) -> list:
-    from mlflow.tracking import MlflowClient
-
-    c = MlflowClient(uri)
-    return c.search_runs([c.get_experiment_by_name("tiny").experiment_id], filter_string, max_results=1000)
-
-
-def finished_runs(uri: str) -> list:
-    return runs_where(uri, "tags.job_hash != ''")
+def finished_runs(uri: str) -> list[RunRecord]:
+    """Every job run of the tiny protocol's experiment, whatever its status."""
+    store = open_store(uri)
+    return store.runs(store.experiment("tiny"), jobs_only=True)
 
 
-def grid_runs(uri: str) -> list:
-    return runs_where(uri, "tags.kind = 'grid'")
+def grid_runs(uri: str) -> list[RunRecord]:
+    store = open_store(uri)
+    return store.runs(store.experiment("tiny"), kind="grid")
 
 
-def test_tiny_grid_logs_every_metric_and_dry_run_lists_jobs(tmp_path, capsys):
+@pytest.mark.parametrize("uri", ["sqlite:///{tmp}/store.db", "jsonl:{tmp}/runs"], ids=["mlflow", "jsonl"])
+def test_tiny_grid_logs_every_metric_and_dry_run_lists_jobs(tmp_path, capsys, uri):
     protocol = write_protocol(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    uri = uri.format(tmp=tmp_path)
     assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "4 jobs, 0 already FINISHED" in out and out.count(" new") == 4
 
     assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri]) == 0
     runs = finished_runs(uri)
-    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
-    run = next(r for r in runs if r.data.tags["method"] == "clip_ft" and r.data.tags["source"] == "synth5/studio")
-    tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+    assert len(runs) == 4 and {r.status for r in runs} == {"FINISHED"}
+    run = next(r for r in runs if r.tags["method"] == "clip_ft" and r.tags["source"] == "synth5/studio")
+    tags, metrics, params = run.tags, run.metrics, run.params
     assert tags["seed"] == "0" and tags["protocol"] == "tiny" and len(tags["job_hash"]) == 16
     assert "mlflow.parentRunId" in tags and "heartbeat" in tags  # a job run beats while it runs
     for target in ("synth5.studio", "synth5.film"):
@@ -91,9 +88,7 @@ def test_tiny_grid_logs_every_metric_and_dry_run_lists_jobs(tmp_path, capsys):
     assert params["recipe.precision"] == "auto" and params["execution.autocast"] == "off"  # CPU: fp32
     assert params["execution.clip_dtype"] == "float32" and params["recipe.data_path"] == "cache"
     assert "data.synth5/studio:train" in params and "git_commit" in params
-    from mlflow.tracking import MlflowClient
-
-    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id, "evaluation/synth5.film")}
+    artifacts = set(open_store(uri).artifact_paths(run.run_id, "evaluation/synth5.film"))
     assert {"evaluation/synth5.film/confusion.csv", "evaluation/synth5.film/confusion.png",
             "evaluation/synth5.film/predictions.csv"} <= artifacts
 
@@ -111,8 +106,8 @@ def run_cli(args: list[str], env_extra: dict[str, str] | None = None) -> subproc
 
 
 def accuracies(uri: str) -> dict[str, dict[str, float]]:
-    return {r.data.tags["job_hash"]: {k: v for k, v in r.data.metrics.items() if k.startswith("test/")}
-            for r in finished_runs(uri) if r.info.status == "FINISHED"}
+    return {r.tags["job_hash"]: {k: v for k, v in r.metrics.items() if k.startswith("test/")}
+            for r in finished_runs(uri) if r.status == "FINISHED"}
 
 
 def test_killed_grid_resumes_without_duplicates_and_matches_uninterrupted(tmp_path):
@@ -127,19 +122,19 @@ def test_killed_grid_resumes_without_duplicates_and_matches_uninterrupted(tmp_pa
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    states = [r.info.status for r in finished_runs(killed_uri)]
+    states = [r.status for r in finished_runs(killed_uri)]
     assert "FINISHED" in states and len([s for s in states if s == "FINISHED"]) < 4
 
     resumed = run_cli(["run", "--protocol", str(protocol), "--tracking-uri", killed_uri])
     out = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, out
     runs = finished_runs(killed_uri)
-    finished = [r.data.tags["job_hash"] for r in runs if r.info.status == "FINISHED"]
+    finished = [r.tags["job_hash"] for r in runs if r.status == "FINISHED"]
     assert len(finished) == 4 and len(set(finished)) == 4  # every job once, none twice
-    assert all(r.info.status in ("FINISHED", "FAILED") for r in runs)  # the killed run is closed
+    assert all(r.status in ("FINISHED", "FAILED") for r in runs)  # the killed run is closed
     grids = grid_runs(killed_uri)  # the killed invocation's parent run too, as KILLED
-    assert sorted(r.info.status for r in grids) == ["FINISHED", "KILLED"]
-    assert [r.data.tags["error"] for r in grids if r.info.status == "KILLED"] == [ABANDONED]
+    assert sorted(r.status for r in grids) == ["FINISHED", "KILLED"]
+    assert [r.tags["error"] for r in grids if r.status == "KILLED"] == [ABANDONED]
 
     clean_uri = f"sqlite:///{tmp_path / 'clean.db'}"
     clean = run_cli(["run", "--protocol", str(protocol), "--tracking-uri", clean_uri])
@@ -148,40 +143,43 @@ def test_killed_grid_resumes_without_duplicates_and_matches_uninterrupted(tmp_pa
 
 
 def test_running_job_on_another_host_is_judged_by_its_heartbeat(tmp_path, capsys):
-    from benchmark import tracking
+    from benchmark.store.liveness import HEARTBEAT_STALE_S
 
     protocol = write_protocol(tmp_path)
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     args = ["run", "--protocol", str(protocol), "--tracking-uri", uri, "--dry-run"]
     assert main(args) == 0
     hashes = [line.split()[3] for line in capsys.readouterr().out.splitlines() if line.endswith(" new")]
-    c = tracking.client(uri)
-    experiment = tracking.experiment_id(uri, "tiny")
+    store = open_store(uri)
+    experiment = store.experiment("tiny")
     now = time.time()
     elsewhere = {"host": "another-node", "pid": "1", "pid_started": "0"}
-    beats = {hashes[0]: now - tracking.HEARTBEAT_STALE_S - 60,  # its node died ten minutes ago
+    beats = {hashes[0]: now - HEARTBEAT_STALE_S - 60,  # its node died ten minutes ago
              hashes[1]: now - 5,  # still training over there
              hashes[2]: None}  # a run from before heartbeats: nothing to judge by
     for job_hash, beat in beats.items():
         tags = {"job_hash": job_hash, **elsewhere, **({"heartbeat": f"{beat:.0f}"} if beat else {})}
-        c.create_run(experiment, tags=tags)  # status RUNNING
+        store.create_run(experiment, "elsewhere", tags)  # status RUNNING
     assert main(args) == 0
     status = {line.split()[3]: line.split()[4] for line in capsys.readouterr().out.splitlines()
               if len(line.split()) == 5 and line.split()[3] in hashes}
     assert status == {hashes[0]: "abandoned", hashes[1]: "RUNNING", hashes[2]: "RUNNING", hashes[3]: "new"}
 
 
-def test_heartbeat_tags_the_run_with_the_time_and_stops_with_the_block(tmp_path):
-    from benchmark import tracking
+@pytest.mark.parametrize("uri", ["sqlite:///{tmp}/store.db", "jsonl:{tmp}/runs"])
+def test_heartbeat_tags_the_run_with_the_time_and_stops_with_the_block(tmp_path, uri):
+    store = open_store(uri.format(tmp=tmp_path))
+    experiment = store.experiment("beats")
+    run_id = store.create_run(experiment, "beating", {}).run_id
 
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
-    c = tracking.client(uri)
-    run_id = c.create_run(tracking.experiment_id(uri, "beats")).info.run_id
-    with tracking.Heartbeat(uri, run_id, every_s=0.05) as beat:
+    def tags() -> dict[str, str]:
+        return next(r for r in store.runs(experiment) if r.run_id == run_id).tags
+
+    with store.heartbeat(run_id, every_s=0.05) as beat:
         deadline = time.time() + 30
-        while "heartbeat" not in c.get_run(run_id).data.tags and time.time() < deadline:
+        while "heartbeat" not in tags() and time.time() < deadline:
             time.sleep(0.05)
-        assert abs(float(c.get_run(run_id).data.tags["heartbeat"]) - time.time()) < 30
+        assert abs(float(tags()["heartbeat"]) - time.time()) < 30
     assert not beat._thread.is_alive()
 
 
@@ -200,30 +198,25 @@ def test_failing_job_is_isolated_and_exit_code_is_nonzero(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "FAILED erm on imagefolder" in out and "unreadable image" in out
     runs = finished_runs(uri)
-    by_source = {r.data.tags["source"]: r for r in runs}
-    assert by_source["imagefolder"].info.status == "FAILED"
-    assert "train/sad/1.png: unreadable image" in by_source["imagefolder"].data.tags["error"]
-    assert by_source["synth5/studio"].info.status == "FINISHED"
-    assert "test/imagefolder/acc" in by_source["synth5/studio"].data.metrics
+    by_source = {r.tags["source"]: r for r in runs}
+    assert by_source["imagefolder"].status == "FAILED"
+    assert "train/sad/1.png: unreadable image" in by_source["imagefolder"].tags["error"]
+    assert by_source["synth5/studio"].status == "FINISHED"
+    assert "test/imagefolder/acc" in by_source["synth5/studio"].metrics
 
 
 def _log_many(uri: str, run_id: str, worker: int) -> None:
-    from benchmark.tracking import MlflowRunLog
-
-    log = MlflowRunLog(uri, run_id)
+    log = open_store(uri).run_log(run_id)
     for step in range(25):
         log.metrics({f"w{worker}/a": float(step), f"w{worker}/b": float(-step)}, step=step)
 
 
-def test_four_processes_logging_into_one_sqlite_store_lose_nothing(tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    from benchmark.tracking import experiment_id
-
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
-    exp = experiment_id(uri, "concurrency")
-    c = MlflowClient(uri)
-    run_ids = [c.create_run(exp).info.run_id for _ in range(4)]
+@pytest.mark.parametrize("uri", ["sqlite:///{tmp}/store.db", "jsonl:{tmp}/runs"])
+def test_four_processes_logging_into_one_store_lose_nothing(tmp_path, uri):
+    uri = uri.format(tmp=tmp_path)
+    store = open_store(uri)
+    exp = store.experiment("concurrency")
+    run_ids = [store.create_run(exp, f"w{w}", {}).run_id for w in range(4)]
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_log_many, args=(uri, run_ids[w], w)) for w in range(4)]
     for p in procs:
@@ -232,19 +225,17 @@ def test_four_processes_logging_into_one_sqlite_store_lose_nothing(tmp_path):
         p.join(timeout=120)
         assert p.exitcode == 0
     for w, run_id in enumerate(run_ids):
-        history = c.get_metric_history(run_id, f"w{w}/a")
-        assert sorted(m.step for m in history) == list(range(25))
+        history = store.metric_history(run_id, f"w{w}/a")
+        assert sorted(step for step, _ in history) == list(range(25))
 
 
 def _open_new_store(uri: str, barrier) -> None:
-    from benchmark.tracking import experiment_id
-
     barrier.wait()  # all four open the store that does not exist yet at the same moment
-    experiment_id(uri, "concurrency")
+    open_store(uri).experiment("concurrency")
 
 
 def test_four_processes_creating_one_new_sqlite_store_at_once_all_succeed(tmp_path):
-    # Without the lock in tracking.client, MLflow's schema migration raced here in 5 of 5 tries.
+    # Without the lock in mlflow_store.new_client, MLflow's schema migration raced here in 5 of 5 tries.
     uri = f"sqlite:///{tmp_path / 'new' / 'store.db'}"
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(4)
@@ -259,17 +250,17 @@ def test_four_processes_creating_one_new_sqlite_store_at_once_all_succeed(tmp_pa
 def test_a_store_whose_lock_file_cannot_be_written_still_opens(tmp_path, monkeypatch):
     import filelock
 
-    from benchmark import tracking
+    from benchmark.store import mlflow_store
 
     uri = f"sqlite:///{tmp_path / 'store.db'}"
-    tracking.experiment_id(uri, "existing")
-    tracking._READY_STORES.discard(uri)  # as a fresh process reading someone's read-only results
+    open_store(uri).experiment("existing")
+    mlflow_store._READY_STORES.discard(uri)  # as a fresh process reading someone's read-only results
 
     def refuse(self, *args, **kwargs):
         raise PermissionError(13, "Permission denied", f"{tmp_path / 'store.db.lock'}")
 
     monkeypatch.setattr(filelock.FileLock, "acquire", refuse)
-    assert tracking.client(uri).get_experiment_by_name("existing") is not None
+    assert open_store(uri).experiment("existing", create=False) is not None
 
 
 def test_protocol_unknown_key_and_wrong_type_are_named(tmp_path):
@@ -310,11 +301,11 @@ def test_ray_executor_runs_two_jobs_at_once_into_one_store(tmp_path, capsys):
         ray.shutdown()
     assert code == 0, capsys.readouterr().out
     runs = finished_runs(uri)
-    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len(runs) == 2 and {r.status for r in runs} == {"FINISHED"}
     for run in runs:
-        assert "test/synth5.film/acc" in run.data.metrics and "train/loss" in run.data.metrics
-    (a, b) = sorted(runs, key=lambda r: r.info.start_time)
-    assert b.info.start_time < a.info.end_time  # the two jobs overlapped: they ran at once
+        assert "test/synth5.film/acc" in run.metrics and "train/loss" in run.metrics
+    (a, b) = sorted(runs, key=lambda r: r.start_time)
+    assert b.start_time < a.end_time  # the two jobs overlapped: they ran at once
 
 
 def test_nan_loss_stops_the_job_as_failed(tmp_path, monkeypatch, capsys):
@@ -330,8 +321,8 @@ def test_nan_loss_stops_the_job_as_failed(tmp_path, monkeypatch, capsys):
     assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm",
                  "--sources", "synth5/film"]) == 1
     (run,) = finished_runs(uri)
-    assert run.info.status == "FAILED" and "TrainingDiverged" in run.data.tags["error"]
-    assert "loss is nan at epoch 1" in run.data.tags["error"]
+    assert run.status == "FAILED" and "TrainingDiverged" in run.tags["error"]
+    assert "loss is nan at epoch 1" in run.tags["error"]
 
 
 def test_ui_binds_to_localhost_unless_told(monkeypatch, capsys):
@@ -360,10 +351,10 @@ def test_local_executor_packs_jobs_into_worker_processes_each_job_once(tmp_path,
     args = ["run", "--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm", "--jobs-per-gpu", "2"]
     assert main(args) == 0, capsys.readouterr().out
     runs = finished_runs(uri)
-    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
-    assert len({r.data.tags["pid"] for r in runs}) == 2 and str(os.getpid()) not in {r.data.tags["pid"] for r in runs}
-    (a, b) = sorted(runs, key=lambda r: r.info.start_time)
-    assert b.info.start_time < a.info.end_time  # the two jobs overlapped: they ran at once
+    assert len(runs) == 2 and {r.status for r in runs} == {"FINISHED"}
+    assert len({r.tags["pid"] for r in runs}) == 2 and str(os.getpid()) not in {r.tags["pid"] for r in runs}
+    (a, b) = sorted(runs, key=lambda r: r.start_time)
+    assert b.start_time < a.end_time  # the two jobs overlapped: they ran at once
     assert main(args) == 0  # run again: both FINISHED, nothing trained twice
     assert "[skip]" in capsys.readouterr().out and len(finished_runs(uri)) == 2
     assert main(args[:-1] + ["0"]) == 2
@@ -376,7 +367,7 @@ def test_runs_record_their_environment_and_tables_warn_when_it_is_mixed(tmp_path
     base = ["run", "--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm"]
     assert main(base + ["--sources", "synth5/studio", "--threads", "1"]) == 0
     assert main(base + ["--sources", "synth5/film", "--threads", "2"]) == 0
-    params = {r.data.tags["source"]: r.data.params for r in finished_runs(uri)}
+    params = {r.tags["source"]: r.params for r in finished_runs(uri)}
     assert params["synth5/studio"]["env.threads"] == "1" and params["synth5/film"]["env.threads"] == "2"
     for key in ("env.torch", "env.cpu", "env.cpu_capability", "env.device", "env.deterministic_algorithms"):
         assert params["synth5/film"][key] == params["synth5/studio"][key] != ""
@@ -425,9 +416,9 @@ def two_invocations_at_once(protocol: Path, uri: str, tmp_path: Path) -> list[st
 
 def assert_each_job_trained_once(uri: str, outputs: list[str]) -> None:
     runs = finished_runs(uri)
-    hashes = [r.data.tags["job_hash"] for r in runs]
+    hashes = [r.tags["job_hash"] for r in runs]
     assert len(hashes) == 4 and len(set(hashes)) == 4  # one FINISHED run per hash, no other run left
-    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.status for r in runs} == {"FINISHED"}
     trainings = sum(out.count("[done]") for out in outputs)
     assert trainings == 4, "\n".join(outputs)  # no job trained twice
 
@@ -516,14 +507,14 @@ def test_ctrl_c_closes_the_job_run_as_killed_and_prints_no_traceback(tmp_path):
             break
     assert seen and seen[-1].startswith("[start]"), "".join(seen)
     deadline = time.time() + 60
-    while not runs_where(uri, "tags.job_hash != '' and params.`env.threads` != ''") and time.time() < deadline:
+    while not any(r.params.get("env.threads") for r in finished_runs(uri)) and time.time() < deadline:
         time.sleep(0.5)  # the job has logged its params: it is training
     proc.send_signal(signal.SIGINT)
     out = "".join(seen) + proc.communicate(timeout=120)[0]
     assert proc.returncode == 130 and "Traceback" not in out and "interrupted" in out, out
     assert "INFO mlflow" not in out  # a new store's set-up is not announced
-    (run,) = runs_where(uri, "tags.job_hash != ''")
-    assert run.info.status == "KILLED" and run.data.tags["error"] == "interrupted (Ctrl-C)"
+    (run,) = finished_runs(uri)
+    assert run.status == "KILLED" and run.tags["error"] == "interrupted (Ctrl-C)"
 
 
 def test_num_seeds_derives_seeds_from_the_protocols(tmp_path, capsys):

@@ -1,0 +1,37 @@
+"""The result store: where runs are written and read back (benchmark.store.base).
+
+    open_store("sqlite:///results/mlflow.db")   MLflow (any tracking URI it accepts)
+    open_store("jsonl:results/runs")            a folder of JSON lines, no MLflow
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..paths import results_dir
+from .base import ABANDONED, RESULT_COLUMNS, JobState, ResultStore, RunLog, RunRecord
+
+__all__ = ["ABANDONED", "RESULT_COLUMNS", "JobState", "ResultStore", "RunLog", "RunRecord", "default_uri",
+           "open_store"]
+
+
+def default_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else the SQLite file results/mlflow.db."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    results = results_dir().resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{results / 'mlflow.db'}"
+
+
+def open_store(uri: str | None = None) -> ResultStore:
+    """The store at `uri` (default: default_uri()); `jsonl:FOLDER` is the JSON-lines backend."""
+    from .jsonl_store import PREFIX, JsonlStore
+
+    uri = uri or default_uri()
+    if uri.startswith(PREFIX):
+        return JsonlStore(uri[len(PREFIX):])
+    from .mlflow_store import MlflowStore  # imports MLflow (a second or two): only when asked for
+
+    return MlflowStore(uri)

@@ -1,0 +1,255 @@
+"""The result store: the one owner of the run record.
+
+`ResultStore` is what the rest of the harness talks to. A backend implements a handful of
+primitives (experiments, creating / listing / deleting runs, a `RunLog` per run); everything the
+grid needs on top of them is written here once, for every backend: job states by hash, the claim
+that makes each job train once however many processes ask, closing abandoned runs, and the
+tidy results frame that tables are built from.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import schema
+from .liveness import Heartbeat, process_alive, process_tags, run_alive
+
+# How a claimant waits for others who stamped a run at the same moment (benchmark.store.claim).
+CLAIM_SETTLE_S = 0.5
+ABANDONED = "abandoned: its process ended without finishing"
+RESULT_COLUMNS = ["method", "backbone", "source", "seed", "target", "metric", "value", "env"]
+
+
+@dataclass
+class RunRecord:
+    """One run as read back from a store (metrics: the latest value of each key)."""
+
+    run_id: str
+    status: str  # RUNNING, FINISHED, FAILED, KILLED
+    start_time: int  # ms since the epoch
+    end_time: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class RunLog(abc.ABC):
+    """Writes to one run. Methods see only `metrics` and `figure` (benchmark.method.RunLog)."""
+
+    run_id: str
+
+    @abc.abstractmethod
+    def metrics(self, values: dict[str, float], step: int | None = None) -> None: ...
+
+    @abc.abstractmethod
+    def params(self, values: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def tags(self, values: dict[str, str]) -> None: ...
+
+    @abc.abstractmethod
+    def figure(self, name: str, figure: Any) -> None:
+        """Save a matplotlib figure as `figures/<name>` and close it."""
+
+    @abc.abstractmethod
+    def text(self, name: str, content: str) -> None: ...
+
+    @abc.abstractmethod
+    def artifacts(self, folder: Path, under: str) -> None:
+        """Copy every file below `folder` into the run, below `under`."""
+
+    @abc.abstractmethod
+    def finish(self, status: str) -> None: ...
+
+
+@dataclass
+class JobState:
+    job: Any  # benchmark.jobs.Job
+    state: str  # "new", "FINISHED", "FAILED", "RUNNING" (alive, or unknown), "abandoned" (known dead)
+    run_ids: list[str]
+
+
+class ResultStore(abc.ABC):
+    """A place runs are written to and read from; picklable, so workers on other processes and
+    hosts get it with their job and write straight to the same place."""
+
+    uri: str
+
+    # -- primitives a backend implements ------------------------------------------------------
+    @abc.abstractmethod
+    def experiment(self, name: str, create: bool = True) -> str | None:
+        """The id of the experiment `name` (created when absent and `create`; else None)."""
+
+    @abc.abstractmethod
+    def experiment_names(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    def create_run(self, experiment_id: str, name: str, tags: dict[str, str]) -> RunLog: ...
+
+    @abc.abstractmethod
+    def run_log(self, run_id: str) -> RunLog:
+        """A writer for an existing run (its own connection: safe beside another thread's)."""
+
+    @abc.abstractmethod
+    def runs(self, experiment_id: str, *, job_hash: str | None = None, kind: str | None = None,
+             jobs_only: bool = False) -> list[RunRecord]:
+        """Runs of the experiment: of one job hash, of one kind ("grid"), or every job run."""
+
+    @abc.abstractmethod
+    def delete_run(self, run_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) of every value logged for `key`, in the order logged."""
+
+    @abc.abstractmethod
+    def artifact_paths(self, run_id: str, folder: str) -> list[str]:
+        """Paths of the files a run holds below `folder` (relative to the run's artifact root)."""
+
+    # -- the grid's operations, the same for every backend ------------------------------------
+    def job_states(self, jobs: list, experiment_id: str) -> list[JobState]:
+        """What the store already says about each job, by its hash."""
+        wanted = {j.hash for j in jobs}
+        by_hash: dict[str, list[RunRecord]] = {}
+        for run in self.runs(experiment_id, jobs_only=True):
+            if run.tags.get(schema.JOB_HASH) in wanted:
+                by_hash.setdefault(run.tags[schema.JOB_HASH], []).append(run)
+        states = []
+        for job in jobs:
+            runs = by_hash.get(job.hash, [])
+            statuses = {r.status for r in runs}
+            if "FINISHED" in statuses:
+                state = "FINISHED"
+            elif "RUNNING" in statuses:
+                alive = [run_alive(r.tags) for r in runs if r.status == "RUNNING"]
+                state = "abandoned" if all(a is False for a in alive) else "RUNNING"
+            elif statuses:
+                state = "FAILED"
+            else:
+                state = "new"
+            states.append(JobState(job, state, [r.run_id for r in runs]))
+        return states
+
+    def mark_abandoned(self, state: JobState, experiment_id: str) -> None:
+        """Close a job's RUNNING runs whose owner is gone as FAILED, saying so."""
+        for run in self.runs(experiment_id, job_hash=state.job.hash):
+            if run.run_id in state.run_ids and run.status == "RUNNING":
+                self._close(run.run_id, "FAILED", ABANDONED)
+
+    def close_abandoned_grids(self, experiment_id: str) -> None:
+        """Parent runs of earlier `benchmark run`s on this host whose process died without closing
+        them (SIGKILL, power loss) are marked KILLED, as an interrupted run marks its own."""
+        for run in self.runs(experiment_id, kind="grid"):
+            if run.status == "RUNNING" and process_alive(run.tags) is False:
+                self._close(run.run_id, "KILLED", ABANDONED)
+
+    def _close(self, run_id: str, status: str, error: str) -> None:
+        log = self.run_log(run_id)
+        log.tags({schema.ERROR: error})
+        log.finish(status)
+
+    def open_grid(self, experiment_id: str, protocol: str, command: str) -> RunLog:
+        """The parent run of one `benchmark run`."""
+        tags = {schema.PROTOCOL: protocol, schema.KIND: "grid", schema.COMMAND: command[:5000], **process_tags()}
+        return self.create_run(experiment_id, f"grid-{time.strftime('%Y%m%d-%H%M%S')}", tags)
+
+    def open_job(self, experiment_id: str, parent_run_id: str, job) -> RunLog:
+        """A job's run, RUNNING and owned by this process (claim it before training)."""
+        tags = {schema.JOB_HASH: job.hash, schema.METHOD: job.method, schema.SOURCE: job.source,
+                schema.SEED: str(job.seed), schema.PROTOCOL: job.protocol, schema.PARENT: parent_run_id,
+                **process_tags()}
+        return self.create_run(experiment_id, schema.job_run_name(job.method, job.source, job.seed), tags)
+
+    def heartbeat(self, run_id: str, **kwargs) -> Heartbeat:
+        """A context that keeps the run's heartbeat fresh (through its own writer)."""
+        return Heartbeat(self.run_log(run_id).tags, **kwargs)
+
+    def claim(self, experiment_id: str, job_hash: str, run_id: str, settle_s: float = CLAIM_SETTLE_S) -> str | None:
+        """None when run `run_id` holds the job; otherwise who does (a text for the user).
+
+        A store gives no atomic "create if absent", neither a SQLite file nor an MLflow server
+        reached over HTTP, so a job is claimed by writing and then reading: the claimant has
+        created its RUNNING run, waits `settle_s` for anyone who stamped a run at the same moment
+        to finish writing it, then reads every run of that hash. The earliest live RUNNING run
+        (by start time, then run id) holds the job; every other claimant sees the same order,
+        deletes its own run and skips the job. A FINISHED run means the job is done. Dead
+        claimants (process gone on this host, heartbeat stale elsewhere) do not count, so a
+        crashed job is taken over. Hosts must agree on the time to within `settle_s`.
+        """
+        time.sleep(settle_s)
+        runs = self.runs(experiment_id, job_hash=job_hash)
+        mine = next((r for r in runs if r.run_id == run_id), None)
+        others = [r for r in runs if r.run_id != run_id]
+        finished = [r for r in others if r.status == "FINISHED"]
+        if finished:
+            return f"FINISHED already (run {finished[0].run_id})"
+        rivals = [r for r in others if r.status == "RUNNING" and run_alive(r.tags) is not False]
+        if mine is None or not rivals:
+            return None
+        first = min([mine, *rivals], key=lambda r: (r.start_time, r.run_id))
+        if first is mine:
+            return None
+        return (f"running in process {first.tags.get(schema.PID, '?')} on host {first.tags.get(schema.HOST, '?')} "
+                f"(run {first.run_id})")
+
+    def latest_protocol(self) -> str:
+        """Name of the experiment whose newest FINISHED job run is the most recent."""
+        from ..errors import BenchmarkError
+
+        best, best_time = None, -1
+        for name in self.experiment_names():
+            ends = [r.end_time or 0 for r in self.runs(self.experiment(name), jobs_only=True)
+                    if r.status == "FINISHED"]
+            if ends and max(ends) > best_time:
+                best, best_time = name, max(ends)
+        if best is None:
+            raise BenchmarkError(f"no FINISHED runs in {self.uri}; run `benchmark run` first")
+        return best
+
+    def results(self, protocol: str, datasets: list[str] | None = None) -> pd.DataFrame:
+        """The tidy frame tables are built from: one row per (FINISHED job run, target, metric)
+        with columns RESULT_COLUMNS; `env` is the run's environment signature.
+
+        One FINISHED run counts per job hash (the earliest); others, left by concurrent runs of
+        older versions, are ignored. What the reader should know (ignored duplicates) is in
+        `frame.attrs["warnings"]`. `datasets` turn metric-key names back into dataset names.
+        """
+        from ..environment import SIGNATURE_KEYS, signature
+
+        experiment = self.experiment(protocol, create=False)
+        runs = [] if experiment is None else [r for r in self.runs(experiment, jobs_only=True)
+                                              if r.status == "FINISHED"]
+        runs.sort(key=lambda r: (r.start_time, r.run_id))
+        warnings: list[str] = []
+        seen: set[str] = set()
+        counted, extra = [], []
+        for run in runs:
+            (extra if run.tags[schema.JOB_HASH] in seen else counted).append(run)
+            seen.add(run.tags[schema.JOB_HASH])
+        if extra:
+            hashes = sorted({r.tags[schema.JOB_HASH] for r in extra})
+            warnings.append(f"{len(extra)} extra FINISHED run(s) of {len(hashes)} job(s) ignored "
+                            f"(one run counts per job hash; hashes {', '.join(hashes)})")
+        names = {schema.safe_name(d): d for d in (datasets or [])}
+        rows = []
+        for run in counted:
+            backbone = run.params.get(schema.BACKBONE, "").split(":")[0]
+            env = signature({k: run.params.get(k) for k in SIGNATURE_KEYS})
+            for key, value in run.metrics.items():
+                parsed = schema.parse_test_metric(key)
+                if parsed is None:
+                    continue
+                target, metric = parsed
+                rows.append([run.tags[schema.METHOD], backbone, run.tags[schema.SOURCE], int(run.tags[schema.SEED]),
+                             names.get(target, target), metric, float(value), env])
+        # A fixed row order makes every sum (and so every rounded cell) the same from run to run.
+        frame = (pd.DataFrame(rows, columns=RESULT_COLUMNS).sort_values(RESULT_COLUMNS[:6], kind="stable")
+                 .reset_index(drop=True))
+        frame.attrs["warnings"] = warnings
+        return frame

@@ -1,0 +1,164 @@
+"""The MLflow backend of the result store (the only module that imports MLflow).
+
+Any tracking URI MLflow accepts: a SQLite file (the default, `sqlite:///results/mlflow.db`), a
+tracking server (`http://host:5000`), a folder. Every call goes through MlflowClient with an
+explicit run id, and is retried while SQLite says the database is locked (many writers at once).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from . import schema
+from .base import ResultStore, RunLog, RunRecord
+
+T = TypeVar("T")
+_READY_STORES: set[str] = set()  # SQLite stores this process has opened (created and migrated)
+
+
+def retry(fn: Callable[[], T], attempts: int = 20) -> T:
+    """Retry an MLflow call while SQLite says the database is locked."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - MLflow wraps the driver's error in its own types
+            if "locked" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(min(2.0, 0.05 * 2**attempt))
+    raise AssertionError("unreachable")
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def new_client(uri: str) -> MlflowClient:
+    db = _sqlite_path(uri)
+    if db is None or uri in _READY_STORES:
+        return MlflowClient(tracking_uri=uri)
+    # MLflow creates and migrates a new SQLite store when a process first opens it; two processes
+    # doing that at once break each other's migration (measured: 5 of 5 tries with four
+    # processes). One at a time, under a lock file beside the database.
+    from filelock import FileLock
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    lock: FileLock | None = FileLock(f"{db}.lock")
+    try:
+        lock.acquire()
+    except OSError:  # a read-only folder (someone else's results): nobody creates a store there
+        lock = None
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        retry(lambda: client.search_experiments(max_results=1))
+    finally:
+        if lock is not None:
+            lock.release()
+    _READY_STORES.add(uri)
+    return client
+
+
+class MlflowRunLog(RunLog):
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in values.items()]
+        retry(lambda: self.client.log_batch(self.run_id, metrics=batch))
+
+    def params(self, values: dict[str, Any]) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in values.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            retry(lambda: self.client.log_batch(self.run_id, params=items[start:start + 100]))
+
+    def tags(self, values: dict[str, str]) -> None:
+        retry(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in values.items()]))
+
+    def figure(self, name: str, figure: Any) -> None:
+        import matplotlib.pyplot as plt
+
+        retry(lambda: self.client.log_figure(self.run_id, figure, f"figures/{name}"))
+        plt.close(figure)
+
+    def text(self, name: str, content: str) -> None:
+        retry(lambda: self.client.log_text(self.run_id, content, name))
+
+    def artifacts(self, folder: Path, under: str) -> None:
+        retry(lambda: self.client.log_artifacts(self.run_id, str(folder), under))
+
+    def finish(self, status: str) -> None:
+        retry(lambda: self.client.set_terminated(self.run_id, status))
+
+
+class MlflowStore(ResultStore):
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._client: MlflowClient | None = None
+
+    def __getstate__(self) -> dict:  # shipped to workers without its connection
+        return {"uri": self.uri, "_client": None}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = new_client(self.uri)
+        return self._client
+
+    def experiment(self, name: str, create: bool = True) -> str | None:
+        found = retry(lambda: self.client.get_experiment_by_name(name))
+        if found is not None:
+            return found.experiment_id
+        if not create:
+            return None
+        db = _sqlite_path(self.uri)
+        # Artifacts beside the database (not in the working folder, MLflow's default).
+        artifacts = (db.parent / "mlartifacts").resolve().as_uri() if db else None
+        try:
+            return retry(lambda: self.client.create_experiment(name, artifact_location=artifacts))
+        except Exception:  # noqa: BLE001 - created concurrently by another process
+            return retry(lambda: self.client.get_experiment_by_name(name)).experiment_id
+
+    def experiment_names(self) -> list[str]:
+        return [e.name for e in retry(lambda: self.client.search_experiments())]
+
+    def create_run(self, experiment_id: str, name: str, tags: dict[str, str]) -> RunLog:
+        run = retry(lambda: self.client.create_run(experiment_id, tags=tags, run_name=name))
+        return MlflowRunLog(self.client, run.info.run_id)
+
+    def run_log(self, run_id: str) -> RunLog:
+        return MlflowRunLog(new_client(self.uri), run_id)
+
+    def runs(self, experiment_id: str, *, job_hash: str | None = None, kind: str | None = None,
+             jobs_only: bool = False) -> list[RunRecord]:
+        if job_hash is not None:
+            query = f"tags.{schema.JOB_HASH} = '{job_hash}'"
+        elif kind is not None:
+            query = f"tags.{schema.KIND} = '{kind}'"
+        else:
+            query = f"tags.{schema.JOB_HASH} != ''" if jobs_only else ""
+        out, token = [], None
+        while True:  # page through: a grid can hold more runs than one page
+            page = retry(lambda: self.client.search_runs([experiment_id], query, max_results=1000, page_token=token))
+            out.extend(RunRecord(r.info.run_id, r.info.status, r.info.start_time, r.info.end_time,
+                                 dict(r.data.tags), dict(r.data.params), dict(r.data.metrics)) for r in page)
+            token = page.token
+            if not token:
+                return out
+
+    def delete_run(self, run_id: str) -> None:
+        retry(lambda: self.client.delete_run(run_id))
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in retry(lambda: self.client.get_metric_history(run_id, key))]
+
+    def artifact_paths(self, run_id: str, folder: str) -> list[str]:
+        out = []
+        for item in retry(lambda: self.client.list_artifacts(run_id, folder)):
+            out.extend(self.artifact_paths(run_id, item.path) if item.is_dir else [item.path])
+        return out
+

@@ -1,0 +1,58 @@
+"""The names the harness writes into a run record, defined once.
+
+Layout: one experiment per protocol; one parent run per `benchmark run` (tag kind = "grid");
+one child run per job, tagged with its hash, method, source, seed and protocol. A job run's
+status is the truth about the job: RUNNING, FINISHED, or FAILED / KILLED with the reason in the
+`error` tag. Test metrics are `test/<target>/<metric>`, the target's name with "/" made ".".
+"""
+
+from __future__ import annotations
+
+# Tags of every run.
+KIND = "kind"  # "grid" on parent runs; absent on job runs
+PROTOCOL = "protocol"
+PARENT = "mlflow.parentRunId"  # MLflow's own name, so its UI nests job runs under their grid
+ERROR = "error"
+COMMAND = "command"
+# Who owns a RUNNING run (benchmark.store.liveness).
+HOST, PID, PID_STARTED, HEARTBEAT = "host", "pid", "pid_started", "heartbeat"
+
+# Tags of job runs.
+JOB_HASH = "job_hash"
+METHOD = "method"
+SOURCE = "source"
+SEED = "seed"
+
+# Params read back when building tables.
+BACKBONE = "backbone"  # "<name>:<weights>"
+
+# Metrics.
+MEAN_ACC = "test/mean_acc"  # over every target, the source's own test set included
+JOB_SECONDS = "time/job_seconds"
+SAFE_SEP = "."  # dataset names like synth5/studio become synth5.studio in metric keys
+
+
+def safe_name(dataset: str) -> str:
+    """A dataset's name as it appears inside metric keys and artifact folders."""
+    return dataset.replace("/", SAFE_SEP)
+
+
+def target_prefix(target: str) -> str:
+    """The prefix of a target's test metrics: `test/<target>` (then `/acc`, `/macro_f1`, ...)."""
+    return f"test/{safe_name(target)}"
+
+
+def target_metric(target: str, metric: str) -> str:
+    return f"{target_prefix(target)}/{metric}"
+
+
+def parse_test_metric(key: str) -> tuple[str, str] | None:
+    """(safe target name, metric) of a `test/<target>/<metric>` key; None for other keys."""
+    if not key.startswith("test/"):
+        return None
+    parts = key[len("test/"):].split("/", 1)
+    return (parts[0], parts[1]) if len(parts) == 2 else None
+
+
+def job_run_name(method: str, source: str, seed: int) -> str:
+    return f"{method}-{safe_name(source)}-s{seed}"

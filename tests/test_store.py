@@ -1,0 +1,97 @@
+"""The result store on both backends (MLflow on SQLite, JSON lines): job states, claims,
+abandoned runs, and the results frame tables are built from."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+
+from benchmark.errors import BenchmarkError
+from benchmark.store import ABANDONED, open_store, schema
+
+from .test_tables import FakeJob, fill_store, paper_results
+
+BACKENDS = ["sqlite:///{tmp}/mlflow.db", "jsonl:{tmp}/runs"]
+
+
+@pytest.fixture(params=BACKENDS, ids=["mlflow", "jsonl"])
+def store(request, tmp_path):
+    return open_store(request.param.format(tmp=tmp_path))
+
+
+def job(name: str) -> FakeJob:
+    return FakeJob("p", "erm", name, 0, "resnet18:none")
+
+
+def test_job_states_follow_the_runs_of_each_hash(store):
+    exp = store.experiment("p")
+    jobs = [job(s) for s in ("new", "done", "failed", "running", "dead")]
+    store.open_job(exp, "g", jobs[1]).finish("FINISHED")
+    store.open_job(exp, "g", jobs[2]).finish("FAILED")
+    store.open_job(exp, "g", jobs[3])  # RUNNING, owned by this live process
+    dead = store.create_run(exp, "dead", {schema.JOB_HASH: jobs[4].hash, schema.HOST: os.uname().nodename,
+                                          schema.PID: "999999999", schema.PID_STARTED: "0"})
+    states = {s.job.source: s.state for s in store.job_states(jobs, exp)}
+    assert states == {"new": "new", "done": "FINISHED", "failed": "FAILED", "running": "RUNNING", "dead": "abandoned"}
+    (abandoned,) = [s for s in store.job_states(jobs, exp) if s.state == "abandoned"]
+    store.mark_abandoned(abandoned, exp)
+    (run,) = store.runs(exp, job_hash=jobs[4].hash)
+    assert run.run_id == dead.run_id and run.status == "FAILED" and run.tags[schema.ERROR] == ABANDONED
+
+
+def test_the_earliest_live_claim_holds_a_job_and_a_finished_run_ends_it(store):
+    exp = store.experiment("p")
+    first = store.open_job(exp, "g", job("a"))
+    second = store.open_job(exp, "g", job("a"))
+    assert store.claim(exp, job("a").hash, first.run_id, settle_s=0) is None
+    holder = store.claim(exp, job("a").hash, second.run_id, settle_s=0)
+    assert holder.startswith(f"running in process {os.getpid()}") and first.run_id in holder
+    store.delete_run(second.run_id)
+    assert [r.run_id for r in store.runs(exp, job_hash=job("a").hash)] == [first.run_id]
+    first.finish("FINISHED")
+    third = store.open_job(exp, "g", job("a"))
+    assert store.claim(exp, job("a").hash, third.run_id, settle_s=0) == f"FINISHED already (run {first.run_id})"
+
+
+def test_grids_left_running_by_a_dead_process_are_closed_as_killed(store):
+    exp = store.experiment("p")
+    live = store.open_grid(exp, "p", "benchmark run")
+    dead = store.create_run(exp, "grid-old", {schema.KIND: "grid", schema.HOST: os.uname().nodename,
+                                              schema.PID: "999999999", schema.PID_STARTED: "0"})
+    store.close_abandoned_grids(exp)
+    status = {r.run_id: r.status for r in store.runs(exp, kind="grid")}
+    assert status == {live.run_id: "RUNNING", dead.run_id: "KILLED"}
+
+
+def test_results_count_one_finished_run_per_job_and_name_the_datasets(store):
+    exp = store.experiment("p")
+    for acc in (0.5, 0.9):  # two FINISHED runs of one hash: the earlier counts
+        log = store.open_job(exp, "g", job("synth5/studio"))
+        log.metrics({schema.target_metric("synth5/film", "acc"): acc, schema.MEAN_ACC: acc})
+        log.finish("FINISHED")
+    failed = store.open_job(exp, "g", job("synth5/film"))
+    failed.metrics({schema.target_metric("synth5/film", "acc"): 0.1})
+    failed.finish("FAILED")
+    frame = store.results("p", ["synth5/film"])
+    assert frame[["source", "target", "metric", "value"]].values.tolist() == [["synth5/studio", "synth5/film", "acc", 0.5]]
+    (warning,) = frame.attrs["warnings"]
+    assert "1 extra FINISHED run(s) of 1 job(s) ignored" in warning
+    assert store.results("absent").empty and store.latest_protocol() == "p"
+
+
+def test_results_read_back_equal_the_frame_tables_are_tested_on(store):
+    fill_store(store)
+    for protocol in ("gfer5", "gfer5_clip"):
+        pd.testing.assert_frame_equal(store.results(protocol, ["rafdb", "ferplus", "affectnet", "sfew", "mma"]),
+                                      paper_results(protocol))
+
+
+def test_a_broken_jsonl_line_is_named_with_file_and_line(tmp_path):
+    store = open_store(f"jsonl:{tmp_path / 'runs'}")
+    store.experiment("p")
+    with open(tmp_path / "runs" / "runs.jsonl", "a") as fh:
+        fh.write('{"op": "create", "run": \n')
+    with pytest.raises(BenchmarkError, match=r"runs\.jsonl:2: not a JSON event"):
+        store.experiment_names()
