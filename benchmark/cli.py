@@ -44,9 +44,9 @@ def _cmd_datasets_check(args: argparse.Namespace) -> int:
 def _cmd_methods(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from methods import METHODS, load_plugins
+    from .method import load_plugins
 
-    load_plugins()
+    METHODS = load_plugins()
     rows = [[name, METHODS.get(name).description] for name in METHODS.names()]
     print(tabulate(rows, headers=["method", "what it is"]))
     return 0

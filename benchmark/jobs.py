@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from .augment import AUGMENT_VERSION
-from .backbones import backbone_weights_digest
+from .backbones import BackboneSpec, backbone_weights_digest
 from .data.cache import DECODE_RECIPE
 from .data import DATASETS, Samples
 from .data.roots import dataset_root
-from .encoders import encoder_weights_digest
+from .encoders import EncoderSpec, encoder_weights_digest
 from .errors import BenchmarkError
 from .protocol import Protocol
-from .trainer import Recipe
+from .recipe import Recipe
 
 
 @dataclass
@@ -73,8 +73,10 @@ class Job:
     test_split: str
     hparams: dict[str, Any]
     recipe: Recipe
-    encoder: dict[str, Any] | None  # id, path, digest; None when the method uses no encoder
-    backbone: dict[str, Any]  # name, weights, path, digest
+    encoder: EncoderSpec | None  # None when the method uses no encoder
+    encoder_digest: str | None
+    backbone: BackboneSpec
+    backbone_digest: str
     fingerprints: dict[str, str]  # "<dataset>:<split>" -> fingerprint
     identity: dict[str, Any]
     hash: str
@@ -95,24 +97,21 @@ def job_hash(identity: dict[str, Any]) -> str:
 
 def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
     """The grid: methods x sources x seeds, in that order."""
-    from methods import METHODS, load_plugins
+    from .method import load_plugins
 
-    load_plugins()
+    METHODS = load_plugins()
     entries = {m: METHODS.get(m) for m in methods}  # typos fail before any work
     encoder_digest = None
-    backbone = {"name": protocol.backbone.name, "weights": protocol.backbone.weights,
-                "path": protocol.backbone.path, "digest": backbone_weights_digest(protocol.backbone)}
+    backbone_digest = backbone_weights_digest(protocol.backbone)
     test_prints = {f"{t}:{protocol.test_split}": plan.samples(t, protocol.test_split).fingerprint
                    for t in protocol.datasets}
     jobs = []
     for method in methods:
         entry = entries[method]
         hparams = dataclasses.asdict(entry.hparams(protocol.hparams.get(method)))
-        encoder = None
-        if entry.cls.needs_encoder:
-            if encoder_digest is None:
-                encoder_digest = encoder_weights_digest(protocol.encoder)
-            encoder = {"id": protocol.encoder.id, "path": protocol.encoder.path, "digest": encoder_digest}
+        encoder = protocol.encoder if entry.cls.needs_encoder else None
+        if encoder is not None and encoder_digest is None:
+            encoder_digest = encoder_weights_digest(encoder)
         for source in protocol.sources:
             prints = {f"{source}:train": plan.samples(source, "train").fingerprint, **test_prints}
             for seed in protocol.seeds:
@@ -122,14 +121,15 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
                     "protocol": protocol.name, "protocol_version": protocol.version, "method": method,
                     "hparams": hparams, "recipe": recipe_id, "source": source, "seed": seed,
                     "data": prints, "test_split": protocol.test_split,
-                    "encoder": None if encoder is None else {"id": encoder["id"], "digest": encoder["digest"]},
-                    "backbone": {"id": protocol.backbone.id, "digest": backbone["digest"]},
+                    "encoder": None if encoder is None else {"id": encoder.id, "digest": encoder_digest},
+                    "backbone": {"id": protocol.backbone.id, "digest": backbone_digest},
                     "pipeline": PIPELINE_VERSION,
                 }
                 if entry.cls.version > 1:
                     identity["method_version"] = entry.cls.version
                 jobs.append(Job(protocol.name, method, source, seed, list(protocol.datasets), protocol.test_split,
-                                hparams, recipe, encoder, backbone, prints, identity, job_hash(identity)))
+                                hparams, recipe, encoder, encoder_digest if encoder else None, protocol.backbone,
+                                backbone_digest, prints, identity, job_hash(identity)))
     return jobs
 
 

@@ -37,8 +37,10 @@ from .errors import BenchmarkError
 from .execution import Execution, to_device_batch
 from .features import FeatureCache
 from .labels import CLASSES
+from .method import Batch
 from .per_sample import PerSampleDataset
-from .trainer import Recipe, epoch_batches, pick_device
+from .recipe import Recipe
+from .trainer import epoch_batches, pick_device
 
 
 @dataclass
@@ -136,12 +138,17 @@ def matmul_flops(device: torch.device, n: int, repeats: int = 5, dtype: torch.dt
     return best
 
 
+def timing_batch(method, x: torch.Tensor, y: torch.Tensor) -> Batch:
+    """A training Batch of `x`, `y` (the timed loops know no sample rows: they index 0..B-1)."""
+    return Batch(method.execution.layout(x), y, np.arange(len(y)))
+
+
 def step_flops(method, x: torch.Tensor, y: torch.Tensor) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with counter, method.execution.autocast():
-        loss, _ = method.training_step(method.execution.layout(x), y)
+        loss, _ = method.training_step(timing_batch(method, x, y))
         loss.backward()
     method.model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
@@ -164,7 +171,7 @@ def time_training(method, batches, device: torch.device, steps: int, warmup: int
             timer.sync()
             t1 = time.perf_counter()
             with method.execution.autocast():
-                loss, _ = method.training_step(method.execution.layout(x), y)
+                loss, _ = method.training_step(timing_batch(method, x, y))
             loss.backward()
             timer.sync()
             t2 = time.perf_counter()
@@ -188,7 +195,7 @@ def time_training(method, batches, device: torch.device, steps: int, warmup: int
 
 
 def run_perf(config: PerfConfig, work: Path, device_name: str | None = None) -> dict:
-    from methods import Components, build_method
+    from .method import Components, build_method
 
     device = pick_device(device_name)
     torch.manual_seed(0)
@@ -305,7 +312,8 @@ def time_eval(config: PerfConfig, encoder, name: str, weights: str, device: torc
     of the prediction (the trained model, the head, reading cached features): what a warm cache
     can remove is the first two, so cold / rest is what removing exactly those would give.
     """
-    from methods import Components, MemoryLog, TrainedMethod, build_method
+    from .method import Components, MemoryLog, build_method
+    from .trained_method import TrainedMethod
 
     roots = {domain: work / "eval" / domain for domain in DOMAINS}
     for domain, root in roots.items():

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .environment import default_threads
-from .trainer import Recipe
+from .recipe import Recipe
 
 LOOP_VARIANTS = {
     "sync_every_step": {"sync_every": 1, "prefetch": 0, "data_on_device": "never"},
@@ -92,7 +92,7 @@ class _TimedLog:
 
 def timed_fit(spec: LoopSpec, encoder=None, barrier=None) -> dict:
     """Fit `spec.method` for a warm-up and a timed epoch; the timed epoch's images/s."""
-    from methods import Components, build_method
+    from .method import Components, build_method
 
     from .backbones import BackboneSpec
     from .data import DATASETS, decode_split

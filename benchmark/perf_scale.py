@@ -71,10 +71,10 @@ def build_large_split(n: int, size: int, folder: Path, seed: int = 0, pool_scale
 def scale_check(n: int, size: int, backbone: str, precision: str, batch_size: int, device: torch.device,
                 work: Path) -> dict:
     """Build an n-image split at `size` px and train `erm` on it for one epoch; times and peak memory."""
-    from methods import Components, MemoryLog, build_method
+    from .method import Components, MemoryLog, build_method
 
     from .backbones import BackboneSpec
-    from .trainer import Recipe
+    from .recipe import Recipe
 
     start = time.perf_counter()
     data = build_large_split(n, size, work / "scale")

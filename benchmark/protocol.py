@@ -17,7 +17,7 @@ from typing import Any
 from .backbones import BackboneSpec
 from .encoders import EncoderSpec
 from .errors import BenchmarkError
-from .trainer import Recipe
+from .recipe import Recipe
 
 PROTOCOL_DIR = Path(__file__).resolve().parent.parent / "protocols"
 
@@ -125,9 +125,9 @@ def parse_protocol(data: dict[str, Any], where: str) -> Protocol:
 def check_hparams(hparams: dict[str, Any], where: str) -> None:
     """Every [hparams.<method>] names a known method, and every value passes that method's key,
     type and range checks: bad values stop here, before any job starts."""
-    from methods import METHODS, load_plugins
+    from .method import load_plugins
 
-    load_plugins()
+    METHODS = load_plugins()
     for method, overrides in hparams.items():
         if not isinstance(overrides, dict):
             raise ProtocolError(f"{where}: hparams.{method} must be a table of hyperparameters")

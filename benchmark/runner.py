@@ -29,7 +29,7 @@ from .labels import CLASSES
 from .metrics import evaluate
 from .store import ResultStore, RunLog, schema
 
-_ENCODERS: dict[tuple[str, str | None], Any] = {}  # one encoder per process, shared by its jobs
+_ENCODERS: dict[Any, Any] = {}  # one encoder per process, shared by its jobs
 
 
 @dataclass
@@ -80,12 +80,11 @@ def git_commit() -> str:
 
 
 def _encoder(job: Job):
-    from .encoders import EncoderSpec, build_encoder
+    from .encoders import build_encoder
 
-    key = (job.encoder["id"], job.encoder["path"])
-    if key not in _ENCODERS:
-        _ENCODERS[key] = build_encoder(EncoderSpec(*key))
-    return _ENCODERS[key]
+    if job.encoder not in _ENCODERS:
+        _ENCODERS[job.encoder] = build_encoder(job.encoder)
+    return _ENCODERS[job.encoder]
 
 
 def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
@@ -118,9 +117,8 @@ def _run_logged_job(job: Job, ctx: RunContext, log: RunLog, result: JobResult, s
     """run_job's body: fills `result` and closes the run as FINISHED or FAILED."""
     import torch
 
-    from methods import Components, build_method
+    from .method import Components, build_method
 
-    from .backbones import BackboneSpec
     from .environment import environment
     from .execution import Execution
     from .trainer import adam_kernels, pick_device
@@ -133,10 +131,10 @@ def _run_logged_job(job: Job, ctx: RunContext, log: RunLog, result: JobResult, s
             torch.backends.cudnn.benchmark = job.recipe.cudnn_benchmark
         execution = Execution.from_recipe(device, job.recipe)
         log.params({**_flatten("hp", job.hparams), **_flatten("recipe", dataclasses.asdict(job.recipe)),
-                    "encoder": job.encoder["id"] if job.encoder else "none",
-                    "encoder.digest": job.encoder["digest"] if job.encoder else "none",
-                    schema.BACKBONE: f"{job.backbone['name']}:{job.backbone['weights']}",
-                    "backbone.digest": job.backbone["digest"], "test_split": job.test_split,
+                    "encoder": job.encoder.id if job.encoder else "none",
+                    "encoder.digest": job.encoder_digest or "none",
+                    schema.BACKBONE: job.backbone.id,
+                    "backbone.digest": job.backbone_digest, "test_split": job.test_split,
                     **{f"data.{k}": v for k, v in job.fingerprints.items()},
                     **_flatten("lib", library_versions()), "git_commit": git_commit(),
                     "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -153,8 +151,7 @@ def _run_logged_job(job: Job, ctx: RunContext, log: RunLog, result: JobResult, s
         dropped = {f"dropped.{job.source}.train.{reason}": n for reason, n in train.dropped.items() if n}
         if dropped:
             log.params(dropped)
-        components = Components(BackboneSpec(job.backbone["name"], job.backbone["weights"], job.backbone["path"]),
-                                _encoder(job) if job.encoder else None)
+        components = Components(job.backbone, _encoder(job) if job.encoder else None)
         method = build_method(job.method, job.hparams, components)
         method.fit(train, recipe=job.recipe, device=device, log=log, val_data=val)
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,111 +1,65 @@
 """The training loop every trained method shares: the paper's recipe, seeding, batching, logging.
 
-Recipe (spec §2.3): Adam with L2 weight decay, ExponentialLR stepped once per epoch, the paper's
+The recipe (benchmark.recipe): Adam with L2 weight decay, ExponentialLR stepped once per epoch, the paper's
 augmentations (benchmark.augment), shuffled batches or a class-balanced sampler with a fixed
 number of samples per epoch. All randomness (weights init, order, augmentation, CAFE's drop
 masks) comes from the job's seed, so the same job on CPU gives identical numbers.
+
+The loop sees a method only through `Trainable`; it owns the training labels (a copy of the
+split's) and hands each step a `Batch`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
-from .augment import augment, normalize
+from .augment import AugmentSpec, augment, normalize
 from .data.cache import DecodedSplit
 from .errors import BenchmarkError
-from .execution import PRECISIONS, Execution, host_batch, to_device_batch
+from .execution import Execution, host_batch, to_device_batch
+from .method import Batch, OptimizerSettings, Relabel, RunLog
 from .per_sample import check_per_sample, per_sample_batches
 from .prefetch import prefetched
+from .recipe import Recipe
 
-if TYPE_CHECKING:
-    from methods.base import RunLog, TrainedMethod
+
+class Trainable(Protocol):
+    """What the loop needs of a method (benchmark.trained_method.TrainedMethod provides it)."""
+
+    name: str
+    augment_spec: AugmentSpec
+
+    def build(self, device: torch.device, input_size: int, execution: Execution, seed: int) -> None: ...
+
+    def param_groups(self) -> list[dict[str, Any]]: ...
+
+    def optimizer_settings(self) -> OptimizerSettings: ...
+
+    def train_mode(self, training: bool) -> None: ...
+
+    def training_step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+    def after_step(self, batch: Batch, epoch: int) -> Relabel | None: ...
+
+    def epoch_metrics(self) -> dict[str, float]: ...
+
+    def predict(self, data: DecodedSplit) -> np.ndarray: ...
 
 
 class TrainingDiverged(BenchmarkError):
     """The loss became NaN or infinite: the job stops instead of training on garbage."""
 
 
-DATA_PATHS = ("cache", "per_sample")
-DATA_ON_DEVICE = ("auto", "always", "never")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-ADAM_IMPLS = ("auto", "fused", "foreach")
 # recipe.data_on_device = "auto" holds the decoded split on the GPU when it takes at most this
 # share of the GPU's free memory (the rest is left to the models and to jobs packed beside it).
 RESIDENT_SHARE = 0.25
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How a job trains; defaults are the paper's (CAFE's train script)."""
-
-    epochs: int = 60
-    batch_size: int = 32
-    input_size: int = 224
-    sampler: str = "uniform"  # "uniform" (shuffle) or "balanced" (class-balanced, with replacement)
-    samples_per_epoch: int = 0  # 0 = the split's size
-    seed: int = 3407
-    precision: str = "auto"  # "auto" | "fp32" | "bf16": see benchmark.execution
-    channels_last: bool = True
-    compile: bool = False  # torch.compile the trainable backbone
-    compile_mode: str = "default"  # torch.compile's mode: "default", "reduce-overhead" (CUDA graphs), ...
-    # Adam's kernels: "auto" (one fused kernel on CUDA, torch's default elsewhere), "fused", "foreach".
-    adam_impl: str = "auto"
-    cudnn_benchmark: bool = False  # let cuDNN time its algorithms per shape (faster; last bits may vary run to run)
-    # "cache": batches from the decoded-image cache, augmented batched on the device (the fast
-    # path); "per_sample": decode and transform each image in DataLoader workers (the reference,
-    # benchmark.per_sample), with `loader_workers` worker processes.
-    data_path: str = "cache"
-    loader_workers: int = 2
-    progress: bool = True
-    # How the cache path feeds the device; none of these changes a number (not in the job hash):
-    prefetch: int = 2  # batches read ahead in a background thread (0: read in the loop)
-    data_on_device: str = "auto"  # hold the decoded split on the GPU: "auto" (when it fits), "always", "never"
-    sync_every: int = 50  # steps between the host's looks at the loss (non-finite check, progress bar)
-
-    # Fields that change how fast a job runs, never what it computes (left out of the job hash).
-    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("progress", "prefetch", "data_on_device", "sync_every")
-    # Fields added after jobs were first hashed: they enter a job's identity only when set away
-    # from their default, so the jobs hashed before them keep their hash.
-    HASHED_WHEN_CHANGED: ClassVar[tuple[str, ...]] = ("compile_mode", "adam_impl", "cudnn_benchmark")
-
-    def identity(self) -> dict:
-        """The recipe's part of a job's identity (benchmark.jobs)."""
-        defaults = Recipe()
-        return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in self.EXECUTION_ONLY
-                and not (k in self.HASHED_WHEN_CHANGED and v == getattr(defaults, k))}
-
-    def __post_init__(self) -> None:
-        if self.sampler not in ("uniform", "balanced"):
-            raise BenchmarkError(f"recipe.sampler = {self.sampler!r}; expected 'uniform' or 'balanced'")
-        if self.data_path not in DATA_PATHS:
-            raise BenchmarkError(f"recipe.data_path = {self.data_path!r}; expected one of {', '.join(DATA_PATHS)}")
-        if self.precision not in PRECISIONS:
-            raise BenchmarkError(f"recipe.precision = {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
-        if self.compile_mode not in COMPILE_MODES:
-            raise BenchmarkError(f"recipe.compile_mode = {self.compile_mode!r}; expected one of {', '.join(COMPILE_MODES)}")
-        if self.adam_impl not in ADAM_IMPLS:
-            raise BenchmarkError(f"recipe.adam_impl = {self.adam_impl!r}; expected one of {', '.join(ADAM_IMPLS)}")
-        if self.data_on_device not in DATA_ON_DEVICE:
-            raise BenchmarkError(f"recipe.data_on_device = {self.data_on_device!r}; expected one of "
-                                 f"{', '.join(DATA_ON_DEVICE)}")
-        for key in ("epochs", "batch_size", "input_size", "sync_every"):
-            if getattr(self, key) <= 0:
-                raise BenchmarkError(f"recipe.{key} = {getattr(self, key)}; must be positive")
-        if self.prefetch < 0:
-            raise BenchmarkError(f"recipe.prefetch = {self.prefetch}; must be 0 (no read-ahead) or more")
-        if self.loader_workers < 0:
-            raise BenchmarkError(f"recipe.loader_workers = {self.loader_workers}; must be 0 (load in the "
-                                 "training process) or more")
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -160,7 +114,7 @@ def resident_split(data: DecodedSplit, recipe: Recipe, device: torch.device) -> 
     return images
 
 
-def epoch_batches(method: "TrainedMethod", data: DecodedSplit, order: np.ndarray, recipe: Recipe,
+def epoch_batches(method: Trainable, data: DecodedSplit, order: np.ndarray, recipe: Recipe,
                   device: torch.device, gen: torch.Generator, aug_gen: torch.Generator,
                   resident: torch.Tensor | None = None):
     """(row indices, augmented batch, flip mask or None) of one epoch, by the recipe's data path.
@@ -230,23 +184,23 @@ class StepMonitor:
         return means
 
 
-def fit(method: "TrainedMethod", data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: "RunLog",
+def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
         val_data: DecodedSplit | None = None) -> None:
     """Train `method` on `data` for `recipe.epochs` epochs."""
     seed_everything(recipe.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = recipe.cudnn_benchmark  # process-wide: jobs in a process run one by one
     execution = Execution.from_recipe(device, recipe)
-    method.build(device, recipe.input_size, execution)
-    method.train_labels = np.array(data.labels)  # a private copy: methods may relabel, the cache never changes
+    method.build(device, recipe.input_size, execution, recipe.seed)
+    train_labels = np.array(data.labels)  # a private copy: methods may relabel, the cache never changes
     if recipe.data_path == "per_sample":
         check_per_sample(data, method.augment_spec, method.name)
-    optimizer = torch.optim.Adam(method.param_groups(), lr=method.hparams.lr, weight_decay=method.hparams.weight_decay,
+    settings = method.optimizer_settings()
+    optimizer = torch.optim.Adam(method.param_groups(), lr=settings.lr, weight_decay=settings.weight_decay,
                                  **adam_kernels(recipe.adam_impl, device))
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=method.hparams.lr_gamma)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_gamma)
     gen = torch.Generator(device="cpu").manual_seed(recipe.seed)
     aug_gen = torch.Generator(device=device).manual_seed(recipe.seed + 1)
-    method.rng = random.Random(recipe.seed + 2)
     resident = resident_split(data, recipe, device)
     total_steps = math.ceil((recipe.samples_per_epoch or len(data)) / recipe.batch_size) * recipe.epochs
     bar = None
@@ -261,14 +215,15 @@ def fit(method: "TrainedMethod", data: DecodedSplit, *, recipe: Recipe, device: 
         start = time.perf_counter()
         order = np.fromiter(epoch_sampler(data.labels, recipe, gen), dtype=np.int64)
         for index, x, flips in epoch_batches(method, data, order, recipe, device, gen, aug_gen, resident):
-            labels = to_device_batch(method.train_labels[index], device)
-            method.batch_index, method.batch_flips = index, flips  # for clip_features="cached"
+            batch = Batch(execution.layout(x), to_device_batch(train_labels[index], device), index, flips)
             with execution.autocast():
-                loss, parts = method.training_step(execution.layout(x), labels)
+                loss, parts = method.training_step(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            method.after_step(index, epoch)
+            change = method.after_step(batch, epoch)
+            if change is not None:
+                train_labels[change.rows] = change.labels
             monitor.add(step, loss, parts)
             step += 1
             if step % recipe.sync_every == 0:

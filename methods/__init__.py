@@ -1,10 +1,5 @@
-"""Method plugins: one file per method, each registered behind the same fit/predict interface.
-
-Importing this package registers the built-in methods in `METHODS`.
-"""
+"""The built-in methods: one file per method, each registered behind the same fit/predict
+interface (benchmark.method). The harness loads this package through the `benchmark.methods`
+entry point, as it loads any outside package's methods."""
 
 from . import cafe, clip_ft, clip_probe, clip_zeroshot, eac, erm, rul, scn  # noqa: F401  (registration)
-from .base import METHODS, Components, MemoryLog, Method, TrainedMethod, build_method, load_plugins, register_method
-
-__all__ = ["METHODS", "Components", "MemoryLog", "Method", "TrainedMethod", "build_method", "load_plugins",
-           "register_method"]

@@ -1,7 +1,8 @@
 """CAFE (ECCV 2024): sigmoid masks learned over frozen CLIP features — as the authors' code runs.
 
-Training step (spec §3.6), with F the frozen encoder's feature of the augmented batch and M the
-backbone's global-average-pooled feature (post-ReLU, so M >= 0):
+Training step (the paper's Sec. 3.2 and the authors' train script), with F the frozen encoder's
+feature of the augmented batch and M the backbone's global-average-pooled feature (post-ReLU,
+so M >= 0):
 
     Ft     = F * sigmoid(M)                  mask in [0.5, 1): no layer before the sigmoid
     logits = fc(Ft)                          the FC head, also used at test time
@@ -13,7 +14,7 @@ backbone's global-average-pooled feature (post-ReLU, so M >= 0):
 Variants are registrations with other defaults: `cafe_mask` (mask + FC only), `cafe_mask_sep`
 (no diverse loss), `cafe_nosigmoid` (Ft = F * M, Table 5). `use_mask=False` is the plain
 backbone + FC (Table 2's baseline; the same as `erm`). When the encoder and backbone widths
-differ, the wider feature is reduced to the narrower by averaging channel windows (spec §12).
+differ, the wider feature is reduced to the narrower by averaging channel windows.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from benchmark.augment import normalize
 from benchmark.errors import BenchmarkError
 from benchmark.labels import CLASSES, NUM_CLASSES
 
-from .base import EncoderHparams, TrainedMethod, check_clip_features, check_range, register_method
+from benchmark.method import Batch, check_range, register_method
+from benchmark.trained_method import EncoderHparams, TrainedMethod, check_clip_features
 
 DIV_NORMS = ("code", "paper")
 
@@ -127,8 +129,9 @@ class Cafe(TrainedMethod):
             return self.model["backbone"](x)
         return match_width(clip_feat, self.width).float() * self.mask(x)
 
-    def training_step(self, x: torch.Tensor, y: torch.Tensor):
-        clip_feat = self.encoder_features(x) if self.hparams.use_mask else None
+    def training_step(self, batch: Batch):
+        x, y = batch.images, batch.labels
+        clip_feat = self.encoder_features(batch) if self.hparams.use_mask else None
         ft = self.masked_feature(clip_feat, x)
         ce = F.cross_entropy(self.model["fc"](ft), y)
         parts = {"ce": ce.detach()}

@@ -2,7 +2,7 @@
 
 A frozen encoder's feature F and the trainable backbone's pooled feature h are concatenated and
 one linear layer classifies them: logits = W [F ‖ h] + b, cross-entropy only, with CAFE's
-optimiser, schedule, augmentations and epochs (spec §3.9, inferred: the paper gives no code).
+optimiser, schedule, augmentations and epochs (inferred: the paper gives no code).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from torch.nn import functional as F
 
 from benchmark.labels import NUM_CLASSES
 
-from .base import EncoderHparams, TrainedMethod, check_clip_features, register_method
+from benchmark.method import Batch, register_method
+from benchmark.trained_method import EncoderHparams, TrainedMethod, check_clip_features
 
 
 @register_method("clip_ft", "frozen CLIP feature ‖ backbone feature -> one linear layer (Table 4 'CLIP+Finetune')")
@@ -34,8 +35,9 @@ class ClipFinetune(TrainedMethod):
         h = self.model["backbone"](x)
         return self.model["fc"](torch.cat([clip_feat.to(h.dtype), h], dim=1))
 
-    def training_step(self, x: torch.Tensor, y: torch.Tensor):
-        loss = F.cross_entropy(self._logits(self.encoder_features(x), x), y)
+    def training_step(self, batch: Batch):
+        x, y = batch.images, batch.labels
+        loss = F.cross_entropy(self._logits(self.encoder_features(batch), x), y)
         return loss, {"ce": loss.detach()}
 
     def logits(self, x, rows, data) -> torch.Tensor:

@@ -18,7 +18,7 @@ from benchmark.errors import BenchmarkError
 from benchmark.execution import Execution
 from benchmark.labels import NUM_CLASSES
 
-from .base import Method, check_range, register_method
+from benchmark.method import Method, check_range, register_method
 
 
 @dataclass

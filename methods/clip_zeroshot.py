@@ -20,7 +20,7 @@ from benchmark.errors import BenchmarkError
 from benchmark.execution import Execution
 from benchmark.labels import CLASSES
 
-from .base import Method, register_method
+from benchmark.method import Method, register_method
 
 CLASS_WORDS = {"surprise": ("surprised",), "fear": ("fearful", "scared"), "disgust": ("disgusted",),
                "happiness": ("happy", "smiling"), "sadness": ("sad",), "anger": ("angry",), "neutral": ("neutral",)}

@@ -1,5 +1,5 @@
 """EAC, Erasing Attention Consistency (ECCV 2022), as zyh-uaiaaaa/Erasing-Attention-Consistency
-runs it on clean labels (spec §5).
+runs it on clean labels.
 
 The second view is the horizontal flip of the already augmented (noised, erased) first view, so
 the erased box is mirrored too; the transform itself has no random flip. Class activation maps
@@ -20,7 +20,8 @@ from torch.nn import functional as F
 from benchmark.augment import AugmentSpec
 from benchmark.labels import NUM_CLASSES
 
-from .base import BaseHparams, TrainedMethod, check_range, register_method
+from benchmark.method import BaseHparams, Batch, check_range, register_method
+from benchmark.trained_method import TrainedMethod
 
 
 @dataclass
@@ -51,7 +52,8 @@ class Eac(TrainedMethod):
         backbone = self.new_backbone()
         return nn.ModuleDict({"backbone": backbone, "fc": nn.Linear(backbone.dim, NUM_CLASSES)})
 
-    def training_step(self, x: torch.Tensor, y: torch.Tensor):
+    def training_step(self, batch: Batch):
+        x, y = batch.images, batch.labels
         backbone, fc = self.model["backbone"], self.model["fc"]
         feat1 = backbone.feature_map(x)
         feat2 = backbone.feature_map(x.flip(-1))

@@ -11,7 +11,8 @@ from torch.nn import functional as F
 
 from benchmark.labels import NUM_CLASSES
 
-from .base import BaseHparams, TrainedMethod, register_method
+from benchmark.method import BaseHparams, Batch, register_method
+from benchmark.trained_method import TrainedMethod
 
 
 @register_method("erm", "backbone + linear classifier, cross-entropy only (Table 2 baseline)")
@@ -22,7 +23,8 @@ class Erm(TrainedMethod):
         backbone = self.new_backbone()
         return nn.ModuleDict({"backbone": backbone, "fc": nn.Linear(backbone.dim, NUM_CLASSES)})
 
-    def training_step(self, x: torch.Tensor, y: torch.Tensor):
+    def training_step(self, batch: Batch):
+        x, y = batch.images, batch.labels
         loss = F.cross_entropy(self.model["fc"](self.model["backbone"](x)), y)
         return loss, {"ce": loss.detach()}
 

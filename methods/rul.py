@@ -1,5 +1,5 @@
 """RUL, Relative Uncertainty Learning (NeurIPS 2021), as zyh-uaiaaaa/Relative-Uncertainty-Learning
-runs it (spec §6).
+runs it.
 
 Two heads on the last feature map give a 64-d mean `mu` and log-variance. In training, each
 sample is mixed with a random partner by their relative uncertainty:
@@ -21,7 +21,8 @@ from torch.nn import functional as F
 
 from benchmark.labels import NUM_CLASSES
 
-from .base import ONE_OF_FLIP_NOISE, BaseHparams, TrainedMethod, check_range, register_method
+from benchmark.method import BaseHparams, Batch, check_range, register_method
+from benchmark.trained_method import ONE_OF_FLIP_NOISE, TrainedMethod
 
 
 @dataclass
@@ -81,7 +82,8 @@ class Rul(TrainedMethod):
         rest = [p for p in self.model.parameters() if id(p) not in fc_ids]
         return [{"params": rest}, {"params": fc, "lr": self.hparams.lr * self.hparams.fc_lr_factor}]
 
-    def training_step(self, x: torch.Tensor, y: torch.Tensor):
+    def training_step(self, batch: Batch):
+        x, y = batch.images, batch.labels
         feat = self.model["backbone"].feature_map(x)
         mu, logvar = self.model["mu"](feat), self.model["logvar"](feat)
         perm = torch.randperm(len(y), device=y.device)

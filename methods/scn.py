@@ -1,4 +1,4 @@
-"""SCN, Self-Cure Network (CVPR 2020), as kaiwang960112/Self-Cure-Network's train.py runs (spec §4).
+"""SCN, Self-Cure Network (CVPR 2020), as kaiwang960112/Self-Cure-Network's train.py runs it.
 
     alpha  = sigmoid(Linear(h))                       h: the backbone's pooled feature
     logits = alpha * fc(h)                            used for training and test
@@ -23,7 +23,8 @@ from torch.nn import functional as F
 from benchmark.errors import BenchmarkError
 from benchmark.labels import NUM_CLASSES
 
-from .base import ONE_OF_FLIP_NOISE, BaseHparams, TrainedMethod, check_range, register_method
+from benchmark.method import BaseHparams, Batch, Relabel, check_range, register_method
+from benchmark.trained_method import ONE_OF_FLIP_NOISE, TrainedMethod
 
 
 @dataclass
@@ -92,23 +93,24 @@ class Scn(TrainedMethod):
         alpha = self.model["attention"](h)
         return alpha * self.model["fc"](h), alpha
 
-    def training_step(self, x: torch.Tensor, y: torch.Tensor):
+    def training_step(self, batch: Batch):
+        x, y = batch.images, batch.labels
         logits, alpha = self.forward(x)
         ce = F.cross_entropy(logits, y)
         rr = rank_regularisation(alpha, self.hparams.beta, self.hparams.margin_1)
         self._last = (logits.detach().float(), y, alpha.detach())
         return ce + rr, {"ce": ce.detach(), "rr": rr.detach()}
 
-    def after_step(self, index: np.ndarray, epoch: int) -> None:
+    def after_step(self, batch: Batch, epoch: int) -> Relabel | None:
         if epoch < self.hparams.relabel_epoch or self._last is None:
-            return
+            return None
         logits, labels, alpha = self._last
         change = relabel(logits, labels, alpha, self.hparams.margin_2, self.hparams.beta,
                          self.hparams.relabel_rule).cpu().numpy()
         new = logits.argmax(1).cpu().numpy()
         really = change & (new != labels.cpu().numpy())
-        self.train_labels[index[really]] = new[really]
         self._relabelled += int(really.sum())
+        return Relabel(batch.index[really], new[really])
 
     def epoch_metrics(self) -> dict[str, float]:
         changed, self._relabelled = self._relabelled, 0

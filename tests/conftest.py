@@ -47,7 +47,7 @@ def components(tmp_path_factory):
     from benchmark.backbones import BackboneSpec
     from benchmark.encoders import EncoderSpec, build_encoder
     from benchmark.features import FeatureCache
-    from methods import Components
+    from benchmark.method import Components
 
     encoder = build_encoder(EncoderSpec("torchvision:mobilenet_v2:imagenet"))
     return Components(BackboneSpec("mobilenet_v2", "imagenet"), encoder,

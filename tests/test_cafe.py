@@ -1,8 +1,10 @@
-"""CAFE's pieces on hand-made tensors (spec §3), and its variants."""
+"""CAFE's pieces on hand-made tensors, and its variants."""
 
 from __future__ import annotations
 
 import random
+
+import numpy as np
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from torch import nn
 from benchmark.backbones import BackboneSpec
 from benchmark.encoders import EncoderSpec, FrozenEncoder
 from benchmark.errors import BenchmarkError
-from methods import Components, build_method
+from benchmark.method import Batch, Components, build_method
 from methods.cafe import diverse_loss, drop_mask, group_size, grouped, match_width
 
 
@@ -62,8 +64,8 @@ def test_one_drop_mask_shared_by_the_batch_per_step(monkeypatch):
     method = build_method("cafe", components=Components(BackboneSpec("resnet18", "none"), linear_encoder()))
     method.build(torch.device("cpu"))
     x, y = torch.randn(5, 3, 32, 32), torch.tensor([0, 1, 2, 3, 4])
-    method.training_step(x, y)
-    method.training_step(x, y)
+    method.training_step(Batch(x, y, np.arange(len(y))))
+    method.training_step(Batch(x, y, np.arange(len(y))))
     assert len(calls) == 2 and calls[0].shape == (7, 73)  # one (7, g) mask per step, broadcast over B
     assert not torch.equal(calls[0], calls[1])
 
@@ -104,9 +106,9 @@ def test_nosigmoid_variant_uses_raw_features():
 def test_variants_switch_losses_off():
     y = torch.tensor([1, 2])
     x = torch.randn(2, 3, 32, 32)
-    assert set(make_cafe("cafe").training_step(x, y)[1]) == {"ce", "sep", "div"}
-    assert set(make_cafe("cafe_mask_sep").training_step(x, y)[1]) == {"ce", "sep"}
-    assert set(make_cafe("cafe_mask").training_step(x, y)[1]) == {"ce"}
+    assert set(make_cafe("cafe").training_step(Batch(x, y, np.arange(len(y))))[1]) == {"ce", "sep", "div"}
+    assert set(make_cafe("cafe_mask_sep").training_step(Batch(x, y, np.arange(len(y))))[1]) == {"ce", "sep"}
+    assert set(make_cafe("cafe_mask").training_step(Batch(x, y, np.arange(len(y))))[1]) == {"ce"}
     with pytest.raises(BenchmarkError, match="use_mask=False is the plain backbone"):
         make_cafe("cafe", use_mask=False)
     with pytest.raises(BenchmarkError, match="unknown hyperparameter"):
@@ -158,9 +160,9 @@ def test_cached_clip_features_pick_mirrored_rows_for_flipped_samples():
     method = make_cafe("cafe", clip_features="cached")
     plain = torch.arange(10, dtype=torch.float32)[:, None].repeat(1, 512)
     method._train_features = (plain, -plain)
-    method.batch_index = np.array([3, 7, 1])
-    method.batch_flips = torch.tensor([False, True, False])
-    feats = method.encoder_features(torch.zeros(3, 3, 32, 32))
+    batch = Batch(torch.zeros(3, 3, 32, 32), torch.zeros(3, dtype=torch.long), np.array([3, 7, 1]),
+                  torch.tensor([False, True, False]))
+    feats = method.encoder_features(batch)
     assert feats[:, 0].tolist() == [3.0, -7.0, 1.0]
     with pytest.raises(BenchmarkError, match="clip_features"):
         make_cafe("cafe", clip_features="sometimes")
@@ -168,8 +170,8 @@ def test_cached_clip_features_pick_mirrored_rows_for_flipped_samples():
 
 def test_cached_mode_runs_the_encoder_only_to_precompute(studio, components, tmp_path):
     from benchmark.features import FeatureCache
-    from benchmark.trainer import Recipe
-    from methods import MemoryLog
+    from benchmark.recipe import Recipe
+    from benchmark.method import MemoryLog
 
     # A fresh feature cache, so that nothing is precomputed by an earlier test.
     components = Components(components.backbone, components.encoder, FeatureCache(tmp_path / "features"))

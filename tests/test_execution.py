@@ -8,8 +8,8 @@ import torch
 
 from benchmark.errors import BenchmarkError
 from benchmark.execution import Execution
-from benchmark.trainer import Recipe
-from methods import MemoryLog, build_method
+from benchmark.recipe import Recipe
+from benchmark.method import MemoryLog, build_method
 
 from .conftest import SIZE
 

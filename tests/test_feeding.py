@@ -13,8 +13,9 @@ import torch
 
 from benchmark.errors import BenchmarkError
 from benchmark.prefetch import prefetched
-from benchmark.trainer import Recipe, TrainingDiverged, resident_split
-from methods import MemoryLog, build_method
+from benchmark.recipe import Recipe
+from benchmark.trainer import TrainingDiverged, resident_split
+from benchmark.method import MemoryLog, build_method
 
 from .conftest import SIZE
 
@@ -79,8 +80,8 @@ def test_a_nan_loss_still_stops_the_job_within_its_epoch_naming_the_first_bad_st
     real_step = erm_module.Erm.training_step
     calls = {"n": 0}
 
-    def step_going_nan_at_5(self, x, y):
-        loss, parts = real_step(self, x, y)
+    def step_going_nan_at_5(self, batch):
+        loss, parts = real_step(self, batch)
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] > 5 else loss), parts
 

@@ -250,11 +250,11 @@ def test_four_processes_creating_one_new_sqlite_store_at_once_all_succeed(tmp_pa
 def test_a_store_whose_lock_file_cannot_be_written_still_opens(tmp_path, monkeypatch):
     import filelock
 
-    from benchmark.store import mlflow_store
+    from benchmark.store.mlflow_store import _READY_STORES
 
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     open_store(uri).experiment("existing")
-    mlflow_store._READY_STORES.discard(uri)  # as a fresh process reading someone's read-only results
+    _READY_STORES.discard(uri)  # as a fresh process reading someone's read-only results
 
     def refuse(self, *args, **kwargs):
         raise PermissionError(13, "Permission denied", f"{tmp_path / 'store.db.lock'}")
@@ -311,8 +311,8 @@ def test_ray_executor_runs_two_jobs_at_once_into_one_store(tmp_path, capsys):
 def test_nan_loss_stops_the_job_as_failed(tmp_path, monkeypatch, capsys):
     import methods.erm as erm_module
 
-    def nan_step(self, x, y):
-        loss = self.model["fc"](self.model["backbone"](x)).sum() * float("nan")
+    def nan_step(self, batch):
+        loss = self.model["fc"](self.model["backbone"](batch.images)).sum() * float("nan")
         return loss, {}
 
     monkeypatch.setattr(erm_module.Erm, "training_step", nan_step)

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from benchmark.augment import IMAGENET_MEAN, IMAGENET_STD, PAPER, AugmentSpec, augment
-from benchmark.trainer import Recipe, epoch_sampler
-from methods import MemoryLog, build_method
+from benchmark.recipe import Recipe
+from benchmark.trainer import epoch_sampler
+from benchmark.method import MemoryLog, build_method
 
 from .conftest import SIZE
 

@@ -63,7 +63,7 @@ def splits(setting, tmp_path_factory):
 def components(setting, encoder, tmp_path):
     from benchmark.backbones import BackboneSpec
     from benchmark.features import FeatureCache
-    from methods import Components
+    from benchmark.method import Components
 
     return Components(BackboneSpec(*setting["backbone"]), encoder, FeatureCache(tmp_path / "features"))
 

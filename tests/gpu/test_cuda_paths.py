@@ -13,12 +13,13 @@ import torch
 
 from benchmark import trainer
 from benchmark.execution import Execution, host_batch, to_device_batch
-from benchmark.trainer import Recipe
-from methods import METHODS, MemoryLog, TrainedMethod, build_method, load_plugins
+from benchmark.recipe import Recipe
+from benchmark.method import MemoryLog, build_method, load_plugins
+from benchmark.trained_method import TrainedMethod
 
 from .conftest import DEVICE, ON_CUDA
 
-load_plugins()
+METHODS = load_plugins()
 ALL_METHODS = sorted(METHODS.names())
 TRAINED = [m for m in ALL_METHODS if issubclass(METHODS.get(m).cls, TrainedMethod)]
 PRECISIONS = ["auto", "fp32", "bf16"]
