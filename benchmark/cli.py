@@ -67,6 +67,7 @@ def derived_seeds(seeds: list[int], n: int) -> list[int]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .data.roots import parse_assignments
+    from .executors import ExecutorOptions
     from .grid import run_grid
     from .jobs import plan_from
     from .protocol import load_protocol
@@ -84,9 +85,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         protocol.seeds = derived_seeds(protocol.seeds, args.num_seeds)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else protocol.methods
     plan = plan_from(protocol, args.data_root, parse_assignments(args.dataset_path, "--dataset-path"))
-    return run_grid(protocol, methods, plan, store=open_store(args.tracking_uri),
-                    executor=args.executor, dry_run=args.dry_run, device=args.device, ray_address=args.ray_address,
-                    jobs_per_gpu=args.jobs_per_gpu, command=" ".join(sys.argv), threads=args.threads)
+    options = ExecutorOptions(args.workers, args.jobs_per_gpu, args.ray_address)
+    return run_grid(protocol, methods, plan, store=open_store(args.tracking_uri), executor=args.executor,
+                    options=options, dry_run=args.dry_run, device=args.device, command=" ".join(sys.argv),
+                    threads=args.threads)
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
@@ -108,7 +110,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
         sources = sorted(set(results["source"]))
     present = list(dict.fromkeys(results["method"]))
     methods = [m for m in preferred if m in present] + [m for m in present if m not in preferred]
-    names = list(tables.TABLES) if args.table == "all" else [args.table]
+    names = list(tables.layouts()) if args.table == "all" else [args.table]
     outputs = []
     for name in names:
         built = tables.build_tables(name, results, args.metric, sources, datasets, methods)
@@ -215,9 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset-path", action="append", metavar="NAME=DIR", help="one dataset's folder (repeatable)")
     run.add_argument("--tracking-uri", help="result store: an MLflow tracking URI or jsonl:FOLDER (default "
                      "$MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db)")
-    run.add_argument("--executor", choices=["local", "ray"], default="local", help="in process (default) or Ray tasks")
+    run.add_argument("--executor", choices=["local", "pool", "ray"], default="local",
+                     help="local: one job at a time in this process (default); pool: worker processes on this "
+                     "machine, one GPU each when there are several; ray: Ray tasks")
+    run.add_argument("--workers", type=int, help="pool: worker processes (default --jobs-per-gpu x GPUs, at least 1)")
     run.add_argument("--ray-address", help="join a running Ray cluster (default: start a local one)")
-    run.add_argument("--jobs-per-gpu", type=int, default=1, help="jobs sharing one GPU: N worker processes with the local executor, "
+    run.add_argument("--jobs-per-gpu", type=int, default=1, help="jobs sharing one GPU: N worker processes per GPU (local or pool), "
                      "1/N of a GPU per task with Ray (default 1)")
     run.add_argument("--threads", type=int, help="torch threads per job, the same in every executor (default: this "
                      "machine's cores / --jobs-per-gpu); recorded as env.threads: numbers depend on it")

@@ -19,7 +19,12 @@ from .encoders import EncoderSpec
 from .errors import BenchmarkError
 from .recipe import Recipe
 
-PROTOCOL_DIR = Path(__file__).resolve().parent.parent / "protocols"
+def protocol_dir() -> Path:
+    """The shipped protocol files: the repository's protocols/ folder, installed as the
+    package benchmark.protocols (so an installed wheel finds them too)."""
+    from importlib.resources import files
+
+    return Path(str(files("benchmark.protocols")))
 
 
 class ProtocolError(BenchmarkError):
@@ -141,11 +146,12 @@ def find_protocol(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix == ".toml" and path.is_file():
         return path
-    candidate = PROTOCOL_DIR / f"{name_or_path}.toml"
+    folder = protocol_dir()
+    candidate = folder / f"{name_or_path}.toml"
     if candidate.is_file():
         return candidate
-    known = ", ".join(p.stem for p in sorted(PROTOCOL_DIR.glob("*.toml")))
-    raise ProtocolError(f"no protocol {name_or_path!r}: not a .toml file, not in {PROTOCOL_DIR} (known: {known})")
+    known = ", ".join(p.stem for p in sorted(folder.glob("*.toml")))
+    raise ProtocolError(f"no protocol {name_or_path!r}: not a .toml file, not in {folder} (known: {known})")
 
 
 def parse_value(text: str) -> Any:
@@ -180,4 +186,4 @@ def load_protocol(name_or_path: str, overrides: dict[str, str] | None = None) ->
 
 
 def list_protocols() -> list[Protocol]:
-    return [load_protocol(str(p)) for p in sorted(PROTOCOL_DIR.glob("*.toml"))]
+    return [load_protocol(str(p)) for p in sorted(protocol_dir().glob("*.toml"))]

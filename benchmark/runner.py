@@ -135,7 +135,7 @@ def _run_logged_job(job: Job, ctx: RunContext, log: RunLog, result: JobResult, s
                     "encoder.digest": job.encoder_digest or "none",
                     schema.BACKBONE: job.backbone.id,
                     "backbone.digest": job.backbone_digest, "test_split": job.test_split,
-                    **{f"data.{k}": v for k, v in job.fingerprints.items()},
+                    **{schema.data_param(*k.rsplit(":", 1)): v for k, v in job.fingerprints.items()},
                     **_flatten("lib", library_versions()), "git_commit": git_commit(),
                     "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
                     # What recipe.precision resolved to on this device (it is "auto" by default).

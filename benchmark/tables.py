@@ -12,7 +12,9 @@ the paper's number and our difference beside each cell; means are always recompu
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 
@@ -23,16 +25,56 @@ from tabulate import tabulate
 from .errors import BenchmarkError
 from .labels import CLASSES
 
-PAPER_ORDER = ["rafdb", "ferplus", "affectnet", "sfew", "mma"]
-DISPLAY = {"rafdb": "RAF-DB", "ferplus": "FERPlus", "affectnet": "AffectNet", "sfew": "SFEW2.0", "mma": "MMA"}
 MISSING = "–"
-TABLES = ("table1", "table2", "table3", "table4", "table5", "perclass")
-TABLE_METHODS = {"table2": ["erm", "cafe_mask", "cafe_mask_sep", "cafe"], "table4": ["clip_ft", "cafe"],
-                 "table5": ["cafe_nosigmoid", "cafe"]}
+LAYOUT_KINDS = ("per_source", "single_source", "backbones", "perclass")
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """One table of the paper, as paper_layouts.toml describes it."""
+
+    name: str
+    kind: str
+    title: str
+    source: str | None = None
+    methods: tuple[str, ...] = ()
+    paper_mean: str = "mean5"
+    unseen_only: bool = False
+    delta: tuple[str, str] | None = None
+    bold: bool = True
+    paper_backbone_names: dict[str, str] = field(default_factory=dict)
+
+
+@lru_cache(maxsize=1)
+def _layout_file() -> dict:
+    import tomllib
+
+    path = files("benchmark").joinpath("paper_layouts.toml")
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+def layouts() -> dict[str, TableLayout]:
+    """Every table description, by name, in the file's order."""
+    out = {}
+    for name, spec in _layout_file()["tables"].items():
+        spec = dict(spec)
+        unknown = set(spec) - {f.name for f in dataclasses.fields(TableLayout)}
+        if unknown or spec.get("kind") not in LAYOUT_KINDS:
+            raise BenchmarkError(f"paper_layouts.toml: tables.{name}: unknown key(s) {', '.join(sorted(unknown))} "
+                                 f"or kind {spec.get('kind')!r} (kinds: {', '.join(LAYOUT_KINDS)})")
+        spec["methods"] = tuple(spec.get("methods", ()))
+        if "delta" in spec:
+            spec["delta"] = tuple(spec["delta"])
+        out[name] = TableLayout(name=name, **spec)
+    return out
+
+
+def paper_order() -> list[str]:
+    return list(_layout_file()["datasets"]["order"])
 
 
 def display(name: str) -> str:
-    return DISPLAY.get(name, name)
+    return _layout_file()["datasets"]["display"].get(name, name)
 
 
 def mixed_environments(results: pd.DataFrame) -> list[str]:
@@ -131,10 +173,15 @@ def _cells(frame: pd.DataFrame, targets: list[str], mean_over: list[str]) -> tup
     return cells, missing or incomplete
 
 
+def in_paper_order(datasets: list[str]) -> list[str]:
+    """The paper's datasets in its order, then any others in the protocol's."""
+    order = paper_order()
+    return sorted(datasets, key=lambda d: order.index(d) if d in order else len(order))
+
+
 def ordered_targets(source: str, datasets: list[str]) -> list[str]:
     """The source's own test set first, then the others in the paper's (or protocol's) order."""
-    rest = [d for d in sorted(datasets, key=lambda d: PAPER_ORDER.index(d) if d in PAPER_ORDER else 99)
-            if d != source]
+    rest = [d for d in in_paper_order(datasets) if d != source]
     return [source, *rest]
 
 
@@ -152,9 +199,13 @@ def method_rows(acc: pd.DataFrame, methods: list[str]) -> list[tuple[str, str, p
     return rows
 
 
-def table1(results: pd.DataFrame, metric: str, sources: list[str], datasets: list[str],
-           methods: list[str]) -> list[Table]:
-    acc = results[results["metric"] == metric]
+def _missing_note(table: Table) -> None:
+    table.notes.append(f"{MISSING}: no FINISHED run; * mean over the cells that exist")
+
+
+def per_source_tables(layout: TableLayout, acc: pd.DataFrame, sources: list[str], datasets: list[str],
+                      methods: list[str]) -> list[Table]:
+    """One table per source (Table 1); rows: the methods run."""
     tables = []
     for source in sources:
         targets = ordered_targets(source, datasets)
@@ -163,10 +214,11 @@ def table1(results: pd.DataFrame, metric: str, sources: list[str], datasets: lis
             cells, m = _cells(frame[frame["source"] == source], targets, targets)
             rows.append((label, cells))
             missing |= m
-        table = Table(f"Trained on {display(source)}", [display(t) for t in targets] + ["Mean"], rows)
-        table.paper = _paper_lookup("table1", source, methods, targets, "mean5")
+        table = Table(layout.title.format(source=display(source)), [display(t) for t in targets] + ["Mean"], rows,
+                      bold=layout.bold)
+        table.paper = _paper_lookup(layout.name, source, methods, targets, layout.paper_mean)
         if missing:
-            table.notes.append(f"{MISSING}: no FINISHED run; * mean over the cells that exist")
+            _missing_note(table)
         tables.append(table)
     return tables
 
@@ -184,49 +236,50 @@ def _paper_lookup(name: str, source: str, rows: list[str], targets: list[str], m
     return out
 
 
-def single_source_table(name: str, results: pd.DataFrame, metric: str, source: str, datasets: list[str],
-                        methods: list[str]) -> Table:
-    """Tables 2, 4, 5: one source (RAF-DB in the paper), one row per method."""
-    acc = results[(results["metric"] == metric) & (results["source"] == source)]
-    unseen_only = name == "table2"
-    targets = [t for t in ordered_targets(source, datasets) if not (unseen_only and t == source)]
+def single_source_table(layout: TableLayout, acc: pd.DataFrame, source: str, datasets: list[str]) -> Table:
+    """One source, one row per method of the layout (Tables 2, 4, 5)."""
+    acc = acc[acc["source"] == source]
+    methods = list(layout.methods)
+    targets = [t for t in ordered_targets(source, datasets) if not (layout.unseen_only and t == source)]
     rows, missing = [], False
     for label, _, frame in method_rows(acc, methods):
         cells, m = _cells(frame, targets, targets)
         rows.append((label, cells))
         missing |= m
-    titles = {"table2": "Ablation (mean over the four unseen test sets)", "table4": "CLIP+Finetune vs CAFE",
-              "table5": "Without the sigmoid vs CAFE"}
-    table = Table(f"{titles[name]}, trained on {display(source)}", [display(t) for t in targets] + ["Mean"], rows)
-    table.paper = _paper_lookup(name, source, methods, targets, "mean4" if unseen_only else "mean5")
-    if name in ("table4", "table5"):
-        table.delta_row = ("cafe", methods[0])
-        table.bold = False
+    table = Table(layout.title.format(source=display(source)), [display(t) for t in targets] + ["Mean"], rows,
+                  bold=layout.bold, delta_row=layout.delta)
+    table.paper = _paper_lookup(layout.name, source, methods, targets, layout.paper_mean)
     if missing:
-        table.notes.append(f"{MISSING}: no FINISHED run; * mean over the cells that exist")
+        _missing_note(table)
     return table
 
 
-def table3(results: pd.DataFrame, metric: str, source: str, datasets: list[str]) -> Table:
-    acc = results[(results["metric"] == metric) & (results["source"] == source)
-                  & (results["method"].isin(["erm", "cafe"]))]
+def backbones_table(layout: TableLayout, acc: pd.DataFrame, source: str, datasets: list[str]) -> Table:
+    """One source; a row per method of the layout on each backbone run (Table 3)."""
+    acc = acc[(acc["source"] == source) & (acc["method"].isin(layout.methods))]
     targets = ordered_targets(source, datasets)
     rows, missing = [], False
     for backbone in sorted(acc["backbone"].unique()):
-        for method in ("erm", "cafe"):
+        for method in layout.methods:
             cells, m = _cells(acc[(acc["backbone"] == backbone) & (acc["method"] == method)], targets, targets)
             rows.append((f"{method}@{backbone}", cells))
             missing |= m
-    table = Table(f"Backbones, trained on {display(source)}", [display(t) for t in targets] + ["Mean"], rows)
-    paper_name = {"mobilenet_v2": "mobilenet"}
-    table.paper = _paper_lookup("table3", source, [r for r, _ in rows], targets, "mean5",
-                                row_key=lambda r: "@".join([r.split("@")[0], paper_name.get(r.split("@")[1], r.split("@")[1])]))
+    table = Table(layout.title.format(source=display(source)), [display(t) for t in targets] + ["Mean"], rows,
+                  bold=layout.bold)
+
+    def paper_row(row: str) -> str:
+        method, backbone = row.split("@")
+        return f"{method}@{layout.paper_backbone_names.get(backbone, backbone)}"
+
+    table.paper = _paper_lookup(layout.name, source, [r for r, _ in rows], targets, layout.paper_mean,
+                                row_key=paper_row)
     if missing:
-        table.notes.append(f"{MISSING}: no FINISHED run; * mean over the cells that exist")
+        _missing_note(table)
     return table
 
 
-def perclass_table(results: pd.DataFrame, sources: list[str], datasets: list[str], methods: list[str]) -> Table:
+def perclass_table(layout: TableLayout, results: pd.DataFrame, sources: list[str], datasets: list[str],
+                   methods: list[str]) -> Table:
     rows = []
     for method in methods:
         for source in sources:
@@ -241,7 +294,7 @@ def perclass_table(results: pd.DataFrame, sources: list[str], datasets: list[str
                     cells.append(Cell(values.mean() if len(values) else None,
                                       values.std(ddof=1) if len(values) > 1 else None, len(values)))
                 rows.append((f"{method}: {display(source)} → {display(target)}", cells))
-    return Table("Per-class accuracy", list(CLASSES) + ["mean per class"], rows, bold=False)
+    return Table(layout.title, list(CLASSES) + ["mean per class"], rows, bold=False)
 
 
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -316,18 +369,23 @@ def to_frame(table: Table) -> pd.DataFrame:
 
 def build_tables(name: str, results: pd.DataFrame, metric: str, sources: list[str], datasets: list[str],
                  methods: list[str]) -> list[Table]:
+    """The tables of layout `name` from the results frame (benchmark.store.RESULT_COLUMNS)."""
     if results.empty:
         raise BenchmarkError("no FINISHED runs to build a table from")
-    main_source = "rafdb" if "rafdb" in sources else sources[0]
-    if name == "table1":
-        return table1(results, metric, sources, datasets, methods)
-    if name in TABLE_METHODS:
-        return [single_source_table(name, results, metric, main_source, datasets, TABLE_METHODS[name])]
-    if name == "table3":
-        return [table3(results, metric, main_source, datasets)]
-    if name == "perclass":
-        return [perclass_table(results, sources, datasets, methods)]
-    raise BenchmarkError(f"unknown table {name!r} (known: {', '.join(TABLES)}, all)")
+    known = layouts()
+    if name not in known:
+        raise BenchmarkError(f"unknown table {name!r} (known: {', '.join(known)}, all)")
+    layout = known[name]
+    if layout.kind == "perclass":
+        return [perclass_table(layout, results, sources, datasets, methods)]
+    acc = results[results["metric"] == metric]
+    if layout.kind == "per_source":
+        return per_source_tables(layout, acc, sources, datasets, methods)
+    # The layout's source when the protocol trains on it, else the protocol's first source.
+    source = layout.source if layout.source in sources else sources[0]
+    if layout.kind == "backbones":
+        return [backbones_table(layout, acc, source, datasets)]
+    return [single_source_table(layout, acc, source, datasets)]
 
 
 def write_figures(results: pd.DataFrame, metric: str, sources: list[str], datasets: list[str],
@@ -341,7 +399,7 @@ def write_figures(results: pd.DataFrame, metric: str, sources: list[str], datase
     folder.mkdir(parents=True, exist_ok=True)
     acc = results[results["metric"] == metric]
     written = []
-    order = sorted(datasets, key=lambda d: PAPER_ORDER.index(d) if d in PAPER_ORDER else 99)
+    order = in_paper_order(datasets)
     for method in methods:
         grid = (acc[acc["method"] == method].groupby(["source", "target"])["value"].mean().unstack()
                 .reindex(index=[s for s in order if s in sources], columns=order))

@@ -336,7 +336,7 @@ def test_ui_binds_to_localhost_unless_told(monkeypatch, capsys):
 
 
 def test_jobs_per_gpu_packs_fractional_gpus():
-    from benchmark.grid import task_resources
+    from benchmark.executors.ray_cluster import task_resources
 
     assert task_resources(8, 4) == {"num_gpus": 0.25, "num_cpus": 1}
     assert task_resources(1, 1, threads=4) == {"num_gpus": 1.0, "num_cpus": 4}

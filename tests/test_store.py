@@ -70,11 +70,12 @@ def test_results_count_one_finished_run_per_job_and_name_the_datasets(store):
     for acc in (0.5, 0.9):  # two FINISHED runs of one hash: the earlier counts
         log = store.open_job(exp, "g", job("synth5/studio"))
         log.metrics({schema.target_metric("synth5/film", "acc"): acc, schema.MEAN_ACC: acc})
+        log.params({schema.data_param("synth5/film", "test"): "fingerprint"})
         log.finish("FINISHED")
     failed = store.open_job(exp, "g", job("synth5/film"))
     failed.metrics({schema.target_metric("synth5/film", "acc"): 0.1})
     failed.finish("FAILED")
-    frame = store.results("p", ["synth5/film"])
+    frame = store.results("p")  # the target's name comes back from the run's data.* params
     assert frame[["source", "target", "metric", "value"]].values.tolist() == [["synth5/studio", "synth5/film", "acc", 0.5]]
     (warning,) = frame.attrs["warnings"]
     assert "1 extra FINISHED run(s) of 1 job(s) ignored" in warning

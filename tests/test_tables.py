@@ -12,6 +12,7 @@ import pytest
 
 from benchmark import tables
 from benchmark.cli import main
+from benchmark.errors import BenchmarkError
 from benchmark.store import RESULT_COLUMNS, open_store, schema
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -229,3 +230,18 @@ def test_csv_gives_the_t_interval_of_a_two_seed_cell():
     assert row["n"] == 2 and row["mean"] == pytest.approx(0.8922)
     assert row["ci_high"] - row["mean"] == pytest.approx(12.7062 * 0.0070711 / 2 ** 0.5, rel=1e-4)
     assert row["mean"] - row["ci_low"] == pytest.approx(row["ci_high"] - row["mean"])
+
+
+def test_a_new_table_is_one_more_layout_description(monkeypatch):
+    described = tables._layout_file()
+    extended = {**described, "tables": {**described["tables"], "table6": {
+        "kind": "single_source", "source": "rafdb", "methods": ["scn", "cafe"], "title": "SCN vs CAFE on {source}",
+        "delta": ["cafe", "scn"], "bold": False}}}
+    monkeypatch.setattr(tables, "_layout_file", lambda: extended)
+    (table,) = tables.build_tables("table6", paper_results("gfer5"), "acc", DATASETS, DATASETS, [])
+    assert table.title == "SCN vs CAFE on RAF-DB" and [name for name, _ in table.rows] == ["scn", "cafe"]
+    rows = markdown_rows(tables.render(table, "md"))
+    assert rows[-1][0] == "Δ" and rows[-1][1] == "+1.90"  # CAFE on RAF-DB (seeds: 88.72, 89.72) - SCN 87.32
+    monkeypatch.setattr(tables, "_layout_file", lambda: {**described, "tables": {"bad": {"kind": "pie"}}})
+    with pytest.raises(BenchmarkError, match="tables.bad: .*kind 'pie'"):
+        tables.layouts()

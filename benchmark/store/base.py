@@ -218,7 +218,8 @@ class ResultStore(abc.ABC):
 
         One FINISHED run counts per job hash (the earliest); others, left by concurrent runs of
         older versions, are ignored. What the reader should know (ignored duplicates) is in
-        `frame.attrs["warnings"]`. `datasets` turn metric-key names back into dataset names.
+        `frame.attrs["warnings"]`. Metric keys name targets by their safe names; the
+        dataset names come back from `datasets` and from each run's `data.*` params.
         """
         from ..environment import SIGNATURE_KEYS, signature
 
@@ -236,9 +237,11 @@ class ResultStore(abc.ABC):
             hashes = sorted({r.tags[schema.JOB_HASH] for r in extra})
             warnings.append(f"{len(extra)} extra FINISHED run(s) of {len(hashes)} job(s) ignored "
                             f"(one run counts per job hash; hashes {', '.join(hashes)})")
-        names = {schema.safe_name(d): d for d in (datasets or [])}
+        known = {schema.safe_name(d): d for d in (datasets or [])}
         rows = []
         for run in counted:
+            # Each run names the datasets it read in its data.<dataset>:<split> params.
+            names = {**{schema.safe_name(d): d for d in schema.datasets_read(run.params)}, **known}
             backbone = run.params.get(schema.BACKBONE, "").split(":")[0]
             env = signature({k: run.params.get(k) for k in SIGNATURE_KEYS})
             for key, value in run.metrics.items():

@@ -25,6 +25,7 @@ SEED = "seed"
 
 # Params read back when building tables.
 BACKBONE = "backbone"  # "<name>:<weights>"
+DATA_PREFIX = "data."  # data.<dataset>:<split> = the split's fingerprint, one per split a job read
 
 # Metrics.
 MEAN_ACC = "test/mean_acc"  # over every target, the source's own test set included
@@ -52,6 +53,15 @@ def parse_test_metric(key: str) -> tuple[str, str] | None:
         return None
     parts = key[len("test/"):].split("/", 1)
     return (parts[0], parts[1]) if len(parts) == 2 else None
+
+
+def data_param(dataset: str, split: str) -> str:
+    return f"{DATA_PREFIX}{dataset}:{split}"
+
+
+def datasets_read(params: dict[str, str]) -> list[str]:
+    """The datasets a job run read, from its data.<dataset>:<split> params."""
+    return sorted({k[len(DATA_PREFIX):].rsplit(":", 1)[0] for k in params if k.startswith(DATA_PREFIX)})
 
 
 def job_run_name(method: str, source: str, seed: int) -> str:

@@ -1,0 +1,50 @@
+"""The executor registry and the pool's pinning of workers to GPUs (checked through the
+environment each worker sees, so it runs without a GPU)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from benchmark.errors import BenchmarkError, UnknownNameError
+from benchmark.executors import EXECUTORS, ExecutorOptions
+from benchmark.executors.pool import device_slots, map_in_pool, pool_size
+
+
+def visible_devices_after(seconds: float) -> tuple[int, str | None]:
+    time.sleep(seconds)  # long enough that every worker takes a task
+    return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_three_executors_behind_one_name_each():
+    assert EXECUTORS.names() == ["local", "pool", "ray"]
+    with pytest.raises(UnknownNameError, match="did you mean 'pool'"):
+        EXECUTORS.get("poll")
+    with pytest.raises(BenchmarkError, match="--workers 0: must be 1 or more"):
+        ExecutorOptions(workers=0)
+
+
+def test_pool_size_and_device_slots():
+    assert pool_size(None, 4, 2) == 8 and pool_size(None, 1, 0) == 1 and pool_size(3, 4, 2) == 3
+    assert device_slots(4, 2) == ["0", "1", "0", "1"]
+    assert device_slots(3, 1) == [None, None, None]  # one GPU (or none): nothing to pin
+
+
+def test_each_pool_worker_sees_only_its_own_gpu():
+    seen, submitted = {}, []
+    map_in_pool(visible_devices_after, ((k, (0.5,)) for k in range(4)), workers=2, gpus=2,
+                on_submit=submitted.append, on_done=lambda key, result, error: seen.update({key: result}))
+    assert submitted == [0, 1, 2, 3] and len(seen) == 4
+    by_worker = {}
+    for pid, visible in seen.values():
+        by_worker.setdefault(pid, set()).add(visible)
+    assert len(by_worker) == 2 and sorted(v for s in by_worker.values() for v in s) == ["0", "1"]
+
+
+def test_a_failing_task_comes_back_as_an_error_not_an_exception():
+    errors = {}
+    map_in_pool(int, [("bad", ("not a number",))], workers=1, gpus=0, on_submit=lambda key: None,
+                on_done=lambda key, result, error: errors.update({key: error}))
+    assert isinstance(errors["bad"], ValueError)
