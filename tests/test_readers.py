@@ -331,12 +331,13 @@ def test_a_label_file_that_is_not_utf8_is_refused_naming_file_and_line(tmp_path)
         load("list", root, "train")
 
 
-def test_the_readme_synth5_table_is_what_the_code_builds():
+@pytest.mark.parametrize("document", ["README.md", "docs/datasets.md"])
+def test_the_documented_synth5_table_is_what_the_code_builds(document):
     import re
 
     from benchmark.data.synth5 import DOMAINS
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / document).read_text()
     rows = {m.group(1): (m.group(2), m.group(3)) for m in re.finditer(
         r"^\| `synth5/(\w+)` \|[^\n]*\| (\d+/\d+/\d+) \| (\d+%|0) \|$", readme, re.MULTILINE)}
     assert set(rows) == set(DOMAINS)

@@ -4,6 +4,7 @@ abandoned runs, and the results frame tables are built from."""
 from __future__ import annotations
 
 import os
+import time
 
 import pandas as pd
 import pytest
@@ -44,6 +45,7 @@ def test_job_states_follow_the_runs_of_each_hash(store):
 def test_the_earliest_live_claim_holds_a_job_and_a_finished_run_ends_it(store):
     exp = store.experiment("p")
     first = store.open_job(exp, "g", job("a"))
+    time.sleep(0.01)  # a later start time (runs stamped in the same millisecond are ordered by run id)
     second = store.open_job(exp, "g", job("a"))
     assert store.claim(exp, job("a").hash, first.run_id, settle_s=0) is None
     holder = store.claim(exp, job("a").hash, second.run_id, settle_s=0)
