@@ -1,4 +1,4 @@
-"""`benchmark run`: expand the grid, resume it, execute it (local or Ray), summarise it."""
+"""`benchmark run`: expand the grid, resume it, execute it (benchmark.executors), summarise it."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: R
                        "threads_per_job": threads, "jobs_per_gpu": options.jobs_per_gpu,
                        "workers": options.workers or ""})
     parent_log.text("protocol.json", json.dumps(protocol.to_dict(), indent=1, default=str))
-    ctx = RunContext(store, experiment, parent_log.run_id, plan, protocol.to_dict(), device, threads)
+    ctx = RunContext(store, experiment, parent_log.run_id, plan, device, threads)
     started = time.perf_counter()
 
     def announce(job: Job) -> None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .augment import AUGMENT_VERSION
 from .backbones import BackboneSpec, backbone_weights_digest
 from .data.cache import DECODE_RECIPE
@@ -38,6 +40,7 @@ class DataPlan:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     skip_bad: bool = False
     _loaded: dict[tuple[str, str], Samples] = field(default_factory=dict, repr=False)
+    _held_out: dict[tuple[str, str], tuple[Samples, Samples]] = field(default_factory=dict, repr=False)
 
     def samples(self, dataset: str, split: str) -> Samples:
         """The parsed split. The dataset option `channel_order = "bgr"` (default "rgb") feeds its
@@ -61,6 +64,40 @@ class DataPlan:
 
     def has_split(self, dataset: str, split: str) -> bool:
         return split in DATASETS.get(dataset).splits
+
+    def source_splits(self, dataset: str, val_fraction: float, seed: int) -> tuple[Samples, Samples | None]:
+        """(training, validation) samples of a source: its own val split when it has one; else,
+        with `val_fraction` > 0, a seeded class-stratified share of its train split held out
+        (recipe.val_fraction); else no validation split."""
+        train = self.samples(dataset, "train")
+        if self.has_split(dataset, "val"):
+            return train, self.samples(dataset, "val")
+        if val_fraction <= 0:
+            return train, None
+        key = (dataset, f"train-{val_fraction}-{seed}")
+        if key not in self._held_out:
+            self._held_out[key] = held_out(train, val_fraction, seed)
+        return self._held_out[key]
+
+
+def held_out(samples: Samples, fraction: float, seed: int) -> tuple[Samples, Samples]:
+    """`samples` split into (train, val) by scikit-learn's train_test_split, stratified by class
+    where every class has two samples or more; each part has its own fingerprint."""
+    from sklearn.model_selection import train_test_split
+
+    rows = np.arange(len(samples))
+    counts = np.bincount(samples.labels)
+    stratify = samples.labels if counts[counts > 0].min() >= 2 else None
+    train_rows, val_rows = train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify)
+
+    def part(index: np.ndarray, split: str) -> Samples:
+        index = np.sort(index)
+        return dataclasses.replace(
+            samples, split=split, ids=[samples.ids[i] for i in index], labels=samples.labels[index],
+            pixels=None if samples.pixels is None else samples.pixels[index],
+            file_sizes=None if samples.file_sizes is None else samples.file_sizes[index], fingerprint="")
+
+    return part(train_rows, "train"), part(val_rows, "val")
 
 
 @dataclass
@@ -113,9 +150,12 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
         if encoder is not None and encoder_digest is None:
             encoder_digest = encoder_weights_digest(encoder)
         for source in protocol.sources:
-            prints = {f"{source}:train": plan.samples(source, "train").fingerprint, **test_prints}
             for seed in protocol.seeds:
                 recipe = protocol.recipe_for(source, seed)
+                train, val = plan.source_splits(source, recipe.val_fraction, seed)
+                prints = {f"{source}:train": train.fingerprint, **test_prints}
+                if val is not None and not plan.has_split(source, "val"):  # held out: its rows are in the hash
+                    prints[f"{source}:val"] = val.fingerprint
                 recipe_id = recipe.identity()
                 identity = {
                     "protocol": protocol.name, "protocol_version": protocol.version, "method": method,

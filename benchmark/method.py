@@ -2,12 +2,13 @@
 
 A method is a registered class with a hyperparameter dataclass whose defaults are the paper's:
 
-    fit(train_data, *, recipe, device, log, val_data=None)   train on a decoded split
+    fit(train_data, *, recipe, device, log, epoch_end=None)  train on a decoded split
     predict(data) -> (N, 7) probabilities                    evaluate (no augmentation)
     report(data, log)                                        optional figures on a labelled split
     state_dict() / load_state_dict(state)
 
-It gets everything passed in: the data, the recipe, the device, a `RunLog`, and its
+It gets everything passed in: the data, the recipe, the device, a `RunLog`, an `epoch_end`
+callback to call after each epoch (the runner evaluates the model there), and its
 `Components` (the frozen encoder, the backbone spec, the feature cache). It never opens the
 result store or reads flags. Methods trained by the shared loop subclass
 `benchmark.trained_method.TrainedMethod` and write a `training_step(batch)`.
@@ -44,6 +45,9 @@ from .registry import Registry
 from .recipe import Recipe
 
 ENTRY_POINT_GROUP = "benchmark.methods"
+
+
+EpochEnd = Callable[[int], None]  # called with the 1-based epoch just finished
 
 
 class RunLog(Protocol):
@@ -161,7 +165,9 @@ class Method(abc.ABC):
 
     @abc.abstractmethod
     def fit(self, train_data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
-            val_data: DecodedSplit | None = None) -> None: ...
+            epoch_end: EpochEnd | None = None) -> None:
+        """Train. After each epoch of training (a method without epochs: once, as epoch 1) call
+        `epoch_end(epoch)` when given; `predict` must work there."""
 
     @abc.abstractmethod
     def predict(self, data: DecodedSplit) -> np.ndarray:

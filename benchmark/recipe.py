@@ -42,12 +42,19 @@ class Recipe:
     prefetch: int = 2  # batches read ahead in a background thread (0: read in the loop)
     data_on_device: str = "auto"  # hold the decoded split on the GPU: "auto" (when it fits), "always", "never"
     sync_every: int = 50  # steps between the host's looks at the loss (non-finite check, progress bar)
+    # Evaluate every target (and the source's validation split) after every eval_every-th epoch
+    # and after the last, logged with step = epoch: the history the selection rules choose from.
+    # It changes no trained number (0: only after the last epoch).
+    eval_every: int = 1
+    # A seeded, class-stratified share of the training split held out as the source's validation
+    # split, for sources without one (0: none, the paper's protocol trains on the whole split).
+    val_fraction: float = 0.0
 
     # Fields that change how fast a job runs, never what it computes (left out of the job hash).
-    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("progress", "prefetch", "data_on_device", "sync_every")
+    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("progress", "prefetch", "data_on_device", "sync_every", "eval_every")
     # Fields added after jobs were first hashed: they enter a job's identity only when set away
     # from their default, so the jobs hashed before them keep their hash.
-    HASHED_WHEN_CHANGED: ClassVar[tuple[str, ...]] = ("compile_mode", "adam_impl", "cudnn_benchmark")
+    HASHED_WHEN_CHANGED: ClassVar[tuple[str, ...]] = ("compile_mode", "adam_impl", "cudnn_benchmark", "val_fraction")
 
     def identity(self) -> dict:
         """The recipe's part of a job's identity (benchmark.jobs)."""
@@ -73,6 +80,10 @@ class Recipe:
         for key in ("epochs", "batch_size", "input_size", "sync_every"):
             if getattr(self, key) <= 0:
                 raise BenchmarkError(f"recipe.{key} = {getattr(self, key)}; must be positive")
+        if self.eval_every < 0:
+            raise BenchmarkError(f"recipe.eval_every = {self.eval_every}; must be 0 (after the last epoch only) or more")
+        if not 0 <= self.val_fraction < 1:
+            raise BenchmarkError(f"recipe.val_fraction = {self.val_fraction}; must be in [0, 1)")
         if self.prefetch < 0:
             raise BenchmarkError(f"recipe.prefetch = {self.prefetch}; must be 0 (no read-ahead) or more")
         if self.loader_workers < 0:

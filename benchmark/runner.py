@@ -1,8 +1,8 @@
-"""Running jobs: one job trains a method on its source and evaluates it on every target.
+"""Running one job, in whatever process an executor gives it: claim it in the result store,
+train the method on its source, evaluate it on every target, record everything in its run.
 
-`run_grid` expands a protocol into jobs, skips the ones whose hash already has a FINISHED run,
-marks abandoned RUNNING runs (their process is gone) FAILED, and hands the rest to an executor
-(in process, or Ray). A job that raises is recorded as FAILED with its error and the grid goes on.
+A job that raises is recorded as FAILED with its error and traceback and comes back as a FAILED
+result (the grid goes on); Ctrl-C closes its run as KILLED and propagates.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .data.samples import printable_id
 from .environment import default_threads
 from .jobs import DataPlan, Job
 from .labels import CLASSES
-from .metrics import evaluate
+from .evaluator import Evaluator
 from .store import ResultStore, RunLog, schema
 
 _ENCODERS: dict[Any, Any] = {}  # one encoder per process, shared by its jobs
@@ -34,13 +34,12 @@ _ENCODERS: dict[Any, Any] = {}  # one encoder per process, shared by its jobs
 
 @dataclass
 class RunContext:
-    """What a job needs besides itself; picklable, so Ray workers get it too."""
+    """What a job needs besides itself; picklable, so worker processes and Ray tasks get it too."""
 
     store: ResultStore
     experiment_id: str
     parent_run_id: str
     plan: DataPlan
-    protocol: dict[str, Any]
     device: str | None = None
     threads: int | None = None  # torch threads per job (benchmark.environment.default_threads)
 
@@ -145,32 +144,31 @@ def _run_logged_job(job: Job, ctx: RunContext, log: RunLog, result: JobResult, s
                     "execution.adam": next(iter(adam_kernels(job.recipe.adam_impl, device)), "torch default")})
         plan = ctx.plan
         size = job.recipe.input_size
-        train = decode_split(plan.samples(job.source, "train"), size, skip_bad=plan.skip_bad)
-        val = (decode_split(plan.samples(job.source, "val"), size, skip_bad=plan.skip_bad)
-               if plan.has_split(job.source, "val") else None)
+        train_samples, val_samples = plan.source_splits(job.source, job.recipe.val_fraction, job.recipe.seed)
+        train = decode_split(train_samples, size, skip_bad=plan.skip_bad)
+        val = None if val_samples is None else decode_split(val_samples, size, skip_bad=plan.skip_bad)
         dropped = {f"dropped.{job.source}.train.{reason}": n for reason, n in train.dropped.items() if n}
         if dropped:
             log.params(dropped)
+        tests = {t: decode_split(plan.samples(t, job.test_split), size, skip_bad=plan.skip_bad) for t in job.targets}
         components = Components(job.backbone, _encoder(job) if job.encoder else None)
         method = build_method(job.method, job.hparams, components)
-        method.fit(train, recipe=job.recipe, device=device, log=log, val_data=val)
+        evaluator = Evaluator(method, tests, log, val)
+        method.fit(train, recipe=job.recipe, device=device, log=log, epoch_end=evaluator.epoch_end)
+        evaluator.finish(job.recipe.epochs)
         with tempfile.TemporaryDirectory() as tmp:
-            for target in job.targets:
-                samples = plan.samples(target, job.test_split)
-                test = decode_split(samples, size, skip_bad=plan.skip_bad)
-                probs = method.predict(test)
-                preds = probs.argmax(1)
-                ev = evaluate(test.labels, preds)
-                log.metrics(ev.as_metrics(schema.target_prefix(target)))
+            for target, test in tests.items():
+                probs, ev = evaluator.probs[target], evaluator.evaluations[target]
                 result.accs[target] = ev.acc
-                ids = [printable_id(samples.ids[k]) for k in test.kept]
-                _write_target_artifacts(Path(tmp) / schema.safe_name(target), test, ids, probs, preds, ev)
+                ids = [printable_id(plan.samples(target, job.test_split).ids[k]) for k in test.kept]
+                _write_target_artifacts(Path(tmp) / schema.safe_name(target), test, ids, probs, probs.argmax(1), ev)
                 if target == job.source:
                     method.report(test, log)
             log.artifacts(Path(tmp), "evaluation")
         result.source_acc = result.accs.get(job.source)
         result.mean_target_acc = float(np.mean(list(result.accs.values())))
-        log.metrics({schema.MEAN_ACC: result.mean_target_acc, schema.JOB_SECONDS: time.perf_counter() - start})
+        log.metrics({schema.MEAN_ACC: result.mean_target_acc, schema.JOB_SECONDS: time.perf_counter() - start},
+                    step=evaluator.epoch)
         result.status = "FINISHED"
         log.finish("FINISHED")
     except Exception as exc:  # noqa: BLE001 - a failing job is recorded and the grid goes on

@@ -27,7 +27,7 @@ from .backbones import Backbone, build_backbone
 from .data.cache import DecodedSplit
 from .errors import BenchmarkError
 from .execution import Execution
-from .method import BaseHparams, Batch, Components, Method, OptimizerSettings, Relabel, RunLog
+from .method import BaseHparams, Batch, Components, EpochEnd, Method, OptimizerSettings, Relabel, RunLog
 from .recipe import Recipe
 from .trainer import fit as train_loop, predict_batches
 
@@ -113,7 +113,7 @@ class TrainedMethod(Method):
         self.model.train(training)
 
     def fit(self, train_data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
-            val_data: DecodedSplit | None = None) -> None:
+            epoch_end: EpochEnd | None = None) -> None:
         if getattr(self.hparams, "clip_features", "online") == "cached":
             if recipe.data_path != "cache":
                 raise BenchmarkError(f"{self.name}: clip_features = 'cached' picks features by the batch's flips, "
@@ -124,8 +124,10 @@ class TrainedMethod(Method):
             encoder, cache = self.placed_encoder(), self.components.features
             self._train_features = (cache.get(encoder, train_data, device),
                                     cache.get(encoder, train_data, device, flipped=True))
-        train_loop(self, train_data, recipe=recipe, device=device, log=log, val_data=val_data)
-        self._train_features = None
+        try:
+            train_loop(self, train_data, recipe=recipe, device=device, log=log, epoch_end=epoch_end)
+        finally:
+            self._train_features = None
 
     def predict(self, data: DecodedSplit) -> np.ndarray:
         if self.model is None:

@@ -24,7 +24,7 @@ from .augment import AugmentSpec, augment, normalize
 from .data.cache import DecodedSplit
 from .errors import BenchmarkError
 from .execution import Execution, host_batch, to_device_batch
-from .method import Batch, OptimizerSettings, Relabel, RunLog
+from .method import Batch, EpochEnd, OptimizerSettings, Relabel, RunLog
 from .per_sample import check_per_sample, per_sample_batches
 from .prefetch import prefetched
 from .recipe import Recipe
@@ -185,8 +185,9 @@ class StepMonitor:
 
 
 def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
-        val_data: DecodedSplit | None = None) -> None:
-    """Train `method` on `data` for `recipe.epochs` epochs."""
+        epoch_end: EpochEnd | None = None) -> None:
+    """Train `method` on `data` for `recipe.epochs` epochs, calling `epoch_end(epoch)` after every
+    `recipe.eval_every`-th epoch and after the last (the runner evaluates there)."""
     seed_everything(recipe.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = recipe.cudnn_benchmark  # process-wide: jobs in a process run one by one
@@ -238,11 +239,17 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
         metrics["train/epoch_seconds"] = time.perf_counter() - start
         metrics.update(method.epoch_metrics())
         scheduler.step()
-        if val_data is not None:
-            metrics["source_val/acc"] = float((method.predict(val_data).argmax(1) == val_data.labels).mean())
         log.metrics(metrics, step=epoch)
+        if epoch_end is not None and evaluates_after(epoch, recipe):
+            epoch_end(epoch)
     if bar is not None:
         bar.close()
+
+
+def evaluates_after(epoch: int, recipe: Recipe) -> bool:
+    """Whether the model is evaluated after `epoch`: every `recipe.eval_every` epochs (0: never
+    in between) and always after the last."""
+    return epoch == recipe.epochs or (recipe.eval_every > 0 and epoch % recipe.eval_every == 0)
 
 
 @torch.no_grad()

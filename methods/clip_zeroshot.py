@@ -60,14 +60,16 @@ class ClipZeroShot(Method):
         self.text: torch.Tensor | None = None
 
     @torch.no_grad()
-    def fit(self, train_data, *, recipe, device, log, val_data=None) -> None:
+    def fit(self, train_data, *, recipe, device, log, epoch_end=None) -> None:
         import open_clip
 
-        self.device, self.execution = device, Execution.resolve(device, recipe.precision)
+        self.place(device, Execution.resolve(device, recipe.precision))
         encoder = self.placed_encoder()
         model_name = encoder.id.split(":")[1]
         self.text = class_embeddings(encoder.clip_model.encode_text, open_clip.get_tokenizer(model_name),
                                      self.hparams.templates, device)
+        if epoch_end is not None:
+            epoch_end(1)
 
     @torch.no_grad()
     def predict(self, data) -> np.ndarray:

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmark.cli import main
@@ -530,3 +531,40 @@ def test_num_seeds_derives_seeds_from_the_protocols(tmp_path, capsys):
     assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri, "--num-seeds", "2", "--seeds", "1",
                  "--dry-run"]) == 2
     assert "--seeds and --num-seeds" in capsys.readouterr().err
+
+
+def test_a_job_logs_its_evaluation_history_by_epoch_and_final_values_at_the_last(tmp_path):
+    protocol = write_protocol(tmp_path, epochs=2)
+    uri = f"jsonl:{tmp_path / 'runs'}"
+    assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm",
+                 "--sources", "synth5/film"]) == 0
+    (run,) = finished_runs(uri)
+    store = open_store(uri)
+    for key in ("test/synth5.film/acc", "test/synth5.studio/macro_f1", "source_val/acc", "time/eval_seconds"):
+        history = store.metric_history(run.run_id, key)
+        assert [step for step, _ in history] == [1, 2], key
+    assert run.metrics["test/synth5.film/acc"] == store.metric_history(run.run_id, "test/synth5.film/acc")[-1][1]
+    assert run.params["recipe.eval_every"] == "1"
+
+
+def test_a_held_out_validation_split_is_seeded_stratified_and_in_the_hash():
+    from benchmark.jobs import expand, held_out, plan_from
+
+    protocol = load_protocol("synth5")
+    plan = plan_from(protocol, None, None)
+    samples = plan.samples("synth5/film", "train")
+    train, val = held_out(samples, 0.2, seed=3)
+    again, _ = held_out(samples, 0.2, seed=3)
+    other, _ = held_out(samples, 0.2, seed=4)
+    assert len(val) == round(0.2 * len(samples)) and len(train) + len(val) == len(samples)
+    assert set(train.ids).isdisjoint(val.ids) and train.ids == again.ids and train.ids != other.ids
+    assert train.fingerprint != samples.fingerprint and val.split == "val"
+    share = np.bincount(val.labels, minlength=7) / np.bincount(samples.labels, minlength=7).clip(1)
+    assert np.all(np.abs(share[np.bincount(samples.labels, minlength=7) >= 10] - 0.2) < 0.1)  # stratified
+
+    own_train, own_val = plan.source_splits("synth5/film", 0.2, 3)  # a source with a val split keeps it
+    assert own_train is samples and own_val.fingerprint == plan.samples("synth5/film", "val").fingerprint
+    before = {j.hash for j in expand(protocol, ["erm"], plan)}
+    assert {j.hash for j in expand(load_protocol("synth5", {"recipe.val_fraction": "0.0"}), ["erm"], plan)} == before
+    changed = {j.hash for j in expand(load_protocol("synth5", {"recipe.val_fraction": "0.2"}), ["erm"], plan)}
+    assert changed.isdisjoint(before)  # in the recipe's identity once set

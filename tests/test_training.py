@@ -48,6 +48,30 @@ def test_same_seed_twice_gives_identical_predictions(studio, components):
     np.testing.assert_array_equal(first, second)
 
 
+@pytest.mark.parametrize("name", ["cafe", "scn"])
+def test_evaluating_every_epoch_changes_no_trained_number(name, studio, components):
+    from benchmark.evaluator import Evaluator
+
+    train, test = studio
+    _, _, plain = train_and_predict(name, studio, components)
+    method = build_method(name, SHORT_RUN, components=components)
+    log = MemoryLog()
+    evaluator = Evaluator(method, {"studio": test}, log, val=test)
+    method.fit(train, recipe=RECIPE, device=torch.device("cpu"), log=log, epoch_end=evaluator.epoch_end)
+    np.testing.assert_array_equal(method.predict(test), plain)
+    steps = [step for step, values in log.history if "test/studio/acc" in values]
+    assert steps == list(range(1, RECIPE.epochs + 1)) and evaluator.epoch == RECIPE.epochs
+    assert len(log.series("source_val/acc")) == RECIPE.epochs and len(log.series("time/eval_seconds")) == RECIPE.epochs
+    np.testing.assert_array_equal(evaluator.probs["studio"], plain)  # the last evaluation is the final model
+
+
+def test_eval_every_evaluates_those_epochs_and_the_last():
+    from benchmark.trainer import evaluates_after
+
+    assert [e for e in range(1, 8) if evaluates_after(e, Recipe(epochs=7, eval_every=3))] == [3, 6, 7]
+    assert [e for e in range(1, 8) if evaluates_after(e, Recipe(epochs=7, eval_every=0))] == [7]
+
+
 def test_cafe_logs_its_mask_figure(studio, components):
     method, _, _ = train_and_predict("cafe_mask", studio, components)
     log = MemoryLog()
