@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .errors import BenchmarkError
+from .selection import LABELS as SELECTION_LABELS, RULES as SELECTION_RULES
 
 
 def _cmd_datasets_list(args: argparse.Namespace) -> int:
@@ -91,6 +92,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
                     threads=args.threads)
 
 
+def read_results(store, protocol: str, datasets: list[str], rule: str, metric: str, per_class: bool = False):
+    """The results frame at the epochs `rule` picks: the final values for `last` (no history
+    needed), else chosen from each job's per-epoch history (benchmark.selection)."""
+    from .labels import CLASSES
+    from .selection import check_rule, select
+
+    if check_rule(rule) == "last":
+        return store.results(protocol, datasets)
+    metrics = {metric, "acc"} | ({"mean_class_acc", *(f"acc/{c}" for c in CLASSES)} if per_class else set())
+    return select(store.history(protocol, sorted(metrics), datasets), rule)
+
+
 def _cmd_table(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -100,7 +113,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
     store = open_store(args.tracking_uri)
     protocol_name = args.protocol or store.latest_protocol()
     sources, datasets, preferred = tables.protocol_layout(protocol_name)
-    results = store.results(protocol_name, datasets)
+    results = read_results(store, protocol_name, datasets, args.selection, args.metric,
+                           per_class=args.table in ("perclass", "all"))
     if results.empty:
         raise BenchmarkError(f"no FINISHED runs for protocol {protocol_name!r} in {store.uri}")
     for warning in results.attrs["warnings"] + tables.mixed_environments(results):
@@ -113,14 +127,14 @@ def _cmd_table(args: argparse.Namespace) -> int:
     names = list(tables.layouts()) if args.table == "all" else [args.table]
     outputs = []
     for name in names:
-        built = tables.build_tables(name, results, args.metric, sources, datasets, methods)
+        built = tables.build_tables(name, results, args.metric, sources, datasets, methods, args.selection)
         if args.format == "csv":
             import pandas as pd
 
             outputs.append((name, pd.concat([tables.to_frame(t) for t in built]).to_csv(index=False)))
         else:
             outputs.append((name, "\n".join(tables.render(t, args.format, args.compare == "paper") for t in built)))
-    header = f"{protocol_name}: {args.metric} (%)\n\n" if args.format == "md" else ""
+    header = f"{protocol_name}: {args.metric} (%), {SELECTION_LABELS[args.selection]}\n\n" if args.format == "md" else ""
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +142,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
             path = out if len(outputs) == 1 else out.with_name(f"{name}{out.suffix or '.md'}")
             path.write_text(header + text)
             print(f"wrote {path}")
-        for fig in tables.write_figures(results, args.metric, sources, datasets, methods, out.parent):
+        for fig in tables.write_figures(results, args.metric, sources, datasets, methods, out.parent, args.selection):
             print(f"wrote {fig}")
     for _, text in outputs:
         print(header + text)
@@ -236,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--format", choices=["md", "latex", "csv"], default="md")
     table.add_argument("--compare", choices=["paper"], help="put the paper's number and the difference beside ours")
     table.add_argument("--metric", choices=["acc", "mean_class_acc", "macro_f1"], default="acc")
+    table.add_argument("--selection", choices=list(SELECTION_RULES), default="last",
+                       help="the epoch each job is read at: last (default), source_val (best on the source's "
+                       "validation split), source_test (best on the source's test set, as the authors' code), "
+                       "oracle (best on each target: an upper bound)")
     table.add_argument("--tracking-uri", help="result store to read (default as `run`)")
     table.set_defaults(func=_cmd_table)
     methods = sub.add_parser("methods", help="list the registered methods")

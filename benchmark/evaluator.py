@@ -17,7 +17,6 @@ from .data.cache import DecodedSplit
 from .metrics import Evaluation, evaluate
 from .store import RunLog, schema
 
-SOURCE_VAL = "source_val"  # metric prefix of the source's validation split
 EVAL_SECONDS = "time/eval_seconds"  # per evaluated epoch: the cost of the history
 
 
@@ -39,7 +38,7 @@ class Evaluator:
             self.evaluations[target] = evaluate(split.labels, self.probs[target].argmax(1))
             metrics.update(self.evaluations[target].as_metrics(schema.target_prefix(target)))
         if self.val is not None:
-            metrics.update(evaluate(self.val.labels, self.method.predict(self.val).argmax(1)).as_metrics(SOURCE_VAL))
+            metrics.update(evaluate(self.val.labels, self.method.predict(self.val).argmax(1)).as_metrics(schema.SOURCE_VAL))
         metrics[EVAL_SECONDS] = time.perf_counter() - start
         self.log.metrics(metrics, step=epoch)
         self.epoch = epoch

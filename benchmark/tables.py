@@ -24,6 +24,7 @@ from tabulate import tabulate
 
 from .errors import BenchmarkError
 from .labels import CLASSES
+from .selection import LABELS as SELECTION_LABELS
 
 MISSING = "–"
 LAYOUT_KINDS = ("per_source", "single_source", "backbones", "perclass")
@@ -147,6 +148,7 @@ class Table:
     paper: dict[tuple[str, str], float] = field(default_factory=dict)  # (row, column) -> paper %
     bold: bool = True
     delta_row: tuple[str, str] | None = None  # (minuend, subtrahend) rows for a Δ row
+    selection: str = "last"  # the model-selection rule the cells were read with (benchmark.selection)
 
 
 def _cells(frame: pd.DataFrame, targets: list[str], mean_over: list[str]) -> tuple[list[Cell], bool]:
@@ -338,8 +340,9 @@ def render(table: Table, fmt: str, compare: bool = False) -> str:
             body.append([escape("Δ")] + [MISSING if x.mean is None or y.mean is None else f"{100 * (x.mean - y.mean):+.2f}"
                                          for x, y in zip(a, b)])
     header = [escape(h) for h in ["Method", *table.columns]]
-    title = table.title + (f" ({seeds} seeds, mean ± 95% t-interval over seeds)" if seeds > 1
-                           else " (1 seed)" if seeds == 1 else "")
+    rule = SELECTION_LABELS[table.selection]
+    title = table.title + (f" ({seeds} seeds, mean ± 95% t-interval over seeds; {rule})" if seeds > 1
+                           else f" (1 seed; {rule})" if seeds == 1 else f" ({rule})")
     notes = list(table.notes)
     if has_paper:
         title += " — ours (paper, ours − paper)"
@@ -361,15 +364,25 @@ def latex_table(title: str, header: list[str], body: list[list[str]], notes: lis
 
 
 def to_frame(table: Table) -> pd.DataFrame:
-    return pd.DataFrame([{"table": table.title, "row": name, "column": col, "mean": cell.mean, "std": cell.std,
+    return pd.DataFrame([{"table": table.title, "selection": table.selection, "row": name, "column": col,
+                          "mean": cell.mean, "std": cell.std,
                           "ci_low": cell.interval[0], "ci_high": cell.interval[1], "n": cell.seeds,
                           "partial": cell.partial}
                          for name, cells in table.rows for col, cell in zip(table.columns, cells)])
 
 
 def build_tables(name: str, results: pd.DataFrame, metric: str, sources: list[str], datasets: list[str],
-                 methods: list[str]) -> list[Table]:
-    """The tables of layout `name` from the results frame (benchmark.store.RESULT_COLUMNS)."""
+                 methods: list[str], selection: str = "last") -> list[Table]:
+    """The tables of layout `name` from the results frame (benchmark.store.RESULT_COLUMNS), read
+    at the epochs the model-selection rule `selection` picked (benchmark.selection)."""
+    tables = _build(name, results, metric, sources, datasets, methods)
+    for table in tables:
+        table.selection = selection
+    return tables
+
+
+def _build(name: str, results: pd.DataFrame, metric: str, sources: list[str], datasets: list[str],
+           methods: list[str]) -> list[Table]:
     if results.empty:
         raise BenchmarkError("no FINISHED runs to build a table from")
     known = layouts()
@@ -389,7 +402,7 @@ def build_tables(name: str, results: pd.DataFrame, metric: str, sources: list[st
 
 
 def write_figures(results: pd.DataFrame, metric: str, sources: list[str], datasets: list[str],
-                  methods: list[str], folder: Path) -> list[Path]:
+                  methods: list[str], folder: Path, selection: str = "last") -> list[Path]:
     """A source x target heatmap per method and a bar chart of mean unseen accuracy per method."""
     import matplotlib
 
@@ -413,7 +426,7 @@ def write_figures(results: pd.DataFrame, metric: str, sources: list[str], datase
             for j in range(grid.shape[1]):
                 v = grid.iat[i, j]
                 ax.text(j, i, MISSING if pd.isna(v) else f"{100 * v:.1f}", ha="center", va="center", color="w")
-        ax.set_title(f"{method}: {metric} (%)")
+        ax.set_title(f"{method}: {metric} (%), {SELECTION_LABELS[selection]}")
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
         path = folder / f"heatmap_{method}.png"
@@ -428,10 +441,11 @@ def write_figures(results: pd.DataFrame, metric: str, sources: list[str], datase
         half = [Cell(m, sd, int(n)).half_width or 0.0
                 for m, sd, n in zip(stats["mean"], stats["std"], stats["count"])]
         ax.bar(stats.index, 100 * stats["mean"], yerr=100 * np.asarray(half), capsize=4)
-        ax.set_title(f"mean over unseen targets, {seeds} seeds\n(error bars: 95% t-interval over seeds)")
+        ax.set_title(f"mean over unseen targets, {seeds} seeds, {SELECTION_LABELS[selection]}\n"
+                     "(error bars: 95% t-interval over seeds)")
     else:  # one seed: no spread to draw
         ax.bar(stats.index, 100 * stats["mean"])
-        ax.set_title("mean over unseen targets, 1 seed")
+        ax.set_title(f"mean over unseen targets, 1 seed, {SELECTION_LABELS[selection]}")
     ax.set_ylabel(f"mean unseen-target {metric} (%)")
     fig.tight_layout()
     path = folder / "mean_unseen.png"

@@ -113,7 +113,7 @@ def test_compare_paper_matches_golden():
 
 def test_table1_cells_are_the_logged_numbers():
     text = render("table1")
-    block = text.split("**Trained on FERPlus (1 seed)**")[1].split("**Trained on")[0]
+    block = text.split("**Trained on FERPlus (1 seed; last epoch)**")[1].split("**Trained on")[0]
     cafe = next(line for line in block.splitlines() if line.startswith("| cafe"))
     # Paper's FERPlus row of CAFE: 89.51 / 72.91 / 39.44 / 49.38 / 60.14; mean recomputed 62.28.
     assert [c.strip(" *") for c in cafe.split("|")[2:8]] == ["89.51", "72.91", "39.44", "49.38", "60.14", "62.28"]
@@ -122,10 +122,10 @@ def test_table1_cells_are_the_logged_numbers():
 def test_seeds_give_mean_and_std_and_missing_job_shows_dash():
     text = render("table1")
     rafdb = text.split("**Trained on RAF-DB")[1].split("**Trained on")[0]
-    assert "(2 seeds, mean ± 95% t-interval over seeds)" in text.split("**Trained on RAF-DB")[1].splitlines()[0]
+    assert "(2 seeds, mean ± 95% t-interval over seeds; last epoch)" in text.split("**Trained on RAF-DB")[1].splitlines()[0]
     cafe = next(line for line in rafdb.splitlines() if line.startswith("| cafe"))
     assert "89.22 ± 6.35" in cafe  # 88.72 and 89.72: std 0.707, t(0.975, 1) = 12.706, / sqrt(2)
-    sfew = text.split("**Trained on SFEW2.0 (1 seed)**")[1].split("**Trained on")[0]
+    sfew = text.split("**Trained on SFEW2.0 (1 seed; last epoch)**")[1].split("**Trained on")[0]
     eac = next(line for line in sfew.splitlines() if line.startswith("| eac"))
     assert eac.count("–") == 6 and "no FINISHED run" in sfew
 
@@ -204,7 +204,7 @@ def test_latex_of_every_table_compiles_with_pdflatex(tmp_path):
 
 def test_one_seed_shows_no_spread_and_bold_needs_a_competitor():
     text = render("table2")
-    assert "(1 seed)" in text and "±" not in text
+    assert "(1 seed; last epoch)" in text and "±" not in text
     results = paper_results("gfer5_ablation")
     frame = pd.concat(tables.to_frame(t) for t in tables.build_tables("table2", results, "acc", DATASETS, DATASETS,
                                                                       ["erm", "cafe"]))

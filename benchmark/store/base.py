@@ -13,7 +13,7 @@ import abc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -24,6 +24,7 @@ from .liveness import Heartbeat, process_alive, process_tags, run_alive
 CLAIM_SETTLE_S = 0.5
 ABANDONED = "abandoned: its process ended without finishing"
 RESULT_COLUMNS = ["method", "backbone", "source", "seed", "target", "metric", "value", "env"]
+HISTORY_COLUMNS = ["job_hash", "method", "backbone", "source", "seed", "target", "metric", "epoch", "value", "env"]
 
 
 @dataclass
@@ -212,47 +213,91 @@ class ResultStore(abc.ABC):
             raise BenchmarkError(f"no FINISHED runs in {self.uri}; run `benchmark run` first")
         return best
 
-    def results(self, protocol: str, datasets: list[str] | None = None) -> pd.DataFrame:
-        """The tidy frame tables are built from: one row per (FINISHED job run, target, metric)
-        with columns RESULT_COLUMNS; `env` is the run's environment signature.
-
-        One FINISHED run counts per job hash (the earliest); others, left by concurrent runs of
-        older versions, are ignored. What the reader should know (ignored duplicates) is in
-        `frame.attrs["warnings"]`. Metric keys name targets by their safe names; the
-        dataset names come back from `datasets` and from each run's `data.*` params.
-        """
-        from ..environment import SIGNATURE_KEYS, signature
-
+    def _counted_runs(self, protocol: str) -> tuple[list[RunRecord], list[str]]:
+        """The FINISHED job runs of a protocol, one per job hash (the earliest; others, left by
+        concurrent runs of older versions, are ignored with a warning)."""
         experiment = self.experiment(protocol, create=False)
         runs = [] if experiment is None else [r for r in self.runs(experiment, jobs_only=True)
                                               if r.status == "FINISHED"]
         runs.sort(key=lambda r: (r.start_time, r.run_id))
-        warnings: list[str] = []
         seen: set[str] = set()
         counted, extra = [], []
         for run in runs:
             (extra if run.tags[schema.JOB_HASH] in seen else counted).append(run)
             seen.add(run.tags[schema.JOB_HASH])
+        warnings = []
         if extra:
             hashes = sorted({r.tags[schema.JOB_HASH] for r in extra})
             warnings.append(f"{len(extra)} extra FINISHED run(s) of {len(hashes)} job(s) ignored "
                             f"(one run counts per job hash; hashes {', '.join(hashes)})")
+        return counted, warnings
+
+    @staticmethod
+    def _job_columns(run: RunRecord, known: dict[str, str]) -> tuple[list, dict[str, str]]:
+        """[method, backbone, source, seed] of a job run, and safe name -> dataset name for its
+        metric keys (from `known` and the run's own data.<dataset>:<split> params)."""
+        from ..environment import SIGNATURE_KEYS, signature
+
+        names = {**{schema.safe_name(d): d for d in schema.datasets_read(run.params)}, **known}
+        env = signature({k: run.params.get(k) for k in SIGNATURE_KEYS})
+        return [run.tags[schema.METHOD], run.params.get(schema.BACKBONE, "").split(":")[0], run.tags[schema.SOURCE],
+                int(run.tags[schema.SEED])], {"names": names, "env": env}
+
+    def results(self, protocol: str, datasets: list[str] | None = None) -> pd.DataFrame:
+        """The tidy frame tables are built from: one row per (FINISHED job run, target, metric),
+        the final values, with columns RESULT_COLUMNS; `env` is the run's environment signature.
+
+        One FINISHED run counts per job hash; what the reader should know (ignored duplicates)
+        is in `frame.attrs["warnings"]`. Metric keys name targets by their safe names; the
+        dataset names come back from `datasets` and from each run's `data.*` params.
+        """
+        counted, warnings = self._counted_runs(protocol)
         known = {schema.safe_name(d): d for d in (datasets or [])}
         rows = []
         for run in counted:
-            # Each run names the datasets it read in its data.<dataset>:<split> params.
-            names = {**{schema.safe_name(d): d for d in schema.datasets_read(run.params)}, **known}
-            backbone = run.params.get(schema.BACKBONE, "").split(":")[0]
-            env = signature({k: run.params.get(k) for k in SIGNATURE_KEYS})
+            job, extra = self._job_columns(run, known)
             for key, value in run.metrics.items():
                 parsed = schema.parse_test_metric(key)
-                if parsed is None:
-                    continue
-                target, metric = parsed
-                rows.append([run.tags[schema.METHOD], backbone, run.tags[schema.SOURCE], int(run.tags[schema.SEED]),
-                             names.get(target, target), metric, float(value), env])
+                if parsed is not None:
+                    rows.append([*job, extra["names"].get(parsed[0], parsed[0]), parsed[1], float(value), extra["env"]])
         # A fixed row order makes every sum (and so every rounded cell) the same from run to run.
         frame = (pd.DataFrame(rows, columns=RESULT_COLUMNS).sort_values(RESULT_COLUMNS[:6], kind="stable")
                  .reset_index(drop=True))
+        frame.attrs["warnings"] = warnings
+        return frame
+
+    def histories(self, run_ids: list[str], wanted: Callable[[str], bool],
+                  keys: dict[str, list[str]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+        """run id -> metric key -> its (step, value) history, for the `wanted` keys among `keys`
+        (each run's metric keys). Backends may do this in one pass."""
+        return {run_id: {key: self.metric_history(run_id, key) for key in keys[run_id] if wanted(key)}
+                for run_id in run_ids}
+
+    def history(self, protocol: str, metrics: list[str], datasets: list[str] | None = None) -> pd.DataFrame:
+        """Per-epoch values of the job runs counted by `results`: columns HISTORY_COLUMNS, one row
+        per (run, target, metric, epoch) for `metrics` on every target and on the source's
+        validation split (target "source_val"), whatever each run evaluated."""
+        counted, warnings = self._counted_runs(protocol)
+        known = {schema.safe_name(d): d for d in (datasets or [])}
+
+        def wanted(key: str) -> bool:
+            parsed = schema.parse_test_metric(key)
+            if parsed is not None:
+                return parsed[1] in metrics
+            return key.startswith(schema.SOURCE_VAL + "/") and key[len(schema.SOURCE_VAL) + 1:] in metrics
+
+        histories = self.histories([r.run_id for r in counted], wanted, {r.run_id: list(r.metrics) for r in counted})
+        rows = []
+        for run in counted:
+            job, extra = self._job_columns(run, known)
+            for key, points in histories[run.run_id].items():
+                parsed = schema.parse_test_metric(key)
+                target, metric = ((extra["names"].get(parsed[0], parsed[0]), parsed[1]) if parsed is not None
+                                  else (schema.SOURCE_VAL, key[len(schema.SOURCE_VAL) + 1:]))
+                for step, value in points:
+                    rows.append([run.tags[schema.JOB_HASH], *job, target, metric, int(step), float(value), extra["env"]])
+        frame = (pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+                 .sort_values(["method", "backbone", "source", "seed", "target", "metric", "epoch"], kind="stable")
+                 .drop_duplicates(["job_hash", "target", "metric", "epoch"], keep="last").reset_index(drop=True))
         frame.attrs["warnings"] = warnings
         return frame

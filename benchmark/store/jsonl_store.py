@@ -177,6 +177,16 @@ class JsonlStore(ResultStore):
     def delete_run(self, run_id: str) -> None:
         self._append({"op": "delete", "run": run_id})
 
+    def histories(self, run_ids, wanted, keys):  # one pass over the events for every run
+        wanted_runs = set(run_ids)
+        out: dict[str, dict[str, list[tuple[int, float]]]] = {run_id: {} for run_id in run_ids}
+        for event in self._events():
+            if event.get("op") == "metrics" and event["run"] in wanted_runs:
+                for key, value in event["values"].items():
+                    if wanted(key):
+                        out[event["run"]].setdefault(key, []).append((event["step"], value))
+        return out
+
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return [(e["step"], e["values"][key]) for e in self._events()
                 if e.get("op") == "metrics" and e["run"] == run_id and key in e["values"]]

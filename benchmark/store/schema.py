@@ -28,6 +28,7 @@ BACKBONE = "backbone"  # "<name>:<weights>"
 DATA_PREFIX = "data."  # data.<dataset>:<split> = the split's fingerprint, one per split a job read
 
 # Metrics.
+SOURCE_VAL = "source_val"  # metric prefix of the source's validation split: source_val/<metric>
 MEAN_ACC = "test/mean_acc"  # over every target, the source's own test set included
 JOB_SECONDS = "time/job_seconds"
 SAFE_SEP = "."  # dataset names like synth5/studio become synth5.studio in metric keys
