@@ -1,4 +1,4 @@
-"""The `benchmark` command line: run, table, datasets, methods, protocols, ui."""
+"""The `benchmark` command line: run, table, compare, datasets, methods, protocols, perf, ui."""
 
 from __future__ import annotations
 
@@ -149,6 +149,30 @@ def _cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from . import compare, tables
+    from .store import open_store
+
+    store = open_store(args.tracking_uri)
+    protocol_name = args.protocol or store.latest_protocol()
+    _, datasets, _ = tables.protocol_layout(protocol_name)
+    results = read_results(store, protocol_name, datasets, args.selection, args.metric)
+    for warning in results.attrs["warnings"] + tables.mixed_environments(results):
+        print(f"warning: {warning}", file=sys.stderr)
+    comparison = compare.compare(results, args.a, args.b, args.metric)
+    label = SELECTION_LABELS[args.selection]
+    text = f"{protocol_name}: " + compare.render(comparison, label, tables.display)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {out}")
+        for path in compare.figure(comparison, label, out.with_suffix(""), tables.display):
+            print(f"wrote {path}")
+    print(text)
+    return 0
+
+
 def _cmd_perf(args: argparse.Namespace) -> int:
     from .perf import main_perf
 
@@ -256,6 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "oracle (best on each target: an upper bound)")
     table.add_argument("--tracking-uri", help="result store to read (default as `run`)")
     table.set_defaults(func=_cmd_table)
+    cmp = sub.add_parser("compare", help="paired comparison of two methods over the cells both have")
+    cmp.add_argument("a", help="method A")
+    cmp.add_argument("b", help="method B (the difference is A - B)")
+    cmp.add_argument("--protocol", help="experiment to read (default: the most recent with finished runs)")
+    cmp.add_argument("--selection", choices=list(SELECTION_RULES), default="last", help="as for `table`")
+    cmp.add_argument("--metric", choices=["acc", "mean_class_acc", "macro_f1"], default="acc")
+    cmp.add_argument("--out", help="write the markdown here, and the per-cell figure beside it (.png, .pdf)")
+    cmp.add_argument("--tracking-uri", help="result store to read (default as `run`)")
+    cmp.set_defaults(func=_cmd_compare)
     methods = sub.add_parser("methods", help="list the registered methods")
     methods.set_defaults(func=_cmd_methods)
     protocols = sub.add_parser("protocols", help="list the protocol files")

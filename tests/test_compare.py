@@ -1,0 +1,84 @@
+"""`benchmark compare`: paired differences, their intervals and tests, on results with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from benchmark.cli import main
+from benchmark.compare import compare, render
+from benchmark.errors import BenchmarkError
+from benchmark.store import RESULT_COLUMNS, open_store, schema
+
+from .test_tables import FakeJob
+
+DOMAINS = ["p", "q", "r"]
+
+
+def results(shift: float, seeds=(0, 1, 2), noise: float = 0.01, skip: tuple | None = None) -> pd.DataFrame:
+    """Accuracies of methods "a" and "b" on every (source, target, seed): a = b + shift (+ noise)."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for source in DOMAINS:
+        for target in DOMAINS:
+            for seed in seeds:
+                base = 0.5 + 0.2 * (source == target)
+                rows.append(["b", "r18", source, seed, target, "acc", base + rng.normal(0, noise), "env"])
+                if (source, target, seed) != skip:
+                    rows.append(["a", "r18", source, seed, target, "acc", base + shift + rng.normal(0, noise), "env"])
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def test_a_method_better_everywhere_is_found_better():
+    c = compare(results(0.05, noise=0.003), "a", "b")
+    unseen = next(g for g in c.groups if g.group == "unseen")
+    assert unseen.cells == 18 and unseen.mean_diff == pytest.approx(0.05, abs=0.01)
+    assert unseen.diff_ci[0] > 0.03 and unseen.wilcoxon_p < 1e-3
+    assert unseen.p_improvement == 1.0 and unseen.p_improvement_ci == (1.0, 1.0)
+    assert c.per_cell["outside_noise"].all() and not c.missing
+
+
+def test_equal_methods_have_an_interval_that_covers_zero():
+    c = compare(results(0.0), "a", "b")
+    for group in c.groups:
+        assert group.diff_ci[0] < 0 < group.diff_ci[1] and group.wilcoxon_p > 0.05
+        assert group.p_improvement_ci[0] < 0.5 < group.p_improvement_ci[1]
+    assert c.per_cell["outside_noise"].mean() < 0.5
+
+
+def test_missing_cells_are_named_not_imputed_and_the_rest_is_compared():
+    c = compare(results(0.05, skip=("q", "r", 1)), "a", "b")
+    assert c.missing == ["a has no q → r (seed 1)"] and len(c.cells) == 26
+    text = render(c, "last epoch")
+    assert "a has no q → r (seed 1)" in text and "never imputed" in text
+    with pytest.raises(BenchmarkError, match="no FINISHED results of c"):
+        compare(results(0.05), "a", "c")
+
+
+def test_one_seed_says_there_is_no_noise_to_compare_with():
+    c = compare(results(0.05, seeds=(0,)), "a", "b")
+    assert c.per_cell["outside_noise"].isna().all()
+    assert "One seed per cell" in render(c, "last epoch")
+
+
+def test_the_command_writes_markdown_and_a_figure(tmp_path, capsys):
+    store = open_store(f"jsonl:{tmp_path / 'runs'}")
+    frame = results(0.05)
+    for (method, source, seed), group in frame.groupby(["method", "source", "seed"]):
+        log = store.open_job(store.experiment("cmp"), "g", FakeJob("cmp", method, source, seed, "r18:none"))
+        log.params({schema.BACKBONE: "r18:none"})
+        log.metrics({schema.target_metric(t, "acc"): v for t, v in zip(group["target"], group["value"])}, step=1)
+        log.finish("FINISHED")
+    out = tmp_path / "cmp" / "a_vs_b.md"
+    assert main(["compare", "a", "b", "--protocol", "cmp", "--tracking-uri", store.uri, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "a vs b: acc (%), last epoch" in text and "| unseen " in text and "| p → q " in text
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len({line.count("|") for line in rows[:3]}) == 1  # the summary parses as one table
+    with Image.open(out.with_suffix(".png")) as image:
+        assert image.size[0] >= 1000  # 200 dpi
+    assert out.with_suffix(".pdf").read_bytes().startswith(b"%PDF")
+    assert main(["compare", "a", "a", "--protocol", "cmp", "--tracking-uri", store.uri]) == 2
+    assert "not with itself" in capsys.readouterr().err
