@@ -66,6 +66,24 @@ def derived_seeds(seeds: list[int], n: int) -> list[int]:
     return out
 
 
+def with_sweep(protocol, assignment: str):
+    """The protocol with `--sweep KEY=v1,v2,...` added to its sweep grid (values parse as TOML)."""
+    import dataclasses
+
+    from .protocol import parse_value
+    from .sweep import Sweep
+
+    key, sep, values = assignment.partition("=")
+    if not sep or not values:
+        raise BenchmarkError(f"--sweep {assignment!r}: expected KEY=v1,v2,... (e.g. hparams.cafe.sep_weight=0.5,1.5,5)")
+    sweep = protocol.sweep_spec().with_grid(key.strip(), [parse_value(v.strip()) for v in values.split(",")])
+    table = {**sweep.grid, **({"random": sweep.random, "seed": sweep.seed, "ranges": sweep.ranges} if sweep.random else {})}
+    changed = dataclasses.replace(protocol, sweep=table)
+    for point in sweep.points():
+        changed.at(point)  # every value checked before any work
+    return changed
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .data.roots import parse_assignments
     from .executors import ExecutorOptions
@@ -80,6 +98,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.sources:
         overrides["sources"] = "[" + ",".join(f'"{s.strip()}"' for s in args.sources.split(",")) + "]"
     protocol = load_protocol(args.protocol, overrides)
+    for assignment in args.sweep or []:
+        protocol = with_sweep(protocol, assignment)
     if args.num_seeds is not None:
         if args.seeds:
             raise BenchmarkError("--seeds and --num-seeds: give one of them")
@@ -104,6 +124,33 @@ def read_results(store, protocol: str, datasets: list[str], rule: str, metric: s
     return select(store.history(protocol, sorted(metrics), datasets), rule)
 
 
+def _sweep_table(args: argparse.Namespace, store, protocol_name: str, datasets: list[str]) -> int:
+    import dataclasses
+
+    from . import sweep_report, tables
+    from .method import method_entry
+    from .selection import select
+
+    history = store.history(protocol_name, sorted({args.metric, "acc"}), datasets)
+    chosen = select(history, args.selection)
+    chosen = chosen[chosen["sweep"] != ""]
+    if chosen.empty:
+        raise BenchmarkError(f"no swept jobs in {protocol_name!r}: run a protocol with [sweep] or `run --sweep`")
+    label = SELECTION_LABELS[args.selection]
+    summary = sweep_report.point_summary(chosen, history, args.metric)
+    text = f"{protocol_name}: {args.metric} (%)\n\n" + sweep_report.render(summary, sweep_report.picks(summary), label)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {out}")
+        defaults = {m: dataclasses.asdict(method_entry(m).hparams()) for m in sorted(set(chosen["method"]))}
+        for path in sweep_report.figures(chosen, args.metric, defaults, out.parent, label, tables.display):
+            print(f"wrote {path}")
+    print(text)
+    return 0
+
+
 def _cmd_table(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -124,6 +171,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
         sources = sorted(set(results["source"]))
     present = list(dict.fromkeys(results["method"]))
     methods = [m for m in preferred if m in present] + [m for m in present if m not in preferred]
+    if args.table == "sweep":
+        return _sweep_table(args, store, protocol_name, datasets)
     names = list(tables.layouts()) if args.table == "all" else [args.table]
     outputs = []
     for name in names:
@@ -167,7 +216,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         print(f"wrote {out}")
-        for path in compare.figure(comparison, label, out.with_suffix(""), tables.display):
+        for path in compare.figure(comparison, label, out.parent / out.stem, tables.display):
             print(f"wrote {path}")
     print(text)
     return 0
@@ -249,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-seeds", type=int, metavar="N", help="N seeds: the protocol's, then the next integers "
                      "after its largest")
     run.add_argument("--sources", help="comma-separated source datasets (overrides the protocol's)")
+    run.add_argument("--sweep", action="append", metavar="KEY=V1,V2,...",
+                     help="sweep a hyperparameter over these values, e.g. hparams.cafe.sep_weight=0.5,1.5,5 "
+                     "(repeatable: the grid of all combinations)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a protocol field, e.g. recipe.epochs=2 or backbone.path=FILE (repeatable)")
     run.add_argument("--data-root", help="folder holding one sub-folder per dataset (default $FER_DATA_ROOT)")
@@ -269,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
     table = sub.add_parser("table", help="build the paper's tables (markdown, LaTeX, CSV) from MLflow runs")
     table.add_argument("--protocol", help="experiment to read (default: the most recent with finished runs)")
-    table.add_argument("--table", default="table1", help="table1..table5, perclass, or all (default table1)")
+    table.add_argument("--table", default="table1", help="table1..table5, perclass, all, or sweep (accuracy "
+                       "against swept values, the paper's Fig. 3; default table1)")
     table.add_argument("--out", help="write here (with --table all: one file per table beside it) plus the figures")
     table.add_argument("--format", choices=["md", "latex", "csv"], default="md")
     table.add_argument("--compare", choices=["paper"], help="put the paper's number and the difference beside ours")

@@ -187,7 +187,7 @@ def figure(comparison: Comparison, selection_label: str, path_stem, display=lamb
     fig.tight_layout()
     written = []
     for suffix in (".png", ".pdf"):
-        path = path_stem.with_suffix(suffix)
+        path = path_stem.parent / (path_stem.name + suffix)  # not with_suffix: the name may hold a dot
         fig.savefig(path, dpi=200)
         written.append(path)
     plt.close(fig)

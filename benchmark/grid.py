@@ -17,8 +17,14 @@ from .store import JobState, ResultStore
 
 
 def dry_run_table(states: list[JobState]) -> str:
+    from .sweep import label
+
     rows = [[s.job.method, s.job.source, s.job.seed, s.job.hash, s.state] for s in states]
-    return tabulate(rows, headers=["method", "source", "seed", "hash", "status"])
+    headers = ["method", "source", "seed", "hash", "status"]
+    if any(s.job.sweep for s in states):
+        rows = [row + [label(s.job.sweep)] for row, s in zip(rows, states)]
+        headers.append("sweep point")
+    return tabulate(rows, headers=headers)
 
 
 def report(result: JobResult) -> None:

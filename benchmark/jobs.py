@@ -29,6 +29,7 @@ from .encoders import EncoderSpec, encoder_weights_digest
 from .errors import BenchmarkError
 from .protocol import Protocol
 from .recipe import Recipe
+from .sweep import applies_to, label as sweep_label
 
 
 @dataclass
@@ -117,10 +118,12 @@ class Job:
     fingerprints: dict[str, str]  # "<dataset>:<split>" -> fingerprint
     identity: dict[str, Any]
     hash: str
+    sweep: dict[str, Any] = field(default_factory=dict)  # the swept values that apply to this method
 
     @property
     def label(self) -> str:
-        return f"{self.method} on {self.source} (seed {self.seed})"
+        point = f", {sweep_label(self.sweep)}" if self.sweep else ""
+        return f"{self.method} on {self.source} (seed {self.seed}{point})"
 
 
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -133,7 +136,8 @@ def job_hash(identity: dict[str, Any]) -> str:
 
 
 def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
-    """The grid: methods x sources x seeds, in that order."""
+    """The grid: methods x sweep points x sources x seeds, in that order; a job that several
+    points leave unchanged (a method the swept keys do not touch) appears once."""
     from .method import load_plugins
 
     METHODS = load_plugins()
@@ -142,16 +146,19 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
     backbone_digest = backbone_weights_digest(protocol.backbone)
     test_prints = {f"{t}:{protocol.test_split}": plan.samples(t, protocol.test_split).fingerprint
                    for t in protocol.datasets}
-    jobs = []
-    for method in methods:
+    jobs, seen = [], set()
+    points = protocol.sweep_spec().points() or [{}]
+    for method, point in ((m, p) for m in methods for p in points):
         entry = entries[method]
-        hparams = dataclasses.asdict(entry.hparams(protocol.hparams.get(method)))
+        variant = protocol.at(point)
+        swept = {k: v for k, v in point.items() if applies_to(k, method)}
+        hparams = dataclasses.asdict(entry.hparams(variant.hparams.get(method)))
         encoder = protocol.encoder if entry.cls.needs_encoder else None
         if encoder is not None and encoder_digest is None:
             encoder_digest = encoder_weights_digest(encoder)
         for source in protocol.sources:
             for seed in protocol.seeds:
-                recipe = protocol.recipe_for(source, seed)
+                recipe = variant.recipe_for(source, seed)
                 train, val = plan.source_splits(source, recipe.val_fraction, seed)
                 prints = {f"{source}:train": train.fingerprint, **test_prints}
                 if val is not None and not plan.has_split(source, "val"):  # held out: its rows are in the hash
@@ -167,9 +174,12 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
                 }
                 if entry.cls.version > 1:
                     identity["method_version"] = entry.cls.version
-                jobs.append(Job(protocol.name, method, source, seed, list(protocol.datasets), protocol.test_split,
-                                hparams, recipe, encoder, encoder_digest if encoder else None, protocol.backbone,
-                                backbone_digest, prints, identity, job_hash(identity)))
+                job = Job(protocol.name, method, source, seed, list(protocol.datasets), protocol.test_split,
+                          hparams, recipe, encoder, encoder_digest if encoder else None, protocol.backbone,
+                          backbone_digest, prints, identity, job_hash(identity), swept)
+                if job.hash not in seen:
+                    seen.add(job.hash)
+                    jobs.append(job)
     return jobs
 
 

@@ -18,6 +18,7 @@ from .backbones import BackboneSpec
 from .encoders import EncoderSpec
 from .errors import BenchmarkError
 from .recipe import Recipe
+from .sweep import Sweep
 
 def protocol_dir() -> Path:
     """The shipped protocol files: the repository's protocols/ folder, installed as the
@@ -51,6 +52,27 @@ class Protocol:
     # Per-dataset reader options ({"sfew": {"variant": "aligned"}}).
     dataset_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     skip_bad: bool = False
+    # Hyperparameter sweep (benchmark.sweep): grid values or a random search.
+    sweep: dict[str, Any] = field(default_factory=dict)
+
+    def sweep_spec(self) -> Sweep:
+        return Sweep.parse(self.sweep, self.name)
+
+    def at(self, point: dict[str, Any]) -> "Protocol":
+        """This protocol with a sweep point's values set (as `--set` would), checked."""
+        if not point:
+            return self
+        hparams = {m: dict(v) for m, v in self.hparams.items()}
+        recipe = dataclasses.asdict(self.recipe)
+        for key, value in point.items():
+            parts = key.split(".")
+            if parts[0] == "hparams":
+                hparams.setdefault(parts[1], {})[parts[2]] = value
+            else:
+                recipe[parts[1]] = value
+        where = f"{self.name}: sweep point {point}"
+        check_hparams(hparams, where)
+        return dataclasses.replace(self, hparams=hparams, recipe=_build(Recipe, recipe, f"{where}: recipe"))
 
     def recipe_for(self, source: str, seed: int) -> Recipe:
         changes = self.source_recipe.get(source, {})
@@ -124,6 +146,13 @@ def parse_protocol(data: dict[str, Any], where: str) -> Protocol:
     for source, changes in protocol.source_recipe.items():
         _build(Recipe, {**dataclasses.asdict(protocol.recipe), **changes}, f"{where}: source_recipe.{source}")
     check_hparams(protocol.hparams, where)
+    try:
+        for point in Sweep.parse(protocol.sweep, where).points():
+            protocol.at(point)  # every point's values checked before any work
+    except ProtocolError:
+        raise
+    except BenchmarkError as exc:
+        raise ProtocolError(str(exc)) from None
     return protocol
 
 

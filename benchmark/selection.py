@@ -43,7 +43,7 @@ def _best_epochs(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def select(history: pd.DataFrame, rule: str) -> pd.DataFrame:
-    """The results frame (RESULT_COLUMNS plus `epoch`) of every job at the epoch `rule` picks;
+    """The results frame (RESULT_COLUMNS plus `epoch` and `job_hash`) of every job at the epoch `rule` picks;
     `attrs["warnings"]` names the jobs the rule cannot read (and why)."""
     from .store import RESULT_COLUMNS, schema
 
@@ -69,7 +69,7 @@ def select(history: pd.DataFrame, rule: str) -> pd.DataFrame:
         warnings.append(f"{LABELS[rule]}: {len(missing)} job(s) left out, {why}: {named}")
     keys = ["job_hash", "target", "epoch"] if rule == "oracle" else ["job_hash", "epoch"]
     picked = tests.merge(chosen, on=keys, how="inner")
-    frame = (picked[[*RESULT_COLUMNS, "epoch"]].sort_values(RESULT_COLUMNS[:6], kind="stable")
+    frame = (picked[[*RESULT_COLUMNS, "epoch", "job_hash"]].sort_values(RESULT_COLUMNS[:6], kind="stable")
              .reset_index(drop=True))
     frame.attrs["warnings"] = warnings
     return frame

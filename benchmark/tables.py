@@ -188,16 +188,20 @@ def ordered_targets(source: str, datasets: list[str]) -> list[str]:
 
 
 def method_rows(acc: pd.DataFrame, methods: list[str]) -> list[tuple[str, str, pd.DataFrame]]:
-    """(row label, method, frame) per method; `method@backbone` rows when backbones differ."""
+    """(row label, method, frame) per method; `method@backbone` rows when backbones differ, and
+    `method [name=value]` rows for the points of a sweep (never averaged together)."""
     several = acc["backbone"].nunique() > 1
     rows = []
     for method in methods:
         frame = acc[acc["method"] == method]
-        if several:
-            for backbone in sorted(frame["backbone"].unique()) or [""]:
-                rows.append((f"{method}@{backbone}", method, frame[frame["backbone"] == backbone]))
-        else:
-            rows.append((method, method, frame))
+        parts = ([(f"{method}@{b}", frame[frame["backbone"] == b]) for b in sorted(frame["backbone"].unique())]
+                 if several else [(method, frame)]) or [(method, frame)]
+        for label, part in parts:
+            points = sorted(part["sweep"].unique()) if "sweep" in part else []
+            if len(points) > 1:
+                rows += [(f"{label} [{p}]", method, part[part["sweep"] == p]) for p in points]
+            else:
+                rows.append((label, method, part))
     return rows
 
 

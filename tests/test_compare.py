@@ -25,9 +25,9 @@ def results(shift: float, seeds=(0, 1, 2), noise: float = 0.01, skip: tuple | No
         for target in DOMAINS:
             for seed in seeds:
                 base = 0.5 + 0.2 * (source == target)
-                rows.append(["b", "r18", source, seed, target, "acc", base + rng.normal(0, noise), "env"])
+                rows.append(["b", "r18", source, seed, target, "acc", base + rng.normal(0, noise), "env", ""])
                 if (source, target, seed) != skip:
-                    rows.append(["a", "r18", source, seed, target, "acc", base + shift + rng.normal(0, noise), "env"])
+                    rows.append(["a", "r18", source, seed, target, "acc", base + shift + rng.normal(0, noise), "env", ""])
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 

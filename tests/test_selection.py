@@ -55,7 +55,7 @@ def test_each_rule_picks_its_epoch(store):
 
 
 def test_last_from_history_equals_the_final_values(store):
-    frame = select(store.history("sel", ["acc", "macro_f1"]), "last").drop(columns="epoch")
+    frame = select(store.history("sel", ["acc", "macro_f1"]), "last").drop(columns=["epoch", "job_hash"])
     final = store.results("sel")
     assert frame.reset_index(drop=True).equals(final.reset_index(drop=True))
 

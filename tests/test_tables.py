@@ -63,7 +63,7 @@ def paper_results(protocol: str) -> pd.DataFrame:
             continue
         for key, value in job_metrics(accs).items():
             target, metric = schema.parse_test_metric(key)
-            rows.append([method, backbone.split(":")[0], source, seed, target, metric, value, NO_ENV])
+            rows.append([method, backbone.split(":")[0], source, seed, target, metric, value, NO_ENV, ""])
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS).sort_values(RESULT_COLUMNS[:6], kind="stable")
     frame = frame.reset_index(drop=True)
     frame.attrs["warnings"] = []

@@ -23,8 +23,10 @@ from .liveness import Heartbeat, process_alive, process_tags, run_alive
 # How a claimant waits for others who stamped a run at the same moment (benchmark.store.claim).
 CLAIM_SETTLE_S = 0.5
 ABANDONED = "abandoned: its process ended without finishing"
-RESULT_COLUMNS = ["method", "backbone", "source", "seed", "target", "metric", "value", "env"]
-HISTORY_COLUMNS = ["job_hash", "method", "backbone", "source", "seed", "target", "metric", "epoch", "value", "env"]
+# `sweep`: the job's swept values as "name=value, ..." ("" outside a sweep).
+RESULT_COLUMNS = ["method", "backbone", "source", "seed", "target", "metric", "value", "env", "sweep"]
+HISTORY_COLUMNS = ["job_hash", "method", "backbone", "source", "seed", "target", "metric", "epoch", "value", "env",
+                   "sweep"]
 
 
 @dataclass
@@ -164,7 +166,7 @@ class ResultStore(abc.ABC):
         """A job's run, RUNNING and owned by this process (claim it before training)."""
         tags = {schema.JOB_HASH: job.hash, schema.METHOD: job.method, schema.SOURCE: job.source,
                 schema.SEED: str(job.seed), schema.PROTOCOL: job.protocol, schema.PARENT: parent_run_id,
-                **process_tags()}
+                **{schema.SWEEP_PREFIX + k: str(v) for k, v in getattr(job, "sweep", {}).items()}, **process_tags()}
         return self.create_run(experiment_id, schema.job_run_name(job.method, job.source, job.seed), tags)
 
     def heartbeat(self, run_id: str, **kwargs) -> Heartbeat:
@@ -237,11 +239,13 @@ class ResultStore(abc.ABC):
         """[method, backbone, source, seed] of a job run, and safe name -> dataset name for its
         metric keys (from `known` and the run's own data.<dataset>:<split> params)."""
         from ..environment import SIGNATURE_KEYS, signature
+        from ..sweep import label
 
         names = {**{schema.safe_name(d): d for d in schema.datasets_read(run.params)}, **known}
         env = signature({k: run.params.get(k) for k in SIGNATURE_KEYS})
+        swept = {k[len(schema.SWEEP_PREFIX):]: v for k, v in run.tags.items() if k.startswith(schema.SWEEP_PREFIX)}
         return [run.tags[schema.METHOD], run.params.get(schema.BACKBONE, "").split(":")[0], run.tags[schema.SOURCE],
-                int(run.tags[schema.SEED])], {"names": names, "env": env}
+                int(run.tags[schema.SEED])], {"names": names, "env": env, "sweep": label(swept)}
 
     def results(self, protocol: str, datasets: list[str] | None = None) -> pd.DataFrame:
         """The tidy frame tables are built from: one row per (FINISHED job run, target, metric),
@@ -259,7 +263,8 @@ class ResultStore(abc.ABC):
             for key, value in run.metrics.items():
                 parsed = schema.parse_test_metric(key)
                 if parsed is not None:
-                    rows.append([*job, extra["names"].get(parsed[0], parsed[0]), parsed[1], float(value), extra["env"]])
+                    rows.append([*job, extra["names"].get(parsed[0], parsed[0]), parsed[1], float(value), extra["env"],
+                                 extra["sweep"]])
         # A fixed row order makes every sum (and so every rounded cell) the same from run to run.
         frame = (pd.DataFrame(rows, columns=RESULT_COLUMNS).sort_values(RESULT_COLUMNS[:6], kind="stable")
                  .reset_index(drop=True))
@@ -295,7 +300,8 @@ class ResultStore(abc.ABC):
                 target, metric = ((extra["names"].get(parsed[0], parsed[0]), parsed[1]) if parsed is not None
                                   else (schema.SOURCE_VAL, key[len(schema.SOURCE_VAL) + 1:]))
                 for step, value in points:
-                    rows.append([run.tags[schema.JOB_HASH], *job, target, metric, int(step), float(value), extra["env"]])
+                    rows.append([run.tags[schema.JOB_HASH], *job, target, metric, int(step), float(value), extra["env"],
+                                 extra["sweep"]])
         frame = (pd.DataFrame(rows, columns=HISTORY_COLUMNS)
                  .sort_values(["method", "backbone", "source", "seed", "target", "metric", "epoch"], kind="stable")
                  .drop_duplicates(["job_hash", "target", "metric", "epoch"], keep="last").reset_index(drop=True))

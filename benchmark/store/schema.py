@@ -22,6 +22,7 @@ JOB_HASH = "job_hash"
 METHOD = "method"
 SOURCE = "source"
 SEED = "seed"
+SWEEP_PREFIX = "sweep."  # sweep.<dotted key> = the swept value (benchmark.sweep)
 
 # Params read back when building tables.
 BACKBONE = "backbone"  # "<name>:<weights>"
