@@ -208,7 +208,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     results = read_results(store, protocol_name, datasets, args.selection, args.metric)
     for warning in results.attrs["warnings"] + tables.mixed_environments(results):
         print(f"warning: {warning}", file=sys.stderr)
-    comparison = compare.compare(results, args.a, args.b, args.metric)
+    order = tables.in_paper_order(datasets or sorted(set(results["target"])))
+    comparison = compare.compare(results, args.a, args.b, args.metric, order)
     label = SELECTION_LABELS[args.selection]
     text = f"{protocol_name}: " + compare.render(comparison, label, tables.display)
     if args.out:

@@ -107,7 +107,9 @@ def per_cell(cells: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compare(results: pd.DataFrame, a: str, b: str, metric: str = "acc") -> Comparison:
+def compare(results: pd.DataFrame, a: str, b: str, metric: str = "acc", order: list[str] | None = None) -> Comparison:
+    """The comparison of A and B; per-cell rows by source in `order` (then by name), each
+    source's own test set first, then the other targets in `order`."""
     if a == b:
         raise BenchmarkError(f"compare {a} with another method, not with itself")
     cells, missing = paired_cells(results, a, b, metric)
@@ -116,6 +118,10 @@ def compare(results: pd.DataFrame, a: str, b: str, metric: str = "acc") -> Compa
     domain = cells["source"] == cells["target"]
     groups = [summarise("in-domain", cells.loc[domain, "diff"].to_numpy()),
               summarise("unseen", cells.loc[~domain, "diff"].to_numpy())]
+    rank = {name: k for k, name in enumerate(order or [])}
+    key = lambda name: (rank.get(name, len(rank)), name)  # noqa: E731
+    cells = cells.assign(_s=cells["source"].map(key), _t=[(t != s, key(t)) for s, t in zip(cells["source"], cells["target"])])
+    cells = cells.sort_values(["_s", "_t", "seed"], kind="stable").drop(columns=["_s", "_t"]).reset_index(drop=True)
     return Comparison(a, b, metric, cells, missing, [g for g in groups if g.cells], per_cell(cells))
 
 

@@ -106,7 +106,8 @@ def test_execution_only_recipe_fields_leave_the_job_hash_alone(tmp_path):
         return [j.hash for j in expand(protocol, ["erm"], DataPlan(options=protocol.dataset_options))]
 
     base = hashes([])
-    assert hashes(["recipe.prefetch=0", "recipe.data_on_device=never", "recipe.sync_every=7"]) == base
+    assert hashes(["recipe.prefetch=0", "recipe.data_on_device=never", "recipe.sync_every=7",
+                   "recipe.eval_every=3"]) == base
     assert hashes(["recipe.batch_size=16"]) != base  # a field that changes the numbers does change it
 
 

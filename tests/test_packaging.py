@@ -71,4 +71,4 @@ def test_the_wheel_installs_and_runs_its_protocols_from_another_folder(tmp_path)
     dry = subprocess.run([str(venv / "bin" / "benchmark"), "run", "--protocol", "synth5", "--dry-run",
                           "--tracking-uri", f"jsonl:{tmp_path / 'runs'}"], cwd=elsewhere, capture_output=True,
                          text=True, timeout=600)
-    assert dry.returncode == 0 and "10 jobs, 0 already FINISHED" in dry.stdout, dry.stdout + dry.stderr
+    assert dry.returncode == 0 and "30 jobs, 0 already FINISHED" in dry.stdout, dry.stdout + dry.stderr
