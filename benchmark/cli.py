@@ -145,7 +145,8 @@ def _sweep_table(args: argparse.Namespace, store, protocol_name: str, datasets: 
         out.write_text(text)
         print(f"wrote {out}")
         defaults = {m: dataclasses.asdict(method_entry(m).hparams()) for m in sorted(set(chosen["method"]))}
-        for path in sweep_report.figures(chosen, args.metric, defaults, out.parent, label, tables.display):
+        order = tables.in_paper_order(datasets or sorted(set(chosen["target"])))
+        for path in sweep_report.figures(chosen, args.metric, defaults, out.parent, label, tables.display, order):
             print(f"wrote {path}")
     print(text)
     return 0

@@ -92,7 +92,7 @@ def render(summary: pd.DataFrame, chosen_points: pd.DataFrame, selection_label: 
 
 
 def figures(chosen: pd.DataFrame, metric: str, defaults: dict[str, dict[str, object]], folder: Path,
-            selection_label: str, display=lambda name: name) -> list[Path]:
+            selection_label: str, display=lambda name: name, order: list[str] | None = None) -> list[Path]:
     """Fig. 3: per method and source, one panel per swept key (PNG and PDF)."""
     import matplotlib
 
@@ -115,7 +115,9 @@ def figures(chosen: pd.DataFrame, metric: str, defaults: dict[str, dict[str, obj
             if others and at_default.any():
                 part, where = frame[at_default.to_numpy()], "others at their defaults"
             part = part.assign(x=part["sweep"].map(lambda s: float(parse_point(s)[key])))
-            lines = {display(t): part[part["target"] == t] for t in sorted(part["target"].unique())}
+            present = set(part["target"])
+            targets = [t for t in (order or []) if t in present] + sorted(present - set(order or []))
+            lines = {display(t): part[part["target"] == t] for t in targets}
             unseen = part[part["target"] != source].groupby(["x", "seed"], as_index=False)["value"].mean()
             lines["unseen mean"] = unseen
             for name, line in lines.items():
@@ -134,7 +136,7 @@ def figures(chosen: pd.DataFrame, metric: str, defaults: dict[str, dict[str, obj
             ax.set_xlabel(key)
             ax.set_ylabel(f"{metric} (%)")
             ax.set_title(f"{method} trained on {display(source)}: {key}" + (f"\n({where})" if where else ""))
-        axes[0][-1].legend(fontsize=8, loc="best")
+        axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         fig.suptitle(f"{selection_label}; bars: 95% t-interval over seeds", fontsize=9)
         fig.tight_layout()
         stem = f"sweep_{method}_{schema.safe_name(source)}"
