@@ -13,7 +13,7 @@ from .jobs import DataPlan, Job, expand
 from .protocol import Protocol
 from .executors import EXECUTORS, ExecutorOptions
 from .runner import JobResult, RunContext
-from .store import JobState, ResultStore
+from .store import JobState, ResultStore, default_uri
 
 
 def dry_run_table(states: list[JobState]) -> str:
@@ -27,14 +27,57 @@ def dry_run_table(states: list[JobState]) -> str:
     return tabulate(rows, headers=headers)
 
 
-def report(result: JobResult) -> None:
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def report(result: JobResult, where: str = "") -> None:
+    """One line per job result; `where` is the grid's progress ("3/10 done, ...")."""
+    where = f" [{where}]" if where else ""
     if result.status == "SKIPPED":
-        print(f"[skip] {result.label}: {result.error}", flush=True)
+        print(f"[skip] {result.label}: {result.error}{where}", flush=True)
     elif result.status == "FINISHED":
-        print(f"[done] {result.label}: {result.seconds:.0f}s, source acc {100 * result.source_acc:.2f}, "
-              f"mean acc {100 * result.mean_target_acc:.2f} (run {result.run_id})", flush=True)
+        unseen = "" if result.mean_unseen_acc is None else f", mean unseen acc {100 * result.mean_unseen_acc:.2f}"
+        print(f"[done] {result.label}: {result.seconds:.0f}s, source acc {100 * result.source_acc:.2f}{unseen} "
+              f"(run {result.run_id}){where}", flush=True)
     else:
-        print(f"[FAILED] {result.label}: {result.error} (run {result.run_id})", flush=True)
+        print(f"[FAILED] {result.label}: {result.error} (run {result.run_id}){where}", flush=True)
+
+
+class Progress:
+    """The grid-level lines: `[k/N]` as jobs start, and as each ends how many are done, the time
+    since the first started and an estimate of what is left (elapsed per finished job, times the
+    jobs left: it already counts the jobs that run at once)."""
+
+    def __init__(self, total: int):
+        self.total, self.started, self.ended = total, 0, 0
+        self.t0 = time.perf_counter()
+
+    def start(self, job: Job) -> None:
+        self.started += 1
+        print(f"[{self.started}/{self.total}] start {job.label} (hash {job.hash})", flush=True)
+
+    def end(self, result: JobResult) -> None:
+        self.ended += 1
+        elapsed = time.perf_counter() - self.t0
+        left = self.total - self.ended
+        estimate = f", about {duration(elapsed / self.ended * left)} left" if left else ""
+        report(result, f"{self.ended}/{self.total} done, {duration(elapsed)} elapsed{estimate}")
+
+
+def summary(results: list[JobResult]) -> str:
+    """Per method, this invocation's finished jobs and their mean source and unseen accuracy."""
+    rows = []
+    for method in dict.fromkeys(r.method for r in results):
+        done = [r for r in results if r.method == method and r.status == "FINISHED"]
+        if not done:
+            continue
+        unseen = [r.mean_unseen_acc for r in done if r.mean_unseen_acc is not None]
+        rows.append([method, len(done), f"{100 * sum(r.source_acc for r in done) / len(done):.2f}",
+                     f"{100 * sum(unseen) / len(unseen):.2f}" if unseen else "–"])
+    return (tabulate(rows, headers=["method", "jobs", "source acc (mean)", "unseen acc (mean)"], disable_numparse=True)
+            if rows else "")
 
 
 def jobs_at_once(executor: str, options: ExecutorOptions, device: str | None) -> int:
@@ -78,19 +121,20 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: R
                 print(f"[resume] {s.job.label}: its earlier run was abandoned; running it again", flush=True)
             todo.append(s.job)
     store.close_abandoned_grids(experiment)
-    parent_log = store.open_grid(experiment, protocol.name, command)
+    if not todo:  # nothing to run: no empty parent run in the store
+        print(f"\n{len(jobs)} jobs, all FINISHED already or running elsewhere; nothing to run.")
+        print(next_steps(protocol.name, methods, store.uri))
+        return 0
+    parent_log = store.open_grid(experiment, protocol.name, command, protocol.description)
     parent_log.params({"methods": ",".join(methods), "executor": executor, "jobs": len(jobs), "todo": len(todo),
                        "threads_per_job": threads, "jobs_per_gpu": options.jobs_per_gpu,
                        "workers": options.workers or ""})
     parent_log.text("protocol.json", json.dumps(protocol.to_dict(), indent=1, default=str))
     ctx = RunContext(store, experiment, parent_log.run_id, plan, device, threads)
     started = time.perf_counter()
-
-    def announce(job: Job) -> None:
-        print(f"[start] {job.label} (hash {job.hash})", flush=True)
-
+    progress = Progress(len(todo))
     try:
-        results = run_jobs(todo, ctx, options, announce, report)
+        results = run_jobs(todo, ctx, options, progress.start, progress.end)
     except BaseException:
         parent_log.finish("KILLED")
         raise
@@ -101,5 +145,25 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: R
           f"{len(failed)} failed, in {time.perf_counter() - started:.0f}s")
     for r in failed:
         print(f"  FAILED {r.label}: {r.error}")
+    table = summary(results)
+    if table:
+        print(f"\nThis run's jobs (accuracy %, mean over jobs; unseen: targets other than the source):\n{table}")
+    print(next_steps(protocol.name, methods, store.uri))
+    per_method = {}
+    for r in results:
+        if r.status == "FINISHED" and r.mean_unseen_acc is not None:
+            per_method.setdefault(r.method, []).append(r.mean_unseen_acc)
+    if per_method:
+        parent_log.metrics({f"summary/{m}/mean_unseen_acc": sum(v) / len(v) for m, v in per_method.items()})
     parent_log.finish("FAILED" if failed else "FINISHED")
     return 1 if failed else 0
+
+
+def next_steps(protocol: str, methods: list[str], uri: str) -> str:
+    store = f" --tracking-uri {uri}" if uri != default_uri() else ""
+    lines = [f"  benchmark table --protocol {protocol}{store} --out results/{protocol}/table1.md"]
+    if len(methods) >= 2:
+        lines.append(f"  benchmark compare {methods[0]} {methods[1]} --protocol {protocol}{store}")
+    if not uri.startswith("jsonl:"):
+        lines.append(f"  benchmark ui{store}")
+    return "\nNext:\n" + "\n".join(lines)

@@ -8,6 +8,7 @@ result (the grid goes on); Ctrl-C closes its run as KILLED and propagates.
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import platform
 import subprocess
 import tempfile
@@ -52,6 +53,8 @@ class JobResult:
     seconds: float = 0.0
     source_acc: float | None = None
     mean_target_acc: float | None = None  # over all targets, source included (the paper's Mean)
+    mean_unseen_acc: float | None = None  # over the targets other than the source
+    method: str = ""
     error: str = ""
     run_id: str = ""
     accs: dict[str, float] = field(default_factory=dict)
@@ -99,7 +102,7 @@ def run_job(job: Job, ctx: RunContext) -> JobResult:
     if holder is not None:  # another process trains (or trained) this job: leave no trace of ours
         ctx.store.delete_run(log.run_id)
         return JobResult(job.hash, job.label, "SKIPPED", error=holder)
-    result = JobResult(job.hash, job.label, "FAILED", run_id=log.run_id)
+    result = JobResult(job.hash, job.label, "FAILED", run_id=log.run_id, method=job.method)
     with ctx.store.heartbeat(log.run_id), core_slot(ctx.threads or default_threads(1),
                                                                       machine_slot_folder()):
         try:
@@ -129,13 +132,18 @@ def _run_logged_job(job: Job, ctx: RunContext, log: RunLog, result: JobResult, s
         if device.type == "cuda":  # before the environment is recorded (trainer.fit sets it too)
             torch.backends.cudnn.benchmark = job.recipe.cudnn_benchmark
         execution = Execution.from_recipe(device, job.recipe)
-        log.params({**_flatten("hp", job.hparams), **_flatten("recipe", dataclasses.asdict(job.recipe)),
+        commit = git_commit()
+        log.tags({schema.USER: getpass.getuser(), schema.GIT_COMMIT: commit,
+                  schema.DESCRIPTION: f"{job.label}, protocol {job.protocol}: trained on {job.source}, tested on "
+                                      f"{', '.join(job.targets)} (job {job.hash})"})
+        log.params({schema.METHOD: job.method, schema.SOURCE: job.source, schema.SEED: job.seed,
+                    **_flatten("hp", job.hparams), **_flatten("recipe", dataclasses.asdict(job.recipe)),
                     "encoder": job.encoder.id if job.encoder else "none",
                     "encoder.digest": job.encoder_digest or "none",
                     schema.BACKBONE: job.backbone.id,
                     "backbone.digest": job.backbone_digest, "test_split": job.test_split,
                     **{schema.data_param(*k.rsplit(":", 1)): v for k, v in job.fingerprints.items()},
-                    **_flatten("lib", library_versions()), "git_commit": git_commit(),
+                    **_flatten("lib", library_versions()), "git_commit": commit,
                     "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
                     # What recipe.precision resolved to on this device (it is "auto" by default).
                     "execution.autocast": str(execution.autocast_dtype).removeprefix("torch.") if execution.autocast_dtype else "off",
@@ -164,11 +172,20 @@ def _run_logged_job(job: Job, ctx: RunContext, log: RunLog, result: JobResult, s
                 _write_target_artifacts(Path(tmp) / schema.safe_name(target), test, ids, probs, probs.argmax(1), ev)
                 if target == job.source:
                     method.report(test, log)
+            fig = confusion_figure({t: (evaluator.evaluations[t].confusion, evaluator.evaluations[t].acc) for t in tests},
+                                   f"{job.method} trained on {job.source} (seed {job.seed}), {job.test_split} splits")
+            for suffix in (".png", ".pdf"):
+                fig.savefig(Path(tmp) / f"confusion{suffix}", dpi=200)
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
             log.artifacts(Path(tmp), "evaluation")
         result.source_acc = result.accs.get(job.source)
         result.mean_target_acc = float(np.mean(list(result.accs.values())))
-        log.metrics({schema.MEAN_ACC: result.mean_target_acc, schema.JOB_SECONDS: time.perf_counter() - start},
-                    step=evaluator.epoch)
+        unseen = [acc for target, acc in result.accs.items() if target != job.source]
+        result.mean_unseen_acc = float(np.mean(unseen)) if unseen else None
+        log.metrics({schema.MEAN_ACC: result.mean_target_acc, schema.JOB_SECONDS: time.perf_counter() - start,
+                     **({schema.MEAN_UNSEEN_ACC: result.mean_unseen_acc} if unseen else {})}, step=evaluator.epoch)
         result.status = "FINISHED"
         log.finish("FINISHED")
     except Exception as exc:  # noqa: BLE001 - a failing job is recorded and the grid goes on
@@ -181,23 +198,39 @@ def _run_logged_job(job: Job, ctx: RunContext, log: RunLog, result: JobResult, s
 
 
 def _write_target_artifacts(folder: Path, test, ids: list[str], probs: np.ndarray, preds: np.ndarray, ev) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
+    """confusion.csv (counts) and predictions.csv (id, label, prediction, the seven probabilities)
+    of one target."""
     folder.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(ev.confusion, index=list(CLASSES), columns=list(CLASSES)).to_csv(folder / "confusion.csv")
-    display = ConfusionMatrixDisplay(ev.confusion, display_labels=list(CLASSES))
-    fig, ax = plt.subplots(figsize=(7, 6))
-    display.plot(ax=ax, xticks_rotation=45, colorbar=False)
-    ax.set_title(f"{test.dataset} {test.split}: acc {100 * ev.acc:.2f}%")
-    fig.tight_layout()
-    fig.savefig(folder / "confusion.png", dpi=100)
-    plt.close(fig)
     frame = pd.DataFrame({"id": ids, "label": [CLASSES[y] for y in test.labels], "pred": [CLASSES[y] for y in preds]})
     for k, name in enumerate(CLASSES):
         frame[f"p_{name}"] = probs[:, k].round(6)
     frame.to_csv(folder / "predictions.csv", index=False)
 
+
+def confusion_figure(panels: dict[str, tuple[np.ndarray, float]], title: str):
+    """One panel per target: its confusion matrix normalised per true class (rows sum to 1), each
+    cell's share and count, the target's accuracy; one labelled colour bar; text dark or light by
+    the cell's colour so that every cell reads. One figure per job (drawing is the slow part)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.2, 4.9), squeeze=False)
+    for ax, (target, (confusion, acc)) in zip(axes[0], panels.items()):
+        totals = confusion.sum(axis=1, keepdims=True)
+        share = np.divide(confusion, totals, out=np.zeros(confusion.shape, dtype=float), where=totals > 0)
+        image = ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+        for i in range(share.shape[0]):
+            for j in range(share.shape[1]):
+                ax.text(j, i, f"{share[i, j]:.2f}\n({confusion[i, j]})", ha="center", va="center", fontsize=5.5,
+                        color="white" if share[i, j] > 0.55 else "black")
+        ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(CLASSES)), CLASSES if ax is axes[0][0] else [], fontsize=7)
+        ax.set_xlabel("predicted class", fontsize=8)
+        ax.set_title(f"{target}: accuracy {100 * acc:.2f}%", fontsize=9)
+    axes[0][0].set_ylabel("true class", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.colorbar(image, ax=axes[0].tolist(), label="share of the true class's test images", fraction=0.02)
+    return fig

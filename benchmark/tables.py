@@ -405,6 +405,14 @@ def _build(name: str, results: pd.DataFrame, metric: str, sources: list[str], da
     return [single_source_table(layout, acc, source, datasets)]
 
 
+def save_figure(fig, stem: Path) -> list[Path]:
+    """`stem`.png at 200 dpi and `stem`.pdf (vector) beside it."""
+    paths = [stem.parent / (stem.name + suffix) for suffix in (".png", ".pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=200)
+    return paths
+
+
 def write_figures(results: pd.DataFrame, metric: str, sources: list[str], datasets: list[str],
                   methods: list[str], folder: Path, selection: str = "last") -> list[Path]:
     """A source x target heatmap per method and a bar chart of mean unseen accuracy per method."""
@@ -429,14 +437,14 @@ def write_figures(results: pd.DataFrame, metric: str, sources: list[str], datase
         for i in range(grid.shape[0]):
             for j in range(grid.shape[1]):
                 v = grid.iat[i, j]
-                ax.text(j, i, MISSING if pd.isna(v) else f"{100 * v:.1f}", ha="center", va="center", color="w")
+                # viridis is dark below ~60%: light text there, dark text on the bright end.
+                ax.text(j, i, MISSING if pd.isna(v) else f"{100 * v:.1f}", ha="center", va="center",
+                        color="white" if pd.isna(v) or v < 0.6 else "black")
         ax.set_title(f"{method}: {metric} (%), {SELECTION_LABELS[selection]}")
-        fig.colorbar(im, ax=ax)
+        fig.colorbar(im, ax=ax, label=f"{metric} (%)")
         fig.tight_layout()
-        path = folder / f"heatmap_{method}.png"
-        fig.savefig(path, dpi=100)
+        written += save_figure(fig, folder / f"heatmap_{method}")
         plt.close(fig)
-        written.append(path)
     unseen = acc[acc["source"] != acc["target"]].groupby(["method", "seed"])["value"].mean().reset_index()
     stats = unseen.groupby("method")["value"].agg(["mean", "std", "count"]).reindex(methods).dropna(subset=["mean"])
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(stats) + 2), 4))
@@ -452,8 +460,6 @@ def write_figures(results: pd.DataFrame, metric: str, sources: list[str], datase
         ax.set_title(f"mean over unseen targets, 1 seed, {SELECTION_LABELS[selection]}")
     ax.set_ylabel(f"mean unseen-target {metric} (%)")
     fig.tight_layout()
-    path = folder / "mean_unseen.png"
-    fig.savefig(path, dpi=100)
+    written += save_figure(fig, folder / "mean_unseen")
     plt.close(fig)
-    written.append(path)
     return written

@@ -74,12 +74,23 @@ def test_tiny_grid_logs_every_metric_and_dry_run_lists_jobs(tmp_path, capsys, ur
     assert "4 jobs, 0 already FINISHED" in out and out.count(" new") == 4
 
     assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert "[1/4] start erm on synth5/studio (seed 0)" in out and "[4/4 done, " in out and "[1/4 done, " in out
+    assert "left]" in out.split("[1/4 done, ")[1].splitlines()[0]  # an estimate while jobs remain
+    assert "unseen acc (mean)" in out and "benchmark table --protocol tiny" in out
+    assert "benchmark compare erm clip_ft --protocol tiny" in out
     runs = finished_runs(uri)
     assert len(runs) == 4 and {r.status for r in runs} == {"FINISHED"}
     run = next(r for r in runs if r.tags["method"] == "clip_ft" and r.tags["source"] == "synth5/studio")
     tags, metrics, params = run.tags, run.metrics, run.params
     assert tags["seed"] == "0" and tags["protocol"] == "tiny" and len(tags["job_hash"]) == 16
     assert "mlflow.parentRunId" in tags and "heartbeat" in tags  # a job run beats while it runs
+    assert tags["mlflow.user"] and tags["mlflow.source.git.commit"] == params["git_commit"]
+    assert "clip_ft on synth5/studio (seed 0), protocol tiny" in tags["mlflow.note.content"]
+    assert (params["method"], params["source"], params["seed"]) == ("clip_ft", "synth5/studio", "0")
+    assert metrics["test/mean_unseen_acc"] == metrics["test/synth5.film/acc"]  # the one other target
+    (grid,) = grid_runs(uri)
+    assert any(k.startswith("summary/clip_ft/") for k in grid.metrics) and "mlflow.note.content" in grid.tags
     for target in ("synth5.studio", "synth5.film"):
         for key in ("acc", "mean_class_acc", "macro_f1", "acc/happiness"):
             assert 0.0 <= metrics[f"test/{target}/{key}"] <= 1.0
@@ -90,14 +101,15 @@ def test_tiny_grid_logs_every_metric_and_dry_run_lists_jobs(tmp_path, capsys, ur
     assert params["execution.clip_dtype"] == "float32" and params["recipe.data_path"] == "cache"
     assert "data.synth5/studio:train" in params and "git_commit" in params
     artifacts = set(open_store(uri).artifact_paths(run.run_id, "evaluation/synth5.film"))
-    assert {"evaluation/synth5.film/confusion.csv", "evaluation/synth5.film/confusion.png",
-            "evaluation/synth5.film/predictions.csv"} <= artifacts
+    assert {"evaluation/synth5.film/confusion.csv", "evaluation/synth5.film/predictions.csv"} <= artifacts
+    assert {"evaluation/confusion.png", "evaluation/confusion.pdf"} <= set(open_store(uri).artifact_paths(run.run_id,
+                                                                                                         "evaluation"))
 
     # A second identical command skips every job.
     assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
-    assert out.count("[skip]") == 4 and "4 skipped, 0 finished" in out
-    assert len(finished_runs(uri)) == 4
+    assert out.count("[skip]") == 4 and "4 jobs, all FINISHED already or running elsewhere; nothing to run." in out
+    assert len(finished_runs(uri)) == 4 and len(grid_runs(uri)) == 1  # no empty parent run for it
 
 
 def run_cli(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.Popen:
@@ -504,9 +516,9 @@ def test_ctrl_c_closes_the_job_run_as_killed_and_prints_no_traceback(tmp_path):
     seen = []
     for line in proc.stdout:  # MLflow's set-up lines come first
         seen.append(line)
-        if line.startswith("[start]"):
+        if line.startswith("[1/1] start "):
             break
-    assert seen and seen[-1].startswith("[start]"), "".join(seen)
+    assert seen and seen[-1].startswith("[1/1] start "), "".join(seen)
     deadline = time.time() + 60
     while not any(r.params.get("env.threads") for r in finished_runs(uri)) and time.time() < deadline:
         time.sleep(0.5)  # the job has logged its params: it is training

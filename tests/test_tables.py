@@ -155,6 +155,11 @@ def test_cli_writes_table_and_figures(paper_store, tmp_path, capsys):
     assert main(["table", "--tracking-uri", paper_store, "--protocol", "gfer5", "--out", str(out)]) == 0
     assert out.read_text().startswith("gfer5: acc (%)")
     assert (tmp_path / "t" / "heatmap_cafe.png").stat().st_size > 1000
+    assert (tmp_path / "t" / "heatmap_cafe.pdf").read_bytes().startswith(b"%PDF")
+    from PIL import Image
+
+    with Image.open(tmp_path / "t" / "heatmap_cafe.png") as image:
+        assert image.size[0] >= 1000  # 200 dpi
     assert (tmp_path / "t" / "mean_unseen.png").exists()
     assert main(["table", "--tracking-uri", paper_store, "--protocol", "gfer5", "--table", "perclass",
                  "--metric", "mean_class_acc"]) == 0

@@ -52,7 +52,7 @@ def for_workers(ctx: RunContext) -> RunContext:
 
 def lost(job: Job, exc: BaseException) -> JobResult:
     """The result of a job whose worker died under it."""
-    return JobResult(job.hash, job.label, "FAILED", error=f"{type(exc).__name__}: {exc}")
+    return JobResult(job.hash, job.label, "FAILED", error=f"{type(exc).__name__}: {exc}", method=job.method)
 
 
 from . import local, pool, ray_cluster  # noqa: E402,F401  (registration)

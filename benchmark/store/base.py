@@ -157,9 +157,13 @@ class ResultStore(abc.ABC):
         log.tags({schema.ERROR: error})
         log.finish(status)
 
-    def open_grid(self, experiment_id: str, protocol: str, command: str) -> RunLog:
+    def open_grid(self, experiment_id: str, protocol: str, command: str, description: str = "") -> RunLog:
         """The parent run of one `benchmark run`."""
-        tags = {schema.PROTOCOL: protocol, schema.KIND: "grid", schema.COMMAND: command[:5000], **process_tags()}
+        import getpass
+
+        tags = {schema.PROTOCOL: protocol, schema.KIND: "grid", schema.COMMAND: command[:5000],
+                schema.USER: getpass.getuser(), schema.DESCRIPTION: f"{description}\n\n`{command}`".strip(),
+                **process_tags()}
         return self.create_run(experiment_id, f"grid-{time.strftime('%Y%m%d-%H%M%S')}", tags)
 
     def open_job(self, experiment_id: str, parent_run_id: str, job) -> RunLog:

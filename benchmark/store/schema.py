@@ -14,6 +14,8 @@ PROTOCOL = "protocol"
 PARENT = "mlflow.parentRunId"  # MLflow's own name, so its UI nests job runs under their grid
 ERROR = "error"
 COMMAND = "command"
+# MLflow's own tags, which its UI shows: who ran it, from which commit, and a description.
+USER, GIT_COMMIT, DESCRIPTION = "mlflow.user", "mlflow.source.git.commit", "mlflow.note.content"
 # Who owns a RUNNING run (benchmark.store.liveness).
 HOST, PID, PID_STARTED, HEARTBEAT = "host", "pid", "pid_started", "heartbeat"
 
@@ -30,7 +32,8 @@ DATA_PREFIX = "data."  # data.<dataset>:<split> = the split's fingerprint, one p
 
 # Metrics.
 SOURCE_VAL = "source_val"  # metric prefix of the source's validation split: source_val/<metric>
-MEAN_ACC = "test/mean_acc"  # over every target, the source's own test set included
+MEAN_ACC = "test/mean_acc"  # over every target, the source's own test set included (the paper's Mean)
+MEAN_UNSEEN_ACC = "test/mean_unseen_acc"  # over the targets other than the source
 JOB_SECONDS = "time/job_seconds"
 SAFE_SEP = "."  # dataset names like synth5/studio become synth5.studio in metric keys
 
