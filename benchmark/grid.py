@@ -160,7 +160,9 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: R
 
 
 def next_steps(protocol: str, methods: list[str], uri: str) -> str:
-    store = f" --tracking-uri {uri}" if uri != default_uri() else ""
+    # default_uri() creates results/: only asked when the store could be that default.
+    is_default = not uri.startswith("jsonl:") and uri == default_uri()
+    store = "" if is_default else f" --tracking-uri {uri}"
     lines = [f"  benchmark table --protocol {protocol}{store} --out results/{protocol}/table1.md"]
     if len(methods) >= 2:
         lines.append(f"  benchmark compare {methods[0]} {methods[1]} --protocol {protocol}{store}")
