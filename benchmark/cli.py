@@ -278,7 +278,15 @@ def _cmd_ui(args: argparse.Namespace) -> int:
                              "of text files to read as they are)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
                "--port", str(args.port)]
-    print(f"MLflow UI on http://{args.host}:{args.port} for {uri}", flush=True)
+    link = f"http://{args.host}:{args.port}"
+    try:  # the runs of the protocol with the newest finished job, if any
+        from .store import open_store
+
+        store = open_store(uri)
+        link += f"/#/experiments/{store.experiment(store.latest_protocol(), create=False)}/runs"
+    except BenchmarkError:
+        pass
+    print(f"MLflow UI on {link} for {uri}", flush=True)
     # Become the MLflow process (no child in between): `kill <pid>` and Ctrl-C reach it, and it
     # passes them on to its server, so nothing is left holding the port.
     os.execv(sys.executable, command)

@@ -338,13 +338,20 @@ def test_nan_loss_stops_the_job_as_failed(tmp_path, monkeypatch, capsys):
     assert "loss is nan at epoch 1" in run.tags["error"]
 
 
-def test_ui_binds_to_localhost_unless_told(monkeypatch, capsys):
+def test_ui_binds_to_localhost_unless_told_and_links_the_runs_page(monkeypatch, capsys, tmp_path):
+    from .test_tables import FakeJob
+
     calls = []
     monkeypatch.setattr(os, "execv", lambda program, command: calls.append(command))
-    assert main(["ui", "--tracking-uri", "sqlite:///x.db"]) == 0
-    assert main(["ui", "--tracking-uri", "sqlite:///x.db", "--host", "0.0.0.0", "--port", "6000"]) == 0
+    uri = f"sqlite:///{tmp_path / 'x.db'}"
+    store = open_store(uri)
+    experiment = store.experiment("tiny")
+    store.open_job(experiment, "g", FakeJob("tiny", "erm", "a", 0, "r18")).finish("FINISHED")
+    assert main(["ui", "--tracking-uri", uri]) == 0
+    assert f"MLflow UI on http://127.0.0.1:5000/#/experiments/{experiment}/runs for {uri}" in capsys.readouterr().out
+    assert main(["ui", "--tracking-uri", uri, "--host", "0.0.0.0", "--port", "6000"]) == 0
     first, second = calls
-    assert first[first.index("--host") + 1] == "127.0.0.1" and "sqlite:///x.db" in first
+    assert first[first.index("--host") + 1] == "127.0.0.1" and uri in first
     assert second[second.index("--host") + 1] == "0.0.0.0" and second[second.index("--port") + 1] == "6000"
 
 

@@ -98,3 +98,9 @@ def test_a_broken_jsonl_line_is_named_with_file_and_line(tmp_path):
         fh.write('{"op": "create", "run": \n')
     with pytest.raises(BenchmarkError, match=r"runs\.jsonl:2: not a JSON event"):
         store.experiment_names()
+
+
+def test_an_mlflow_experiment_opens_on_its_training_runs(tmp_path):
+    store = open_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = store.experiment("p")
+    assert store.experiment_tags(exp)[schema.EXPERIMENT_KIND] == "custom_model_development"

@@ -112,6 +112,8 @@ class MlflowStore(ResultStore):
     def experiment(self, name: str, create: bool = True) -> str | None:
         found = retry(lambda: self.client.get_experiment_by_name(name))
         if found is not None:
+            if create and found.tags.get(schema.EXPERIMENT_KIND) is None:  # made before the tag existed
+                self._mark_training(found.experiment_id)
             return found.experiment_id
         if not create:
             return None
@@ -119,9 +121,18 @@ class MlflowStore(ResultStore):
         # Artifacts beside the database (not in the working folder, MLflow's default).
         artifacts = (db.parent / "mlartifacts").resolve().as_uri() if db else None
         try:
-            return retry(lambda: self.client.create_experiment(name, artifact_location=artifacts))
+            experiment_id = retry(lambda: self.client.create_experiment(name, artifact_location=artifacts))
         except Exception:  # noqa: BLE001 - created concurrently by another process
             return retry(lambda: self.client.get_experiment_by_name(name)).experiment_id
+        self._mark_training(experiment_id)
+        return experiment_id
+
+    def _mark_training(self, experiment_id: str) -> None:
+        """Open the experiment on its training runs in MLflow's UI."""
+        retry(lambda: self.client.set_experiment_tag(experiment_id, schema.EXPERIMENT_KIND, schema.TRAINING_RUNS))
+
+    def experiment_tags(self, experiment_id: str) -> dict[str, str]:
+        return dict(retry(lambda: self.client.get_experiment(experiment_id)).tags)
 
     def experiment_names(self) -> list[str]:
         return [e.name for e in retry(lambda: self.client.search_experiments())]

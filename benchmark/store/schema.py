@@ -16,6 +16,9 @@ ERROR = "error"
 COMMAND = "command"
 # MLflow's own tags, which its UI shows: who ran it, from which commit, and a description.
 USER, GIT_COMMIT, DESCRIPTION = "mlflow.user", "mlflow.source.git.commit", "mlflow.note.content"
+# The experiment tag MLflow 3's UI reads to choose an experiment's landing page: this value opens
+# the training runs view (not the GenAI traces overview).
+EXPERIMENT_KIND, TRAINING_RUNS = "mlflow.experimentKind", "custom_model_development"
 # Who owns a RUNNING run (benchmark.store.liveness).
 HOST, PID, PID_STARTED, HEARTBEAT = "host", "pid", "pid_started", "heartbeat"
 
