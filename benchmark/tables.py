@@ -353,16 +353,23 @@ def render(table: Table, fmt: str, compare: bool = False) -> str:
     elif compare:
         notes.append("No paper value exists for any cell of this table: nothing to compare.")
     if fmt == "latex":
-        return latex_table(title, header, body, notes)
+        return latex_table(title, header, body, notes, latex_label(table.title))
     return (f"**{title}**\n\n" + tabulate(body, headers=header, tablefmt="github", disable_numparse=True)
             + "".join(f"\n\n{n}" for n in notes) + "\n")
 
 
-def latex_table(title: str, header: list[str], body: list[list[str]], notes: list[str]) -> str:
-    """One booktabs `table` float: caption, the row names left-aligned, the numbers right-aligned."""
+def latex_label(title: str) -> str:
+    """`tab:` and the title's words, lower-case, joined by hyphens: a label LaTeX accepts."""
+    import re
+
+    return "tab:" + "-".join(re.findall(r"[a-z0-9]+", title.lower()))[:60]
+
+
+def latex_table(title: str, header: list[str], body: list[list[str]], notes: list[str], label: str = "") -> str:
+    """One booktabs `table` float: caption, label, the row names left-aligned, the numbers right-aligned."""
     frame = pd.DataFrame(body, columns=header)
     latex = frame.style.hide(axis="index").to_latex(
-        hrules=True, caption=latex_escape(title), position_float="centering",
+        hrules=True, caption=latex_escape(title), label=label or None, position_float="centering",
         column_format="l" + "r" * (len(header) - 1), environment="table")
     return latex + "".join(f"% {line}\n" for n in notes for line in n.splitlines())
 

@@ -167,7 +167,9 @@ class Cafe(TrainedMethod):
         return (sums / counts[:, None]).numpy()
 
     def report(self, data, log) -> None:
-        """The paper's Fig. 5: the mean learned mask of each class's images over the channels."""
+        """The paper's Fig. 5: the mean learned mask of each class's images over the channels, the
+        7 channel groups of the separation loss marked, channels averaged in bins when the
+        feature is too wide to show one column per channel legibly."""
         if not self.hparams.use_mask:
             return
         import matplotlib
@@ -176,14 +178,21 @@ class Cafe(TrainedMethod):
         import matplotlib.pyplot as plt
 
         masks = self.class_masks(data)
-        fig, ax = plt.subplots(figsize=(10, 3))
-        im = ax.imshow(masks, aspect="auto", interpolation="nearest", cmap="viridis")
-        ax.set_yticks(range(NUM_CLASSES), CLASSES)
-        ax.set_xlabel("feature channel")
-        ax.set_title(f"{self.name}: mean {'sigmoid ' if self.hparams.use_sigmoid else ''}mask per class ({data.dataset} {data.split})")
         g = group_size(self.width)
-        for k in range(1, NUM_CLASSES + 1):
-            ax.axvline(k * g - 0.5, color="white", linewidth=0.5)
-        fig.colorbar(im, ax=ax)
+        bins_per_group = min(g, 32)  # at most 7 x 32 columns: legible at any page width
+        edges = [np.linspace(k * g, (k + 1) * g, bins_per_group + 1).round().astype(int) for k in range(NUM_CLASSES)]
+        binned = np.stack([masks[:, lo:hi].mean(axis=1) for e in edges for lo, hi in zip(e[:-1], e[1:])], axis=1)
+        fig, ax = plt.subplots(figsize=(10, 3.4), dpi=200)
+        im = ax.imshow(binned, aspect="auto", interpolation="nearest", cmap="viridis")
+        ax.set_yticks(range(NUM_CLASSES), CLASSES)
+        ax.set_xticks([(k + 0.5) * bins_per_group - 0.5 for k in range(NUM_CLASSES)],
+                      [f"group {k + 1}" for k in range(NUM_CLASSES)])
+        ax.set_xlabel(f"feature channels, 7 groups of {g}" + (f", each averaged into {bins_per_group} bins"
+                                                              if bins_per_group < g else ""))
+        ax.set_title(f"{self.name}: mean {'sigmoid ' if self.hparams.use_sigmoid else ''}mask per class "
+                     f"({data.dataset} {data.split})", fontsize=10)
+        for k in range(1, NUM_CLASSES):
+            ax.axvline(k * bins_per_group - 0.5, color="white", linewidth=1.2)
+        fig.colorbar(im, ax=ax, label="mean mask value")
         fig.tight_layout()
         log.figure(f"{self.name}_masks.png", fig)

@@ -142,6 +142,7 @@ def test_latex_and_csv_outputs_parse():
     latex = render("table4", fmt="latex")
     assert "88.72" in latex
     assert "\\begin{tabular}" in latex and latex.count("\\\\") >= 3 and "$\\Delta$" in latex
+    assert "\\label{tab:clip-finetune-vs-cafe-trained-on-raf-db}" in latex
     results = paper_results("gfer5")
     frame = pd.concat(tables.to_frame(t) for t in tables.build_tables("table1", results, "acc", DATASETS, DATASETS,
                                                                           ["cafe", "scn"]))

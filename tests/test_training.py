@@ -79,6 +79,11 @@ def test_cafe_logs_its_mask_figure(studio, components):
     assert list(log.figures) == ["cafe_mask_masks.png"]
     masks = method.class_masks(studio[1])
     assert masks.shape == (7, 1280) and np.nanmin(masks) >= 0.5
+    figure = log.figures["cafe_mask_masks.png"]
+    heat, bar = figure.axes
+    assert [t.get_text() for t in heat.get_xticklabels()] == [f"group {k}" for k in range(1, 8)]
+    assert heat.images[0].get_array().shape == (7, 7 * 32)  # 1280 channels: 7 groups of 182, 32 bins each
+    assert bar.get_ylabel() == "mean mask value"
 
 
 def test_state_dict_round_trip(studio, components):
