@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import checkpoint
 from .cores import core_slot, machine_slot_folder
 from .data import decode_split
 from .data.samples import printable_id
@@ -180,6 +181,9 @@ def _run_logged_job(job: Job, ctx: RunContext, log: RunLog, result: JobResult, s
 
             plt.close(fig)
             log.artifacts(Path(tmp), "evaluation")
+        with tempfile.TemporaryDirectory() as tmp:  # the trained method, for `benchmark evaluate --run`
+            checkpoint.write(Path(tmp), method, job)
+            log.artifacts(Path(tmp), checkpoint.FOLDER)
         result.source_acc = result.accs.get(job.source)
         result.mean_target_acc = float(np.mean(list(result.accs.values())))
         unseen = [acc for target, acc in result.accs.items() if target != job.source]

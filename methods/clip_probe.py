@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -64,10 +65,13 @@ class ClipProbe(Method):
 
     def state_dict(self):
         scaler, probe = self.pipeline[0], self.pipeline[-1]
-        return {"mean": scaler.mean_, "scale": scaler.scale_, "coef": probe.coef_, "intercept": probe.intercept_,
-                "classes": probe.classes_}
+        # Tensors, not arrays: checkpoints load with torch.load(weights_only=True).
+        return {k: torch.from_numpy(np.asarray(v)) for k, v in {
+            "mean": scaler.mean_, "scale": scaler.scale_, "coef": probe.coef_, "intercept": probe.intercept_,
+            "classes": probe.classes_}.items()}
 
     def load_state_dict(self, state) -> None:
+        state = {k: np.asarray(v) for k, v in state.items()}
         scaler = StandardScaler()
         scaler.mean_, scaler.scale_ = state["mean"], state["scale"]
         scaler.n_features_in_ = len(state["mean"])

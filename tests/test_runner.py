@@ -587,3 +587,23 @@ def test_a_held_out_validation_split_is_seeded_stratified_and_in_the_hash():
     assert {j.hash for j in expand(load_protocol("synth5", {"recipe.val_fraction": "0.0"}), ["erm"], plan)} == before
     changed = {j.hash for j in expand(load_protocol("synth5", {"recipe.val_fraction": "0.2"}), ["erm"], plan)}
     assert changed.isdisjoint(before)  # in the recipe's identity once set
+
+
+def test_a_finished_job_is_evaluated_again_from_its_checkpoint_without_retraining(tmp_path, capsys):
+    protocol = write_protocol(tmp_path)
+    uri = f"jsonl:{tmp_path / 'runs'}"
+    assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri, "--methods", "clip_ft",
+                 "--sources", "synth5/studio"]) == 0
+    (run,) = finished_runs(uri)
+    capsys.readouterr()
+    # The same test split the job was tested on: the same accuracy, to the last digit printed.
+    assert main(["evaluate", "--run", run.run_id, "--dataset", "synth5/film", "--option", "scale=0.05",
+                 "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    acc = next(line for line in out.splitlines() if line.startswith("| acc "))
+    assert acc.split("|")[2].strip() == f"{100 * run.metrics['test/synth5.film/acc']:.2f}", out
+    assert main(["evaluate", "--run", run.run_id, "--dataset", "synth5/wild", "--option", "scale=0.03",
+                 "--tracking-uri", uri, "--log"]) == 0
+    assert "test/synth5.wild/acc" in open_store(uri).run(run.run_id).metrics
+    assert main(["evaluate", "--run", "nope", "--dataset", "synth5/wild", "--tracking-uri", uri]) == 2
+    assert "no run 'nope'" in capsys.readouterr().err

@@ -112,6 +112,14 @@ class ResultStore(abc.ABC):
         """(step, value) of every value logged for `key`, in the order logged."""
 
     @abc.abstractmethod
+    def run(self, run_id: str) -> RunRecord:
+        """One run by id (a BenchmarkError naming the store when there is none)."""
+
+    @abc.abstractmethod
+    def download(self, run_id: str, path: str, destination: Path) -> Path:
+        """A copy of the run's artifact file or folder `path` below `destination`; its local path."""
+
+    @abc.abstractmethod
     def artifact_paths(self, run_id: str, folder: str) -> list[str]:
         """Paths of the files a run holds below `folder` (relative to the run's artifact root)."""
 

@@ -191,6 +191,24 @@ class JsonlStore(ResultStore):
         return [(e["step"], e["values"][key]) for e in self._events()
                 if e.get("op") == "metrics" and e["run"] == run_id and key in e["values"]]
 
+    def run(self, run_id: str) -> RunRecord:
+        run = self._state()[1].get(run_id)
+        if run is None or run.get("deleted"):
+            raise BenchmarkError(f"no run {run_id!r} in {self.uri}")
+        return RunRecord(run_id, run["status"], run["start"], run["end"], run["tags"], run["params"], run["metrics"])
+
+    def download(self, run_id: str, path: str, destination: Path) -> Path:
+        source = self.artifact_root(run_id) / path
+        if not source.exists():
+            raise BenchmarkError(f"run {run_id} in {self.uri} has no artifact {path!r}")
+        target = destination / Path(path).name
+        destination.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(source, target)
+        return target
+
     def artifact_paths(self, run_id: str, folder: str) -> list[str]:
         root = self.artifact_root(run_id)
         return sorted(p.relative_to(root).as_posix() for p in (root / folder).rglob("*") if p.is_file())

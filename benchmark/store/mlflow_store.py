@@ -167,6 +167,20 @@ class MlflowStore(ResultStore):
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in retry(lambda: self.client.get_metric_history(run_id, key))]
 
+    def run(self, run_id: str) -> RunRecord:
+        from ..errors import BenchmarkError
+
+        try:
+            r = retry(lambda: self.client.get_run(run_id))
+        except Exception as exc:  # noqa: BLE001 - MLflow says "not found" in its own exception types
+            raise BenchmarkError(f"no run {run_id!r} in {self.uri} ({type(exc).__name__})") from None
+        return RunRecord(r.info.run_id, r.info.status, r.info.start_time, r.info.end_time, dict(r.data.tags),
+                         dict(r.data.params), dict(r.data.metrics))
+
+    def download(self, run_id: str, path: str, destination: Path) -> Path:
+        destination.mkdir(parents=True, exist_ok=True)
+        return Path(retry(lambda: self.client.download_artifacts(run_id, path, str(destination))))
+
     def artifact_paths(self, run_id: str, folder: str) -> list[str]:
         out = []
         for item in retry(lambda: self.client.list_artifacts(run_id, folder)):
