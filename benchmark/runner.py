@@ -29,7 +29,7 @@ from .environment import default_threads
 from .jobs import DataPlan, Job
 from .labels import CLASSES
 from .evaluator import Evaluator
-from .store import ResultStore, RunLog, schema
+from .store import DatasetRef, ResultStore, RunLog, schema
 
 _ENCODERS: dict[Any, Any] = {}  # one encoder per process, shared by its jobs
 
@@ -160,6 +160,9 @@ def _run_logged_job(job: Job, ctx: RunContext, log: RunLog, result: JobResult, s
         if dropped:
             log.params(dropped)
         tests = {t: decode_split(plan.samples(t, job.test_split), size, skip_bad=plan.skip_bad) for t in job.targets}
+        read = [(train_samples, "train"), *([(val_samples, "validation")] if val_samples is not None else []),
+                *((plan.samples(t, job.test_split), "test") for t in job.targets)]
+        log.inputs([DatasetRef(f"{s.dataset}:{s.split}", s.fingerprint, str(s.root), role) for s, role in read])
         components = Components(job.backbone, _encoder(job) if job.encoder else None)
         method = build_method(job.method, job.hparams, components)
         evaluator = Evaluator(method, tests, log, val)

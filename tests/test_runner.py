@@ -88,6 +88,8 @@ def test_tiny_grid_logs_every_metric_and_dry_run_lists_jobs(tmp_path, capsys, ur
     assert tags["mlflow.user"] and tags["mlflow.source.git.commit"] == params["git_commit"]
     assert "clip_ft on synth5/studio (seed 0), protocol tiny" in tags["mlflow.note.content"]
     assert (params["method"], params["source"], params["seed"]) == ("clip_ft", "synth5/studio", "0")
+    assert sorted(run.inputs) == [("synth5/film:test", "test"), ("synth5/studio:test", "test"),
+                                  ("synth5/studio:train", "train"), ("synth5/studio:val", "validation")]
     assert metrics["test/mean_unseen_acc"] == metrics["test/synth5.film/acc"]  # the one other target
     (grid,) = grid_runs(uri)
     assert any(k.startswith("summary/clip_ft/") for k in grid.metrics) and "mlflow.note.content" in grid.tags
@@ -104,6 +106,7 @@ def test_tiny_grid_logs_every_metric_and_dry_run_lists_jobs(tmp_path, capsys, ur
     assert {"evaluation/synth5.film/confusion.csv", "evaluation/synth5.film/predictions.csv"} <= artifacts
     assert {"evaluation/confusion.png", "evaluation/confusion.pdf"} <= set(open_store(uri).artifact_paths(run.run_id,
                                                                                                          "evaluation"))
+    assert {"model/state_dict.pt", "model/method.json"} <= set(open_store(uri).artifact_paths(run.run_id, "model"))
 
     # A second identical command skips every job.
     assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri]) == 0

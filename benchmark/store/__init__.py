@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 
 from ..paths import results_dir
-from .base import ABANDONED, HISTORY_COLUMNS, RESULT_COLUMNS, JobState, ResultStore, RunLog, RunRecord
+from .base import ABANDONED, HISTORY_COLUMNS, RESULT_COLUMNS, DatasetRef, JobState, ResultStore, RunLog, RunRecord
 
-__all__ = ["ABANDONED", "HISTORY_COLUMNS", "RESULT_COLUMNS", "JobState", "ResultStore", "RunLog", "RunRecord", "default_uri",
+__all__ = ["ABANDONED", "DatasetRef", "HISTORY_COLUMNS", "RESULT_COLUMNS", "JobState", "ResultStore", "RunLog", "RunRecord", "default_uri",
            "open_store"]
 
 

@@ -40,6 +40,7 @@ class RunRecord:
     tags: dict[str, str] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    inputs: list[tuple[str, str]] = field(default_factory=list)  # (dataset name, context) it read
 
 
 class RunLog(abc.ABC):
@@ -68,7 +69,22 @@ class RunLog(abc.ABC):
         """Copy every file below `folder` into the run, below `under`."""
 
     @abc.abstractmethod
+    def inputs(self, datasets: list[DatasetRef]) -> None:
+        """Record the datasets the run read (MLflow shows them as the run's inputs)."""
+
+    @abc.abstractmethod
     def finish(self, status: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A dataset split a run read: its name, the digest of what was read (the split's
+    fingerprint), where it lives, and its role ("train", "validation" or "test")."""
+
+    name: str
+    digest: str
+    source: str
+    context: str
 
 
 @dataclass

@@ -58,6 +58,10 @@ class JsonlRunLog(RunLog):
     def artifacts(self, folder: Path, under: str) -> None:
         shutil.copytree(folder, self.store.artifact_root(self.run_id) / under, dirs_exist_ok=True)
 
+    def inputs(self, datasets) -> None:
+        self.store._append({"op": "inputs", "run": self.run_id, "datasets": [
+            {"name": d.name, "digest": d.digest, "source": d.source, "context": d.context} for d in datasets]})
+
     def finish(self, status: str) -> None:
         self.store._append({"op": "end", "run": self.run_id, "status": status, "time": _now()})
 
@@ -119,8 +123,8 @@ class JsonlStore(ResultStore):
             elif op == "create":
                 runs[event["run"]] = {"experiment": event["experiment"], "name": event["name"], "status": "RUNNING",
                                       "start": event["time"], "end": None, "tags": dict(event["tags"]),
-                                      "params": {}, "metrics": {}}
-            elif op in ("tags", "params", "metrics", "end", "delete"):
+                                      "params": {}, "metrics": {}, "inputs": []}
+            elif op in ("tags", "params", "metrics", "end", "delete", "inputs"):
                 run = runs.get(event["run"])
                 if run is None:
                     raise BenchmarkError(f"{self.events_path}:{number}: event for unknown run {event['run']!r}")
@@ -130,6 +134,8 @@ class JsonlStore(ResultStore):
                     run["status"], run["end"] = event["status"], event["time"]
                 elif op == "delete":
                     run["deleted"] = True
+                elif op == "inputs":
+                    run["inputs"] += [(d["name"], d["context"]) for d in event["datasets"]]
                 else:
                     run[op].update(event["values"])
             else:
@@ -171,7 +177,7 @@ class JsonlStore(ResultStore):
                     (jobs_only and not tags.get(schema.JOB_HASH)):
                 continue
             out.append(RunRecord(run_id, run["status"], run["start"], run["end"], tags, run["params"],
-                                 run["metrics"]))
+                                 run["metrics"], run["inputs"]))
         return out
 
     def delete_run(self, run_id: str) -> None:
@@ -195,7 +201,8 @@ class JsonlStore(ResultStore):
         run = self._state()[1].get(run_id)
         if run is None or run.get("deleted"):
             raise BenchmarkError(f"no run {run_id!r} in {self.uri}")
-        return RunRecord(run_id, run["status"], run["start"], run["end"], run["tags"], run["params"], run["metrics"])
+        return RunRecord(run_id, run["status"], run["start"], run["end"], run["tags"], run["params"], run["metrics"],
+                         run["inputs"])
 
     def download(self, run_id: str, path: str, destination: Path) -> Path:
         source = self.artifact_root(run_id) / path

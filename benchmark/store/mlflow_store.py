@@ -7,11 +7,12 @@ explicit run id, and is retried while SQLite says the database is locked (many w
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from . import schema
@@ -91,8 +92,20 @@ class MlflowRunLog(RunLog):
     def artifacts(self, folder: Path, under: str) -> None:
         retry(lambda: self.client.log_artifacts(self.run_id, str(folder), under))
 
+    def inputs(self, datasets) -> None:
+        entries = [DatasetInput(Dataset(d.name, d.digest, "local", json.dumps({"path": d.source})),
+                                [InputTag("mlflow.data.context", d.context)]) for d in datasets]
+        retry(lambda: self.client.log_inputs(self.run_id, datasets=entries))
+
     def finish(self, status: str) -> None:
         retry(lambda: self.client.set_terminated(self.run_id, status))
+
+
+def _record(run) -> RunRecord:
+    inputs = [(d.dataset.name, next((t.value for t in d.tags if t.key == "mlflow.data.context"), ""))
+              for d in (run.inputs.dataset_inputs if run.inputs else [])]
+    return RunRecord(run.info.run_id, run.info.status, run.info.start_time, run.info.end_time, dict(run.data.tags),
+                     dict(run.data.params), dict(run.data.metrics), inputs)
 
 
 class MlflowStore(ResultStore):
@@ -155,8 +168,7 @@ class MlflowStore(ResultStore):
         out, token = [], None
         while True:  # page through: a grid can hold more runs than one page
             page = retry(lambda: self.client.search_runs([experiment_id], query, max_results=1000, page_token=token))
-            out.extend(RunRecord(r.info.run_id, r.info.status, r.info.start_time, r.info.end_time,
-                                 dict(r.data.tags), dict(r.data.params), dict(r.data.metrics)) for r in page)
+            out.extend(_record(r) for r in page)
             token = page.token
             if not token:
                 return out
@@ -174,8 +186,7 @@ class MlflowStore(ResultStore):
             r = retry(lambda: self.client.get_run(run_id))
         except Exception as exc:  # noqa: BLE001 - MLflow says "not found" in its own exception types
             raise BenchmarkError(f"no run {run_id!r} in {self.uri} ({type(exc).__name__})") from None
-        return RunRecord(r.info.run_id, r.info.status, r.info.start_time, r.info.end_time, dict(r.data.tags),
-                         dict(r.data.params), dict(r.data.metrics))
+        return _record(r)
 
     def download(self, run_id: str, path: str, destination: Path) -> Path:
         destination.mkdir(parents=True, exist_ok=True)
