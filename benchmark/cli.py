@@ -297,10 +297,9 @@ def _cmd_perf(args: argparse.Namespace) -> int:
 def _cmd_protocols(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from .protocol import list_protocols
+    from .protocol_files import protocol_rows
 
-    rows = [[p.name, ",".join(p.methods), len(p.sources), len(p.datasets), ",".join(map(str, p.seeds)),
-             p.recipe.epochs, p.description] for p in list_protocols()]
+    rows = protocol_rows()
     print(tabulate(rows, headers=["protocol", "methods", "sources", "targets", "seeds", "epochs", "description"]))
     return 0
 

@@ -17,16 +17,9 @@ from typing import Any
 from .backbones import BackboneSpec
 from .encoders import EncoderSpec
 from .errors import BenchmarkError
+from .protocol_files import protocol_dir
 from .recipe import Recipe
 from .sweep import Sweep
-
-def protocol_dir() -> Path:
-    """The shipped protocol files: the repository's protocols/ folder, installed as the
-    package benchmark.protocols (so an installed wheel finds them too)."""
-    from importlib.resources import files
-
-    return Path(str(files("benchmark.protocols")))
-
 
 class ProtocolError(BenchmarkError):
     pass
@@ -212,7 +205,3 @@ def load_protocol(name_or_path: str, overrides: dict[str, str] | None = None) ->
             data["encoder"] = {"id": data["encoder"]}
         apply_override(data, dotted, parse_value(text))
     return parse_protocol(data, str(path))
-
-
-def list_protocols() -> list[Protocol]:
-    return [load_protocol(str(p)) for p in sorted(protocol_dir().glob("*.toml"))]

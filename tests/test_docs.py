@@ -29,3 +29,14 @@ def test_nothing_in_the_repository_cites_documents_outside_it():
     hits = [path for path in tracked if Path(ROOT, path).suffix in (".py", ".md", ".toml", ".sh")
             and path != "tests/test_docs.py" and pattern.search(Path(ROOT, path).read_text(errors="replace"))]
     assert hits == []
+
+
+def test_listing_commands_need_no_torch():
+    """`--help`, `protocols` and `datasets list` start fast: they import neither torch nor MLflow."""
+    import sys
+
+    for command in ("['protocols']", "['datasets', 'list']"):
+        code = (f"import sys; from benchmark.cli import main; main({command}); "
+                "heavy = [m for m in ('torch', 'mlflow') if m in sys.modules]; assert not heavy, heavy")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
