@@ -64,7 +64,16 @@ class DataPlan:
         return self._loaded[key]
 
     def has_split(self, dataset: str, split: str) -> bool:
-        return split in DATASETS.get(dataset).splits
+        """Whether the dataset has that split where it lives (a generic folder may lack val/)."""
+        reader = DATASETS.get(dataset)
+        if split not in reader.splits:
+            return False
+        options = {k: v for k, v in self.options.get(dataset, {}).items() if k != "channel_order"}
+        try:
+            root = dataset_root(dataset, data_root=self.data_root, dataset_paths=self.dataset_paths)
+        except BenchmarkError:
+            root = None
+        return reader.has_split(root, split, **options)
 
     def source_splits(self, dataset: str, val_fraction: float, seed: int) -> tuple[Samples, Samples | None]:
         """(training, validation) samples of a source: its own val split when it has one; else,
@@ -159,10 +168,10 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
         for source in protocol.sources:
             for seed in protocol.seeds:
                 recipe = variant.recipe_for(source, seed)
-                train, val = plan.source_splits(source, recipe.val_fraction, seed)
-                prints = {f"{source}:train": train.fingerprint, **test_prints}
-                if val is not None and not plan.has_split(source, "val"):  # held out: its rows are in the hash
-                    prints[f"{source}:val"] = val.fingerprint
+                prints = {f"{source}:train": plan.samples(source, "train").fingerprint, **test_prints}
+                if recipe.val_fraction > 0 and not plan.has_split(source, "val"):  # held out: its rows are in the hash
+                    train, val = plan.source_splits(source, recipe.val_fraction, seed)
+                    prints.update({f"{source}:train": train.fingerprint, f"{source}:val": val.fingerprint})
                 recipe_id = recipe.identity()
                 identity = {
                     "protocol": protocol.name, "protocol_version": protocol.version, "method": method,

@@ -610,3 +610,21 @@ def test_a_finished_job_is_evaluated_again_from_its_checkpoint_without_retrainin
     assert "test/synth5.wild/acc" in open_store(uri).run(run.run_id).metrics
     assert main(["evaluate", "--run", "nope", "--dataset", "synth5/wild", "--tracking-uri", uri]) == 2
     assert "no run 'nope'" in capsys.readouterr().err
+
+
+def test_a_folder_without_val_has_no_val_split_and_can_hold_one_out(tmp_path):
+    from benchmark.jobs import DataPlan
+
+    root = tmp_path / "faces"
+    for cls in ("happy", "sad"):
+        for i in range(6):
+            write_image(root / f"train/{cls}/{i}.png", value=20 * i)
+    plan = DataPlan(dataset_paths={"imagefolder": str(root)})
+    assert not plan.has_split("imagefolder", "val")
+    train, val = plan.source_splits("imagefolder", 0.0, 0)
+    assert val is None and len(train) == 12
+    train, val = plan.source_splits("imagefolder", 0.25, 0)
+    assert len(val) == 3 and len(train) == 9
+    (root / "val" / "happy").mkdir(parents=True)
+    write_image(root / "val/happy/0.png")
+    assert plan.has_split("imagefolder", "val")

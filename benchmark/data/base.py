@@ -33,6 +33,11 @@ class DatasetReader:
     def load(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> Samples:
         raise NotImplementedError
 
+    def has_split(self, root: Path | None, split: str, **options: Any) -> bool:
+        """Whether `split` exists for the data at `root` (readers whose splits are optional on
+        disk, like a folder without val/, say so here; by default: the reader's splits)."""
+        return split in self.splits
+
     # -- helpers for subclasses -------------------------------------------------------------
     def check_split(self, split: str) -> None:
         if split not in SPLITS:

@@ -22,6 +22,10 @@ class ImageFolder(DatasetReader):
     description = "generic: root/<train|val|test>/<class name>/* (names matched through the synonym table)"
     splits = ("train", "val", "test")
 
+    def has_split(self, root: Path | None, split: str, **options: Any) -> bool:
+        return split in SPLIT_FOLDERS and root is not None and any((Path(root) / f).is_dir()
+                                                                   for f in SPLIT_FOLDERS[split])
+
     def load(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> Samples:
         self.check_split(split)
         self.resolve_options(options)

@@ -40,6 +40,11 @@ class ListFile(DatasetReader):
     options = {"label_order": ",".join(CLASSES), "label_base": 0,
                "train_file": "train.txt", "val_file": "val.txt", "test_file": "test.txt"}
 
+    def has_split(self, root: Path | None, split: str, **options: Any) -> bool:
+        if split not in self.splits or root is None:
+            return False
+        return (Path(root) / str(self.resolve_options(options)[f"{split}_file"])).is_file()
+
     def load(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> Samples:
         self.check_split(split)
         opts = self.resolve_options(options)
