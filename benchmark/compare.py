@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import BenchmarkError
+from .figures import save_figure, t_half_width
 
 BOOTSTRAP_SEED = 0  # the bootstrap's resampling is seeded: the same results give the same intervals
 BOOTSTRAP_RESAMPLES = 9999
@@ -92,14 +93,10 @@ def summarise(group: str, diffs: np.ndarray) -> GroupSummary:
 
 
 def per_cell(cells: pd.DataFrame) -> pd.DataFrame:
-    from scipy import stats
-
     rows = []
     for (source, target), group in cells.groupby(["source", "target"], sort=False):
         n = len(group)
-        half = None
-        if n >= 2:
-            half = float(stats.t.ppf(0.975, n - 1) * group["diff"].std(ddof=1) / np.sqrt(n))
+        half = t_half_width(group["diff"].std(ddof=1), n)
         diff = float(group["diff"].mean())
         rows.append({"source": source, "target": target, "n": n, "a_mean": float(group["a"].mean()),
                      "b_mean": float(group["b"].mean()), "diff": diff, "half_width": half,
@@ -191,10 +188,6 @@ def figure(comparison: Comparison, selection_label: str, path_stem, display=lamb
     ax.set_xlabel(f"{c.a} − {c.b}, {c.metric} (percentage points)")
     ax.set_title(f"{c.a} vs {c.b} per cell, {selection_label}\n(bars: 95% t-interval over seeds)")
     fig.tight_layout()
-    written = []
-    for suffix in (".png", ".pdf"):
-        path = path_stem.parent / (path_stem.name + suffix)  # not with_suffix: the name may hold a dot
-        fig.savefig(path, dpi=200)
-        written.append(path)
+    written = save_figure(fig, path_stem)
     plt.close(fig)
     return written

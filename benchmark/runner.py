@@ -29,6 +29,7 @@ from .environment import default_threads
 from .jobs import DataPlan, Job
 from .labels import CLASSES
 from .evaluator import Evaluator
+from .figures import DPI
 from .store import DatasetRef, ResultStore, RunLog, schema
 
 _ENCODERS: dict[Any, Any] = {}  # one encoder per process, shared by its jobs
@@ -180,7 +181,7 @@ def _run_logged_job(job: Job, ctx: RunContext, log: RunLog, result: JobResult, s
                                    f"{job.method} trained on {job.source} (seed {job.seed}), {job.test_split} splits")
             # PNG only: a PDF per job cost ~0.4 s of a 7 s synth5 job; the figures meant for a paper
             # (benchmark table / compare / sweep) come with a PDF beside each PNG.
-            fig.savefig(Path(tmp) / "confusion.png", dpi=200)
+            fig.savefig(Path(tmp) / "confusion.png", dpi=DPI)
             import matplotlib.pyplot as plt
 
             plt.close(fig)

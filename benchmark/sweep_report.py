@@ -17,18 +17,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .figures import save_figure, t_half_width
 from .store import schema
+
+
+def _half_width(values: pd.Series) -> float:
+    """NaN, not None, where there is no interval: it goes into frames and errorbar arrays."""
+    half = t_half_width(values.std(ddof=1), len(values))
+    return float("nan") if half is None else half
 
 
 def parse_point(label: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in label.split(", ")) if label else {}
-
-
-def _t_half_width(values: pd.Series) -> float:
-    from scipy import stats
-
-    n = len(values)
-    return float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
 
 
 def point_summary(chosen: pd.DataFrame, history: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -47,7 +47,7 @@ def point_summary(chosen: pd.DataFrame, history: pd.DataFrame, metric: str) -> p
             per_seed.append({"seed": seed, "job_hash": job, "unseen": unseen, "source_test": own})
         seeds = pd.DataFrame(per_seed).merge(val, on="job_hash", how="left").drop_duplicates("job_hash")
         rows.append({"method": method, "source": source, "point": point, "seeds": len(seeds),
-                     "unseen": seeds["unseen"].mean(), "unseen_hw": _t_half_width(seeds["unseen"]),
+                     "unseen": seeds["unseen"].mean(), "unseen_hw": _half_width(seeds["unseen"]),
                      "source_test": seeds["source_test"].mean(), "source_val": seeds["val"].mean()})
     return pd.DataFrame(rows)
 
@@ -122,8 +122,7 @@ def figures(chosen: pd.DataFrame, metric: str, defaults: dict[str, dict[str, obj
             lines["unseen mean"] = unseen
             for name, line in lines.items():
                 stats = line.groupby("x")["value"].agg(["mean", "std", "count"]).reset_index()
-                hw = [(_t_half_width(line[line["x"] == x]["value"]) if n > 1 else 0.0)
-                      for x, n in zip(stats["x"], stats["count"])]
+                hw = [_half_width(line[line["x"] == x]["value"]) for x in stats["x"]]
                 style = {"linewidth": 2.5, "color": "black"} if name == "unseen mean" else {}
                 ax.errorbar(stats["x"], 100 * stats["mean"], yerr=100 * np.nan_to_num(hw), marker="o", capsize=3,
                             label=name, **style)
@@ -139,9 +138,6 @@ def figures(chosen: pd.DataFrame, metric: str, defaults: dict[str, dict[str, obj
         axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         fig.suptitle(f"{selection_label}; bars: 95% t-interval over seeds", fontsize=9)
         fig.tight_layout()
-        stem = f"sweep_{method}_{schema.safe_name(source)}"
-        for suffix in (".png", ".pdf"):  # not with_suffix: the stem may hold a dot (synth5.film)
-            written.append(folder / (stem + suffix))
-            fig.savefig(written[-1], dpi=200)
+        written += save_figure(fig, folder / f"sweep_{method}_{schema.safe_name(source)}")
         plt.close(fig)
     return written

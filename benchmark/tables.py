@@ -23,6 +23,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from .errors import BenchmarkError
+from .figures import save_figure, t_half_width
 from .labels import CLASSES
 from .selection import LABELS as SELECTION_LABELS
 
@@ -119,11 +120,7 @@ class Cell:
     @property
     def half_width(self) -> float | None:
         """Half-width of the 95% t-interval of the mean over seeds (None with fewer than two)."""
-        if self.std is None or self.seeds < 2:
-            return None
-        from scipy import stats
-
-        return float(stats.t.ppf(0.975, self.seeds - 1) * self.std / np.sqrt(self.seeds))
+        return t_half_width(self.std, self.seeds)
 
     @property
     def interval(self) -> tuple[float | None, float | None]:
@@ -410,14 +407,6 @@ def _build(name: str, results: pd.DataFrame, metric: str, sources: list[str], da
     if layout.kind == "backbones":
         return [backbones_table(layout, acc, source, datasets)]
     return [single_source_table(layout, acc, source, datasets)]
-
-
-def save_figure(fig, stem: Path) -> list[Path]:
-    """`stem`.png at 200 dpi and `stem`.pdf (vector) beside it."""
-    paths = [stem.parent / (stem.name + suffix) for suffix in (".png", ".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=200)
-    return paths
 
 
 def write_figures(results: pd.DataFrame, metric: str, sources: list[str], datasets: list[str],
