@@ -45,11 +45,9 @@ def _cmd_datasets_check(args: argparse.Namespace) -> int:
 def _cmd_methods(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from .method import load_plugins
+    from .method_index import method_index
 
-    METHODS = load_plugins()
-    rows = [[name, METHODS.get(name).description] for name in METHODS.names()]
-    print(tabulate(rows, headers=["method", "what it is"]))
+    print(tabulate(method_index(), headers=["method", "what it is"]))
     return 0
 
 
@@ -109,7 +107,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = ExecutorOptions(args.workers, args.jobs_per_gpu, args.ray_address)
     return run_grid(protocol, methods, plan, store=open_store(args.tracking_uri), executor=args.executor,
                     options=options, dry_run=args.dry_run, device=args.device, command=" ".join(sys.argv),
-                    threads=args.threads)
+                    threads=args.threads, system_metrics_s=args.system_metrics_every)
 
 
 def read_results(store, protocol: str, datasets: list[str], rule: str, metric: str, per_class: bool = False):
@@ -260,6 +258,39 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .data import decode_split
+    from .data.roots import parse_assignments
+    from .explain import explain_runs, gradcam_figure, pick_images
+    from .figures import save_figure
+    from .jobs import plan_from
+    from .protocol import load_protocol
+    from .store import open_store
+    from .trainer import pick_device
+
+    protocol = load_protocol(args.protocol)
+    plan = plan_from(protocol, args.data_root, parse_assignments(args.dataset_path, "--dataset-path"))
+    samples = plan.samples(args.target, args.split)
+    data = decode_split(samples, protocol.recipe.input_size, skip_bad=plan.skip_bad)
+    rows = pick_images(len(data), args.images, args.image_seed)
+    methods = [m.strip() for m in args.methods.split(",")]
+    panels = explain_runs(open_store(args.tracking_uri), protocol.name, methods, args.source, args.seed, data, rows,
+                          args.explain, pick_device(args.device))
+    which = "labelled" if args.explain == "label" else "predicted"
+    fig = gradcam_figure(panels, data, rows,
+                         f"GradCAM (logit of the {which} class, backbone's last block) of {len(rows)} {args.target} "
+                         f"{args.split} images (image seed {args.image_seed}); models trained on {args.source}, "
+                         f"seed {args.seed}, last epoch")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = save_figure(fig, out.parent / out.name.removesuffix(".png").removesuffix(".pdf"))
+    for panel in panels:
+        print(f"{panel.method}: run {panel.run_id}, {int((panel.predicted == data.labels[rows]).sum())}/{len(rows)} "
+              "of these images right")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def _cmd_perf(args: argparse.Namespace) -> int:
     from .perf import main_perf
 
@@ -361,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "1/N of a GPU per task with Ray (default 1)")
     run.add_argument("--threads", type=int, help="torch threads per job, the same in every executor (default: this "
                      "machine's cores / --jobs-per-gpu); recorded as env.threads: numbers depend on it")
+    run.add_argument("--system-metrics-every", type=float, metavar="SECONDS",
+                     help="sample CPU, memory, disk, network and GPU use into each job's run (MLflow system/ "
+                     "metrics) every SECONDS; 0: off (default 10)")
     run.add_argument("--device", help="torch device for local jobs (default cuda when present, else cpu)")
     run.add_argument("--dry-run", action="store_true", help="list the jobs and whether each is FINISHED; run nothing")
     run.set_defaults(func=_cmd_run)
@@ -398,6 +432,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--log", action="store_true", help="also log the metrics into the run (test/<dataset>/...)")
     ev.add_argument("--tracking-uri", help="result store (default as `run`)")
     ev.set_defaults(func=_cmd_evaluate)
+    ex = sub.add_parser("explain", help="GradCAM maps of trained runs on the same target images, side by side "
+                        "(the paper's Fig. 4)")
+    ex.add_argument("--methods", required=True, help="comma-separated methods, one row each (e.g. eac,cafe)")
+    ex.add_argument("--source", required=True, help="the dataset the runs were trained on (e.g. rafdb)")
+    ex.add_argument("--target", required=True, help="the dataset whose images are explained (e.g. ferplus)")
+    ex.add_argument("--protocol", default="synth5", help="the protocol (experiment) the runs belong to (default synth5)")
+    ex.add_argument("--seed", type=int, default=0, help="the runs' training seed (default 0)")
+    ex.add_argument("--split", default="test", help="the target's split (default test)")
+    ex.add_argument("--images", type=int, default=8, help="how many images (default 8)")
+    ex.add_argument("--image-seed", type=int, default=0, help="seed of the draw of images (default 0)")
+    ex.add_argument("--explain", choices=["label", "predicted"], default="label",
+                    help="the logit explained: the image's labelled class (default) or each model's prediction")
+    ex.add_argument("--out", default="results/gradcam.png", help="figure path; a .pdf is written beside the .png "
+                    "(default results/gradcam.png)")
+    ex.add_argument("--data-root", help="folder holding one sub-folder per dataset (default $FER_DATA_ROOT)")
+    ex.add_argument("--dataset-path", action="append", metavar="NAME=DIR", help="one dataset's folder (repeatable)")
+    ex.add_argument("--device", help="torch device (default cuda when present, else cpu)")
+    ex.add_argument("--tracking-uri", help="result store (default as `run`)")
+    ex.set_defaults(func=_cmd_explain)
     methods = sub.add_parser("methods", help="list the registered methods")
     methods.set_defaults(func=_cmd_methods)
     protocols = sub.add_parser("protocols", help="list the protocol files")

@@ -92,7 +92,7 @@ def jobs_at_once(executor: str, options: ExecutorOptions, device: str | None) ->
 
 def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: ResultStore, executor: str = "local",
              options: ExecutorOptions = ExecutorOptions(), dry_run: bool = False, device: str | None = None,
-             command: str = "", threads: int | None = None) -> int:
+             command: str = "", threads: int | None = None, system_metrics_s: float | None = None) -> int:
     """Run (or list) the grid; returns the process exit code (1 when any job failed).
 
     `threads`: torch threads per job, pinned in every executor so that Ray and local runs of a
@@ -130,7 +130,8 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: R
                        "threads_per_job": threads, "jobs_per_gpu": options.jobs_per_gpu,
                        "workers": options.workers or ""})
     parent_log.text("protocol.json", json.dumps(protocol.to_dict(), indent=1, default=str))
-    ctx = RunContext(store, experiment, parent_log.run_id, plan, device, threads)
+    ctx = RunContext(store, experiment, parent_log.run_id, plan, device, threads,
+                     **({} if system_metrics_s is None else {"system_metrics_s": system_metrics_s}))
     started = time.perf_counter()
     progress = Progress(len(todo))
     try:

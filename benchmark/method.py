@@ -41,10 +41,10 @@ from .encoders import FrozenEncoder
 from .errors import BenchmarkError
 from .execution import Execution
 from .features import FeatureCache
+from .method_index import ENTRY_POINT_GROUP
 from .registry import Registry
 from .recipe import Recipe
 
-ENTRY_POINT_GROUP = "benchmark.methods"
 
 
 EpochEnd = Callable[[int], None]  # called with the 1-based epoch just finished

@@ -45,6 +45,7 @@ class RunContext:
     plan: DataPlan
     device: str | None = None
     threads: int | None = None  # torch threads per job (benchmark.environment.default_threads)
+    system_metrics_s: float = 10.0  # seconds between samples of the machine's load (MLflow system/ metrics); 0: off
 
 
 @dataclass
@@ -105,7 +106,7 @@ def run_job(job: Job, ctx: RunContext) -> JobResult:
         ctx.store.delete_run(log.run_id)
         return JobResult(job.hash, job.label, "SKIPPED", error=holder)
     result = JobResult(job.hash, job.label, "FAILED", run_id=log.run_id, method=job.method)
-    with ctx.store.heartbeat(log.run_id), core_slot(ctx.threads or default_threads(1),
+    with ctx.store.heartbeat(log.run_id), ctx.store.system_metrics(log.run_id, ctx.system_metrics_s), core_slot(ctx.threads or default_threads(1),
                                                                       machine_slot_folder()):
         try:
             _run_logged_job(job, ctx, log, result, start)

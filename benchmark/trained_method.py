@@ -109,6 +109,14 @@ class TrainedMethod(Method):
     def new_backbone(self) -> Backbone:
         return build_backbone(self.components.backbone)
 
+    def gradcam_layer(self) -> nn.Module:
+        """The layer `benchmark explain` weighs by its gradients: the trained backbone's last block
+        (ResNet's layer4, MobileNet's last conv block), for CAFE the backbone that computes the mask."""
+        backbone = next((m for m in self.model.modules() if isinstance(m, Backbone)), None)
+        if backbone is None:
+            raise BenchmarkError(f"method {self.name}: no backbone to explain")
+        return backbone.trunk[-1]
+
     def train_mode(self, training: bool) -> None:
         self.model.train(training)
 

@@ -38,3 +38,29 @@ def test_dataset_registry_holds_every_reader():
         assert name in DATASETS
     with pytest.raises(UnknownNameError, match="did you mean 'rafdb'"):
         DATASETS.get("raf-db")
+
+
+def test_the_method_list_read_from_source_matches_the_imported_registry(tmp_path, monkeypatch):
+    """`benchmark methods` reads names and descriptions from the decorators; importing registers
+    the same; a plugin whose decorator is not a literal is imported instead of misread."""
+    import importlib.metadata
+    import sys
+
+    from benchmark import method_index
+    from benchmark.method import load_plugins
+
+    methods = load_plugins()
+    assert method_index.method_index() == [(n, methods.get(n).description) for n in methods.names()]
+
+    plugin = tmp_path / "computed_plugin.py"
+    plugin.write_text("from benchmark.method import register_method\nNAME = 'computed'\n"
+                      "register_method(NAME, 'described')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(method_index._NotLiteral, match=r"computed_plugin.py:3"):
+        method_index._registrations(plugin)
+    point = importlib.metadata.EntryPoint("computed", "computed_plugin", method_index.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(method_index, "entry_points", lambda group: [point])
+    loaded = []
+    monkeypatch.setattr("benchmark.method.load_plugins", lambda: loaded.append(1) or methods)
+    method_index.method_index()
+    assert loaded == [1] and "computed_plugin" not in sys.modules  # fell back to the import path

@@ -73,7 +73,7 @@ def test_tiny_grid_logs_every_metric_and_dry_run_lists_jobs(tmp_path, capsys, ur
     out = capsys.readouterr().out
     assert "4 jobs, 0 already FINISHED" in out and out.count(" new") == 4
 
-    assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri]) == 0
+    assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri, "--system-metrics-every", "0.2"]) == 0
     out = capsys.readouterr().out
     assert "[1/4] start erm on synth5/studio (seed 0)" in out and "[4/4 done, " in out and "[1/4 done, " in out
     assert "left]" in out.split("[1/4 done, ")[1].splitlines()[0]  # an estimate while jobs remain
@@ -91,6 +91,8 @@ def test_tiny_grid_logs_every_metric_and_dry_run_lists_jobs(tmp_path, capsys, ur
     assert sorted(run.inputs) == [("synth5/film:test", "test"), ("synth5/studio:test", "test"),
                                   ("synth5/studio:train", "train"), ("synth5/studio:val", "validation")]
     assert metrics["test/mean_unseen_acc"] == metrics["test/synth5.film/acc"]  # the one other target
+    if uri.startswith("sqlite"):  # MLflow's system metrics, sampled while the job ran
+        assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100 and metrics["system/system_memory_usage_megabytes"] > 0
     (grid,) = grid_runs(uri)
     assert any(k.startswith("summary/clip_ft/") for k in grid.metrics) and "mlflow.note.content" in grid.tags
     for target in ("synth5.studio", "synth5.film"):

@@ -10,6 +10,7 @@ tidy results frame that tables are built from.
 from __future__ import annotations
 
 import abc
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +197,12 @@ class ResultStore(abc.ABC):
                 schema.SEED: str(job.seed), schema.PROTOCOL: job.protocol, schema.PARENT: parent_run_id,
                 **{schema.SWEEP_PREFIX + k: str(v) for k, v in getattr(job, "sweep", {}).items()}, **process_tags()}
         return self.create_run(experiment_id, schema.job_run_name(job.method, job.source, job.seed), tags)
+
+    def system_metrics(self, run_id: str, every_s: float) -> contextlib.AbstractContextManager:
+        """A context that samples CPU, memory, disk, network (and GPU) use into the run every
+        `every_s` seconds while it lasts. Only the MLflow backend records them (MLflow's own
+        `system/` metrics); here, and when `every_s` is 0, it records nothing."""
+        return contextlib.nullcontext()
 
     def heartbeat(self, run_id: str, **kwargs) -> Heartbeat:
         """A context that keeps the run's heartbeat fresh (through its own writer)."""

@@ -7,6 +7,7 @@ explicit run id, and is retried while SQLite says the database is locked (many w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -153,6 +154,22 @@ class MlflowStore(ResultStore):
     def create_run(self, experiment_id: str, name: str, tags: dict[str, str]) -> RunLog:
         run = retry(lambda: self.client.create_run(experiment_id, tags=tags, run_name=name))
         return MlflowRunLog(self.client, run.info.run_id)
+
+    @contextlib.contextmanager
+    def system_metrics(self, run_id: str, every_s: float):
+        if every_s <= 0:
+            yield
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        # MLflow publishes a sample only after a full interval, so a job shorter than `every_s`
+        # has none; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, when set, overrides `every_s`.
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=every_s, tracking_uri=self.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
 
     def run_log(self, run_id: str) -> RunLog:
         return MlflowRunLog(new_client(self.uri), run_id)
