@@ -159,6 +159,10 @@ def _cmd_table(args: argparse.Namespace) -> int:
     store = open_store(args.tracking_uri)
     protocol_name = args.protocol or store.latest_protocol()
     sources, datasets, preferred = tables.protocol_layout(protocol_name)
+    if not datasets:  # not a file in protocols/ (a path given to `run`): the one the grid logged
+        logged = store.logged_protocol(protocol_name) or {}
+        sources, datasets, preferred = (list(logged.get(k, [])) for k in ("sources", "datasets", "methods"))
+    args.table = args.table or tables.default_table(sources)
     results = read_results(store, protocol_name, datasets, args.selection, args.metric,
                            per_class=args.table in ("perclass", "all"))
     if results.empty:
@@ -172,7 +176,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
     methods = [m for m in preferred if m in present] + [m for m in present if m not in preferred]
     if args.table == "sweep":
         return _sweep_table(args, store, protocol_name, datasets)
-    names = list(tables.layouts()) if args.table == "all" else [args.table]
+    names = ([n for n in tables.layouts() if tables.layouts()[n].kind != "leave_one_out"
+              or tables.default_table(sources) == "lodo"] if args.table == "all" else [args.table])
     outputs = []
     for name in names:
         built = tables.build_tables(name, results, args.metric, sources, datasets, methods, args.selection)
@@ -400,8 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
     table = sub.add_parser("table", help="build the paper's tables (markdown, LaTeX, CSV) from MLflow runs")
     table.add_argument("--protocol", help="experiment to read (default: the most recent with finished runs)")
-    table.add_argument("--table", default="table1", help="table1..table5, perclass, all, or sweep (accuracy "
-                       "against swept values, the paper's Fig. 3; default table1)")
+    table.add_argument("--table", help="table1..table5, perclass, lodo, all, or sweep (accuracy against swept "
+                       "values, the paper's Fig. 3; default table1, lodo for a leave-one-domain-out protocol)")
     table.add_argument("--out", help="write here (with --table all: one file per table beside it) plus the figures")
     table.add_argument("--format", choices=["md", "latex", "csv"], default="md")
     table.add_argument("--compare", choices=["paper"], help="put the paper's number and the difference beside ours")

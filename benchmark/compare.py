@@ -21,6 +21,7 @@ import pandas as pd
 
 from .errors import BenchmarkError
 from .figures import save_figure, t_half_width
+from .sources import seen, seen_mask
 
 BOOTSTRAP_SEED = 0  # the bootstrap's resampling is seeded: the same results give the same intervals
 BOOTSTRAP_RESAMPLES = 9999
@@ -112,12 +113,12 @@ def compare(results: pd.DataFrame, a: str, b: str, metric: str = "acc", order: l
     cells, missing = paired_cells(results, a, b, metric)
     if cells.empty:
         raise BenchmarkError(f"{a} and {b} share no (source, target, seed) cell: nothing to compare")
-    domain = cells["source"] == cells["target"]
+    domain = seen_mask(cells)  # the target is (one of) the source's datasets
     groups = [summarise("in-domain", cells.loc[domain, "diff"].to_numpy()),
               summarise("unseen", cells.loc[~domain, "diff"].to_numpy())]
     rank = {name: k for k, name in enumerate(order or [])}
     key = lambda name: (rank.get(name, len(rank)), name)  # noqa: E731
-    cells = cells.assign(_s=cells["source"].map(key), _t=[(t != s, key(t)) for s, t in zip(cells["source"], cells["target"])])
+    cells = cells.assign(_s=cells["source"].map(key), _t=[(not seen(s, t), key(t)) for s, t in zip(cells["source"], cells["target"])])
     cells = cells.sort_values(["_s", "_t", "seed"], kind="stable").drop(columns=["_s", "_t"]).reset_index(drop=True)
     return Comparison(a, b, metric, cells, missing, [g for g in groups if g.cells], per_cell(cells))
 

@@ -39,7 +39,8 @@ def report(result: JobResult, where: str = "") -> None:
         print(f"[skip] {result.label}: {result.error}{where}", flush=True)
     elif result.status == "FINISHED":
         unseen = "" if result.mean_unseen_acc is None else f", mean unseen acc {100 * result.mean_unseen_acc:.2f}"
-        print(f"[done] {result.label}: {result.seconds:.0f}s, source acc {100 * result.source_acc:.2f}{unseen} "
+        source = "" if result.source_acc is None else f", source acc {100 * result.source_acc:.2f}"
+        print(f"[done] {result.label}: {result.seconds:.0f}s{source}{unseen} "
               f"(run {result.run_id}){where}", flush=True)
     else:
         print(f"[FAILED] {result.label}: {result.error} (run {result.run_id}){where}", flush=True)
@@ -74,7 +75,8 @@ def summary(results: list[JobResult]) -> str:
         if not done:
             continue
         unseen = [r.mean_unseen_acc for r in done if r.mean_unseen_acc is not None]
-        rows.append([method, len(done), f"{100 * sum(r.source_acc for r in done) / len(done):.2f}",
+        source = [r.source_acc for r in done if r.source_acc is not None]
+        rows.append([method, len(done), f"{100 * sum(source) / len(source):.2f}" if source else "–",
                      f"{100 * sum(unseen) / len(unseen):.2f}" if unseen else "–"])
     return (tabulate(rows, headers=["method", "jobs", "source acc (mean)", "unseen acc (mean)"], disable_numparse=True)
             if rows else "")
@@ -123,7 +125,7 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: R
     store.close_abandoned_grids(experiment)
     if not todo:  # nothing to run: no empty parent run in the store
         print(f"\n{len(jobs)} jobs, all FINISHED already or running elsewhere; nothing to run.")
-        print(next_steps(protocol.name, methods, store.uri))
+        print(next_steps(protocol.name, methods, store.uri, protocol.sources))
         return 0
     parent_log = store.open_grid(experiment, protocol.name, command, protocol.description)
     parent_log.params({"methods": ",".join(methods), "executor": executor, "jobs": len(jobs), "todo": len(todo),
@@ -149,7 +151,7 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: R
     table = summary(results)
     if table:
         print(f"\nThis run's jobs (accuracy %, mean over jobs; unseen: targets other than the source):\n{table}")
-    print(next_steps(protocol.name, methods, store.uri))
+    print(next_steps(protocol.name, methods, store.uri, protocol.sources))
     per_method = {}
     for r in results:
         if r.status == "FINISHED" and r.mean_unseen_acc is not None:
@@ -160,11 +162,13 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: R
     return 1 if failed else 0
 
 
-def next_steps(protocol: str, methods: list[str], uri: str) -> str:
+def next_steps(protocol: str, methods: list[str], uri: str, sources: list[str]) -> str:
+    from .tables import default_table
+
     # default_uri() creates results/: only asked when the store could be that default.
     is_default = not uri.startswith("jsonl:") and uri == default_uri()
     store = "" if is_default else f" --tracking-uri {uri}"
-    lines = [f"  benchmark table --protocol {protocol}{store} --out results/{protocol}/table1.md"]
+    lines = [f"  benchmark table --protocol {protocol}{store} --out results/{protocol}/{default_table(sources)}.md"]
     if len(methods) >= 2:
         lines.append(f"  benchmark compare {methods[0]} {methods[1]} --protocol {protocol}{store}")
     if not uri.startswith("jsonl:"):

@@ -1,7 +1,8 @@
 """Grid expansion and job identity.
 
-One job per (method, source, seed): it trains once on the source's train split and evaluates on
-every dataset's test split. Its identity is a short hash of the canonical JSON of everything that
+One job per (method, source, seed): it trains once on the source's train split (a multi-source
+job: on the union of its datasets' train splits, benchmark.sources) and evaluates on every
+dataset's test split. Its identity is a short hash of the canonical JSON of everything that
 changes its numbers — protocol name and version, method, resolved hyperparameters, recipe,
 source, seed, data fingerprints, encoder id and weights digest (for methods that use it),
 backbone id and weights digest, the input pipeline's version (decoding recipe and augmentation) —
@@ -29,6 +30,7 @@ from .encoders import EncoderSpec, encoder_weights_digest
 from .errors import BenchmarkError
 from .protocol import Protocol
 from .recipe import Recipe
+from .sources import parts as source_parts
 from .sweep import applies_to, label as sweep_label
 
 
@@ -105,7 +107,8 @@ def held_out(samples: Samples, fraction: float, seed: int) -> tuple[Samples, Sam
         return dataclasses.replace(
             samples, split=split, ids=[samples.ids[i] for i in index], labels=samples.labels[index],
             pixels=None if samples.pixels is None else samples.pixels[index],
-            file_sizes=None if samples.file_sizes is None else samples.file_sizes[index], fingerprint="")
+            file_sizes=None if samples.file_sizes is None else samples.file_sizes[index],
+            boxes=None if samples.boxes is None else samples.boxes[index], fingerprint="")
 
     return part(train_rows, "train"), part(val_rows, "val")
 
@@ -168,10 +171,12 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
         for source in protocol.sources:
             for seed in protocol.seeds:
                 recipe = variant.recipe_for(source, seed)
-                prints = {f"{source}:train": plan.samples(source, "train").fingerprint, **test_prints}
-                if recipe.val_fraction > 0 and not plan.has_split(source, "val"):  # held out: its rows are in the hash
-                    train, val = plan.source_splits(source, recipe.val_fraction, seed)
-                    prints.update({f"{source}:train": train.fingerprint, f"{source}:val": val.fingerprint})
+                prints = dict(test_prints)
+                for part in source_parts(source):  # one dataset, or each of a multi-source job's
+                    prints[f"{part}:train"] = plan.samples(part, "train").fingerprint
+                    if recipe.val_fraction > 0 and not plan.has_split(part, "val"):  # held out: its rows are in the hash
+                        train, val = plan.source_splits(part, recipe.val_fraction, seed)
+                        prints.update({f"{part}:train": train.fingerprint, f"{part}:val": val.fingerprint})
                 recipe_id = recipe.identity()
                 identity = {
                     "protocol": protocol.name, "protocol_version": protocol.version, "method": method,

@@ -98,6 +98,9 @@ class Batch:
     labels: torch.Tensor  # the samples' current training labels (after any relabelling), on the device
     index: np.ndarray  # the samples' rows in the training split
     flips: torch.Tensor | None = None  # which samples the augmentation mirrored (None: not reported)
+    # A multi-source job's split: each sample's domain, an index into the training split's
+    # `domain_names` (None when the job trains on one dataset).
+    domains: torch.Tensor | None = None
 
 
 @dataclass

@@ -19,6 +19,7 @@ from .encoders import EncoderSpec
 from .errors import BenchmarkError
 from .protocol_files import protocol_dir
 from .recipe import Recipe
+from .sources import leave_one_out, parts as source_parts
 from .sweep import Sweep
 
 class ProtocolError(BenchmarkError):
@@ -32,7 +33,9 @@ class Protocol:
     description: str = ""
     methods: list[str] = field(default_factory=lambda: ["cafe"])
     datasets: list[str] = field(default_factory=list)  # every dataset is a test target
-    sources: list[str] = field(default_factory=list)  # default: all datasets
+    sources: list[str] = field(default_factory=list)  # default: all datasets; "a+b" trains on a and b together
+    # Leave one domain out: the sources are, for each dataset, the union of all the others.
+    leave_one_out: bool = False
     seeds: list[int] = field(default_factory=lambda: [3407])
     test_split: str = "test"
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
@@ -127,11 +130,22 @@ def parse_protocol(data: dict[str, Any], where: str) -> Protocol:
     protocol = _build(Protocol, data, where)
     if not protocol.datasets:
         raise ProtocolError(f"{where}: 'datasets' is empty; list the test datasets")
+    if protocol.leave_one_out:
+        if len(protocol.datasets) < 2:
+            raise ProtocolError(f"{where}: leave_one_out needs two datasets or more")
+        folds = leave_one_out(protocol.datasets)
+        other = [s for s in protocol.sources if s not in folds]
+        if other:  # `sources` (or --sources) may pick some folds, nothing else
+            raise ProtocolError(f"{where}: leave_one_out = true: source {other[0]!r} is not one of its folds "
+                                f"({', '.join(folds)})")
+        protocol.sources = protocol.sources or folds
     if not protocol.sources:
         protocol.sources = list(protocol.datasets)
-    unknown_sources = sorted(set(protocol.sources) - set(protocol.datasets))
-    if unknown_sources:
-        raise ProtocolError(f"{where}: sources {', '.join(unknown_sources)} are not in datasets")
+    for source in protocol.sources:
+        unknown = [d for d in source_parts(source) if d not in protocol.datasets]
+        if unknown or len(set(source_parts(source))) != len(source_parts(source)):
+            raise ProtocolError(f"{where}: source {source!r}: every dataset of a source must be in datasets, once "
+                                f"({', '.join(unknown) or 'repeated'})")
     from .data import DATASETS
 
     for name in protocol.datasets:

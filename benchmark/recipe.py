@@ -13,6 +13,7 @@ DATA_PATHS = ("cache", "per_sample")
 DATA_ON_DEVICE = ("auto", "always", "never")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 ADAM_IMPLS = ("auto", "fused", "foreach")
+SAMPLERS = ("uniform", "balanced", "domain_balanced")
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,9 @@ class Recipe:
     epochs: int = 60
     batch_size: int = 32
     input_size: int = 224
-    sampler: str = "uniform"  # "uniform" (shuffle) or "balanced" (class-balanced, with replacement)
+    # "uniform" (shuffle), "balanced" (class-balanced, with replacement) or "domain_balanced"
+    # (every (domain, class) cell of a multi-source split equally likely, with replacement)
+    sampler: str = "uniform"
     samples_per_epoch: int = 0  # 0 = the split's size
     seed: int = 3407
     precision: str = "auto"  # "auto" | "fp32" | "bf16": see benchmark.execution
@@ -64,8 +67,8 @@ class Recipe:
                 and not (k in self.HASHED_WHEN_CHANGED and v == getattr(defaults, k))}
 
     def __post_init__(self) -> None:
-        if self.sampler not in ("uniform", "balanced"):
-            raise BenchmarkError(f"recipe.sampler = {self.sampler!r}; expected 'uniform' or 'balanced'")
+        if self.sampler not in SAMPLERS:
+            raise BenchmarkError(f"recipe.sampler = {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
         if self.data_path not in DATA_PATHS:
             raise BenchmarkError(f"recipe.data_path = {self.data_path!r}; expected one of {', '.join(DATA_PATHS)}")
         if self.precision not in PRECISIONS:

@@ -24,10 +24,12 @@ import pandas as pd
 from . import checkpoint
 from .cores import core_slot, machine_slot_folder
 from .data import decode_split
+from .data.union import union_split
 from .data.samples import printable_id
 from .environment import default_threads
 from .jobs import DataPlan, Job
 from .labels import CLASSES
+from .sources import parts as source_parts, seen
 from .evaluator import Evaluator
 from .figures import DPI
 from .store import DatasetRef, ResultStore, RunLog, schema
@@ -155,14 +157,17 @@ def _run_logged_job(job: Job, ctx: RunContext, log: RunLog, result: JobResult, s
                     "execution.adam": next(iter(adam_kernels(job.recipe.adam_impl, device)), "torch default")})
         plan = ctx.plan
         size = job.recipe.input_size
-        train_samples, val_samples = plan.source_splits(job.source, job.recipe.val_fraction, job.recipe.seed)
-        train = decode_split(train_samples, size, skip_bad=plan.skip_bad)
-        val = None if val_samples is None else decode_split(val_samples, size, skip_bad=plan.skip_bad)
-        dropped = {f"dropped.{job.source}.train.{reason}": n for reason, n in train.dropped.items() if n}
+        # One dataset, or each of a multi-source job's (trained on as one split, benchmark.data.union).
+        parts = {d: plan.source_splits(d, job.recipe.val_fraction, job.recipe.seed) for d in source_parts(job.source)}
+        trains = {d: decode_split(t, size, skip_bad=plan.skip_bad) for d, (t, _) in parts.items()}
+        vals = [decode_split(v, size, skip_bad=plan.skip_bad) for _, v in parts.values() if v is not None]
+        train, val = union_split(list(trains.values())), union_split(vals) if vals else None
+        dropped = {f"dropped.{d}.train.{reason}": n for d, split in trains.items()
+                   for reason, n in split.dropped.items() if n}
         if dropped:
             log.params(dropped)
         tests = {t: decode_split(plan.samples(t, job.test_split), size, skip_bad=plan.skip_bad) for t in job.targets}
-        read = [(train_samples, "train"), *([(val_samples, "validation")] if val_samples is not None else []),
+        read = [*((t, "train") for t, _ in parts.values()), *((v, "validation") for _, v in parts.values() if v is not None),
                 *((plan.samples(t, job.test_split), "test") for t in job.targets)]
         log.inputs([DatasetRef(f"{s.dataset}:{s.split}", s.fingerprint, str(s.root), role) for s, role in read])
         components = Components(job.backbone, _encoder(job) if job.encoder else None)
@@ -176,7 +181,7 @@ def _run_logged_job(job: Job, ctx: RunContext, log: RunLog, result: JobResult, s
                 result.accs[target] = ev.acc
                 ids = [printable_id(plan.samples(target, job.test_split).ids[k]) for k in test.kept]
                 _write_target_artifacts(Path(tmp) / schema.safe_name(target), test, ids, probs, probs.argmax(1), ev)
-                if target == job.source:
+                if target == source_parts(job.source)[0]:  # the method's figures on (the first) source's test set
                     method.report(test, log)
             fig = confusion_figure({t: (evaluator.evaluations[t].confusion, evaluator.evaluations[t].acc) for t in tests},
                                    f"{job.method} trained on {job.source} (seed {job.seed}), {job.test_split} splits")
@@ -190,9 +195,10 @@ def _run_logged_job(job: Job, ctx: RunContext, log: RunLog, result: JobResult, s
         with tempfile.TemporaryDirectory() as tmp:  # the trained method, for `benchmark evaluate --run`
             checkpoint.write(Path(tmp), method, job)
             log.artifacts(Path(tmp), checkpoint.FOLDER)
-        result.source_acc = result.accs.get(job.source)
+        seen_accs = [acc for target, acc in result.accs.items() if seen(job.source, target)]
+        result.source_acc = float(np.mean(seen_accs)) if seen_accs else None
         result.mean_target_acc = float(np.mean(list(result.accs.values())))
-        unseen = [acc for target, acc in result.accs.items() if target != job.source]
+        unseen = [acc for target, acc in result.accs.items() if not seen(job.source, target)]
         result.mean_unseen_acc = float(np.mean(unseen)) if unseen else None
         log.metrics({schema.MEAN_ACC: result.mean_target_acc, schema.JOB_SECONDS: time.perf_counter() - start,
                      **({schema.MEAN_UNSEEN_ACC: result.mean_unseen_acc} if unseen else {})}, step=evaluator.epoch)

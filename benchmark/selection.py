@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .errors import BenchmarkError
+from .sources import seen_mask
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,7 +58,7 @@ def select(history: pd.DataFrame, rule: str) -> pd.DataFrame:
     else:
         on = (history[(history["target"] == schema.SOURCE_VAL) & (history["metric"] == SELECTED_BY)]
               if rule == "source_val" else
-              tests[(tests["target"] == tests["source"]) & (tests["metric"] == SELECTED_BY)])
+              tests[seen_mask(tests) & (tests["metric"] == SELECTED_BY).to_numpy()])
         chosen = _best_epochs(on, ["job_hash"])
     missing = sorted(set(tests["job_hash"]) - set(chosen["job_hash"]))
     if missing:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .figures import save_figure, t_half_width
+from .sources import seen_mask
 from .store import schema
 
 
@@ -42,8 +43,9 @@ def point_summary(chosen: pd.DataFrame, history: pd.DataFrame, metric: str) -> p
     for (method, source, point), group in acc.groupby(["method", "source", "sweep"], sort=True):
         per_seed = []
         for (seed, job), runs in group.groupby(["seed", "job_hash"]):
-            unseen = runs[runs["target"] != source]["value"].mean()
-            own = runs[runs["target"] == source]["value"].mean()
+            mine = seen_mask(runs)
+            unseen = runs[~mine]["value"].mean()
+            own = runs[mine]["value"].mean()
             per_seed.append({"seed": seed, "job_hash": job, "unseen": unseen, "source_test": own})
         seeds = pd.DataFrame(per_seed).merge(val, on="job_hash", how="left").drop_duplicates("job_hash")
         rows.append({"method": method, "source": source, "point": point, "seeds": len(seeds),
@@ -118,7 +120,7 @@ def figures(chosen: pd.DataFrame, metric: str, defaults: dict[str, dict[str, obj
             present = set(part["target"])
             targets = [t for t in (order or []) if t in present] + sorted(present - set(order or []))
             lines = {display(t): part[part["target"] == t] for t in targets}
-            unseen = part[part["target"] != source].groupby(["x", "seed"], as_index=False)["value"].mean()
+            unseen = part[~seen_mask(part)].groupby(["x", "seed"], as_index=False)["value"].mean()
             lines["unseen mean"] = unseen
             for name, line in lines.items():
                 stats = line.groupby("x")["value"].agg(["mean", "std", "count"]).reset_index()

@@ -26,9 +26,10 @@ from .errors import BenchmarkError
 from .figures import save_figure, t_half_width
 from .labels import CLASSES
 from .selection import LABELS as SELECTION_LABELS
+from .sources import held_out, parts as source_parts, seen_mask
 
 MISSING = "–"
-LAYOUT_KINDS = ("per_source", "single_source", "backbones", "perclass")
+LAYOUT_KINDS = ("per_source", "single_source", "backbones", "perclass", "leave_one_out")
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,9 @@ def paper_order() -> list[str]:
 
 
 def display(name: str) -> str:
-    return _layout_file()["datasets"]["display"].get(name, name)
+    """A dataset's name as the paper prints it; a multi-source job's as its datasets' joined by +."""
+    names = _layout_file()["datasets"]["display"]
+    return "+".join(names.get(part, part) for part in source_parts(name))
 
 
 def mixed_environments(results: pd.DataFrame) -> list[str]:
@@ -104,6 +107,17 @@ def protocol_layout(name: str) -> tuple[list[str], list[str], list[str]]:
     except ProtocolError:
         return [], [], []
     return list(protocol.sources), list(protocol.datasets), list(protocol.methods)
+
+
+def source_label(source: str, datasets: list[str]) -> str:
+    """A train set as a row label: its display name, or "all but X" for a leave-one-out fold."""
+    rest = held_out(source, datasets)
+    return f"all but {display(rest[0])}" if len(source_parts(source)) > 1 and len(rest) == 1 else display(source)
+
+
+def default_table(sources: list[str]) -> str:
+    """The table `benchmark table` writes unless told: leave-one-out for multi-source grids, else Table 1."""
+    return "lodo" if any(len(source_parts(s)) > 1 for s in sources) else "table1"
 
 
 def paper_numbers() -> pd.DataFrame:
@@ -179,9 +193,11 @@ def in_paper_order(datasets: list[str]) -> list[str]:
 
 
 def ordered_targets(source: str, datasets: list[str]) -> list[str]:
-    """The source's own test set first, then the others in the paper's (or protocol's) order."""
-    rest = [d for d in in_paper_order(datasets) if d != source]
-    return [source, *rest]
+    """The source's own test set first (a multi-source job's: each of its datasets), then the
+    others in the paper's (or protocol's) order."""
+    ordered = in_paper_order(datasets)
+    mine = [d for d in ordered if d in source_parts(source)] if len(source_parts(source)) > 1 else [source]
+    return [*mine, *(d for d in ordered if d not in mine)]
 
 
 def method_rows(acc: pd.DataFrame, methods: list[str]) -> list[tuple[str, str, pd.DataFrame]]:
@@ -224,6 +240,28 @@ def per_source_tables(layout: TableLayout, acc: pd.DataFrame, sources: list[str]
             _missing_note(table)
         tables.append(table)
     return tables
+
+
+def leave_one_out_table(layout: TableLayout, acc: pd.DataFrame, sources: list[str], datasets: list[str],
+                        methods: list[str]) -> Table:
+    """Leave one domain out: rows the methods, columns each held-out dataset (the accuracy there
+    of the job trained on all the others), and their mean."""
+    held = {held_out(s, datasets)[0]: s for s in sources if len(held_out(s, datasets)) == 1}
+    if not held:
+        raise BenchmarkError("no leave-one-out fold among the sources (a source trained on all datasets but one); "
+                             "this table is for protocols with leave_one_out = true")
+    targets = [t for t in in_paper_order(datasets) if t in held]
+    acc = acc[[held.get(t) == s for s, t in zip(acc["source"], acc["target"])]]  # each fold's held-out cell only
+    rows, missing = [], False
+    for label, _, frame in method_rows(acc, methods):
+        cells, m = _cells(frame, targets, targets)
+        rows.append((label, cells))
+        missing |= m
+    table = Table(layout.title.format(n=len(datasets) - 1), [display(t) for t in targets] + ["Mean"], rows,
+                  bold=layout.bold)
+    if missing:
+        _missing_note(table)
+    return table
 
 
 def _paper_lookup(name: str, source: str, rows: list[str], targets: list[str], mean_key: str,
@@ -400,6 +438,8 @@ def _build(name: str, results: pd.DataFrame, metric: str, sources: list[str], da
     if layout.kind == "perclass":
         return [perclass_table(layout, results, sources, datasets, methods)]
     acc = results[results["metric"] == metric]
+    if layout.kind == "leave_one_out":
+        return [leave_one_out_table(layout, acc, sources, datasets, methods)]
     if layout.kind == "per_source":
         return per_source_tables(layout, acc, sources, datasets, methods)
     # The layout's source when the protocol trains on it, else the protocol's first source.
@@ -422,12 +462,14 @@ def write_figures(results: pd.DataFrame, metric: str, sources: list[str], datase
     written = []
     order = in_paper_order(datasets)
     for method in methods:
+        rows = [s for s in order if s in sources] + [s for s in sources if s not in order]  # then multi-source
         grid = (acc[acc["method"] == method].groupby(["source", "target"])["value"].mean().unstack()
-                .reindex(index=[s for s in order if s in sources], columns=order))
-        fig, ax = plt.subplots(figsize=(6, 5))
+                .reindex(index=rows, columns=order))
+        labels = [source_label(r, datasets) for r in rows]
+        fig, ax = plt.subplots(figsize=(6 + 0.07 * max(map(len, labels)), 5))  # room for long row labels
         im = ax.imshow(100 * grid.to_numpy(dtype=float), vmin=0, vmax=100, cmap="viridis")
         ax.set_xticks(range(len(order)), [display(d) for d in order], rotation=30, ha="right")
-        ax.set_yticks(range(len(grid.index)), [display(d) for d in grid.index])
+        ax.set_yticks(range(len(grid.index)), labels)
         ax.set_xlabel("test set")
         ax.set_ylabel("train set")
         for i in range(grid.shape[0]):
@@ -441,7 +483,7 @@ def write_figures(results: pd.DataFrame, metric: str, sources: list[str], datase
         fig.tight_layout()
         written += save_figure(fig, folder / f"heatmap_{method}")
         plt.close(fig)
-    unseen = acc[acc["source"] != acc["target"]].groupby(["method", "seed"])["value"].mean().reset_index()
+    unseen = acc[~seen_mask(acc)].groupby(["method", "seed"])["value"].mean().reset_index()
     stats = unseen.groupby("method")["value"].agg(["mean", "std", "count"]).reindex(methods).dropna(subset=["mean"])
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(stats) + 2), 4))
     seeds = int(stats["count"].max()) if len(stats) else 0

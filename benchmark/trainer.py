@@ -84,12 +84,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def epoch_sampler(labels: np.ndarray, recipe: Recipe, gen: torch.Generator):
+def epoch_sampler(labels: np.ndarray, recipe: Recipe, gen: torch.Generator, domains: np.ndarray | None = None):
+    """The epoch's row order. "balanced": every class equally likely; "domain_balanced": every
+    (domain, class) cell of a multi-source split equally likely (each domain an equal share,
+    its classes balanced within it); both draw with replacement."""
     n = len(labels)
     size = recipe.samples_per_epoch or n
-    if recipe.sampler == "balanced":
-        counts = np.bincount(labels, minlength=int(labels.max()) + 1).astype(np.float64)
-        weights = 1.0 / counts[labels]
+    if recipe.sampler in ("balanced", "domain_balanced"):
+        cells = labels if recipe.sampler == "balanced" or domains is None else domains * (int(labels.max()) + 1) + labels
+        counts = np.bincount(cells).astype(np.float64)
+        weights = 1.0 / counts[cells]
         return WeightedRandomSampler(torch.from_numpy(weights), num_samples=size, replacement=True, generator=gen)
     # A fixed epoch size larger than the split repeats whole permutations.
     return RandomSampler(range(n), num_samples=size, generator=gen)
@@ -214,9 +218,10 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
     for epoch in range(1, recipe.epochs + 1):
         method.train_mode(True)
         start = time.perf_counter()
-        order = np.fromiter(epoch_sampler(data.labels, recipe, gen), dtype=np.int64)
+        order = np.fromiter(epoch_sampler(data.labels, recipe, gen, data.domains), dtype=np.int64)
         for index, x, flips in epoch_batches(method, data, order, recipe, device, gen, aug_gen, resident):
-            batch = Batch(execution.layout(x), to_device_batch(train_labels[index], device), index, flips)
+            domains = None if data.domains is None else to_device_batch(data.domains[index], device)
+            batch = Batch(execution.layout(x), to_device_batch(train_labels[index], device), index, flips, domains)
             with execution.autocast():
                 loss, parts = method.training_step(batch)
             optimizer.zero_grad(set_to_none=True)

@@ -207,11 +207,15 @@ def test_affectnet_repackaged_folders(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ SFEW
-def test_sfew_val_is_test_and_aligned_preferred(tmp_path):
-    root = tmp_path / "SFEW2.0"
+def make_sfew(root: Path) -> Path:
     for split in ("Train", "Val"):
         for cls in ("Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"):
             write_image(root / split / cls / f"{cls}_1.png")
+    return root
+
+
+def test_sfew_val_is_test_and_aligned_preferred(tmp_path):
+    root = make_sfew(tmp_path / "SFEW2.0")
     test = load("sfew", root, "test")
     assert labels_by_id(test)["Val/Neutral/Neutral_1.png"] == "neutral"
     assert labels_by_id(test)["Val/Angry/Angry_1.png"] == "anger"

@@ -3,7 +3,7 @@
 Importing this package registers every built-in reader in `DATASETS`.
 """
 
-from . import affectnet, ferplus, imagefolder, listfile, mma, rafdb, sfew, synth5  # noqa: F401  (registration)
+from . import affectnet, ckplus, expw, fer2013, ferplus, imagefolder, jaffe, listfile, mma, rafdb, sfew, synth5  # noqa: F401  (registration)
 from .base import DATASETS, DatasetReader, register_dataset
 from .cache import DecodedSplit, decode_split
 from .samples import SPLITS, Samples

@@ -57,6 +57,10 @@ class DecodedSplit:
     path: Path
     samples: Samples | None = None  # the parsed source, for the per-sample reference data path
     native_hw: np.ndarray | None = None  # (N, 2) int32 height, width before the resize (augment's noise)
+    # A multi-source training split (benchmark.data.union): each sample's dataset, as an index
+    # into `domain_names`; None for a split of one dataset.
+    domains: np.ndarray | None = None
+    domain_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -96,6 +100,13 @@ def native_image(samples: Samples, index: int) -> Image.Image:
     """One image at its stored size, from its file or the in-memory pixels: RGB, or BGR where
     the split's `channel_order` asks for it (to reproduce the authors' evaluation notebooks)."""
     img = to_pil_rgb(samples.pixels[index]) if samples.pixels is not None else read_rgb(samples.path(index))
+    if samples.boxes is not None:  # the face box, clipped to the image
+        left, top, right, bottom = (int(v) for v in samples.boxes[index])
+        box = (max(0, left), max(0, top), min(img.width, right), min(img.height, bottom))
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise DatasetError(f"{samples.path(index)}: face box {tuple(samples.boxes[index])} (left, top, right, "
+                               f"bottom) lies outside the {img.width}x{img.height} image")
+        img = img.crop(box)
     if samples.channel_order == "bgr":
         return Image.fromarray(np.asarray(img)[:, :, ::-1].copy())
     return img

@@ -14,9 +14,8 @@ from tabulate import tabulate
 from ..errors import DatasetError
 from ..labels import CLASSES
 from .base import DATASETS
-from .samples import printable_id
-from .images import read_rgb
-from .samples import UNREADABLE, Samples
+from .cache import native_image
+from .samples import UNREADABLE, Samples, printable_id
 
 
 @dataclass
@@ -31,13 +30,14 @@ class SplitReport:
 
 
 def find_unreadable(samples: Samples, workers: int | None = None) -> list[str]:
-    """Ids of the image files that do not decode (in-memory pixels are always readable)."""
+    """Ids of the images that do not decode, or whose face box misses the image (in-memory pixels
+    are always readable)."""
     if samples.pixels is not None:
         return []
 
     def bad(i: int) -> str | None:
         try:
-            read_rgb(samples.path(i))
+            native_image(samples, i)  # decodes, and crops where the samples carry face boxes
             return None
         except DatasetError:
             return samples.ids[i]
@@ -50,8 +50,9 @@ def check_dataset(name: str, root: Path | None, splits: Iterable[str] | None = N
                   verify: bool = True, options: dict[str, Any] | None = None) -> list[SplitReport]:
     reader = DATASETS.get(name)
     reports = []
-    for split in splits or reader.splits:
-        samples = reader.load(root, split, skip_bad=skip_bad, **(options or {}))
+    options = options or {}
+    for split in splits or [s for s in reader.splits if reader.has_split(root, s, **options)]:
+        samples = reader.load(root, split, skip_bad=skip_bad, **options)
         unreadable = find_unreadable(samples) if verify else []
         if unreadable:
             if not skip_bad:

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import DatasetError
 from .base import DatasetReader, Row, make_samples, read_label_text, register_dataset
+from .fer2013 import parse_pixels
 from .samples import NO_FACE, NON_BASIC, Samples
 
 VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
@@ -25,7 +26,6 @@ VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust
 COLUMN_TO_CANONICAL: tuple[int | None, ...] = (6, 3, 0, 4, 5, 2, 1, None, None, None)
 SPLIT_FOLDERS = {"train": "FER2013Train", "val": "FER2013Valid", "test": "FER2013Test"}
 SPLIT_USAGE = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
-PIXELS_SIDE = 48
 
 
 def majority_label(votes: list[str], where: str) -> tuple[int | None, str | None]:
@@ -135,11 +135,7 @@ class FerPlus(DatasetReader):
                 if reason:
                     dropped[reason] += 1
                     continue
-                values = pixel_row[1].split()
-                if len(values) != PIXELS_SIDE * PIXELS_SIDE:
-                    raise DatasetError(f"{pixels_file}:{pixel_rows.line_num}: expected "
-                                       f"{PIXELS_SIDE * PIXELS_SIDE} pixel values, got {len(values)}")
-                images.append(np.array(values, dtype=np.uint8).reshape(PIXELS_SIDE, PIXELS_SIDE))
+                images.append(parse_pixels(pixel_row[1], f"{pixels_file}:{pixel_rows.line_num}"))
                 ids.append(f"{pixels_file.relative_to(root).as_posix()}#{index}")
                 labels.append(label)
         if not ids:

@@ -43,6 +43,9 @@ class Samples:
     warnings: list[str] = field(default_factory=list)
     fingerprint: str = ""
     channel_order: str = "rgb"  # "bgr": images are fed channel-swapped (benchmark.jobs.DataPlan)
+    # (N, 4) face boxes (left, top, right, bottom) in the file's pixels, cropped before resizing
+    # (ExpW: one image, several faces); the ids are then `<path>#<face>` and `path` drops the `#<face>`.
+    boxes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -50,6 +53,10 @@ class Samples:
             raise ValueError(f"{len(self.ids)} ids but {len(self.labels)} labels")
         if self.pixels is not None and len(self.pixels) != len(self.ids):
             raise ValueError(f"{len(self.ids)} ids but {len(self.pixels)} images")
+        if self.boxes is not None:
+            self.boxes = np.asarray(self.boxes, dtype=np.int64).reshape(-1, 4)
+            if len(self.boxes) != len(self.ids):
+                raise ValueError(f"{len(self.ids)} ids but {len(self.boxes)} face boxes")
         if not self.fingerprint:
             self.fingerprint = fingerprint(self)
 
@@ -57,7 +64,7 @@ class Samples:
         return len(self.ids)
 
     def path(self, i: int) -> Path:
-        return self.root / self.ids[i]
+        return self.root / (self.ids[i].rsplit("#", 1)[0] if self.boxes is not None else self.ids[i])
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(CLASSES))
@@ -84,6 +91,8 @@ def fingerprint(samples: Samples) -> str:
     h.update(samples.labels.tobytes())
     if samples.pixels is not None:
         h.update(np.ascontiguousarray(samples.pixels).data)
+    if samples.boxes is not None:
+        h.update(b"boxes" + np.ascontiguousarray(samples.boxes, dtype=np.int64).tobytes())
     if samples.file_sizes is not None:
         h.update(np.asarray(samples.file_sizes, dtype=np.int64).tobytes())
     return h.hexdigest()[:16]

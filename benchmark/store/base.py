@@ -250,6 +250,22 @@ class ResultStore(abc.ABC):
             raise BenchmarkError(f"no FINISHED runs in {self.uri}; run `benchmark run` first")
         return best
 
+    def logged_protocol(self, protocol: str) -> dict[str, Any] | None:
+        """The resolved protocol (its `protocol.json`) the newest grid run of the experiment
+        logged; None when there is none (a protocol file not in protocols/ is read back this way)."""
+        import json
+        import tempfile
+
+        experiment_id = self.experiment(protocol, create=False)
+        grids = [] if experiment_id is None else self.runs(experiment_id, kind="grid")
+        for grid in sorted(grids, key=lambda r: r.start_time, reverse=True):
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    return json.loads(self.download(grid.run_id, "protocol.json", Path(tmp)).read_text())
+                except Exception:  # noqa: BLE001 - best effort: an older grid run may lack the file
+                    continue
+        return None
+
     def _counted_runs(self, protocol: str) -> tuple[list[RunRecord], list[str]]:
         """The FINISHED job runs of a protocol, one per job hash (the earliest; others, left by
         concurrent runs of older versions, are ignored with a warning)."""
