@@ -264,9 +264,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from .data import decode_split
     from .data.roots import parse_assignments
-    from .explain import explain_runs, gradcam_figure, pick_images
+    from .explain import explain_runs, gradcam_figure
     from .figures import save_figure
     from .jobs import plan_from
     from .protocol import load_protocol
@@ -275,14 +274,12 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     protocol = load_protocol(args.protocol)
     plan = plan_from(protocol, args.data_root, parse_assignments(args.dataset_path, "--dataset-path"))
-    samples = plan.samples(args.target, args.split)
-    data = decode_split(samples, protocol.recipe.input_size, skip_bad=plan.skip_bad)
-    rows = pick_images(len(data), args.images, args.image_seed)
     methods = [m.strip() for m in args.methods.split(",")]
-    panels = explain_runs(open_store(args.tracking_uri), protocol.name, methods, args.source, args.seed, data, rows,
-                          args.explain, pick_device(args.device))
+    panels, rows = explain_runs(open_store(args.tracking_uri), protocol.name, methods, args.source, args.seed,
+                                plan.samples(args.target, args.split), args.images, args.image_seed, args.explain,
+                                pick_device(args.device), skip_bad=plan.skip_bad)
     which = "labelled" if args.explain == "label" else "predicted"
-    fig = gradcam_figure(panels, data, rows,
+    fig = gradcam_figure(panels, rows,
                          f"GradCAM (logit of the {which} class, backbone's last block) of {len(rows)} {args.target} "
                          f"{args.split} images (image seed {args.image_seed}); models trained on {args.source}, "
                          f"seed {args.seed}, last epoch")
@@ -290,7 +287,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = save_figure(fig, out.parent / out.name.removesuffix(".png").removesuffix(".pdf"))
     for panel in panels:
-        print(f"{panel.method}: run {panel.run_id}, {int((panel.predicted == data.labels[rows]).sum())}/{len(rows)} "
+        print(f"{panel.method}: run {panel.run_id}, {int((panel.predicted == panel.data.labels[rows]).sum())}/{len(rows)} "
               "of these images right")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ class Panel:
     run_id: str
     maps: np.ndarray  # (N, H, W) in [0, 1]
     predicted: np.ndarray  # (N,) class indices
+    data: Any  # the target split, decoded at the run's input size
 
 
 def find_run(store: ResultStore, experiment: str, method: str, source: str, seed: int) -> RunRecord:
@@ -91,26 +93,29 @@ def gradcam_maps(method, data, rows: np.ndarray, explain: str) -> tuple[np.ndarr
     return maps, predicted
 
 
-def explain_runs(store: ResultStore, experiment: str, methods: list[str], source: str, seed: int, data,
-                 rows: np.ndarray, explain: str, device: torch.device) -> list[Panel]:
+def explain_runs(store: ResultStore, experiment: str, methods: list[str], source: str, seed: int, samples,
+                 n_images: int, image_seed: int, explain: str, device: torch.device,
+                 skip_bad: bool = False) -> tuple[list[Panel], np.ndarray]:
+    """(one Panel per method, the rows of the images explained). Each run's images are decoded at
+    the size it was trained at; the rows are drawn once, so every method sees the same images."""
     from . import checkpoint
+    from .data import decode_split
 
     if explain not in EXPLAINED:
         raise BenchmarkError(f"--explain {explain!r}: expected one of {', '.join(EXPLAINED)}")
-    panels = []
-    for name in methods:
-        run = find_run(store, experiment, name, source, seed)
+    runs = [find_run(store, experiment, name, source, seed) for name in methods]  # all found before any work
+    panels, rows = [], None
+    for name, run in zip(methods, runs):
         with tempfile.TemporaryDirectory() as tmp:
             method, spec = checkpoint.load(store.download(run.run_id, checkpoint.FOLDER, Path(tmp)), device)
-        if spec["input_size"] != data.images.shape[1]:
-            raise BenchmarkError(f"run {run.run_id} ({name}) was trained at {spec['input_size']} px, the images "
-                                 f"were decoded at {data.images.shape[1]} px: explain runs of one recipe together")
+        data = decode_split(samples, spec["input_size"], skip_bad=skip_bad)
+        rows = pick_images(len(data), n_images, image_seed) if rows is None else rows
         maps, predicted = gradcam_maps(method, data, rows, explain)
-        panels.append(Panel(name, run.run_id, maps, predicted))
-    return panels
+        panels.append(Panel(name, run.run_id, maps, predicted, data))
+    return panels, rows
 
 
-def gradcam_figure(panels: list[Panel], data, rows: np.ndarray, title: str):
+def gradcam_figure(panels: list[Panel], rows: np.ndarray, title: str):
     """Row 0: the images with their labels; one row per method: its map over the image, with
     its prediction (green when right, red when wrong)."""
     import matplotlib
@@ -119,16 +124,16 @@ def gradcam_figure(panels: list[Panel], data, rows: np.ndarray, title: str):
     import matplotlib.pyplot as plt
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    images = data.read(rows).astype(np.float32) / 255.0
-    labels = data.labels[rows]
+    labels = panels[0].data.labels[rows]
     n = len(rows)
     fig, axes = plt.subplots(len(panels) + 1, n, figsize=(1.6 * n + 0.8, 1.75 * (len(panels) + 1) + 0.6),
                              squeeze=False)
     for j in range(n):
-        axes[0, j].imshow(images[j])
+        axes[0, j].imshow(panels[0].data.read(rows[j:j + 1])[0])
         axes[0, j].set_title(f"label: {CLASSES[labels[j]]}", fontsize=7)
         for i, panel in enumerate(panels, start=1):
-            axes[i, j].imshow(show_cam_on_image(images[j], panel.maps[j], use_rgb=True))
+            image = panel.data.read(rows[j:j + 1])[0].astype(np.float32) / 255.0
+            axes[i, j].imshow(show_cam_on_image(image, panel.maps[j], use_rgb=True))
             right = panel.predicted[j] == labels[j]
             axes[i, j].set_title(f"pred: {CLASSES[panel.predicted[j]]}", fontsize=7,
                                  color="tab:green" if right else "tab:red")

@@ -10,30 +10,7 @@ from benchmark.cli import main
 from benchmark.errors import BenchmarkError
 from benchmark.explain import pick_images
 
-PROTOCOL = """
-name = "explained"
-version = 1
-methods = ["eac", "cafe"]
-datasets = ["synth5/studio", "synth5/film"]
-sources = ["synth5/studio"]
-seeds = [0]
-encoder = "torchvision:mobilenet_v2:imagenet"
-
-[backbone]
-name = "mobilenet_v2"
-weights = "imagenet"
-
-[recipe]
-epochs = 1
-batch_size = 16
-input_size = 64
-progress = false
-
-[dataset_options."synth5/studio"]
-scale = 0.03
-[dataset_options."synth5/film"]
-scale = 0.03
-"""
+from .test_runner import write_protocol
 
 
 def test_the_image_draw_is_seeded_distinct_and_sorted():
@@ -46,15 +23,15 @@ def test_the_image_draw_is_seeded_distinct_and_sorted():
 
 
 def test_explain_draws_gradcam_of_eac_and_cafe_runs_side_by_side(tmp_path, capsys):
-    protocol = tmp_path / "explained.toml"
-    protocol.write_text(PROTOCOL)
-    uri = f"jsonl:{tmp_path}/runs"
-    common = ["--protocol", str(protocol), "--tracking-uri", uri]
+    # The runner tests' tiny protocol, two of the methods the paper's figure compares, 64 px (a
+    # 2x2 feature map: at 32 px MobileNet's is 1x1 and every map is flat).
+    common = ["--protocol", str(write_protocol(tmp_path)), "--tracking-uri", f"jsonl:{tmp_path}/runs"]
+    training = ["--methods", "eac,cafe", "--sources", "synth5/studio", "--set", "recipe.input_size=64"]
     explain = ["explain", *common, "--methods", "eac,cafe", "--source", "synth5/studio", "--target", "synth5/film",
                "--images", "4", "--out", str(tmp_path / "fig" / "gradcam.png")]
     assert main(explain) == 2
     assert "no FINISHED run of eac trained on synth5/studio (seed 0)" in capsys.readouterr().err
-    assert main(["run", *common]) == 0
+    assert main(["run", *common, *training]) == 0
     capsys.readouterr()
     assert main(explain) == 0
     out = capsys.readouterr().out

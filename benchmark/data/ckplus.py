@@ -87,7 +87,5 @@ class CkPlus(UnsplitReader):
         if not rows:
             raise DatasetError(f"{labels}: no labelled sequences (S###/###/*_emotion.txt) inside")
         keep = self.keep_split(split, subjects, fraction, seed)
-        variant = f"peak_frames={peaks}:neutral_frames={neutrals}"
-        if fraction:
-            variant += f":train_fraction={fraction}:split_seed={seed}"
+        variant = self.split_variant(f"peak_frames={peaks}:neutral_frames={neutrals}", fraction, seed)
         return make_samples(self, root, split, variant, [rows[i] for i in keep], skip_bad=skip_bad, dropped=dropped)

@@ -94,8 +94,6 @@ class ExpW(UnsplitReader):
         if not ids:
             raise DatasetError(f"{label_file}: no faces kept (of {len(seen)} listed)")
         keep = self.keep_split(split, groups, fraction, seed)
-        variant = f"face-crops:min_confidence={min_confidence:g}"
-        if fraction:
-            variant += f":train_fraction={fraction}:split_seed={seed}"
+        variant = self.split_variant(f"face-crops:min_confidence={min_confidence:g}", fraction, seed)
         return Samples(self.name, split, root, [ids[i] for i in keep], np.asarray(labels)[keep], variant,
                        dropped=dropped, file_sizes=np.asarray(sizes)[keep], boxes=np.asarray(boxes)[keep])

@@ -54,5 +54,5 @@ class Jaffe(UnsplitReader):
         if not rows:
             raise DatasetError(f"{folder}: no JAFFE images (<poser>.<EXPR><n>.<id>.tiff) inside")
         keep = self.keep_split(split, posers, fraction, seed)
-        variant = "jaffedbase" if fraction == 0 else f"jaffedbase:train_fraction={fraction}:split_seed={seed}"
+        variant = self.split_variant("jaffedbase", fraction, seed)
         return make_samples(self, root, split, variant, [rows[i] for i in keep], skip_bad=skip_bad, dropped=dropped)

@@ -56,6 +56,10 @@ class UnsplitReader(DatasetReader):
                                "to train on it, give a seeded split, e.g. --option train_fraction=0.8 "
                                "(dataset_options in a protocol), and split_seed")
 
+    def split_variant(self, variant: str, fraction: float, seed: int) -> str:
+        """The layout name `datasets check` prints, with the split options when they are used."""
+        return f"{variant}:train_fraction={fraction}:split_seed={seed}" if fraction else variant
+
     def keep_split(self, split: str, groups: Sequence[str], fraction: float, seed: int) -> np.ndarray:
         """Indices of the samples in `split` (all of them, sorted, when there is no train split)."""
         n = len(groups)
