@@ -351,7 +351,10 @@ def _cmd_ui(args: argparse.Namespace) -> int:
         from .store import open_store
 
         store = open_store(uri)
-        link += f"/#/experiments/{store.experiment(store.latest_protocol(), create=False)}/runs"
+        from .store import schema
+
+        # (an experiment made by an older version gets its view tags here)
+        link += f"/#/experiments/{store.experiment(store.latest_protocol())}/runs?{schema.UI_RUNS_QUERY}"
     except BenchmarkError:
         pass
     print(f"MLflow UI on {link} for {uri}", flush=True)
@@ -517,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.verbose:  # MLflow's INFO lines (creating tables, ...) are noise to a user; -v shows them
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # per checkpoint read back
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -352,7 +352,8 @@ def test_ui_binds_to_localhost_unless_told_and_links_the_runs_page(monkeypatch, 
     experiment = store.experiment("tiny")
     store.open_job(experiment, "g", FakeJob("tiny", "erm", "a", 0, "r18")).finish("FINISHED")
     assert main(["ui", "--tracking-uri", uri]) == 0
-    assert f"MLflow UI on http://127.0.0.1:5000/#/experiments/{experiment}/runs for {uri}" in capsys.readouterr().out
+    assert (f"MLflow UI on http://127.0.0.1:5000/#/experiments/{experiment}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey=jobs for {uri}") in capsys.readouterr().out
     assert main(["ui", "--tracking-uri", uri, "--host", "0.0.0.0", "--port", "6000"]) == 0
     first, second = calls
     assert first[first.index("--host") + 1] == "127.0.0.1" and uri in first

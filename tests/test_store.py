@@ -3,6 +3,8 @@ abandoned runs, and the results frame tables are built from."""
 
 from __future__ import annotations
 
+import json
+
 import os
 import time
 
@@ -103,4 +105,7 @@ def test_a_broken_jsonl_line_is_named_with_file_and_line(tmp_path):
 def test_an_mlflow_experiment_opens_on_its_training_runs(tmp_path):
     store = open_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = store.experiment("p")
-    assert store.experiment_tags(exp)[schema.EXPERIMENT_KIND] == "custom_model_development"
+    tags = store.experiment_tags(exp)
+    assert tags[schema.EXPERIMENT_KIND] == "custom_model_development"
+    view = json.loads(tags["mlflow.sharedViewState.jobs"])  # what ?viewStateShareKey=jobs shows
+    assert "metrics.`test/mean_unseen_acc`" in view["selectedColumns"] and "params.`method`" in view["selectedColumns"]

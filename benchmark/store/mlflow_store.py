@@ -102,6 +102,15 @@ class MlflowRunLog(RunLog):
         retry(lambda: self.client.set_terminated(self.run_id, status))
 
 
+# The view `benchmark ui` links to (MLflow's shared-view state: search facets and UI state; a
+# column is `<params|metrics|attributes>.`<key>``).
+JOBS_VIEW_STATE = {
+    "orderByKey": "attributes.start_time", "orderByAsc": False,
+    "selectedColumns": [f"params.`{schema.METHOD}`", f"params.`{schema.SOURCE}`", f"params.`{schema.SEED}`",
+                        f"metrics.`{schema.MEAN_UNSEEN_ACC}`", f"metrics.`{schema.MEAN_ACC}`", "attributes.`Duration`"],
+}
+
+
 def _record(run) -> RunRecord:
     inputs = [(d.dataset.name, next((t.value for t in d.tags if t.key == "mlflow.data.context"), ""))
               for d in (run.inputs.dataset_inputs if run.inputs else [])]
@@ -126,7 +135,7 @@ class MlflowStore(ResultStore):
     def experiment(self, name: str, create: bool = True) -> str | None:
         found = retry(lambda: self.client.get_experiment_by_name(name))
         if found is not None:
-            if create and found.tags.get(schema.EXPERIMENT_KIND) is None:  # made before the tag existed
+            if create and schema.SHARED_VIEW_PREFIX + schema.JOBS_VIEW not in found.tags:  # made before the tags existed
                 self._mark_training(found.experiment_id)
             return found.experiment_id
         if not create:
@@ -142,8 +151,11 @@ class MlflowStore(ResultStore):
         return experiment_id
 
     def _mark_training(self, experiment_id: str) -> None:
-        """Open the experiment on its training runs in MLflow's UI."""
+        """Open the experiment on its training runs in MLflow's UI, with a view whose columns are
+        what a job is compared by (method, source, seed, mean unseen and mean accuracy)."""
         retry(lambda: self.client.set_experiment_tag(experiment_id, schema.EXPERIMENT_KIND, schema.TRAINING_RUNS))
+        retry(lambda: self.client.set_experiment_tag(experiment_id, schema.SHARED_VIEW_PREFIX + schema.JOBS_VIEW,
+                                                     json.dumps(JOBS_VIEW_STATE)))
 
     def experiment_tags(self, experiment_id: str) -> dict[str, str]:
         return dict(retry(lambda: self.client.get_experiment(experiment_id)).tags)

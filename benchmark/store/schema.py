@@ -19,6 +19,11 @@ USER, GIT_COMMIT, DESCRIPTION = "mlflow.user", "mlflow.source.git.commit", "mlfl
 # The experiment tag MLflow 3's UI reads to choose an experiment's landing page: this value opens
 # the training runs view (not the GenAI traces overview).
 EXPERIMENT_KIND, TRAINING_RUNS = "mlflow.experimentKind", "custom_model_development"
+# MLflow's UI reads a view (columns, order) from the experiment tag `mlflow.sharedViewState.<key>`
+# when its URL says `viewStateShareKey=<key>`, and its sidebar mode from `workflowType=` (else the
+# browser's stored choice, GenAI by default): `benchmark ui` links to both.
+SHARED_VIEW_PREFIX, JOBS_VIEW = "mlflow.sharedViewState.", "jobs"
+UI_RUNS_QUERY = f"workflowType=machine_learning&viewStateShareKey={JOBS_VIEW}"
 # Who owns a RUNNING run (benchmark.store.liveness).
 HOST, PID, PID_STARTED, HEARTBEAT = "host", "pid", "pid_started", "heartbeat"
 
