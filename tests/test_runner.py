@@ -524,7 +524,10 @@ def test_ctrl_c_closes_the_job_run_as_killed_and_prints_no_traceback(tmp_path):
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     proc = subprocess.Popen([sys.executable, "-m", "benchmark", "run", "--protocol", str(protocol), "--tracking-uri",
                              uri, "--methods", "erm", "--sources", "synth5/film"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            # As in a terminal: a suite started in the background of a shell inherits
+                            # SIGINT ignored, and Python then leaves it ignored in the child too.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in proc.stdout:  # MLflow's set-up lines come first
         seen.append(line)
