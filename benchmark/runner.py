@@ -108,8 +108,8 @@ def run_job(job: Job, ctx: RunContext) -> JobResult:
         ctx.store.delete_run(log.run_id)
         return JobResult(job.hash, job.label, "SKIPPED", error=holder)
     result = JobResult(job.hash, job.label, "FAILED", run_id=log.run_id, method=job.method)
-    with ctx.store.heartbeat(log.run_id), ctx.store.system_metrics(log.run_id, ctx.system_metrics_s), core_slot(ctx.threads or default_threads(1),
-                                                                      machine_slot_folder()):
+    with (ctx.store.heartbeat(log.run_id), ctx.store.system_metrics(log.run_id, ctx.system_metrics_s),
+          core_slot(ctx.threads or default_threads(1), machine_slot_folder())):
         try:
             _run_logged_job(job, ctx, log, result, start)
         except KeyboardInterrupt:  # Ctrl-C: the run is closed now, not left RUNNING for the next invocation

@@ -86,8 +86,8 @@ def seed_everything(seed: int) -> None:
 
 def epoch_sampler(labels: np.ndarray, recipe: Recipe, gen: torch.Generator, domains: np.ndarray | None = None):
     """The epoch's row order. "balanced": every class equally likely; "domain_balanced": every
-    (domain, class) cell of a multi-source split equally likely (each domain an equal share,
-    its classes balanced within it); both draw with replacement."""
+    (domain, class) cell of a multi-source split equally likely (domains holding all seven
+    classes get equal shares, balanced within); both draw with replacement."""
     n = len(labels)
     size = recipe.samples_per_epoch or n
     if recipe.sampler in ("balanced", "domain_balanced"):
