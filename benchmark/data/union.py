@@ -4,7 +4,8 @@ its domain (the index of the dataset it came from in `domain_names`).
 The union is written once as its own cache entry (`<cache>/images/union/...`), a copy of its
 parts' images, so the trainer reads it like any split (one memory-mapped array, positioned
 reads, the same prefetch and device-resident paths). Its key hashes the parts' fingerprints in
-order and the size; the disk cost is the parts' size once more.
+order, how many images each kept, the decoding recipe and the size; the disk cost is the parts'
+size once more.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from ..paths import cache_dir as default_cache_dir
 from ..sources import join
-from .cache import DecodedSplit
+from .cache import DECODE_RECIPE, DecodedSplit
 
 CHUNK = 1024
 
@@ -34,7 +35,9 @@ def union_split(parts: list[DecodedSplit], cache_dir: Path | None = None) -> Dec
     if len(sizes) != 1:
         raise ValueError(f"parts decoded at different sizes {sorted(sizes)}")
     size = sizes.pop()
-    fingerprint = hashlib.sha256("|".join(p.fingerprint for p in parts).encode()).hexdigest()[:16]
+    # The parts' data, what was kept of each and how it was decoded: a new decoding recipe is a new entry.
+    key = "|".join(f"{p.fingerprint}:{len(p)}" for p in parts) + f"|{DECODE_RECIPE}"
+    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
     names = tuple(p.dataset for p in parts)
     split = "+".join(dict.fromkeys(p.split for p in parts))
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
