@@ -41,7 +41,7 @@ DATA_PREFIX = "data."  # data.<dataset>:<split> = the split's fingerprint, one p
 # Metrics.
 SOURCE_VAL = "source_val"  # metric prefix of the source's validation split: source_val/<metric>
 MEAN_ACC = "test/mean_acc"  # over every target, the source's own test set included (the paper's Mean)
-MEAN_UNSEEN_ACC = "test/mean_unseen_acc"  # over the targets other than the source
+MEAN_UNSEEN_ACC = "test/mean_unseen_acc"  # over the targets the job did not train on (benchmark.sources)
 JOB_SECONDS = "time/job_seconds"
 SAFE_SEP = "."  # dataset names like synth5/studio become synth5.studio in metric keys
 
