@@ -217,3 +217,21 @@ def test_the_cdfer_protocol_trains_on_rafdb_and_tests_on_the_five_targets(tmp_pa
                                                                  "FER2013", "ExpW", "Mean"]
     row = next(line for line in lines if line.startswith("| erm"))
     assert "–" not in row  # every target evaluated
+
+
+@pytest.mark.parametrize("name, folder, counts", [
+    ("ckplus", "CK+", {"surprise": 3, "disgust": 3, "neutral": 2}),
+    ("jaffe", "JAFFE", {"anger": 1, "surprise": 1}),
+    ("fer2013", "FER2013", {"happiness": 1, "anger": 1}),
+    ("expw", "ExpW", {"happiness": 1, "anger": 1, "neutral": 1}),
+])
+def test_datasets_check_reads_each_new_reader_from_the_data_root(tmp_path, capsys, name, folder, counts):
+    make = {"ckplus": make_ckplus, "expw": make_expw,
+            "jaffe": lambda root: [write_image(root / "jaffedbase" / n) for n in ("KA.AN1.39.tiff", "NA.SU2.223.tiff")],
+            "fer2013": lambda root: fer2013_csv(root / "fer2013.csv", [(3, 20, "PrivateTest"), (0, 10, "PrivateTest"),
+                                                                       (6, 5, "Training")])}
+    make[name](tmp_path / folder)
+    assert main(["datasets", "check", name, "--data-root", str(tmp_path), "--split", "test"]) == 0
+    test_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("test "))
+    want = [counts.get(c, 0) for c in CLASSES]
+    assert [int(v) for v in test_line.split()[1:9]] == [*want, sum(want)]
