@@ -176,8 +176,9 @@ def _cmd_table(args: argparse.Namespace) -> int:
     methods = [m for m in preferred if m in present] + [m for m in present if m not in preferred]
     if args.table == "sweep":
         return _sweep_table(args, store, protocol_name, datasets)
-    names = ([n for n in tables.layouts() if tables.layouts()[n].kind != "leave_one_out"
-              or tables.default_table(sources) == "lodo"] if args.table == "all" else [args.table])
+    lodo = tables.default_table(sources) == "lodo"  # the leave-one-out layout only for such grids
+    names = ([name for name, layout in tables.layouts().items() if lodo or layout.kind != "leave_one_out"]
+             if args.table == "all" else [args.table])
     outputs = []
     for name in names:
         built = tables.build_tables(name, results, args.metric, sources, datasets, methods, args.selection)
@@ -348,11 +349,9 @@ def _cmd_ui(args: argparse.Namespace) -> int:
                "--port", str(args.port)]
     link = f"http://{args.host}:{args.port}"
     try:  # the runs of the protocol with the newest finished job, if any
-        from .store import open_store
+        from .store import open_store, schema
 
         store = open_store(uri)
-        from .store import schema
-
         # (an experiment made by an older version gets its view tags here)
         link += f"/#/experiments/{store.experiment(store.latest_protocol())}/runs?{schema.UI_RUNS_QUERY}"
     except BenchmarkError:

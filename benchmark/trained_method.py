@@ -70,8 +70,9 @@ class TrainedMethod(Method):
         """(total loss, {loss part: value}) for one batch."""
         raise NotImplementedError
 
-    def logits(self, x: torch.Tensor, rows: slice, data: DecodedSplit) -> torch.Tensor:
-        """Test-time logits of eval-normalised images `x` (rows `rows` of `data`)."""
+    def logits(self, x: torch.Tensor, rows: slice | torch.Tensor, data: DecodedSplit) -> torch.Tensor:
+        """Test-time logits of eval-normalised images `x` (rows `rows` of `data`: a slice when
+        evaluating, an index tensor when `benchmark explain` picks images)."""
         raise NotImplementedError
 
     # -- hooks with defaults -------------------------------------------------------------------

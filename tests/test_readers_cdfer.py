@@ -187,6 +187,11 @@ def test_datasets_check_reports_a_cdfer_reader(tmp_path, capsys):
     assert test_line.split()[1:9] == ["0", "0", "0", "1", "0", "1", "1", "3"]
     assert "layout face-crops:min_confidence=0" in out and "train " not in out  # test only by default
     assert ["test", "image/origin/two_faces.png#1", "anger"] in list(csv.reader(open(manifest)))
+    # a face box off its photograph (100x60) is named, with the box, not called an unreadable file
+    write_text(tmp_path / "ExpW/label/label.lst", "two_faces.png 0 70 120 140 90 80.5 3\n")
+    assert main(["datasets", "check", "expw", "--data-root", str(tmp_path)]) == 2
+    assert "two_faces.png: face box (120, 70, 140, 90) (left, top, right, bottom) lies outside the 100x60 image" \
+        in capsys.readouterr().err
 
 
 def test_the_cdfer_protocol_trains_on_rafdb_and_tests_on_the_five_targets(tmp_path, capsys):

@@ -104,7 +104,7 @@ def native_image(samples: Samples, index: int) -> Image.Image:
         left, top, right, bottom = (int(v) for v in samples.boxes[index])
         box = (max(0, left), max(0, top), min(img.width, right), min(img.height, bottom))
         if box[2] <= box[0] or box[3] <= box[1]:
-            raise DatasetError(f"{samples.path(index)}: face box {tuple(samples.boxes[index])} (left, top, right, "
+            raise DatasetError(f"{samples.path(index)}: face box {(left, top, right, bottom)} (left, top, right, "
                                f"bottom) lies outside the {img.width}x{img.height} image")
         img = img.crop(box)
     if samples.channel_order == "bgr":

@@ -55,9 +55,14 @@ def check_dataset(name: str, root: Path | None, splits: Iterable[str] | None = N
         samples = reader.load(root, split, skip_bad=skip_bad, **options)
         unreadable = find_unreadable(samples) if verify else []
         if unreadable:
-            if not skip_bad:
-                raise DatasetError(f"{samples.root / unreadable[0]}: unreadable image ({len(unreadable)} in "
-                                   f"{name}/{split}; use --skip-bad to drop them and count them)")
+            if not skip_bad:  # the first one's own reason: an undecodable file, or a face box off the image
+                try:
+                    native_image(samples, samples.ids.index(unreadable[0]))
+                    reason = f"{samples.root / unreadable[0]}: unreadable image"
+                except DatasetError as exc:
+                    reason = str(exc)
+                raise DatasetError(f"{reason} ({len(unreadable)} in {name}/{split}; use --skip-bad to drop them "
+                                   "and count them)")
             samples.dropped[UNREADABLE] += len(unreadable)
         reports.append(SplitReport(samples, unreadable))
     return reports
