@@ -3,8 +3,8 @@ environment each worker sees, so it runs without a GPU)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-import time
 
 import pytest
 
@@ -13,8 +13,10 @@ from benchmark.executors import EXECUTORS, ExecutorOptions
 from benchmark.executors.pool import device_slots, map_in_pool, pool_size
 
 
-def visible_devices_after(seconds: float) -> tuple[int, str | None]:
-    time.sleep(seconds)  # long enough that every worker takes a task
+def visible_devices_after(meeting) -> tuple[int, str | None]:
+    # Tasks meet in pairs, so each pair runs on two different workers however slowly the second
+    # worker starts (a fixed sleep let one worker take all four tasks on a loaded machine).
+    meeting.wait(timeout=120)
     return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
@@ -34,8 +36,10 @@ def test_pool_size_and_device_slots():
 
 def test_each_pool_worker_sees_only_its_own_gpu():
     seen, submitted = {}, []
-    map_in_pool(visible_devices_after, ((k, (0.5,)) for k in range(4)), workers=2, gpus=2,
-                on_submit=submitted.append, on_done=lambda key, result, error: seen.update({key: result}))
+    with multiprocessing.get_context("spawn").Manager() as manager:
+        meeting = manager.Barrier(2)
+        map_in_pool(visible_devices_after, ((k, (meeting,)) for k in range(4)), workers=2, gpus=2,
+                    on_submit=submitted.append, on_done=lambda key, result, error: seen.update({key: result or error}))
     assert submitted == [0, 1, 2, 3] and len(seen) == 4
     by_worker = {}
     for pid, visible in seen.values():
