@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # The GPU check, as one prepared script for a lent device (see docs/gpu.md):
 #   1. the CUDA test suite (tests/gpu),
-#   2. `benchmark perf` at 224 px (erm, cafe, clip_ft; per-sample path with one DataLoader
-#      worker per core vs the harness path; every precision; the training loop's feeding
-#      variants, a compiled run, packed processes; matmul rates; evaluation cold/warm),
-#   3. the synth5_gpu grid (5 methods x 5 sources, 1 epoch, 224 px) through MLflow into a
-#      local SQLite store, jobs packed on the one GPU,
-# each under its own time limit, writing logs and JSON into OUT (default results/gpu_check).
+#   2. the synth5_gpu grid (5 methods x 5 sources, 1 epoch, 224 px) through MLflow into a
+#      local SQLite store, jobs packed on the one GPU, with MLflow's system metrics (GPU ones too),
+#   3. the synth5_lodo grid (leave one domain out) at the same 224 px setting, and its table,
+#   4. `benchmark explain`: GradCAM maps of eac and cafe from the grid's runs, on the GPU,
+#   5. `benchmark perf` at 224 px for cafe (per-sample path with one DataLoader worker per core
+#      vs the harness path per precision; the training loop's variants, compiled with and
+#      without CUDA graphs; 8 packed processes with and without cuDNN autotuning; matmul rates;
+#      evaluation cold/warm),
+#   6. the packed processes again under NVIDIA MPS (when the daemon starts),
+# each under its own time limit, in this order (what matters most first, so a cut loses the
+# least), writing logs and JSON into OUT (default results/gpu_check). With BUNDLE=FILE.tgz set,
+# OUT is packed into that one file after every stage (the device tool returns few files).
 #
 #   scripts/gpu_check.sh [--dry-run] [OUT]
 #
-# --dry-run: the same stages on the CPU at toy sizes (CI runs it), no wheels installed.
-# Wheels in .whl/ (packages the device lacks: mlflow, open_clip, ...) are installed into a
-# private folder first; the project itself is used from this checkout.
+# --dry-run: the same stages on the CPU at toy sizes (CI runs it), no wheels installed, no MPS.
+# Wheels in .whl/ (packages the device lacks: mlflow, open_clip, grad-cam, ...) are installed
+# into a private folder first; the project itself is used from this checkout.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +50,7 @@ stage() {
     "$PY" -c 'import json,sys; print(json.dumps({"stage": sys.argv[1], "rc": int(sys.argv[2]), "seconds": round(float(sys.argv[4]) - float(sys.argv[3]), 1)}))' \
         "$name" "$rc" "$start" "$end" >> "$OUT_DIR/stages.jsonl"
     tail -n 3 "$OUT_DIR/$name.log"
+    if [[ -n "${BUNDLE:-}" ]]; then tar czf "$BUNDLE" -C "$OUT_DIR" .; fi
 }
 
 if (( ! DRY_RUN )) && compgen -G ".whl/*.whl" > /dev/null; then
@@ -55,22 +62,38 @@ fi
 if (( DRY_RUN )); then
     export BENCHMARK_GPU_TESTS_DEVICE=cpu
     TESTS=(-k "not compile")
+    SMALL=(--device cpu --set encoder=torchvision:mobilenet_v2:imagenet --set backbone.name=mobilenet_v2
+           --set backbone.weights=imagenet --set recipe.input_size=32 --set recipe.epochs=1)
+    for domain in studio webcam wild film lowres; do SMALL+=(--set "dataset_options.synth5/$domain.scale=0.03"); done
+    GRID=(--methods cafe,eac --sources synth5/studio,synth5/film --jobs-per-gpu 2 --system-metrics-every 0.5 "${SMALL[@]}")
+    LODO=(--methods cafe --sources synth5/studio+synth5/webcam+synth5/wild+synth5/film "${SMALL[@]}")
+    EXPLAIN=(--device cpu --images 4)
     PERF=(--quick --precisions auto --pack 2 --device cpu)
-    GRID=(--methods cafe,scn --sources synth5/studio,synth5/film --device cpu --jobs-per-gpu 2
-          --set encoder=torchvision:mobilenet_v2:imagenet --set backbone.name=mobilenet_v2
-          --set backbone.weights=imagenet --set recipe.input_size=32)
-    for domain in studio webcam wild film lowres; do GRID+=(--set "dataset_options.synth5/$domain.scale=0.03"); done
-    LIMITS=(300 300 300)
+    LIMITS=(300 300 200 100 300 0)
 else
     TESTS=()
-    PERF=(--methods erm,cafe,clip_ft --precisions auto,fp32,bf16 --steps 20 --loop-steps 60 --compile --pack 4,8)
-    GRID=(--jobs-per-gpu 4)
-    LIMITS=(130 200 110)
+    GPU_SETTING=(--set encoder=openclip:ViT-B-32:random --set backbone.name=resnet18 --set backbone.weights=none
+                 --set recipe.input_size=224)
+    GRID=(--jobs-per-gpu 4 --system-metrics-every 2)
+    LODO=(--jobs-per-gpu 4 --system-metrics-every 2 "${GPU_SETTING[@]}")
+    EXPLAIN=()
+    PERF=(--methods cafe --precisions auto,bf16 --eval-methods cafe --steps 20 --loop-steps 60 --compile
+          --pack 8 --pack-variants default,cudnn_benchmark)
+    PERF_MPS=(--loop-only --methods cafe --variant-methods "" --loop-steps 60 --pack 4,8
+              --pack-variants default,cudnn_benchmark)
+    LIMITS=(150 90 90 60 160 70)
 fi
 
 stage env 60 bash -c "nvidia-smi || true; \"$PY\" -c 'import torch, platform; print(\"python\", platform.python_version(), \"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"cudnn\", torch.backends.cudnn.version(), \"gpu\", torch.cuda.get_device_name() if torch.cuda.is_available() else None)'; nproc; \"$PY\" -m pip list 2>/dev/null | grep -i -E '^(torch|torchvision|mlflow|open.clip|numpy|scikit-learn|pandas) '"
 BENCHMARK_GPU_REPORT="$OUT_DIR/tests.jsonl" stage tests "${LIMITS[0]}" "$PY" -m pytest -q -o addopts= -p no:cacheprovider tests/gpu "${TESTS[@]}"
-stage perf "${LIMITS[1]}" "$PY" -m benchmark perf "${PERF[@]}" --json "$OUT_DIR/perf.json"
-stage grid "${LIMITS[2]}" bash -c "\"$PY\" -m benchmark run --protocol synth5_gpu ${GRID[*]} && \"$PY\" scripts/grid_summary.py synth5_gpu \"$OUT_DIR/grid.json\""
+stage grid "${LIMITS[1]}" bash -c "\"$PY\" -m benchmark run --protocol synth5_gpu ${GRID[*]} && \"$PY\" scripts/grid_summary.py synth5_gpu \"$OUT_DIR/grid.json\""
+stage lodo "${LIMITS[2]}" bash -c "\"$PY\" -m benchmark run --protocol synth5_lodo ${LODO[*]} && \"$PY\" scripts/grid_summary.py synth5_lodo \"$OUT_DIR/lodo.json\" && \"$PY\" -m benchmark table --protocol synth5_lodo --out \"$OUT_DIR/lodo_table.md\""
+stage explain "${LIMITS[3]}" "$PY" -m benchmark explain --protocol synth5_gpu --methods eac,cafe --source synth5/studio \
+    --target synth5/film "${EXPLAIN[@]}" --out "$OUT_DIR/gradcam.png"
+stage perf "${LIMITS[4]}" "$PY" -m benchmark perf "${PERF[@]}" --json "$OUT_DIR/perf.json"
+if (( ! DRY_RUN )) && command -v nvidia-cuda-mps-control > /dev/null && nvidia-cuda-mps-control -d; then
+    stage perf_mps "${LIMITS[5]}" "$PY" -m benchmark perf "${PERF_MPS[@]}" --json "$OUT_DIR/perf_mps.json"
+    echo quit | nvidia-cuda-mps-control
+fi
 echo "stages:"; cat "$OUT_DIR/stages.jsonl"
 "$PY" -c 'import json,sys; sys.exit(any(json.loads(l)["rc"] for l in open(sys.argv[1]) if json.loads(l)["stage"] != "env"))' "$OUT_DIR/stages.jsonl"

@@ -1,4 +1,5 @@
-"""The device script's CPU dry run: every stage runs at toy sizes and leaves its logs and JSON."""
+"""The device script's CPU dry run: every stage runs at toy sizes and leaves its logs, JSON,
+table and figure, and the bundle of them all."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -14,10 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_dry_run_runs_every_stage_and_writes_its_reports(tmp_path):
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BENCHMARK_", "MLFLOW_"))}
+    bundle = tmp_path / "check.tgz"
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", str(out)],
-                          env={**env, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=900)
+                          env={**env, "PYTHON": sys.executable, "BUNDLE": str(bundle)}, capture_output=True,
+                          text=True, timeout=900)
     stages = [json.loads(line) for line in (out / "stages.jsonl").read_text().splitlines()]
-    assert [s["stage"] for s in stages] == ["env", "tests", "perf", "grid"], proc.stdout
+    assert [s["stage"] for s in stages] == ["env", "tests", "grid", "lodo", "explain", "perf"], proc.stdout
     assert proc.returncode == 0 and all(s["rc"] == 0 for s in stages), proc.stdout + proc.stderr
     assert " passed" in (out / "tests.log").read_text()  # the CUDA suite ran (on the CPU)
     tests = [json.loads(line) for line in (out / "tests.jsonl").read_text().splitlines()]
@@ -27,3 +31,12 @@ def test_gpu_check_dry_run_runs_every_stage_and_writes_its_reports(tmp_path):
     assert perf["loop"]["variants"]["cafe"]["default"]["images_per_s"] > 0
     grid = json.loads((out / "grid.json").read_text())
     assert grid["one_finished_run_per_job"] and grid["jobs"] == 4 and grid["processes"] == 2
+    assert grid["runs_with_system_metrics"] >= 1  # sampled every 0.5 s; each job trains for seconds
+    lodo = json.loads((out / "lodo.json").read_text())
+    assert lodo["one_finished_run_per_job"] and lodo["jobs"] == 1
+    table = (out / "lodo_table.md").read_text()
+    assert "synth5/lowres" in table or "lowres" in table, table
+    assert (out / "gradcam.png").stat().st_size > 0 and (out / "gradcam.pdf").stat().st_size > 0
+    with tarfile.open(bundle) as tar:  # packed after the last stage: holds every stage's files
+        names = {Path(n).name for n in tar.getnames()}
+    assert {"stages.jsonl", "perf.json", "lodo_table.md", "gradcam.png"} <= names
