@@ -46,14 +46,23 @@ PAPER = AugmentSpec()
 _NORM_CONSTANTS: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
+def channel_constants(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+    """(C, 1, 1) tensor of `values` on `like`'s device and dtype, each filled there from a Python
+    scalar: no host-to-device copy, so even the first batch of a process does not wait for the
+    GPU (a copy from a Python list did; the H100 check's sync test caught it)."""
+    out = torch.empty(len(values), dtype=like.dtype, device=like.device)
+    for channel, value in enumerate(values):
+        out[channel].fill_(value)
+    return out.view(-1, 1, 1)
+
+
 def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
     """(x - mean) / std per channel of a float (B, 3, H, W) batch, as torchvision's Normalize
     computes it. The constants are made once per device: torchvision builds them from Python
     lists on every call, a blocking host-to-GPU copy (a host sync) each batch."""
     key = (x.device, x.dtype)
     if key not in _NORM_CONSTANTS:
-        _NORM_CONSTANTS[key] = (torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(-1, 1, 1).to(x.device),
-                                torch.tensor(IMAGENET_STD, dtype=x.dtype).view(-1, 1, 1).to(x.device))
+        _NORM_CONSTANTS[key] = (channel_constants(IMAGENET_MEAN, x), channel_constants(IMAGENET_STD, x))
     mean, std = _NORM_CONSTANTS[key]
     return x.sub(mean).div_(std)
 

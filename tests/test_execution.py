@@ -107,3 +107,18 @@ def test_per_sample_path_refuses_what_it_cannot_reproduce(studio, components):
         method = build_method("cafe", {"clip_features": "cached"}, components=components)
         method.fit(studio[0], recipe=Recipe(epochs=1, data_path="per_sample", progress=False), device=CPU,
                    log=MemoryLog())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_normalisation_constants_filled_on_the_device_equal_torchvisions(dtype):
+    """The constants are filled from Python scalars (no host copy on CUDA); each value must be
+    the one torchvision's Normalize builds from the same list, in every dtype."""
+    from benchmark.augment import IMAGENET_MEAN, IMAGENET_STD, channel_constants, imagenet_normalize
+    from torchvision.transforms.functional import normalize
+
+    for values in (IMAGENET_MEAN, IMAGENET_STD):
+        filled = channel_constants(values, torch.zeros(1, dtype=dtype))
+        assert filled.dtype == dtype and filled.shape == (3, 1, 1)
+        assert torch.equal(filled, torch.tensor(values, dtype=dtype).view(-1, 1, 1))
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)).to(dtype)
+    assert torch.equal(imagenet_normalize(x.clone()), normalize(x.clone(), IMAGENET_MEAN, IMAGENET_STD))
