@@ -79,3 +79,25 @@ def report():
                 fh.write(json.dumps({"test": test, "device": str(DEVICE), **figures}, default=str) + "\n")
 
     return record
+
+
+@pytest.fixture
+def no_host_sync(monkeypatch):
+    """On CUDA, run every training epoch's loop (reading, copying, augmenting, the step, the loss
+    bookkeeping) under torch's sync debug mode "error": any host synchronisation in it raises.
+    A no-op on the CPU."""
+    if not ON_CUDA:
+        return
+    from benchmark import trainer
+
+    real_batches = trainer.epoch_batches
+
+    def watched_batches(*args, **kwargs):
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield from real_batches(*args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(trainer, "epoch_batches", watched_batches)

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark import trainer
 from benchmark.method import MemoryLog, build_method
 from benchmark.recipe import Recipe
 
-from .conftest import DEVICE, ON_CUDA
+from .conftest import DEVICE
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +37,9 @@ def recipe(setting, **changes) -> Recipe:
 @pytest.mark.parametrize("data_on_device", ["never", "always"])
 @pytest.mark.parametrize("name", ["cafe", "erm"])
 def test_a_union_trains_domain_balanced_with_its_domains_on_the_device(name, data_on_device, setting, components,
-                                                                       union, monkeypatch, report):
+                                                                       union, monkeypatch, no_host_sync, report):
     """Every batch carries its rows' domains, on the device, equal to the split's; on CUDA the
-    epoch runs under torch's sync debug mode "error" (no host synchronisation)."""
+    epoch runs under torch's sync debug mode "error" (no_host_sync)."""
     seen = []
     method = build_method(name, components=components)
     real_step = method.training_step
@@ -51,18 +50,6 @@ def test_a_union_trains_domain_balanced_with_its_domains_on_the_device(name, dat
         return real_step(batch)
 
     monkeypatch.setattr(method, "training_step", watched_step)
-    if ON_CUDA:
-        real_batches = trainer.epoch_batches
-
-        def watched_batches(*args, **kwargs):
-            torch.cuda.synchronize()
-            torch.cuda.set_sync_debug_mode("error")
-            try:
-                yield from real_batches(*args, **kwargs)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-
-        monkeypatch.setattr(trainer, "epoch_batches", watched_batches)
     method.fit(union, recipe=recipe(setting, data_on_device=data_on_device, sync_every=10**6), device=DEVICE,
                log=MemoryLog())
     assert seen

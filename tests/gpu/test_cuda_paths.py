@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark import trainer
 from benchmark.execution import Execution, host_batch, to_device_batch
 from benchmark.recipe import Recipe
 from benchmark.method import MemoryLog, build_method, load_plugins
@@ -104,20 +103,8 @@ def test_pinned_non_blocking_copies_arrive_intact():
 @pytest.mark.skipif(not ON_CUDA, reason="host synchronisation is a CUDA notion")
 @pytest.mark.parametrize("name", TRAINED)
 @pytest.mark.parametrize("data_on_device", ["never", "always"])
-def test_a_training_step_never_waits_for_the_gpu(name, data_on_device, setting, components, splits, monkeypatch):
-    """The whole epoch's loop (reading, copying, augmenting, the step, the loss bookkeeping) runs
-    under torch's sync debug mode "error": any host synchronisation in it raises."""
-    real_batches = trainer.epoch_batches
-
-    def watched_batches(*args, **kwargs):
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            yield from real_batches(*args, **kwargs)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-
-    monkeypatch.setattr(trainer, "epoch_batches", watched_batches)
+def test_a_training_step_never_waits_for_the_gpu(name, data_on_device, setting, components, splits, no_host_sync):
+    """The whole epoch's loop runs under torch's sync debug mode "error" (the no_host_sync fixture)."""
     method = build_method(name, components=components)
     method.fit(splits[0], recipe=recipe(setting, data_on_device=data_on_device, sync_every=10**6), device=DEVICE,
                log=MemoryLog())
