@@ -27,9 +27,16 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 DRY_RUN=0
-STAGES="tests,grid,lodo,explain,perf,perf_mps"
+ALL_STAGES="tests,grid,lodo,explain,perf,perf_mps"
+STAGES=$ALL_STAGES
 if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
-if [[ "${1:-}" == "--stages" ]]; then STAGES="$2"; shift 2; fi
+if [[ "${1:-}" == "--stages" ]]; then STAGES="${2:-}"; shift 2; fi
+for name in ${STAGES//,/ }; do
+    if [[ ",$ALL_STAGES," != *",$name,"* ]]; then
+        echo "--stages: no stage '$name' (stages: $ALL_STAGES)" >&2
+        exit 2
+    fi
+done
 wanted() { [[ ",$STAGES," == *",$1,"* ]]; }
 OUT_DIR="${1:-${OUT:-results/gpu_check}}"
 mkdir -p "$OUT_DIR"

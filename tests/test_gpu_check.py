@@ -40,3 +40,14 @@ def test_gpu_check_dry_run_runs_every_stage_and_writes_its_reports(tmp_path):
     with tarfile.open(bundle) as tar:  # packed after the last stage: holds every stage's files
         names = {Path(n).name for n in tar.getnames()}
     assert {"stages.jsonl", "perf.json", "lodo_table.md", "gradcam.png"} <= names
+
+
+def test_gpu_check_refuses_a_stage_it_does_not_have_before_running_any(tmp_path):
+    """`--stages` picks stages (a device session splits the check over two calls); a misspelt
+    name would silently skip a stage, so it is refused, named, before anything runs."""
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run", "--stages", "tests,grdi",
+                           str(out)], env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "no stage 'grdi'" in proc.stderr and "perf_mps" in proc.stderr
+    assert not (out / "stages.jsonl").exists()
