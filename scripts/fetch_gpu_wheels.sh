@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Download into .whl/ the wheels the GPU machine lacks for scripts/gpu_check.sh: mlflow,
-# open_clip_torch and grad-cam (`benchmark explain`) with everything they need, for CPython 3.12 on x86-64 Linux, minus the packages
-# its image already has (scripts/device_packages.txt) and the CUDA libraries. About 37 MB.
+# open_clip_torch and grad-cam (`benchmark explain`) with everything they need, for CPython 3.12
+# on x86-64 Linux, minus the packages its image already has (scripts/device_packages.txt) and
+# the CUDA libraries. About 37 MB.
 #
 #   scripts/fetch_gpu_wheels.sh        (then carry .whl with the device call)
 set -euo pipefail
