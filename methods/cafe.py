@@ -26,12 +26,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.augment import normalize
-from benchmark.errors import BenchmarkError
-from benchmark.labels import CLASSES, NUM_CLASSES
+from benchmark.api import (Batch, BenchmarkError, CLASSES, EncoderHparams, NUM_CLASSES, TrainedMethod,
+                           check_clip_features, check_range, normalize, register_method)
 
-from benchmark.method import Batch, check_range, register_method
-from benchmark.trained_method import EncoderHparams, TrainedMethod, check_clip_features
 
 DIV_NORMS = ("code", "paper")
 

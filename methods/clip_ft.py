@@ -11,10 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.labels import NUM_CLASSES
-
-from benchmark.method import Batch, register_method
-from benchmark.trained_method import EncoderHparams, TrainedMethod, check_clip_features
+from benchmark.api import (Batch, EncoderHparams, NUM_CLASSES, TrainedMethod, check_clip_features,
+                           register_method)
 
 
 @register_method("clip_ft", "frozen CLIP feature ‖ backbone feature -> one linear layer (Table 4 'CLIP+Finetune')")

@@ -15,11 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from benchmark.errors import BenchmarkError
-from benchmark.execution import Execution
-from benchmark.labels import NUM_CLASSES
-
-from benchmark.method import Method, check_range, register_method
+from benchmark.api import BenchmarkError, Execution, Method, NUM_CLASSES, check_range, register_method
 
 
 @dataclass

@@ -16,11 +16,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from benchmark.errors import BenchmarkError
-from benchmark.execution import Execution
-from benchmark.labels import CLASSES
+from benchmark.api import BenchmarkError, CLASSES, Execution, Method, register_method
 
-from benchmark.method import Method, register_method
 
 CLASS_WORDS = {"surprise": ("surprised",), "fear": ("fearful", "scared"), "disgust": ("disgusted",),
                "happiness": ("happy", "smiling"), "sadness": ("sad",), "anger": ("angry",), "neutral": ("neutral",)}

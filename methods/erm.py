@@ -9,10 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.labels import NUM_CLASSES
-
-from benchmark.method import BaseHparams, Batch, register_method
-from benchmark.trained_method import TrainedMethod
+from benchmark.api import BaseHparams, Batch, NUM_CLASSES, TrainedMethod, register_method
 
 
 @register_method("erm", "backbone + linear classifier, cross-entropy only (Table 2 baseline)")

@@ -19,10 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.labels import NUM_CLASSES
-
-from benchmark.method import BaseHparams, Batch, check_range, register_method
-from benchmark.trained_method import ONE_OF_FLIP_NOISE, TrainedMethod
+from benchmark.api import (BaseHparams, Batch, NUM_CLASSES, ONE_OF_FLIP_NOISE, TrainedMethod, check_range,
+                           register_method)
 
 
 @dataclass

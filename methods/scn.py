@@ -20,11 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.errors import BenchmarkError
-from benchmark.labels import NUM_CLASSES
-
-from benchmark.method import BaseHparams, Batch, Relabel, check_range, register_method
-from benchmark.trained_method import ONE_OF_FLIP_NOISE, TrainedMethod
+from benchmark.api import (BaseHparams, Batch, BenchmarkError, NUM_CLASSES, ONE_OF_FLIP_NOISE, Relabel,
+                           TrainedMethod, check_range, register_method)
 
 
 @dataclass

@@ -7,8 +7,6 @@ import pytest
 SIZE = 48  # input size of the short training runs
 
 
-
-
 @pytest.fixture(autouse=True)
 def isolated_outputs(tmp_path_factory, monkeypatch):
     out = tmp_path_factory.mktemp("results")
@@ -44,10 +42,10 @@ def studio(tmp_path_factory):
 @pytest.fixture(scope="session")
 def components(tmp_path_factory):
     """MobileNetV2 ImageNet as frozen encoder and trainable backbone: the weights that exist offline."""
-    from benchmark.backbones import BackboneSpec
-    from benchmark.encoders import EncoderSpec, build_encoder
-    from benchmark.features import FeatureCache
-    from benchmark.method import Components
+    from benchmark.models.backbones import BackboneSpec
+    from benchmark.models.encoders import EncoderSpec, build_encoder
+    from benchmark.training.features import FeatureCache
+    from benchmark.training.method import Components
 
     encoder = build_encoder(EncoderSpec("torchvision:mobilenet_v2:imagenet"))
     return Components(BackboneSpec("mobilenet_v2", "imagenet"), encoder,

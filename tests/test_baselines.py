@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.backbones import BackboneSpec
-from benchmark.encoders import EncoderSpec
-from benchmark.recipe import Recipe
-from benchmark.method import Batch, Components, MemoryLog, build_method
+from benchmark.models.backbones import BackboneSpec
+from benchmark.models.encoders import EncoderSpec
+from benchmark.training.recipe import Recipe
+from benchmark.training.method import Batch, Components, MemoryLog
+from benchmark.training.plugins import build_method
 from methods.clip_zeroshot import NotApplicable, class_embeddings
 from methods.eac import attention_maps, consistency_loss
 from methods.rul import mix, mixing_weights
@@ -90,7 +91,7 @@ def test_rul_predict_uses_the_mean_branch_without_mixing(studio, components):
     np.testing.assert_allclose(method.predict(test), probs)  # no random mixing at test time
     method.model.eval()
     with torch.no_grad():
-        from benchmark.augment import normalize
+        from benchmark.training.augment import normalize
 
         x = normalize(torch.from_numpy(np.array(test.images[:8])))
         feat = method.model["backbone"].feature_map(x)
@@ -129,8 +130,8 @@ def test_zeroshot_runs_with_an_open_clip_model(studio, tmp_path):
 
     import open_clip
 
-    from benchmark.encoders import build_encoder
-    from benchmark.features import FeatureCache
+    from benchmark.models.encoders import build_encoder
+    from benchmark.training.features import FeatureCache
 
     from .test_weights import TINY_CLIP
 
@@ -151,6 +152,7 @@ def test_zeroshot_runs_with_an_open_clip_model(studio, tmp_path):
 RECIPE = Recipe(epochs=4, batch_size=32, input_size=SIZE, seed=7, progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["scn", "eac", "rul"])
 def test_baselines_train_lower_loss_and_beat_chance(name, studio, components):
     train, test = studio
@@ -185,7 +187,7 @@ def test_clip_probe_beats_chance(studio, components):
 
 
 def test_rul_build_leaves_the_pretrained_batchnorm_statistics_alone():
-    from benchmark.backbones import build_backbone
+    from benchmark.models.backbones import build_backbone
 
     spec = BackboneSpec("mobilenet_v2", "imagenet")
     reference = {k: v.clone() for k, v in build_backbone(spec).state_dict().items() if "running" in k}
@@ -199,8 +201,8 @@ def test_rul_build_leaves_the_pretrained_batchnorm_statistics_alone():
 def test_scn_and_rul_flip_or_noise_never_both_as_their_authors_code(name):
     import dataclasses
 
-    from benchmark.augment import augment, normalize
-    from benchmark.method import method_entry
+    from benchmark.training.augment import augment, normalize
+    from benchmark.training.plugins import method_entry
 
     spec = dataclasses.replace(method_entry(name).cls.augment_spec, erase_p=0.0)  # erasing measured elsewhere
     n = 4000
@@ -216,8 +218,8 @@ def test_scn_and_rul_flip_or_noise_never_both_as_their_authors_code(name):
 
 
 def test_a_method_fix_changes_its_jobs_hash_and_no_other():
-    from benchmark.jobs import DataPlan, expand
-    from benchmark.protocol import load_protocol
+    from benchmark.jobs.plan import DataPlan, expand
+    from benchmark.jobs.protocol import load_protocol
 
     protocol = load_protocol("synth5")
     jobs = {j.method: j for j in expand(protocol, ["erm", "scn", "rul"], DataPlan(options=protocol.dataset_options))}

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from benchmark.data import DATASETS, cache, decode_split
-from benchmark.errors import DatasetError
-from benchmark.labels import CLASSES
+from benchmark.core.errors import DatasetError
+from benchmark.core.labels import CLASSES
 from PIL import Image
 
 from .fsdata import write_image, write_text

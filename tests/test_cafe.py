@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.backbones import BackboneSpec
-from benchmark.encoders import EncoderSpec, FrozenEncoder
-from benchmark.errors import BenchmarkError
-from benchmark.method import Batch, Components, build_method
+from benchmark.models.backbones import BackboneSpec
+from benchmark.models.encoders import EncoderSpec, FrozenEncoder
+from benchmark.core.errors import BenchmarkError
+from benchmark.training.method import Batch, Components
+from benchmark.training.plugins import build_method
 from methods.cafe import diverse_loss, drop_mask, group_size, grouped, match_width
 
 
@@ -119,7 +120,7 @@ def test_predict_uses_the_fc_head_on_masked_clip_features(tmp_path):
     import numpy as np
 
     from benchmark.data.cache import DecodedSplit
-    from benchmark.augment import normalize
+    from benchmark.training.augment import normalize
 
     method = make_cafe()
     images = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
@@ -169,9 +170,9 @@ def test_cached_clip_features_pick_mirrored_rows_for_flipped_samples():
 
 
 def test_cached_mode_runs_the_encoder_only_to_precompute(studio, components, tmp_path):
-    from benchmark.features import FeatureCache
-    from benchmark.recipe import Recipe
-    from benchmark.method import MemoryLog
+    from benchmark.training.features import FeatureCache
+    from benchmark.training.recipe import Recipe
+    from benchmark.training.method import MemoryLog
 
     # A fresh feature cache, so that nothing is precomputed by an earlier test.
     components = Components(components.backbone, components.encoder, FeatureCache(tmp_path / "features"))
@@ -188,8 +189,8 @@ def test_cached_mode_runs_the_encoder_only_to_precompute(studio, components, tmp
 
 
 def test_cached_mode_changes_the_job_hash(tmp_path):
-    from benchmark.jobs import expand, plan_from
-    from benchmark.protocol import load_protocol
+    from benchmark.jobs.plan import expand, plan_from
+    from benchmark.jobs.protocol import load_protocol
 
     from .test_runner import write_protocol
 

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from benchmark.cli import main
-from benchmark.compare import compare, render
-from benchmark.errors import BenchmarkError
+from benchmark.report.compare import compare, render
+from benchmark.core.errors import BenchmarkError
 from benchmark.store import RESULT_COLUMNS, open_store, schema
 
 from .test_tables import FakeJob

@@ -6,7 +6,7 @@ import os
 import threading
 import time
 
-from benchmark.cores import core_slot, slot_count, usable_cores
+from benchmark.core.cores import core_slot, slot_count, usable_cores
 
 
 def test_jobs_beyond_the_cores_wait_for_a_free_slot(tmp_path):

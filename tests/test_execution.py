@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.errors import BenchmarkError
-from benchmark.execution import Execution
-from benchmark.recipe import Recipe
-from benchmark.method import MemoryLog, build_method
+from benchmark.core.errors import BenchmarkError
+from benchmark.training.execution import Execution
+from benchmark.training.recipe import Recipe
+from benchmark.training.method import MemoryLog
+from benchmark.training.plugins import build_method
 
 from .conftest import SIZE
 
@@ -56,6 +57,7 @@ def test_encoder_gets_its_exact_fp32_weights_back_after_bf16(components, studio)
         assert torch.equal(value, original[key]), key
 
 
+@pytest.mark.slow
 def test_bf16_training_on_cpu_is_reproducible(studio, components):
     try:
         method, first = fit_predict("cafe", studio, components, precision="bf16")
@@ -85,6 +87,7 @@ def test_compile_wraps_the_backbone_in_place(components):
     assert list(method.model.state_dict()) == list(plain.model.state_dict())  # checkpoints stay portable
 
 
+@pytest.mark.slow
 def test_per_sample_reference_path_trains_reproducibly(studio, components):
     _, first = fit_predict("erm", studio, components, data_path="per_sample", loader_workers=1)
     _, second = fit_predict("erm", studio, components, data_path="per_sample", loader_workers=1)
@@ -96,8 +99,8 @@ def test_per_sample_reference_path_trains_reproducibly(studio, components):
 def test_per_sample_path_refuses_what_it_cannot_reproduce(studio, components):
     import dataclasses
 
-    from benchmark.augment import AugmentSpec
-    from benchmark.per_sample import check_per_sample
+    from benchmark.training.augment import AugmentSpec
+    from benchmark.training.per_sample import check_per_sample
 
     with pytest.raises(BenchmarkError, match="one-of"):
         check_per_sample(studio[0], AugmentSpec(one_of_p=0.5), "scn")
@@ -113,7 +116,7 @@ def test_per_sample_path_refuses_what_it_cannot_reproduce(studio, components):
 def test_normalisation_constants_filled_on_the_device_equal_torchvisions(dtype):
     """The constants are filled from Python scalars (no host copy on CUDA); each value must be
     the one torchvision's Normalize builds from the same list, in every dtype."""
-    from benchmark.augment import IMAGENET_MEAN, IMAGENET_STD, channel_constants, imagenet_normalize
+    from benchmark.training.augment import IMAGENET_MEAN, IMAGENET_STD, channel_constants, imagenet_normalize
     from torchvision.transforms.functional import normalize
 
     for values in (IMAGENET_MEAN, IMAGENET_STD):

@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from benchmark.errors import BenchmarkError, UnknownNameError
-from benchmark.executors import EXECUTORS, ExecutorOptions
-from benchmark.executors.pool import device_slots, map_in_pool, pool_size
+from benchmark.core.errors import BenchmarkError, UnknownNameError
+from benchmark.run.executors import EXECUTORS, ExecutorOptions
+from benchmark.run.executors.pool import device_slots, map_in_pool, pool_size
 
 
 def visible_devices_after(meeting) -> tuple[int, str | None]:
@@ -34,6 +34,7 @@ def test_pool_size_and_device_slots():
     assert device_slots(3, 1) == [None, None, None]  # one GPU (or none): nothing to pin
 
 
+@pytest.mark.slow
 def test_each_pool_worker_sees_only_its_own_gpu():
     seen, submitted = {}, []
     with multiprocessing.get_context("spawn").Manager() as manager:

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from benchmark.cli import main
-from benchmark.errors import BenchmarkError
-from benchmark.explain import pick_images
+from benchmark.core.errors import BenchmarkError
+from benchmark.report.explain import pick_images
 
 from .test_runner import write_protocol
 
@@ -22,6 +22,7 @@ def test_the_image_draw_is_seeded_distinct_and_sorted():
         pick_images(10, 0, seed=0)
 
 
+@pytest.mark.slow
 def test_explain_draws_gradcam_of_eac_and_cafe_runs_side_by_side(tmp_path, capsys):
     # The runner tests' tiny protocol, two of the methods the paper's figure compares, 64 px (a
     # 2x2 feature map: at 32 px MobileNet's is 1x1 and every map is flat).
@@ -48,10 +49,11 @@ def test_gradcam_maps_are_normalised_and_follow_the_explained_class(tmp_path):
     import torch
 
     from benchmark.data import decode_split
-    from benchmark.explain import gradcam_maps
-    from benchmark.jobs import DataPlan
-    from benchmark.method import Components, build_method
-    from benchmark.backbones import BackboneSpec
+    from benchmark.report.explain import gradcam_maps
+    from benchmark.jobs.plan import DataPlan
+    from benchmark.training.method import Components
+    from benchmark.training.plugins import build_method
+    from benchmark.models.backbones import BackboneSpec
 
     plan = DataPlan(None, {}, {"synth5/film": {"scale": 0.03}})
     data = decode_split(plan.samples("synth5/film", "test"), 64)

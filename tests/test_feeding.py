@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.errors import BenchmarkError
-from benchmark.prefetch import prefetched
-from benchmark.recipe import Recipe
-from benchmark.trainer import TrainingDiverged, resident_split
-from benchmark.method import MemoryLog, build_method
+from benchmark.core.errors import BenchmarkError
+from benchmark.training.prefetch import prefetched
+from benchmark.training.recipe import Recipe
+from benchmark.training.trainer import TrainingDiverged, resident_split
+from benchmark.training.method import MemoryLog
+from benchmark.training.plugins import build_method
 
 from .conftest import SIZE
 
@@ -29,6 +30,7 @@ def trained_weights(name, data, components, **recipe):
     return [v.clone() for v in method.model.state_dict().values()], log
 
 
+@pytest.mark.slow
 def test_prefetch_and_a_resident_split_give_the_same_weights_as_reading_in_the_loop(studio, components):
     train = studio[0]
     reference, ref_log = trained_weights("cafe", train, components, prefetch=0, data_on_device="never")
@@ -98,8 +100,8 @@ def test_a_nan_loss_still_stops_the_job_within_its_epoch_naming_the_first_bad_st
 
 
 def test_execution_only_recipe_fields_leave_the_job_hash_alone(tmp_path):
-    from benchmark.jobs import DataPlan, expand
-    from benchmark.protocol import load_protocol
+    from benchmark.jobs.plan import DataPlan, expand
+    from benchmark.jobs.protocol import load_protocol
 
     def hashes(overrides):
         protocol = load_protocol("synth5", overrides=dict(kv.split("=") for kv in overrides))

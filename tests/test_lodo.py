@@ -10,12 +10,12 @@ import torch
 from benchmark.cli import main
 from benchmark.data import DATASETS, decode_split
 from benchmark.data.union import union_split
-from benchmark.jobs import DataPlan, expand, plan_from
-from benchmark.protocol import ProtocolError, load_protocol
-from benchmark.recipe import Recipe
-from benchmark.sources import held_out, leave_one_out, seen
+from benchmark.jobs.plan import DataPlan, expand, plan_from
+from benchmark.jobs.protocol import ProtocolError, load_protocol
+from benchmark.training.recipe import Recipe
+from benchmark.core.sources import held_out, leave_one_out, seen
 from benchmark.store import open_store
-from benchmark.trainer import epoch_sampler
+from benchmark.training.trainer import epoch_sampler
 
 DOMAINS = ["synth5/studio", "synth5/webcam", "synth5/film"]
 PROTOCOL = """
@@ -114,6 +114,7 @@ def test_domain_balanced_sampler_gives_every_domain_class_cell_an_equal_share():
     assert plain_cells[2] < 0.05  # class-balanced only: domain 1's rare class stays rare
 
 
+@pytest.mark.slow
 def test_a_synth5_lodo_grid_finishes_and_its_table_renders(tmp_path, capsys):
     uri = f"jsonl:{tmp_path}/runs"
     assert main(["run", "--protocol", str(write(tmp_path)), "--tracking-uri", uri]) == 0

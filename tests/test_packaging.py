@@ -9,6 +9,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 from .test_runner import write_protocol
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +23,7 @@ def benchmark_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None,
                           env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_an_outside_package_registers_a_method_that_runs_a_tiny_grid(tmp_path):
     env = {"PYTHONPATH": str(PLUGIN)}  # the package and its dist-info, as if installed
     listed = benchmark_cli(["methods"], tmp_path, env)
@@ -41,6 +44,7 @@ def test_an_outside_package_registers_a_method_that_runs_a_tiny_grid(tmp_path):
     assert bad.returncode == 2 and "smoothing = 1.5: must be in [0, 1)" in bad.stderr
 
 
+@pytest.mark.slow
 def test_the_wheel_installs_and_runs_its_protocols_from_another_folder(tmp_path):
     wheels = tmp_path / "wheels"
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmark.cli import main
 
 
+@pytest.mark.slow
 def test_perf_quick_prints_and_writes_every_field(tmp_path, capsys):
     out = tmp_path / "perf.json"
     assert main(["perf", "--quick", "--json", str(out)]) == 0
@@ -37,6 +40,7 @@ def test_perf_quick_prints_and_writes_every_field(tmp_path, capsys):
             assert cold["rest_s"] > 0 and warm["rest_s"] > 0 and e["speedup"] > 0 and e["cold_over_rest"] > 0
 
 
+@pytest.mark.slow
 def test_perf_scale_trains_one_epoch_and_reports_memory(tmp_path, capsys):
     out = tmp_path / "scale.json"
     assert main(["perf", "--quick", "--scale-images", "600", "--size", "24", "--json", str(out)]) == 0

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from benchmark.data import DATASETS
-from benchmark.errors import DatasetError
-from benchmark.labels import CLASSES
+from benchmark.core.errors import DatasetError
+from benchmark.core.labels import CLASSES
 
 from .fsdata import write_image, write_text
 
@@ -287,9 +287,9 @@ def test_bgr_channel_order_swaps_the_evaluated_images_and_changes_the_hash(tmp_p
 
 
     from benchmark.data import decode_split
-    from benchmark.errors import BenchmarkError
-    from benchmark.jobs import DataPlan, expand
-    from benchmark.protocol import load_protocol
+    from benchmark.core.errors import BenchmarkError
+    from benchmark.jobs.plan import DataPlan, expand
+    from benchmark.jobs.protocol import load_protocol
 
     protocol = load_protocol("synth5")
     bgr_options = copy.deepcopy(protocol.dataset_options)

@@ -11,8 +11,8 @@ from PIL import Image
 
 from benchmark.cli import main
 from benchmark.data import DATASETS, decode_split
-from benchmark.errors import DatasetError
-from benchmark.labels import CLASSES
+from benchmark.core.errors import DatasetError
+from benchmark.core.labels import CLASSES
 
 from .fsdata import write_image, write_text
 

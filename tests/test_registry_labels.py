@@ -1,8 +1,8 @@
 import pytest
 
-from benchmark.errors import UnknownNameError
-from benchmark.labels import CLASSES, canonical_name, class_index
-from benchmark.registry import Registry
+from benchmark.core.errors import UnknownNameError
+from benchmark.core.labels import CLASSES, canonical_name, class_index
+from benchmark.core.registry import Registry
 
 
 def test_canonical_order_is_rafdb_order():
@@ -46,14 +46,14 @@ def test_the_method_list_read_from_source_matches_the_imported_registry(tmp_path
     import importlib.metadata
     import sys
 
-    from benchmark import method_index
-    from benchmark.method import load_plugins
+    from benchmark.training import plugins as method_index
+    from benchmark.training.plugins import load_plugins
 
     methods = load_plugins()
     assert method_index.method_index() == [(n, methods.get(n).description) for n in methods.names()]
 
     plugin = tmp_path / "computed_plugin.py"
-    plugin.write_text("from benchmark.method import register_method\nNAME = 'computed'\n"
+    plugin.write_text("from benchmark.api import register_method\nNAME = 'computed'\n"
                       "register_method(NAME, 'described')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(method_index._NotLiteral, match=r"computed_plugin.py:3"):
@@ -61,6 +61,6 @@ def test_the_method_list_read_from_source_matches_the_imported_registry(tmp_path
     point = importlib.metadata.EntryPoint("computed", "computed_plugin", method_index.ENTRY_POINT_GROUP)
     monkeypatch.setattr(method_index, "entry_points", lambda group: [point])
     loaded = []
-    monkeypatch.setattr("benchmark.method.load_plugins", lambda: loaded.append(1) or methods)
+    monkeypatch.setattr("benchmark.training.plugins.load_plugins", lambda: loaded.append(1) or methods)
     method_index.method_index()
     assert loaded == [1] and "computed_plugin" not in sys.modules  # fell back to the import path

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from benchmark.cli import main
-from benchmark.errors import BenchmarkError
-from benchmark.protocol import ProtocolError, load_protocol
+from benchmark.core.errors import BenchmarkError
+from benchmark.jobs.protocol import ProtocolError, load_protocol
 from benchmark.store import ABANDONED, RunRecord, open_store
 
 from .fsdata import write_image
@@ -65,6 +65,7 @@ def grid_runs(uri: str) -> list[RunRecord]:
     return store.runs(store.experiment("tiny"), kind="grid")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("uri", ["sqlite:///{tmp}/store.db", "jsonl:{tmp}/runs"], ids=["mlflow", "jsonl"])
 def test_tiny_grid_logs_every_metric_and_dry_run_lists_jobs(tmp_path, capsys, uri):
     protocol = write_protocol(tmp_path)
@@ -127,6 +128,7 @@ def accuracies(uri: str) -> dict[str, dict[str, float]]:
             for r in finished_runs(uri) if r.status == "FINISHED"}
 
 
+@pytest.mark.slow
 def test_killed_grid_resumes_without_duplicates_and_matches_uninterrupted(tmp_path):
     protocol = write_protocol(tmp_path, epochs=2)
     killed_uri = f"sqlite:///{tmp_path / 'killed.db'}"
@@ -200,6 +202,7 @@ def test_heartbeat_tags_the_run_with_the_time_and_stops_with_the_block(tmp_path,
     assert not beat._thread.is_alive()
 
 
+@pytest.mark.slow
 def test_failing_job_is_isolated_and_exit_code_is_nonzero(tmp_path, capsys):
     broken = tmp_path / "broken"
     for cls in ("happy", "sad"):
@@ -228,6 +231,7 @@ def _log_many(uri: str, run_id: str, worker: int) -> None:
         log.metrics({f"w{worker}/a": float(step), f"w{worker}/b": float(-step)}, step=step)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("uri", ["sqlite:///{tmp}/store.db", "jsonl:{tmp}/runs"])
 def test_four_processes_logging_into_one_store_lose_nothing(tmp_path, uri):
     uri = uri.format(tmp=tmp_path)
@@ -251,6 +255,7 @@ def _open_new_store(uri: str, barrier) -> None:
     open_store(uri).experiment("concurrency")
 
 
+@pytest.mark.slow
 def test_four_processes_creating_one_new_sqlite_store_at_once_all_succeed(tmp_path):
     # Without the lock in mlflow_store.new_client, MLflow's schema migration raced here in 5 of 5 tries.
     uri = f"sqlite:///{tmp_path / 'new' / 'store.db'}"
@@ -306,6 +311,7 @@ def test_overrides_and_shipped_protocols_load():
         assert load_protocol(name).name == name
 
 
+@pytest.mark.slow
 def test_ray_executor_runs_two_jobs_at_once_into_one_store(tmp_path, capsys):
     ray = pytest.importorskip("ray")
     protocol = write_protocol(tmp_path, epochs=2)
@@ -361,7 +367,7 @@ def test_ui_binds_to_localhost_unless_told_and_links_the_runs_page(monkeypatch, 
 
 
 def test_jobs_per_gpu_packs_fractional_gpus():
-    from benchmark.executors.ray_cluster import task_resources
+    from benchmark.run.executors.ray_cluster import task_resources
 
     assert task_resources(8, 4) == {"num_gpus": 0.25, "num_cpus": 1}
     assert task_resources(1, 1, threads=4) == {"num_gpus": 1.0, "num_cpus": 4}
@@ -370,6 +376,7 @@ def test_jobs_per_gpu_packs_fractional_gpus():
         task_resources(1, 0)
 
 
+@pytest.mark.slow
 def test_local_executor_packs_jobs_into_worker_processes_each_job_once(tmp_path, capsys):
     protocol = write_protocol(tmp_path, epochs=2)
     uri = f"sqlite:///{tmp_path / 'store.db'}"
@@ -386,6 +393,7 @@ def test_local_executor_packs_jobs_into_worker_processes_each_job_once(tmp_path,
     assert "--jobs-per-gpu 0: must be 1 or more" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_runs_record_their_environment_and_tables_warn_when_it_is_mixed(tmp_path, capsys):
     protocol = write_protocol(tmp_path)
     uri = f"sqlite:///{tmp_path / 'store.db'}"
@@ -448,6 +456,7 @@ def assert_each_job_trained_once(uri: str, outputs: list[str]) -> None:
     assert trainings == 4, "\n".join(outputs)  # no job trained twice
 
 
+@pytest.mark.slow
 def test_two_invocations_started_together_train_each_job_once(tmp_path):
     protocol = write_protocol(tmp_path)
     uri = f"sqlite:///{tmp_path / 'store.db'}"
@@ -455,6 +464,7 @@ def test_two_invocations_started_together_train_each_job_once(tmp_path):
     assert_each_job_trained_once(uri, outputs)
 
 
+@pytest.mark.slow
 def test_two_invocations_through_an_mlflow_server_train_each_job_once(tmp_path):
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
@@ -487,6 +497,7 @@ def test_bad_hyperparameters_stop_at_dry_run_naming_file_and_key(tmp_path, capsy
     assert str(protocol) in err and message in err
 
 
+@pytest.mark.slow
 def test_killing_benchmark_ui_stops_the_mlflow_server(tmp_path):
     import urllib.request
 
@@ -519,6 +530,7 @@ def test_killing_benchmark_ui_stops_the_mlflow_server(tmp_path):
             os.killpg(ui.pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_ctrl_c_closes_the_job_run_as_killed_and_prints_no_traceback(tmp_path):
     protocol = write_protocol(tmp_path, epochs=200)
     uri = f"sqlite:///{tmp_path / 'store.db'}"
@@ -546,7 +558,7 @@ def test_ctrl_c_closes_the_job_run_as_killed_and_prints_no_traceback(tmp_path):
 
 
 def test_num_seeds_derives_seeds_from_the_protocols(tmp_path, capsys):
-    from benchmark.cli import derived_seeds
+    from benchmark.cli.run import derived_seeds
 
     assert derived_seeds([3407], 3) == [3407, 3408, 3409]
     assert derived_seeds([0, 5], 1) == [0] and derived_seeds([0, 5], 4) == [0, 5, 6, 7]
@@ -560,6 +572,7 @@ def test_num_seeds_derives_seeds_from_the_protocols(tmp_path, capsys):
     assert "--seeds and --num-seeds" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_job_logs_its_evaluation_history_by_epoch_and_final_values_at_the_last(tmp_path):
     protocol = write_protocol(tmp_path, epochs=2)
     uri = f"jsonl:{tmp_path / 'runs'}"
@@ -575,7 +588,7 @@ def test_a_job_logs_its_evaluation_history_by_epoch_and_final_values_at_the_last
 
 
 def test_a_held_out_validation_split_is_seeded_stratified_and_in_the_hash():
-    from benchmark.jobs import expand, held_out, plan_from
+    from benchmark.jobs.plan import expand, held_out, plan_from
 
     protocol = load_protocol("synth5")
     plan = plan_from(protocol, None, None)
@@ -597,6 +610,7 @@ def test_a_held_out_validation_split_is_seeded_stratified_and_in_the_hash():
     assert changed.isdisjoint(before)  # in the recipe's identity once set
 
 
+@pytest.mark.slow
 def test_a_finished_job_is_evaluated_again_from_its_checkpoint_without_retraining(tmp_path, capsys):
     protocol = write_protocol(tmp_path)
     uri = f"jsonl:{tmp_path / 'runs'}"
@@ -618,7 +632,7 @@ def test_a_finished_job_is_evaluated_again_from_its_checkpoint_without_retrainin
 
 
 def test_a_folder_without_val_has_no_val_split_and_can_hold_one_out(tmp_path):
-    from benchmark.jobs import DataPlan
+    from benchmark.jobs.plan import DataPlan
 
     root = tmp_path / "faces"
     for cls in ("happy", "sad"):

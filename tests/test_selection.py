@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from benchmark.cli import main
-from benchmark.selection import LABELS, select
+from benchmark.report.selection import LABELS, select
 from benchmark.store import open_store, schema
 
 from .test_tables import FakeJob

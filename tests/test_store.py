@@ -11,7 +11,7 @@ import time
 import pandas as pd
 import pytest
 
-from benchmark.errors import BenchmarkError
+from benchmark.core.errors import BenchmarkError
 from benchmark.store import ABANDONED, open_store, schema
 
 from .test_tables import FakeJob, fill_store, paper_results

@@ -6,15 +6,16 @@ from __future__ import annotations
 import pytest
 
 from benchmark.cli import main
-from benchmark.errors import BenchmarkError
-from benchmark.jobs import expand, plan_from
-from benchmark.protocol import ProtocolError, load_protocol
+from benchmark.core.errors import BenchmarkError
+from benchmark.jobs.plan import expand, plan_from
+from benchmark.jobs.protocol import ProtocolError, load_protocol
 from benchmark.store import open_store
-from benchmark.sweep import Sweep
+from benchmark.jobs.sweep import Sweep
 
 from .test_runner import write_protocol
 
 
+@pytest.mark.slow
 def test_a_grid_is_every_combination_and_each_point_its_own_job():
     sweep = Sweep.parse({"hparams.cafe.sep_weight": [0.5, 1.5], "hparams.cafe.div_weight": [5, 15]}, "p")
     assert sweep.points() == [{"hparams.cafe.div_weight": 5, "hparams.cafe.sep_weight": 0.5},
@@ -58,6 +59,7 @@ def test_a_swept_value_out_of_range_stops_the_protocol_at_load():
         load_protocol("synth5", {"sweep": '{"hparams.cafe.lr" = [0.1, -1.0]}'})
 
 
+@pytest.mark.slow
 def test_a_tiny_sweep_runs_tags_its_jobs_and_draws_the_sweep_figure(tmp_path, capsys):
     protocol = write_protocol(tmp_path)
     uri = f"jsonl:{tmp_path / 'runs'}"

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmark import tables
+from benchmark.report import tables
 from benchmark.cli import main
-from benchmark.errors import BenchmarkError
+from benchmark.core.errors import BenchmarkError
 from benchmark.store import RESULT_COLUMNS, open_store, schema
 
 GOLDEN = Path(__file__).parent / "golden"

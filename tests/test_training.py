@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.augment import IMAGENET_MEAN, IMAGENET_STD, PAPER, AugmentSpec, augment
-from benchmark.recipe import Recipe
-from benchmark.trainer import epoch_sampler
-from benchmark.method import MemoryLog, build_method
+from benchmark.training.augment import IMAGENET_MEAN, IMAGENET_STD, PAPER, AugmentSpec, augment
+from benchmark.training.recipe import Recipe
+from benchmark.training.trainer import epoch_sampler
+from benchmark.training.method import MemoryLog
+from benchmark.training.plugins import build_method
 
 from .conftest import SIZE
 
@@ -29,10 +30,25 @@ def train_and_predict(name, studio, components):
     return method, log, method.predict(test)
 
 
+@pytest.fixture(scope="module")
+def trained(studio, components):
+    """`trained(name)`: one short training run per method, shared by the tests that only read it
+    (each further run a test needs, to compare with this one, it trains itself)."""
+    runs = {}
+
+    def get(name):
+        if name not in runs:
+            runs[name] = train_and_predict(name, studio, components)
+        return runs[name]
+
+    return get
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["erm", "cafe", "clip_ft"])
-def test_short_training_lowers_loss_and_beats_chance(name, studio, components):
+def test_short_training_lowers_loss_and_beats_chance(name, studio, trained):
     train, test = studio
-    method, log, probs = train_and_predict(name, studio, components)
+    method, log, probs = trained(name)
     losses = log.series("train/loss")
     assert len(losses) == RECIPE.epochs and losses[-1] < losses[0]
     assert log.series("lr") == pytest.approx([2e-3 * 0.9**k for k in range(RECIPE.epochs)])
@@ -42,18 +58,20 @@ def test_short_training_lowers_loss_and_beats_chance(name, studio, components):
     assert accuracy > majority + 0.1, f"{name}: accuracy {accuracy:.3f}, majority class {majority:.3f}"
 
 
-def test_same_seed_twice_gives_identical_predictions(studio, components):
-    _, _, first = train_and_predict("cafe", studio, components)
+@pytest.mark.slow
+def test_same_seed_twice_gives_identical_predictions(studio, components, trained):
+    _, _, first = trained("cafe")
     _, _, second = train_and_predict("cafe", studio, components)
     np.testing.assert_array_equal(first, second)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cafe", "scn"])
-def test_evaluating_every_epoch_changes_no_trained_number(name, studio, components):
-    from benchmark.evaluator import Evaluator
+def test_evaluating_every_epoch_changes_no_trained_number(name, studio, components, trained):
+    from benchmark.training.evaluator import Evaluator
 
     train, test = studio
-    _, _, plain = train_and_predict(name, studio, components)
+    _, _, plain = trained(name)
     method = build_method(name, SHORT_RUN, components=components)
     log = MemoryLog()
     evaluator = Evaluator(method, {"studio": test}, log, val=test)
@@ -66,14 +84,15 @@ def test_evaluating_every_epoch_changes_no_trained_number(name, studio, componen
 
 
 def test_eval_every_evaluates_those_epochs_and_the_last():
-    from benchmark.trainer import evaluates_after
+    from benchmark.training.trainer import evaluates_after
 
     assert [e for e in range(1, 8) if evaluates_after(e, Recipe(epochs=7, eval_every=3))] == [3, 6, 7]
     assert [e for e in range(1, 8) if evaluates_after(e, Recipe(epochs=7, eval_every=0))] == [7]
 
 
-def test_cafe_logs_its_mask_figure(studio, components):
-    method, _, _ = train_and_predict("cafe_mask", studio, components)
+@pytest.mark.slow
+def test_cafe_logs_its_mask_figure(studio, trained):
+    method, _, _ = trained("cafe_mask")
     log = MemoryLog()
     method.report(studio[1], log)
     assert list(log.figures) == ["cafe_mask_masks.png"]
@@ -86,8 +105,9 @@ def test_cafe_logs_its_mask_figure(studio, components):
     assert bar.get_ylabel() == "mean mask value"
 
 
-def test_state_dict_round_trip(studio, components):
-    method, _, probs = train_and_predict("erm", studio, components)
+@pytest.mark.slow
+def test_state_dict_round_trip(studio, components, trained):
+    method, _, probs = trained("erm")
     clone = build_method("erm", SHORT_RUN, components=components)
     clone.load_state_dict(method.state_dict(), device=torch.device("cpu"))
     np.testing.assert_allclose(clone.predict(studio[1]), probs, atol=1e-6)
@@ -140,7 +160,7 @@ def test_batched_augmentations_match_the_paper_distributions():
 def test_batched_augmentations_match_the_per_sample_reference_path():
     """The fast path's batched augmentations against the per-sample torchvision pipeline it replaces."""
     from benchmark.data.samples import Samples
-    from benchmark.per_sample import PerSampleDataset
+    from benchmark.training.per_sample import PerSampleDataset
 
     n, size = 3000, 32
     images = half_grey(n, size)
@@ -168,7 +188,7 @@ def test_one_of_policy_never_flips_and_noises_together():
 def test_noise_is_drawn_at_the_native_size_like_the_per_sample_path(native):
     """The authors add noise before the resize: resized noise is weaker and smoother than fresh noise."""
     from benchmark.data.samples import Samples
-    from benchmark.per_sample import PerSampleDataset
+    from benchmark.training.per_sample import PerSampleDataset
 
     n, size, spec = 1500, 32, AugmentSpec(erase_p=0.0, flip_p=0.0)
     flat = np.full((n, native, native, 3), 128, dtype=np.uint8)

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torchvision
 
-from benchmark import weights as weights_module
-from benchmark.backbones import BackboneSpec, build_backbone
-from benchmark.encoders import EncoderSpec, build_encoder
-from benchmark.weights import WeightsError
+from benchmark.models import weights as weights_module
+from benchmark.models.backbones import BackboneSpec, build_backbone
+from benchmark.models.encoders import EncoderSpec, build_encoder
+from benchmark.models.weights import WeightsError
 
 
 def save_msceleb_like(path, prefix: str = "", drop: str | None = None, extra: str | None = None):
@@ -92,7 +92,7 @@ def test_offline_missing_weights_fail_fast_and_say_where(tmp_path, monkeypatch):
     start = time.perf_counter()
     with pytest.raises(WeightsError, match=r"no network and no local copy of torchvision resnet18.*resnet18-f37072fd.pth"):
         build_backbone(BackboneSpec("resnet18", "imagenet"))
-    import benchmark.encoders as enc
+    import benchmark.models.encoders as enc
 
     monkeypatch.setattr(enc, "network_reachable", lambda url, timeout=3.0: False)
     with pytest.raises(WeightsError, match=r"open_clip ViT-B-32 'openai'.*encoder_path=FILE"):

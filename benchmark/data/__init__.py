@@ -1,4 +1,5 @@
-"""Dataset readers, the decoded-image cache and synth5.
+"""Dataset readers, the decoded-image cache and synth5: files on disk in, labelled Samples and
+decoded image arrays out. May import `benchmark.core` only.
 
 Importing this package registers every built-in reader in `DATASETS`.
 """

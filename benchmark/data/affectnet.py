@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..errors import DatasetError
+from ..core.errors import DatasetError
 from .base import DatasetReader, Row, make_samples, map_code, read_label_text, register_dataset, scan_class_folders
 from .samples import NO_FACE, NON_BASIC, Samples
 

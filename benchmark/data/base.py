@@ -14,9 +14,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import DatasetError
-from ..labels import CLASSES, NO_FACE_NAMES, canonical_name
-from ..registry import Registry
+from ..core.errors import DatasetError
+from ..core.labels import CLASSES, NO_FACE_NAMES, canonical_name
+from ..core.registry import Registry
 from .images import is_image_file
 from .samples import MISSING_FILE, NO_FACE, NON_BASIC, SPLITS, Samples
 

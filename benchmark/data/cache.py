@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import DatasetError
-from ..paths import cache_dir as default_cache_dir
+from ..core.errors import DatasetError
+from ..core.paths import cache_dir as default_cache_dir
 from .images import read_rgb, resize_square, to_pil_rgb
 from .samples import UNREADABLE, Samples
 

@@ -11,8 +11,8 @@ from typing import Any, Iterable
 
 from tabulate import tabulate
 
-from ..errors import DatasetError
-from ..labels import CLASSES
+from ..core.errors import DatasetError
+from ..core.labels import CLASSES
 from .base import DATASETS
 from .cache import native_image
 from .samples import UNREADABLE, Samples, printable_id

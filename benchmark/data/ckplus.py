@@ -15,8 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..errors import DatasetError
-from ..labels import CLASSES
+from ..core.errors import DatasetError
+from ..core.labels import CLASSES
 from .base import Row, make_samples, read_label_text, register_dataset
 from .images import is_image_file
 from .samples import NON_BASIC, Samples

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DatasetError
-from ..labels import CLASSES
+from ..core.errors import DatasetError
+from ..core.labels import CLASSES
 from .base import DatasetReader, map_code, read_label_text, register_dataset
 from .samples import Samples
 

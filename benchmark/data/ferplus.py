@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DatasetError
+from ..core.errors import DatasetError
 from .base import DatasetReader, Row, make_samples, read_label_text, register_dataset
 from .fer2013 import parse_pixels
 from .samples import NO_FACE, NON_BASIC, Samples

@@ -11,8 +11,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..errors import DatasetError
-from ..labels import CLASSES
+from ..core.errors import DatasetError
+from ..core.labels import CLASSES
 from .base import Row, make_samples, register_dataset
 from .images import is_image_file
 from .samples import Samples

@@ -12,8 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..errors import DatasetError
-from ..labels import CLASSES, canonical_name
+from ..core.errors import DatasetError
+from ..core.labels import CLASSES, canonical_name
 from .base import DatasetReader, Row, make_samples, map_code, parse_path_label_lines, register_dataset
 from .samples import NON_BASIC, Samples
 

@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..errors import DatasetError
+from ..core.errors import DatasetError
 from .base import DatasetReader, make_samples, register_dataset, scan_class_folders
 from .samples import Samples
 

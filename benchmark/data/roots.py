@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import BenchmarkError
-from ..paths import data_root as env_data_root
+from ..core.errors import BenchmarkError
+from ..core.paths import data_root as env_data_root
 from .base import DATASETS
 
 

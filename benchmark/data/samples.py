@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..labels import CLASSES
+from ..core.labels import CLASSES
 
 SPLITS = ("train", "val", "test")
 
@@ -28,7 +28,7 @@ class Samples:
 
     `ids` are paths relative to `root` with forward slashes (the manifest's `path` column); for
     data that has no image files (FER2013's pixel CSV, synth5) they are `<file>#<row>` references
-    and `pixels` holds the images. `labels` are canonical indices (see `benchmark.labels`).
+    and `pixels` holds the images. `labels` are canonical indices (see `benchmark.core.labels`).
     """
 
     dataset: str
@@ -42,7 +42,7 @@ class Samples:
     file_sizes: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
     fingerprint: str = ""
-    channel_order: str = "rgb"  # "bgr": images are fed channel-swapped (benchmark.jobs.DataPlan)
+    channel_order: str = "rgb"  # "bgr": images are fed channel-swapped (benchmark.jobs.plan.DataPlan)
     # (N, 4) face boxes (left, top, right, bottom) in the file's pixels, cropped before resizing
     # (ExpW: one image, several faces); the ids are then `<path>#<face>` and `path` drops the `#<face>`.
     boxes: np.ndarray | None = None

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..errors import DatasetError
-from ..labels import CLASSES
-from ..paths import cache_dir
+from ..core.errors import DatasetError
+from ..core.labels import CLASSES
+from ..core.paths import cache_dir
 from .base import DATASETS, DatasetReader
 from .samples import SPLITS, Samples
 from .synthfaces import draw_face, expression_params, sample_identity

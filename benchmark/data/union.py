@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..paths import cache_dir as default_cache_dir
-from ..sources import join
+from ..core.paths import cache_dir as default_cache_dir
+from ..core.sources import join
 from .cache import DECODE_RECIPE, DecodedSplit
 
 CHUNK = 1024

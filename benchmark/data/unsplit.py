@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import DatasetError
+from ..core.errors import DatasetError
 from .base import DatasetReader
 
 SPLIT_OPTIONS = {"train_fraction": 0.0, "split_seed": 0}

@@ -1,4 +1,5 @@
-"""The result store: where runs are written and read back (benchmark.store.base).
+"""The result store: where runs are written and read back (benchmark.store.base): job states,
+claims, metrics, artifacts. May import `benchmark.core` only (MLflow only in mlflow_store.py).
 
     open_store("sqlite:///results/mlflow.db")   MLflow (any tracking URI it accepts)
     open_store("jsonl:results/runs")            a folder of JSON lines, no MLflow
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ..paths import results_dir
+from ..core.paths import results_dir
 from .base import ABANDONED, HISTORY_COLUMNS, RESULT_COLUMNS, DatasetRef, JobState, ResultStore, RunLog, RunRecord
 
 __all__ = ["ABANDONED", "DatasetRef", "HISTORY_COLUMNS", "RESULT_COLUMNS", "JobState", "ResultStore", "RunLog", "RunRecord", "default_uri",

@@ -45,7 +45,7 @@ class RunRecord:
 
 
 class RunLog(abc.ABC):
-    """Writes to one run. Methods see only `metrics` and `figure` (benchmark.method.RunLog)."""
+    """Writes to one run. Methods see only `metrics` and `figure` (benchmark.training.method.RunLog)."""
 
     run_id: str
 
@@ -90,7 +90,7 @@ class DatasetRef:
 
 @dataclass
 class JobState:
-    job: Any  # benchmark.jobs.Job
+    job: Any  # benchmark.jobs.plan.Job
     state: str  # "new", "FINISHED", "FAILED", "RUNNING" (alive, or unknown), "abandoned" (known dead)
     run_ids: list[str]
 
@@ -238,7 +238,7 @@ class ResultStore(abc.ABC):
 
     def latest_protocol(self) -> str:
         """Name of the experiment whose newest FINISHED job run is the most recent."""
-        from ..errors import BenchmarkError
+        from ..core.errors import BenchmarkError
 
         best, best_time = None, -1
         for name in self.experiment_names():
@@ -289,14 +289,13 @@ class ResultStore(abc.ABC):
     def _job_columns(run: RunRecord, known: dict[str, str]) -> tuple[list, dict[str, str]]:
         """[method, backbone, source, seed] of a job run, and safe name -> dataset name for its
         metric keys (from `known` and the run's own data.<dataset>:<split> params)."""
-        from ..environment import SIGNATURE_KEYS, signature
-        from ..sweep import label
+        from ..core.environment import SIGNATURE_KEYS, signature
 
         names = {**{schema.safe_name(d): d for d in schema.datasets_read(run.params)}, **known}
         env = signature({k: run.params.get(k) for k in SIGNATURE_KEYS})
         swept = {k[len(schema.SWEEP_PREFIX):]: v for k, v in run.tags.items() if k.startswith(schema.SWEEP_PREFIX)}
         return [run.tags[schema.METHOD], run.params.get(schema.BACKBONE, "").split(":")[0], run.tags[schema.SOURCE],
-                int(run.tags[schema.SEED])], {"names": names, "env": env, "sweep": label(swept)}
+                int(run.tags[schema.SEED])], {"names": names, "env": env, "sweep": schema.sweep_label(swept)}
 
     def results(self, protocol: str, datasets: list[str] | None = None) -> pd.DataFrame:
         """The tidy frame tables are built from: one row per (FINISHED job run, target, metric),

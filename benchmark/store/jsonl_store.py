@@ -21,7 +21,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from ..errors import BenchmarkError
+from ..core.errors import BenchmarkError
 from . import schema
 from .base import ResultStore, RunLog, RunRecord
 

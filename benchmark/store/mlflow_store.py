@@ -209,7 +209,7 @@ class MlflowStore(ResultStore):
         return [(m.step, m.value) for m in retry(lambda: self.client.get_metric_history(run_id, key))]
 
     def run(self, run_id: str) -> RunRecord:
-        from ..errors import BenchmarkError
+        from ..core.errors import BenchmarkError
 
         try:
             r = retry(lambda: self.client.get_run(run_id))

@@ -32,7 +32,7 @@ JOB_HASH = "job_hash"
 METHOD = "method"
 SOURCE = "source"
 SEED = "seed"
-SWEEP_PREFIX = "sweep."  # sweep.<dotted key> = the swept value (benchmark.sweep)
+SWEEP_PREFIX = "sweep."  # sweep.<dotted key> = the swept value (benchmark.jobs.sweep)
 
 # Params read back when building tables.
 BACKBONE = "backbone"  # "<name>:<weights>"
@@ -41,7 +41,7 @@ DATA_PREFIX = "data."  # data.<dataset>:<split> = the split's fingerprint, one p
 # Metrics.
 SOURCE_VAL = "source_val"  # metric prefix of the source's validation split: source_val/<metric>
 MEAN_ACC = "test/mean_acc"  # over every target, the source's own test set included (the paper's Mean)
-MEAN_UNSEEN_ACC = "test/mean_unseen_acc"  # over the targets the job did not train on (benchmark.sources)
+MEAN_UNSEEN_ACC = "test/mean_unseen_acc"  # over the targets the job did not train on (benchmark.core.sources)
 JOB_SECONDS = "time/job_seconds"
 SAFE_SEP = "."  # dataset names like synth5/studio become synth5.studio in metric keys
 
@@ -79,3 +79,8 @@ def datasets_read(params: dict[str, str]) -> list[str]:
 
 def job_run_name(method: str, source: str, seed: int) -> str:
     return f"{method}-{safe_name(source)}-s{seed}"
+
+
+def sweep_label(values: dict) -> str:
+    """How a sweep point is written in tags, tables and figures: "name=value, ..." by the last key part."""
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(values.items()))

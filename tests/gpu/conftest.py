@@ -42,7 +42,7 @@ def setting():
 
 @pytest.fixture(scope="session")
 def encoder(setting):
-    from benchmark.encoders import EncoderSpec, build_encoder
+    from benchmark.models.encoders import EncoderSpec, build_encoder
 
     return build_encoder(EncoderSpec(setting["encoder"]))
 
@@ -61,9 +61,9 @@ def splits(setting, tmp_path_factory):
 
 @pytest.fixture
 def components(setting, encoder, tmp_path):
-    from benchmark.backbones import BackboneSpec
-    from benchmark.features import FeatureCache
-    from benchmark.method import Components
+    from benchmark.models.backbones import BackboneSpec
+    from benchmark.training.features import FeatureCache
+    from benchmark.training.method import Components
 
     return Components(BackboneSpec(*setting["backbone"]), encoder, FeatureCache(tmp_path / "features"))
 
@@ -88,7 +88,7 @@ def no_host_sync(monkeypatch):
     A no-op on the CPU."""
     if not ON_CUDA:
         return
-    from benchmark import trainer
+    from benchmark.training import trainer
 
     real_batches = trainer.epoch_batches
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.method import MemoryLog, build_method
-from benchmark.recipe import Recipe
+from benchmark.training.method import MemoryLog
+from benchmark.training.plugins import build_method
+from benchmark.training.recipe import Recipe
 
 from .conftest import DEVICE
 
@@ -63,7 +64,7 @@ def test_a_union_trains_domain_balanced_with_its_domains_on_the_device(name, dat
 
 @pytest.mark.parametrize("name", ["eac", "cafe"])
 def test_gradcam_maps_of_a_method_trained_on_the_device(name, setting, components, splits, report):
-    from benchmark.explain import gradcam_maps, pick_images
+    from benchmark.report.explain import gradcam_maps, pick_images
 
     train, test = splits
     method = build_method(name, components=components)

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.execution import Execution, host_batch, to_device_batch
-from benchmark.recipe import Recipe
-from benchmark.method import MemoryLog, build_method, load_plugins
-from benchmark.trained_method import TrainedMethod
+from benchmark.training.execution import Execution, host_batch, to_device_batch
+from benchmark.training.recipe import Recipe
+from benchmark.training.method import MemoryLog
+from benchmark.training.plugins import build_method, load_plugins
+from benchmark.training.trained_method import TrainedMethod
 
 from .conftest import DEVICE, ON_CUDA
 
@@ -70,7 +71,7 @@ def test_every_method_trains_and_predicts_channels_last(name, precision, setting
 
 
 def test_feature_cache_round_trips_each_encoder_dtype(setting, components, splits, report):
-    from benchmark.features import FeatureCache
+    from benchmark.training.features import FeatureCache
 
     _, test = splits
     encoder = components.encoder

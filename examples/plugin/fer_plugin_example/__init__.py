@@ -16,9 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.labels import NUM_CLASSES
-from benchmark.method import BaseHparams, Batch, check_range, register_method
-from benchmark.trained_method import TrainedMethod
+from benchmark.api import BaseHparams, Batch, NUM_CLASSES, TrainedMethod, check_range, register_method
 
 
 @dataclass

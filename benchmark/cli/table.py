@@ -1,0 +1,155 @@
+"""`benchmark table` and `benchmark compare`: the paper's tables and paired comparisons from the
+store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..core.errors import BenchmarkError
+from ..report.selection import LABELS as SELECTION_LABELS, RULES as SELECTION_RULES
+
+
+def read_results(store, protocol: str, datasets: list[str], rule: str, metric: str, per_class: bool = False):
+    """The results frame at the epochs `rule` picks: the final values for `last` (no history
+    needed), else chosen from each job's per-epoch history (benchmark.report.selection)."""
+    from ..core.labels import CLASSES
+    from ..report.selection import check_rule, select
+
+    if check_rule(rule) == "last":
+        return store.results(protocol, datasets)
+    metrics = {metric, "acc"} | ({"mean_class_acc", *(f"acc/{c}" for c in CLASSES)} if per_class else set())
+    return select(store.history(protocol, sorted(metrics), datasets), rule)
+
+
+def _sweep_table(args: argparse.Namespace, store, protocol_name: str, datasets: list[str]) -> int:
+    import dataclasses
+
+    from ..report import sweep_report, tables
+    from ..training.plugins import method_entry
+    from ..report.selection import select
+
+    history = store.history(protocol_name, sorted({args.metric, "acc"}), datasets)
+    chosen = select(history, args.selection)
+    chosen = chosen[chosen["sweep"] != ""]
+    if chosen.empty:
+        raise BenchmarkError(f"no swept jobs in {protocol_name!r}: run a protocol with [sweep] or `run --sweep`")
+    label = SELECTION_LABELS[args.selection]
+    summary = sweep_report.point_summary(chosen, history, args.metric)
+    text = f"{protocol_name}: {args.metric} (%)\n\n" + sweep_report.render(summary, sweep_report.picks(summary), label)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {out}")
+        defaults = {m: dataclasses.asdict(method_entry(m).hparams()) for m in sorted(set(chosen["method"]))}
+        order = tables.in_paper_order(datasets or sorted(set(chosen["target"])))
+        for path in sweep_report.figures(chosen, args.metric, defaults, out.parent, label, tables.display, order):
+            print(f"wrote {path}")
+    print(text)
+    return 0
+
+
+def _cmd_table(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..report import tables
+    from ..store import open_store
+
+    store = open_store(args.tracking_uri)
+    protocol_name = args.protocol or store.latest_protocol()
+    sources, datasets, preferred = tables.protocol_layout(protocol_name)
+    if not datasets:  # not a file in protocols/ (a path given to `run`): the one the grid logged
+        logged = store.logged_protocol(protocol_name) or {}
+        sources, datasets, preferred = (list(logged.get(k, [])) for k in ("sources", "datasets", "methods"))
+    args.table = args.table or tables.default_table(sources)
+    results = read_results(store, protocol_name, datasets, args.selection, args.metric,
+                           per_class=args.table in ("perclass", "all"))
+    if results.empty:
+        raise BenchmarkError(f"no FINISHED runs for protocol {protocol_name!r} in {store.uri}")
+    for warning in results.attrs["warnings"] + tables.mixed_environments(results):
+        print(f"warning: {warning}", file=sys.stderr)
+    if not datasets:
+        datasets = sorted(set(results["target"]))
+        sources = sorted(set(results["source"]))
+    present = list(dict.fromkeys(results["method"]))
+    methods = [m for m in preferred if m in present] + [m for m in present if m not in preferred]
+    if args.table == "sweep":
+        return _sweep_table(args, store, protocol_name, datasets)
+    lodo = tables.default_table(sources) == "lodo"  # the leave-one-out layout only for such grids
+    names = ([name for name, layout in tables.layouts().items() if lodo or layout.kind != "leave_one_out"]
+             if args.table == "all" else [args.table])
+    outputs = []
+    for name in names:
+        built = tables.build_tables(name, results, args.metric, sources, datasets, methods, args.selection)
+        if args.format == "csv":
+            import pandas as pd
+
+            outputs.append((name, pd.concat([tables.to_frame(t) for t in built]).to_csv(index=False)))
+        else:
+            outputs.append((name, "\n".join(tables.render(t, args.format, args.compare == "paper") for t in built)))
+    header = f"{protocol_name}: {args.metric} (%), {SELECTION_LABELS[args.selection]}\n\n" if args.format == "md" else ""
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for name, text in outputs:
+            path = out if len(outputs) == 1 else out.with_name(f"{name}{out.suffix or '.md'}")
+            path.write_text(header + text)
+            print(f"wrote {path}")
+        for fig in tables.write_figures(results, args.metric, sources, datasets, methods, out.parent, args.selection):
+            print(f"wrote {fig}")
+    for _, text in outputs:
+        print(header + text)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ..report import compare, tables
+    from ..store import open_store
+
+    store = open_store(args.tracking_uri)
+    protocol_name = args.protocol or store.latest_protocol()
+    _, datasets, _ = tables.protocol_layout(protocol_name)
+    results = read_results(store, protocol_name, datasets, args.selection, args.metric)
+    for warning in results.attrs["warnings"] + tables.mixed_environments(results):
+        print(f"warning: {warning}", file=sys.stderr)
+    order = tables.in_paper_order(datasets or sorted(set(results["target"])))
+    comparison = compare.compare(results, args.a, args.b, args.metric, order)
+    label = SELECTION_LABELS[args.selection]
+    text = f"{protocol_name}: " + compare.render(comparison, label, tables.display)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {out}")
+        for path in compare.figure(comparison, label, out.parent / out.stem, tables.display):
+            print(f"wrote {path}")
+    print(text)
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    table = sub.add_parser("table", help="build the paper's tables (markdown, LaTeX, CSV) from MLflow runs")
+    table.add_argument("--protocol", help="experiment to read (default: the most recent with finished runs)")
+    table.add_argument("--table", help="table1..table5, perclass, lodo, all, or sweep (accuracy against swept "
+                       "values, the paper's Fig. 3; default table1, lodo for a leave-one-domain-out protocol)")
+    table.add_argument("--out", help="write here (with --table all: one file per table beside it) plus the figures")
+    table.add_argument("--format", choices=["md", "latex", "csv"], default="md")
+    table.add_argument("--compare", choices=["paper"], help="put the paper's number and the difference beside ours")
+    table.add_argument("--metric", choices=["acc", "mean_class_acc", "macro_f1"], default="acc")
+    table.add_argument("--selection", choices=list(SELECTION_RULES), default="last",
+                       help="the epoch each job is read at: last (default), source_val (best on the source's "
+                       "validation split), source_test (best on the source's test set, as the authors' code), "
+                       "oracle (best on each target: an upper bound)")
+    table.add_argument("--tracking-uri", help="result store to read (default as `run`)")
+    table.set_defaults(func=_cmd_table)
+    cmp = sub.add_parser("compare", help="paired comparison of two methods over the cells both have")
+    cmp.add_argument("a", help="method A")
+    cmp.add_argument("b", help="method B (the difference is A - B)")
+    cmp.add_argument("--protocol", help="experiment to read (default: the most recent with finished runs)")
+    cmp.add_argument("--selection", choices=list(SELECTION_RULES), default="last", help="as for `table`")
+    cmp.add_argument("--metric", choices=["acc", "mean_class_acc", "macro_f1"], default="acc")
+    cmp.add_argument("--out", help="write the markdown here, and the per-cell figure beside it (.png, .pdf)")
+    cmp.add_argument("--tracking-uri", help="result store to read (default as `run`)")
+    cmp.set_defaults(func=_cmd_compare)

@@ -1,0 +1,253 @@
+"""Running one job, in whatever process an executor gives it: claim it in the result store,
+train the method on its source, evaluate it on every target, record everything in its run.
+
+A job that raises is recorded as FAILED with its error and traceback and comes back as a FAILED
+result (the grid goes on); Ctrl-C closes its run as KILLED and propagates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import platform
+import subprocess
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..training import checkpoint
+from ..core.cores import core_slot, machine_slot_folder
+from ..data import decode_split
+from ..data.union import union_split
+from ..data.samples import printable_id
+from ..core.environment import default_threads
+from ..jobs.plan import DataPlan, Job
+from ..core.labels import CLASSES
+from ..core.sources import parts as source_parts, seen
+from ..training.evaluator import Evaluator
+from ..report.figures import DPI
+from ..store import DatasetRef, ResultStore, RunLog, schema
+
+_ENCODERS: dict[Any, Any] = {}  # one encoder per process, shared by its jobs
+
+
+@dataclass
+class RunContext:
+    """What a job needs besides itself; picklable, so worker processes and Ray tasks get it too."""
+
+    store: ResultStore
+    experiment_id: str
+    parent_run_id: str
+    plan: DataPlan
+    device: str | None = None
+    threads: int | None = None  # torch threads per job (benchmark.core.environment.default_threads)
+    system_metrics_s: float = 10.0  # seconds between samples of the machine's load (MLflow system/ metrics); 0: off
+
+
+@dataclass
+class JobResult:
+    job_hash: str
+    label: str
+    status: str  # FINISHED | FAILED | SKIPPED
+    seconds: float = 0.0
+    source_acc: float | None = None
+    mean_target_acc: float | None = None  # over all targets, source included (the paper's Mean)
+    mean_unseen_acc: float | None = None  # over the targets other than the source
+    method: str = ""
+    error: str = ""
+    run_id: str = ""
+    accs: dict[str, float] = field(default_factory=dict)
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    import open_clip
+    import sklearn
+    import torch
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "open_clip": open_clip.__version__,
+            "mlflow": version("mlflow"), "scikit-learn": sklearn.__version__, "python": platform.python_version()}
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _encoder(job: Job):
+    from ..models.encoders import build_encoder
+
+    if job.encoder not in _ENCODERS:
+        _ENCODERS[job.encoder] = build_encoder(job.encoder)
+    return _ENCODERS[job.encoder]
+
+
+def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}.{k}": v for k, v in values.items()}
+
+
+def run_job(job: Job, ctx: RunContext) -> JobResult:
+    """Train and evaluate one job, logging everything to its own MLflow run. A failing job is a
+    FAILED result, not an exception; Ctrl-C closes the run as KILLED and propagates."""
+    start = time.perf_counter()
+    log = ctx.store.open_job(ctx.experiment_id, ctx.parent_run_id, job)
+    holder = ctx.store.claim(ctx.experiment_id, job.hash, log.run_id)
+    if holder is not None:  # another process trains (or trained) this job: leave no trace of ours
+        ctx.store.delete_run(log.run_id)
+        return JobResult(job.hash, job.label, "SKIPPED", error=holder)
+    result = JobResult(job.hash, job.label, "FAILED", run_id=log.run_id, method=job.method)
+    with (ctx.store.heartbeat(log.run_id), ctx.store.system_metrics(log.run_id, ctx.system_metrics_s),
+          core_slot(ctx.threads or default_threads(1), machine_slot_folder())):
+        try:
+            _run_logged_job(job, ctx, log, result, start)
+        except KeyboardInterrupt:  # Ctrl-C: the run is closed now, not left RUNNING for the next invocation
+            log.tags({schema.ERROR: "interrupted (Ctrl-C)"})
+            log.finish("KILLED")
+            raise
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _run_logged_job(job: Job, ctx: RunContext, log: RunLog, result: JobResult, start: float) -> None:
+    """run_job's body: fills `result` and closes the run as FINISHED or FAILED."""
+    import torch
+
+    from ..training.method import Components
+    from ..training.plugins import build_method
+
+    from ..core.environment import environment
+    from ..training.execution import Execution
+    from ..training.trainer import adam_kernels, pick_device
+
+    try:
+        if ctx.threads:
+            torch.set_num_threads(ctx.threads)
+        device = pick_device(ctx.device)
+        if device.type == "cuda":  # before the environment is recorded (trainer.fit sets it too)
+            torch.backends.cudnn.benchmark = job.recipe.cudnn_benchmark
+        execution = Execution.from_recipe(device, job.recipe)
+        commit = git_commit()
+        log.tags({schema.USER: getpass.getuser(), schema.GIT_COMMIT: commit,
+                  schema.DESCRIPTION: f"{job.label}, protocol {job.protocol}: trained on {job.source}, tested on "
+                                      f"{', '.join(job.targets)} (job {job.hash})"})
+        log.params({schema.METHOD: job.method, schema.SOURCE: job.source, schema.SEED: job.seed,
+                    **_flatten("hp", job.hparams), **_flatten("recipe", dataclasses.asdict(job.recipe)),
+                    "encoder": job.encoder.id if job.encoder else "none",
+                    "encoder.digest": job.encoder_digest or "none",
+                    schema.BACKBONE: job.backbone.id,
+                    "backbone.digest": job.backbone_digest, "test_split": job.test_split,
+                    **{schema.data_param(*k.rsplit(":", 1)): v for k, v in job.fingerprints.items()},
+                    **_flatten("lib", library_versions()), "git_commit": commit,
+                    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+                    # What recipe.precision resolved to on this device (it is "auto" by default).
+                    "execution.autocast": str(execution.autocast_dtype).removeprefix("torch.") if execution.autocast_dtype else "off",
+                    "execution.clip_dtype": str(execution.encoder_dtype).removeprefix("torch."),
+                    **environment(device),
+                    "execution.adam": next(iter(adam_kernels(job.recipe.adam_impl, device)), "torch default")})
+        plan = ctx.plan
+        size = job.recipe.input_size
+        # One dataset, or each of a multi-source job's (trained on as one split, benchmark.data.union).
+        parts = {d: plan.source_splits(d, job.recipe.val_fraction, job.recipe.seed) for d in source_parts(job.source)}
+        trains = {d: decode_split(t, size, skip_bad=plan.skip_bad) for d, (t, _) in parts.items()}
+        vals = [decode_split(v, size, skip_bad=plan.skip_bad) for _, v in parts.values() if v is not None]
+        train, val = union_split(list(trains.values())), union_split(vals) if vals else None
+        dropped = {f"dropped.{d}.train.{reason}": n for d, split in trains.items()
+                   for reason, n in split.dropped.items() if n}
+        if dropped:
+            log.params(dropped)
+        tests = {t: decode_split(plan.samples(t, job.test_split), size, skip_bad=plan.skip_bad) for t in job.targets}
+        read = [*((t, "train") for t, _ in parts.values()), *((v, "validation") for _, v in parts.values() if v is not None),
+                *((plan.samples(t, job.test_split), "test") for t in job.targets)]
+        log.inputs([DatasetRef(f"{s.dataset}:{s.split}", s.fingerprint, str(s.root), role) for s, role in read])
+        components = Components(job.backbone, _encoder(job) if job.encoder else None)
+        method = build_method(job.method, job.hparams, components)
+        evaluator = Evaluator(method, tests, log, val)
+        method.fit(train, recipe=job.recipe, device=device, log=log, epoch_end=evaluator.epoch_end)
+        evaluator.finish(job.recipe.epochs)
+        with tempfile.TemporaryDirectory() as tmp:
+            for target, test in tests.items():
+                probs, ev = evaluator.probs[target], evaluator.evaluations[target]
+                result.accs[target] = ev.acc
+                ids = [printable_id(plan.samples(target, job.test_split).ids[k]) for k in test.kept]
+                _write_target_artifacts(Path(tmp) / schema.safe_name(target), test, ids, probs, probs.argmax(1), ev)
+                if target == source_parts(job.source)[0]:  # the method's figures on (the first) source's test set
+                    method.report(test, log)
+            fig = confusion_figure({t: (evaluator.evaluations[t].confusion, evaluator.evaluations[t].acc) for t in tests},
+                                   f"{job.method} trained on {job.source} (seed {job.seed}), {job.test_split} splits")
+            # PNG only: a PDF per job cost ~0.4 s of a 7 s synth5 job; the figures meant for a paper
+            # (benchmark table / compare / sweep) come with a PDF beside each PNG.
+            fig.savefig(Path(tmp) / "confusion.png", dpi=DPI)
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+            log.artifacts(Path(tmp), "evaluation")
+        with tempfile.TemporaryDirectory() as tmp:  # the trained method, for `benchmark evaluate --run`
+            checkpoint.write(Path(tmp), method, job)
+            log.artifacts(Path(tmp), checkpoint.FOLDER)
+        seen_accs = [acc for target, acc in result.accs.items() if seen(job.source, target)]
+        result.source_acc = float(np.mean(seen_accs)) if seen_accs else None
+        result.mean_target_acc = float(np.mean(list(result.accs.values())))
+        unseen = [acc for target, acc in result.accs.items() if not seen(job.source, target)]
+        result.mean_unseen_acc = float(np.mean(unseen)) if unseen else None
+        log.metrics({schema.MEAN_ACC: result.mean_target_acc, schema.JOB_SECONDS: time.perf_counter() - start,
+                     **({schema.MEAN_UNSEEN_ACC: result.mean_unseen_acc} if unseen else {})}, step=evaluator.epoch)
+        result.status = "FINISHED"
+        log.finish("FINISHED")
+    except Exception as exc:  # noqa: BLE001 - a failing job is recorded and the grid goes on
+        result.error = f"{type(exc).__name__}: {exc}"
+        try:
+            log.tags({schema.ERROR: result.error[:5000]})
+            log.text("error.txt", traceback.format_exc())
+        finally:
+            log.finish("FAILED")
+
+
+def _write_target_artifacts(folder: Path, test, ids: list[str], probs: np.ndarray, preds: np.ndarray, ev) -> None:
+    """confusion.csv (counts) and predictions.csv (id, label, prediction, the seven probabilities)
+    of one target."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(ev.confusion, index=list(CLASSES), columns=list(CLASSES)).to_csv(folder / "confusion.csv")
+    frame = pd.DataFrame({"id": ids, "label": [CLASSES[y] for y in test.labels], "pred": [CLASSES[y] for y in preds]})
+    for k, name in enumerate(CLASSES):
+        frame[f"p_{name}"] = probs[:, k].round(6)
+    frame.to_csv(folder / "predictions.csv", index=False)
+
+
+def confusion_figure(panels: dict[str, tuple[np.ndarray, float]], title: str):
+    """One panel per target: its confusion matrix normalised per true class (rows sum to 1), each
+    cell's share and count, the target's accuracy; one labelled colour bar; text dark or light by
+    the cell's colour so that every cell reads. One figure per job (drawing is the slow part)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.2, 4.9), squeeze=False)
+    for ax, (target, (confusion, acc)) in zip(axes[0], panels.items()):
+        totals = confusion.sum(axis=1, keepdims=True)
+        share = np.divide(confusion, totals, out=np.zeros(confusion.shape, dtype=float), where=totals > 0)
+        image = ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+        for i in range(share.shape[0]):
+            for j in range(share.shape[1]):
+                ax.text(j, i, f"{share[i, j]:.2f}\n({confusion[i, j]})", ha="center", va="center", fontsize=5.5,
+                        color="white" if share[i, j] > 0.55 else "black")
+        ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(CLASSES)), CLASSES if ax is axes[0][0] else [], fontsize=7)
+        ax.set_xlabel("predicted class", fontsize=8)
+        ax.set_title(f"{target}: accuracy {100 * acc:.2f}%", fontsize=9)
+    axes[0][0].set_ylabel("true class", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.colorbar(image, ax=axes[0].tolist(), label="share of the true class's test images", fraction=0.02)
+    return fig

@@ -1,0 +1,50 @@
+"""Evaluating a job's model on every target (and its source's validation split) during training.
+
+The runner hands `Evaluator.epoch_end` to `method.fit`; after each evaluated epoch it logs
+`test/<target>/<metric>` and `source_val/<metric>` with step = epoch, the history the selection
+rules of `benchmark table --selection` choose from. The last evaluation's probabilities are kept,
+so the final results and artifacts need no second pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..data.cache import DecodedSplit
+from .metrics import Evaluation, evaluate
+from ..store import RunLog, schema
+
+EVAL_SECONDS = "time/eval_seconds"  # per evaluated epoch: the cost of the history
+
+
+@dataclass
+class Evaluator:
+    method: object  # benchmark.training.method.Method
+    targets: dict[str, DecodedSplit]  # target name -> its decoded test split
+    log: RunLog
+    val: DecodedSplit | None = None
+    epoch: int | None = None  # the last epoch evaluated
+    probs: dict[str, np.ndarray] = field(default_factory=dict)  # of that epoch, by target
+    evaluations: dict[str, Evaluation] = field(default_factory=dict)
+
+    def epoch_end(self, epoch: int) -> None:
+        start = time.perf_counter()
+        metrics = {}
+        for target, split in self.targets.items():
+            self.probs[target] = self.method.predict(split)
+            self.evaluations[target] = evaluate(split.labels, self.probs[target].argmax(1))
+            metrics.update(self.evaluations[target].as_metrics(schema.target_prefix(target)))
+        if self.val is not None:
+            metrics.update(evaluate(self.val.labels, self.method.predict(self.val).argmax(1)).as_metrics(schema.SOURCE_VAL))
+        metrics[EVAL_SECONDS] = time.perf_counter() - start
+        self.log.metrics(metrics, step=epoch)
+        self.epoch = epoch
+
+    def finish(self, default_epoch: int) -> None:
+        """Evaluate the trained model now if the method never called epoch_end (logged as
+        `default_epoch`); after fit, the last evaluation is of the trained model."""
+        if self.epoch is None:
+            self.epoch_end(default_epoch)

@@ -1,0 +1,243 @@
+"""The method contract: what a method is given, what it must provide, and how it is registered.
+
+A method is a registered class with a hyperparameter dataclass whose defaults are the paper's:
+
+    fit(train_data, *, recipe, device, log, epoch_end=None)  train on a decoded split
+    predict(data) -> (N, 7) probabilities                    evaluate (no augmentation)
+    report(data, log)                                        optional figures on a labelled split
+    state_dict() / load_state_dict(state)
+
+It gets everything passed in: the data, the recipe, the device, a `RunLog`, an `epoch_end`
+callback to call after each epoch (the runner evaluates the model there), and its
+`Components` (the frozen encoder, the backbone spec, the feature cache). It never opens the
+result store or reads flags. Methods trained by the shared loop subclass
+`benchmark.training.trained_method.TrainedMethod` and write a `training_step(batch)`.
+
+Variants are the same class registered under another name with other defaults:
+
+    @register_method("cafe", "...")
+    @register_method("cafe_nosigmoid", "...", use_sigmoid=False)
+    class Cafe(TrainedMethod): ...
+
+Methods are found through the entry-point group `benchmark.methods` (benchmark.training.plugins
+loads them): the built-in ones (the `methods` package) and any installed package's alike. Each
+entry point names a module (or callable) that registers its methods when loaded.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+from ..models.backbones import BackboneSpec
+from ..data.cache import DecodedSplit
+from ..models.encoders import FrozenEncoder
+from ..core.errors import BenchmarkError
+from .execution import Execution
+from .features import FeatureCache
+from ..core.registry import Registry
+from .recipe import Recipe
+
+
+
+EpochEnd = Callable[[int], None]  # called with the 1-based epoch just finished
+
+
+class RunLog(Protocol):
+    """What a method may report while it runs; the runner decides where it goes."""
+
+    def metrics(self, values: dict[str, float], step: int | None = None) -> None: ...
+
+    def figure(self, name: str, figure: Any) -> None: ...
+
+
+@dataclass
+class MemoryLog:
+    """A RunLog that keeps everything in memory (tests, quick experiments)."""
+
+    history: list[tuple[int | None, dict[str, float]]] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        self.history.append((step, dict(values)))
+
+    def figure(self, name: str, figure: Any) -> None:
+        self.figures[name] = figure
+
+    def series(self, key: str) -> list[float]:
+        return [values[key] for _, values in self.history if key in values]
+
+
+@dataclass
+class Components:
+    """What the runner builds once and hands to a method."""
+
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)
+    encoder: FrozenEncoder | None = None
+    features: FeatureCache = field(default_factory=FeatureCache)
+
+
+def check_range(ok: bool, key: str, value: Any, rule: str) -> None:
+    """Raise a BenchmarkError naming the hyperparameter unless `ok`."""
+    if not ok:
+        raise BenchmarkError(f"hyperparameter {key} = {value!r}: must be {rule}")
+
+
+@dataclass
+class Batch:
+    """One training batch, as the shared loop hands it to `TrainedMethod.training_step`."""
+
+    images: torch.Tensor  # augmented, normalised, in the execution's memory layout, on the device
+    labels: torch.Tensor  # the samples' current training labels (after any relabelling), on the device
+    index: np.ndarray  # the samples' rows in the training split
+    flips: torch.Tensor | None = None  # which samples the augmentation mirrored (None: not reported)
+    # A multi-source job's split: each sample's domain, an index into the training split's
+    # `domain_names` (None when the job trains on one dataset).
+    domains: torch.Tensor | None = None
+
+
+@dataclass
+class Relabel:
+    """Training labels a method changes after a step (SCN): rows of the split and their new labels.
+    The loop owns the labels (a copy of the split's); the change holds for the rest of training."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """What the shared loop's optimiser takes from a method: Adam with L2 weight decay, the
+    learning rate multiplied by `lr_gamma` after every epoch (ExponentialLR)."""
+
+    lr: float
+    weight_decay: float
+    lr_gamma: float
+
+
+@dataclass
+class BaseHparams:
+    """The optimisation recipe shared by the paper's methods (Adam + ExponentialLR per epoch)."""
+
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    lr_gamma: float = 0.9
+
+    def __post_init__(self) -> None:
+        check_range(self.lr > 0, "lr", self.lr, "> 0")
+        check_range(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
+        check_range(0 < self.lr_gamma <= 1, "lr_gamma", self.lr_gamma, "in (0, 1]")
+
+    def optimizer(self) -> OptimizerSettings:
+        return OptimizerSettings(self.lr, self.weight_decay, self.lr_gamma)
+
+
+class Method(abc.ABC):
+    """The interface the runner uses."""
+
+    Hparams: ClassVar[type] = BaseHparams
+    needs_encoder: ClassVar[bool] = False
+    # Bumped when a fix changes what the method computes with the same hyperparameters; a job's
+    # identity holds it from 2 on (so jobs of the unchanged methods keep their hash).
+    version: ClassVar[int] = 1
+
+    def __init__(self, hparams: Any, components: Components, name: str = ""):
+        self.hparams = hparams
+        self.components = components
+        self.name = name or type(self).__name__.lower()
+        self.place(torch.device("cpu"))
+        if self.needs_encoder and components.encoder is None:
+            raise BenchmarkError(f"method {self.name} needs a frozen encoder (protocol key `encoder`)")
+
+    def place(self, device: torch.device, execution: Execution | None = None) -> None:
+        """Where and how this method computes (default: the "auto" precision on `device`)."""
+        self.device = device
+        self.execution = execution or Execution.resolve(device)
+
+    def placed_encoder(self) -> FrozenEncoder:
+        """The frozen encoder on this method's device, in the dtype its execution asks for."""
+        encoder = self.components.encoder
+        return encoder.to_device(self.execution.device, self.execution.encoder_dtype_for(encoder.is_clip))
+
+    @abc.abstractmethod
+    def fit(self, train_data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
+            epoch_end: EpochEnd | None = None) -> None:
+        """Train. After each epoch of training (a method without epochs: once, as epoch 1) call
+        `epoch_end(epoch)` when given; `predict` must work there."""
+
+    @abc.abstractmethod
+    def predict(self, data: DecodedSplit) -> np.ndarray:
+        """(N, 7) class probabilities, rows in the order of `data`."""
+
+    def report(self, data: DecodedSplit, log: RunLog) -> None:
+        """Method-specific figures on a labelled split (the runner passes the source test split)."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    name: str
+    cls: type[Method]
+    description: str
+    defaults: dict[str, Any]
+
+    def hparams(self, overrides: dict[str, Any] | None = None) -> Any:
+        """The resolved hyperparameters: dataclass defaults < variant defaults < overrides; every
+        key, type and range checked (each Hparams class checks its ranges in __post_init__)."""
+        merged = {**self.defaults, **(overrides or {})}
+        defaults = self.cls.Hparams()
+        known = {f.name for f in dataclasses.fields(defaults)}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise BenchmarkError(f"method {self.name}: unknown hyperparameter(s) {', '.join(unknown)} "
+                                 f"(known: {', '.join(sorted(known))})")
+        for key, value in merged.items():
+            merged[key] = _checked_type(self.name, key, value, getattr(defaults, key))
+        try:
+            return dataclasses.replace(defaults, **merged)
+        except BenchmarkError as exc:
+            raise BenchmarkError(f"method {self.name}: {exc}") from None
+
+
+def _checked_type(method: str, key: str, value: Any, default: Any) -> Any:
+    """`value` as the type of the hyperparameter's default (an int where a float is expected, a
+    list where a tuple is), or a BenchmarkError naming the method and key."""
+    expected = type(default)
+    if default is None:  # no default to take a type from
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, tuple):
+        kinds = {type(d) for d in default}
+        ok = isinstance(value, (list, tuple)) and (not kinds or all(type(v) in kinds for v in value))
+        value = tuple(value) if ok else value
+    else:
+        ok = isinstance(value, expected) and not isinstance(value, bool)
+    if not ok:
+        raise BenchmarkError(f"method {method}: hyperparameter {key} = {value!r}: expected {expected.__name__}, "
+                             f"got {type(value).__name__}")
+    return value
+
+
+METHODS: Registry[MethodEntry] = Registry("method")
+
+
+def register_method(name: str, description: str, **defaults: Any) -> Callable[[type], type]:
+    def decorator(cls: type) -> type:
+        METHODS.add(name, MethodEntry(name, cls, description, defaults))
+        return cls
+
+    return decorator

@@ -1,0 +1,40 @@
+"""Evaluation metrics, all from scikit-learn: accuracy (the paper's), mean per-class accuracy,
+macro-F1, per-class accuracy and the confusion matrix, over the seven canonical classes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+
+from ..core.labels import CLASSES
+
+LABELS = list(range(len(CLASSES)))
+
+
+@dataclass
+class Evaluation:
+    acc: float
+    mean_class_acc: float  # mean over the classes present in the test set
+    macro_f1: float
+    class_acc: dict[str, float]  # NaN for a class absent from the test set
+    confusion: np.ndarray  # rows = true class, columns = predicted
+
+    def as_metrics(self, prefix: str) -> dict[str, float]:
+        out = {f"{prefix}/acc": self.acc, f"{prefix}/mean_class_acc": self.mean_class_acc,
+               f"{prefix}/macro_f1": self.macro_f1}
+        out.update({f"{prefix}/acc/{name}": v for name, v in self.class_acc.items() if not np.isnan(v)})
+        return out
+
+
+def evaluate(labels: np.ndarray, predictions: np.ndarray) -> Evaluation:
+    present = sorted(set(np.asarray(labels).tolist()))
+    per_class = recall_score(labels, predictions, labels=LABELS, average=None, zero_division=np.nan)
+    return Evaluation(
+        acc=float(accuracy_score(labels, predictions)),
+        mean_class_acc=float(recall_score(labels, predictions, labels=present, average="macro", zero_division=0)),
+        macro_f1=float(f1_score(labels, predictions, labels=present, average="macro", zero_division=0)),
+        class_acc={name: float(per_class[k]) for k, name in enumerate(CLASSES)},
+        confusion=confusion_matrix(labels, predictions, labels=LABELS),
+    )

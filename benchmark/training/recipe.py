@@ -1,0 +1,94 @@
+"""How a job trains: the recipe, its defaults (the paper's) and what of it enters a job's hash."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..core.errors import BenchmarkError
+from .execution import PRECISIONS
+
+DATA_PATHS = ("cache", "per_sample")
+DATA_ON_DEVICE = ("auto", "always", "never")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+ADAM_IMPLS = ("auto", "fused", "foreach")
+SAMPLERS = ("uniform", "balanced", "domain_balanced")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a job trains; defaults are the paper's (CAFE's train script)."""
+
+    epochs: int = 60
+    batch_size: int = 32
+    input_size: int = 224
+    # "uniform" (shuffle), "balanced" (class-balanced, with replacement) or "domain_balanced"
+    # (every (domain, class) cell of a multi-source split equally likely, with replacement)
+    sampler: str = "uniform"
+    samples_per_epoch: int = 0  # 0 = the split's size
+    seed: int = 3407
+    precision: str = "auto"  # "auto" | "fp32" | "bf16": see benchmark.training.execution
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the trainable backbone
+    compile_mode: str = "default"  # torch.compile's mode: "default", "reduce-overhead" (CUDA graphs), ...
+    # Adam's kernels: "auto" (one fused kernel on CUDA, torch's default elsewhere), "fused", "foreach".
+    adam_impl: str = "auto"
+    cudnn_benchmark: bool = False  # let cuDNN time its algorithms per shape (faster; last bits may vary run to run)
+    # "cache": batches from the decoded-image cache, augmented batched on the device (the fast
+    # path); "per_sample": decode and transform each image in DataLoader workers (the reference,
+    # benchmark.training.per_sample), with `loader_workers` worker processes.
+    data_path: str = "cache"
+    loader_workers: int = 2
+    progress: bool = True
+    # How the cache path feeds the device; none of these changes a number (not in the job hash):
+    prefetch: int = 2  # batches read ahead in a background thread (0: read in the loop)
+    data_on_device: str = "auto"  # hold the decoded split on the GPU: "auto" (when it fits), "always", "never"
+    sync_every: int = 50  # steps between the host's looks at the loss (non-finite check, progress bar)
+    # Evaluate every target (and the source's validation split) after every eval_every-th epoch
+    # and after the last, logged with step = epoch: the history the selection rules choose from.
+    # It changes no trained number (0: only after the last epoch).
+    eval_every: int = 1
+    # A seeded, class-stratified share of the training split held out as the source's validation
+    # split, for sources without one (0: none, the paper's protocol trains on the whole split).
+    val_fraction: float = 0.0
+
+    # Fields that change how fast a job runs, never what it computes (left out of the job hash).
+    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("progress", "prefetch", "data_on_device", "sync_every", "eval_every")
+    # Fields added after jobs were first hashed: they enter a job's identity only when set away
+    # from their default, so the jobs hashed before them keep their hash.
+    HASHED_WHEN_CHANGED: ClassVar[tuple[str, ...]] = ("compile_mode", "adam_impl", "cudnn_benchmark", "val_fraction")
+
+    def identity(self) -> dict:
+        """The recipe's part of a job's identity (benchmark.jobs.plan)."""
+        defaults = Recipe()
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in self.EXECUTION_ONLY
+                and not (k in self.HASHED_WHEN_CHANGED and v == getattr(defaults, k))}
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise BenchmarkError(f"recipe.sampler = {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
+        if self.data_path not in DATA_PATHS:
+            raise BenchmarkError(f"recipe.data_path = {self.data_path!r}; expected one of {', '.join(DATA_PATHS)}")
+        if self.precision not in PRECISIONS:
+            raise BenchmarkError(f"recipe.precision = {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise BenchmarkError(f"recipe.compile_mode = {self.compile_mode!r}; expected one of {', '.join(COMPILE_MODES)}")
+        if self.adam_impl not in ADAM_IMPLS:
+            raise BenchmarkError(f"recipe.adam_impl = {self.adam_impl!r}; expected one of {', '.join(ADAM_IMPLS)}")
+        if self.data_on_device not in DATA_ON_DEVICE:
+            raise BenchmarkError(f"recipe.data_on_device = {self.data_on_device!r}; expected one of "
+                                 f"{', '.join(DATA_ON_DEVICE)}")
+        for key in ("epochs", "batch_size", "input_size", "sync_every"):
+            if getattr(self, key) <= 0:
+                raise BenchmarkError(f"recipe.{key} = {getattr(self, key)}; must be positive")
+        if self.eval_every < 0:
+            raise BenchmarkError(f"recipe.eval_every = {self.eval_every}; must be 0 (after the last epoch only) or more")
+        if not 0 <= self.val_fraction < 1:
+            raise BenchmarkError(f"recipe.val_fraction = {self.val_fraction}; must be in [0, 1)")
+        if self.prefetch < 0:
+            raise BenchmarkError(f"recipe.prefetch = {self.prefetch}; must be 0 (no read-ahead) or more")
+        if self.loader_workers < 0:
+            raise BenchmarkError(f"recipe.loader_workers = {self.loader_workers}; must be 0 (load in the "
+                                 "training process) or more")

@@ -1,0 +1,271 @@
+"""The training loop every trained method shares: the paper's recipe, seeding, batching, logging.
+
+The recipe (benchmark.training.recipe): Adam with L2 weight decay, ExponentialLR stepped once per epoch, the paper's
+augmentations (benchmark.training.augment), shuffled batches or a class-balanced sampler with a fixed
+number of samples per epoch. All randomness (weights init, order, augmentation, CAFE's drop
+masks) comes from the job's seed, so the same job on CPU gives identical numbers.
+
+The loop sees a method only through `Trainable`; it owns the training labels (a copy of the
+split's) and hands each step a `Batch`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import RandomSampler, WeightedRandomSampler
+
+from .augment import AugmentSpec, augment, normalize
+from ..data.cache import DecodedSplit
+from ..core.errors import BenchmarkError
+from .execution import Execution, host_batch, to_device_batch
+from .method import Batch, EpochEnd, OptimizerSettings, Relabel, RunLog
+from .per_sample import check_per_sample, per_sample_batches
+from .prefetch import prefetched
+from .recipe import Recipe
+
+
+class Trainable(Protocol):
+    """What the loop needs of a method (benchmark.training.trained_method.TrainedMethod provides it)."""
+
+    name: str
+    augment_spec: AugmentSpec
+
+    def build(self, device: torch.device, input_size: int, execution: Execution, seed: int) -> None: ...
+
+    def param_groups(self) -> list[dict[str, Any]]: ...
+
+    def optimizer_settings(self) -> OptimizerSettings: ...
+
+    def train_mode(self, training: bool) -> None: ...
+
+    def training_step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+    def after_step(self, batch: Batch, epoch: int) -> Relabel | None: ...
+
+    def epoch_metrics(self) -> dict[str, float]: ...
+
+    def predict(self, data: DecodedSplit) -> np.ndarray: ...
+
+
+class TrainingDiverged(BenchmarkError):
+    """The loss became NaN or infinite: the job stops instead of training on garbage."""
+
+
+# recipe.data_on_device = "auto" holds the decoded split on the GPU when it takes at most this
+# share of the GPU's free memory (the rest is left to the models and to jobs packed beside it).
+RESIDENT_SHARE = 0.25
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def adam_kernels(impl: str, device: torch.device) -> dict:
+    """torch.optim.Adam's keyword for `recipe.adam_impl`: "auto" fuses the update into one kernel
+    on CUDA (one launch instead of several per parameter group) and leaves torch's default elsewhere."""
+    if impl == "fused" or (impl == "auto" and device.type == "cuda"):
+        return {"fused": True}
+    if impl == "foreach":
+        return {"foreach": True}
+    return {}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_sampler(labels: np.ndarray, recipe: Recipe, gen: torch.Generator, domains: np.ndarray | None = None):
+    """The epoch's row order. "balanced": every class equally likely; "domain_balanced": every
+    (domain, class) cell of a multi-source split equally likely (domains holding all seven
+    classes get equal shares, balanced within); both draw with replacement."""
+    n = len(labels)
+    size = recipe.samples_per_epoch or n
+    if recipe.sampler in ("balanced", "domain_balanced"):
+        cells = labels if recipe.sampler == "balanced" or domains is None else domains * (int(labels.max()) + 1) + labels
+        counts = np.bincount(cells).astype(np.float64)
+        weights = 1.0 / counts[cells]
+        return WeightedRandomSampler(torch.from_numpy(weights), num_samples=size, replacement=True, generator=gen)
+    # A fixed epoch size larger than the split repeats whole permutations.
+    return RandomSampler(range(n), num_samples=size, generator=gen)
+
+
+def resident_split(data: DecodedSplit, recipe: Recipe, device: torch.device) -> torch.Tensor | None:
+    """The whole decoded split as one uint8 tensor on `device`, when `recipe.data_on_device` asks
+    for it ("auto": on CUDA, when it fits in RESIDENT_SHARE of the free memory); else None."""
+    if recipe.data_path != "cache" or recipe.data_on_device == "never" or not len(data):
+        return None
+    if recipe.data_on_device == "auto":
+        if device.type != "cuda":
+            return None  # on CPU the page cache already holds it; a copy would only add memory
+        free, _ = torch.cuda.mem_get_info(device)
+        if data.images.nbytes > RESIDENT_SHARE * free:
+            return None
+    images = torch.empty(data.images.shape, dtype=torch.uint8, device=device)
+    chunk = 1024
+    for begin in range(0, len(data), chunk):
+        rows = slice(begin, min(len(data), begin + chunk))
+        images[rows] = to_device_batch(data.read(rows), device)
+    return images
+
+
+def epoch_batches(method: Trainable, data: DecodedSplit, order: np.ndarray, recipe: Recipe,
+                  device: torch.device, gen: torch.Generator, aug_gen: torch.Generator,
+                  resident: torch.Tensor | None = None):
+    """(row indices, augmented batch, flip mask or None) of one epoch, by the recipe's data path.
+
+    `resident`: the split already on the device (resident_split); batches are gathered there.
+    Otherwise the rows are read `recipe.prefetch` batches ahead (into pinned memory on CUDA) and
+    copied without blocking, so neither the read nor the copy waits for the GPU.
+    """
+    if recipe.data_path == "per_sample":
+        for index, x in per_sample_batches(data, order, recipe.batch_size, device, recipe.loader_workers, gen,
+                                           method.augment_spec):
+            yield index, x, None
+        return
+    indices = (order[begin:begin + recipe.batch_size] for begin in range(0, len(order), recipe.batch_size))
+    if resident is not None:
+        batches = ((index, resident[to_device_batch(index, device)]) for index in indices)
+    else:
+        batches = ((index, host.to(device, non_blocking=True))
+                   for index, host in prefetched(indices, lambda index: host_batch(data.read(index), device),
+                                                 recipe.prefetch))
+    for index, images in batches:
+        native = None if data.native_hw is None else torch.from_numpy(data.native_hw[index])
+        x, flips = augment(images, method.augment_spec, aug_gen, return_flips=True, native_hw=native)
+        yield index, x, flips
+
+
+class StepMonitor:
+    """The per-epoch loss sums and the non-finite check, kept on the device.
+
+    Reading a loss on the host (`float(loss)`, `if not isfinite(loss)`) makes the CPU wait for the
+    GPU every step, so the next batch cannot be queued behind the current one. Here the sums and
+    the first non-finite step stay device tensors; the host looks every `sync_every` steps and at
+    the end of the epoch, so a diverged job still stops within the epoch, naming the step where
+    the loss first became non-finite.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+        self.batches = 0
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self._bad_loss = torch.zeros((), dtype=torch.float64, device=device)
+
+    def add(self, step: int, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
+        loss = loss.detach()
+        first = (self._first_bad < 0) & ~torch.isfinite(loss)
+        self._first_bad = torch.where(first, step, self._first_bad)
+        self._bad_loss = torch.where(first, loss.double(), self._bad_loss)
+        for key, value in {"loss": loss, **parts}.items():
+            value = torch.as_tensor(value, device=self.device).detach().double()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.batches += 1
+
+    def check(self, name: str, epoch: int) -> None:
+        """Raise TrainingDiverged if any loss so far was NaN or infinite (one host sync)."""
+        first = int(self._first_bad)
+        if first >= 0:
+            raise TrainingDiverged(f"{name}: loss is {float(self._bad_loss)} at epoch {epoch}, step {first}")
+
+    def mean_loss(self) -> float:
+        return float(self.sums["loss"]) / max(1, self.batches)
+
+    def epoch_means(self) -> dict[str, float]:
+        """The epoch's mean of each loss part (one host sync), and a fresh start for the next."""
+        means = {f"train/{k}": float(v) / max(1, self.batches) for k, v in self.sums.items()}
+        self.sums, self.batches = {}, 0
+        return means
+
+
+def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
+        epoch_end: EpochEnd | None = None) -> None:
+    """Train `method` on `data` for `recipe.epochs` epochs, calling `epoch_end(epoch)` after every
+    `recipe.eval_every`-th epoch and after the last (the runner evaluates there)."""
+    seed_everything(recipe.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = recipe.cudnn_benchmark  # process-wide: jobs in a process run one by one
+    execution = Execution.from_recipe(device, recipe)
+    method.build(device, recipe.input_size, execution, recipe.seed)
+    train_labels = np.array(data.labels)  # a private copy: methods may relabel, the cache never changes
+    if recipe.data_path == "per_sample":
+        check_per_sample(data, method.augment_spec, method.name)
+    settings = method.optimizer_settings()
+    optimizer = torch.optim.Adam(method.param_groups(), lr=settings.lr, weight_decay=settings.weight_decay,
+                                 **adam_kernels(recipe.adam_impl, device))
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_gamma)
+    gen = torch.Generator(device="cpu").manual_seed(recipe.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(recipe.seed + 1)
+    resident = resident_split(data, recipe, device)
+    total_steps = math.ceil((recipe.samples_per_epoch or len(data)) / recipe.batch_size) * recipe.epochs
+    bar = None
+    if recipe.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_steps, desc=f"{method.name} on {data.dataset}", unit="step", leave=False)
+    monitor = StepMonitor(device)
+    step = 0
+    for epoch in range(1, recipe.epochs + 1):
+        method.train_mode(True)
+        start = time.perf_counter()
+        order = np.fromiter(epoch_sampler(data.labels, recipe, gen, data.domains), dtype=np.int64)
+        for index, x, flips in epoch_batches(method, data, order, recipe, device, gen, aug_gen, resident):
+            domains = None if data.domains is None else to_device_batch(data.domains[index], device)
+            batch = Batch(execution.layout(x), to_device_batch(train_labels[index], device), index, flips, domains)
+            with execution.autocast():
+                loss, parts = method.training_step(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            change = method.after_step(batch, epoch)
+            if change is not None:
+                train_labels[change.rows] = change.labels
+            monitor.add(step, loss, parts)
+            step += 1
+            if step % recipe.sync_every == 0:
+                monitor.check(method.name, epoch)
+                if bar is not None:
+                    bar.set_postfix(epoch=epoch, loss=f"{monitor.mean_loss():.3f}")
+            if bar is not None:
+                bar.update(1)
+        monitor.check(method.name, epoch)
+        metrics = monitor.epoch_means()
+        metrics["lr"] = optimizer.param_groups[0]["lr"]
+        metrics["train/epoch_seconds"] = time.perf_counter() - start
+        metrics.update(method.epoch_metrics())
+        scheduler.step()
+        log.metrics(metrics, step=epoch)
+        if epoch_end is not None and evaluates_after(epoch, recipe):
+            epoch_end(epoch)
+    if bar is not None:
+        bar.close()
+
+
+def evaluates_after(epoch: int, recipe: Recipe) -> bool:
+    """Whether the model is evaluated after `epoch`: every `recipe.eval_every` epochs (0: never
+    in between) and always after the last."""
+    return epoch == recipe.epochs or (recipe.eval_every > 0 and epoch % recipe.eval_every == 0)
+
+
+@torch.no_grad()
+def predict_batches(data: DecodedSplit, execution: Execution, batch_size: int,
+                    logits_fn: Callable[[torch.Tensor, slice], torch.Tensor]) -> np.ndarray:
+    """Softmax probabilities (N, C) over `data`, evaluated in order with the eval transform."""
+    out = []
+    for start in range(0, len(data), batch_size):
+        rows = slice(start, min(len(data), start + batch_size))
+        x = execution.layout(normalize(to_device_batch(data.read(rows), execution.device)))
+        with execution.autocast():
+            logits = logits_fn(x, rows)
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(out).numpy()
