@@ -35,7 +35,7 @@ check: install
 demo: install
 	$(PY) -m benchmark run --protocol synth5 --methods cafe,clip_ft
 	$(PY) -m benchmark table --protocol synth5 --out results/table1.md
-	$(PY) -m benchmark compare cafe clip_ft --protocol synth5 --out results/compare.md
+	$(PY) -m benchmark compare cafe clip_ft --protocol synth5 --mde 3 --out results/compare.md
 	$(PY) -m benchmark explain --protocol synth5 --methods clip_ft,cafe --source synth5/studio --target synth5/wild \
 		--out results/gradcam.png
 

@@ -35,7 +35,7 @@ def test_a_method_better_everywhere_is_found_better():
     c = compare(results(0.05, noise=0.003), "a", "b")
     unseen = next(g for g in c.groups if g.group == "unseen")
     assert unseen.cells == 18 and unseen.mean_diff == pytest.approx(0.05, abs=0.01)
-    assert unseen.diff_ci[0] > 0.03 and unseen.wilcoxon_p < 1e-3
+    assert unseen.diff_ci[0] > 0.03 and unseen.p_value == pytest.approx(2 / 2**9) and unseen.p_exact  # 9 units: the smallest p there is
     assert unseen.p_improvement == 1.0 and unseen.p_improvement_ci == (1.0, 1.0)
     assert c.per_cell["outside_noise"].all() and not c.missing
 
@@ -43,7 +43,7 @@ def test_a_method_better_everywhere_is_found_better():
 def test_equal_methods_have_an_interval_that_covers_zero():
     c = compare(results(0.0), "a", "b")
     for group in c.groups:
-        assert group.diff_ci[0] < 0 < group.diff_ci[1] and group.wilcoxon_p > 0.05
+        assert group.diff_ci[0] < 0 < group.diff_ci[1] and group.p_value > 0.05
         assert group.p_improvement_ci[0] < 0.5 < group.p_improvement_ci[1]
     assert c.per_cell["outside_noise"].mean() < 0.5
 
@@ -82,3 +82,47 @@ def test_the_command_writes_markdown_and_a_figure(tmp_path, capsys):
     assert out.with_suffix(".pdf").read_bytes().startswith(b"%PDF")
     assert main(["compare", "a", "a", "--protocol", "cmp", "--tracking-uri", store.uri]) == 2
     assert "not with itself" in capsys.readouterr().err
+
+
+def test_the_summary_names_the_unit_the_test_the_correction_and_the_detectable_difference():
+    c = compare(results(0.05, noise=0.02), "a", "b")
+    assert [g.units for g in c.groups] == [9, 9] and [g.cells for g in c.groups] == [9, 18]
+    text = render(c, "last epoch", mde=0.01)
+    assert "unit: the pair of trained models sharing (source, seed), 9 units (3 sources" in text
+    assert "sign-flip p" in text and "exact (every sign pattern)" in text
+    assert "Benjamini–Hochberg" in text and "false discovery rate over the 9 cells" in text
+    assert "the smallest detectable difference is" in text and "To detect 1.00 points:" in text
+    unseen = next(g for g in c.groups if g.group == "unseen")
+    assert unseen.power.mde > 0 and unseen.power.seeds_for(0.01) > unseen.power.seeds_for(0.02)
+    iqm = {x.method: x for x in c.aggregates}
+    assert iqm["a"].iqm == pytest.approx(iqm["b"].iqm + 0.05, abs=0.02)
+
+
+def test_per_cell_stars_are_a_family_not_twenty_five_separate_tests():
+    """With no difference, uncorrected t-tests over seeds star about 5% of the cells; BH over the
+    family stars none in nearly every comparison."""
+    from benchmark.report.compare import discoveries, paired_p
+
+    rng = np.random.default_rng(4)
+    uncorrected = corrected = 0
+    for _ in range(200):
+        p = [paired_p(rng.normal(0, 0.03, 3)) for _ in range(25)]
+        uncorrected += sum(x < 0.05 for x in p)
+        corrected += any(discoveries(p))
+    assert 0.6 * 25 * 0.05 * 200 < uncorrected  # about 1.25 stars per comparison uncorrected
+    assert corrected / 200 <= 0.08  # at least one star in at most ~5% of comparisons
+
+
+def test_the_command_prints_the_seeds_a_difference_needs_and_draws_the_profiles(tmp_path, capsys):
+    store = open_store(f"jsonl:{tmp_path / 'runs'}")
+    for (method, source, seed), group in results(0.05, noise=0.02).groupby(["method", "source", "seed"]):
+        log = store.open_job(store.experiment("cmp"), "g", FakeJob("cmp", method, source, seed, "r18:none"))
+        log.params({schema.BACKBONE: "r18:none"})
+        log.metrics({schema.target_metric(t, "acc"): v for t, v in zip(group["target"], group["value"])}, step=1)
+        log.finish("FINISHED")
+    out = tmp_path / "a_vs_b.md"
+    assert main(["compare", "a", "b", "--protocol", "cmp", "--tracking-uri", store.uri, "--mde", "2",
+                 "--out", str(out)]) == 0
+    assert "To detect 2.00 points: " in capsys.readouterr().out
+    with Image.open(tmp_path / "a_vs_b_profile.png") as image:
+        assert image.size[0] >= 1000

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -251,3 +252,40 @@ def test_a_new_table_is_one_more_layout_description(monkeypatch):
     monkeypatch.setattr(tables, "_layout_file", lambda: {**described, "tables": {"bad": {"kind": "pie"}}})
     with pytest.raises(BenchmarkError, match="tables.bad: .*kind 'pie'"):
         tables.layouts()
+
+
+def seeded(values: list[float]) -> tables.Cell:
+    """A cell of one value per seed (0, 1, ...), as _cells builds it."""
+    s = pd.Series(values)
+    return tables.Cell(float(s.mean()), float(s.std(ddof=1)), len(values), by_seed=dict(enumerate(values)))
+
+
+def test_bold_marks_the_best_and_a_dagger_the_cells_that_cannot_be_told_apart_from_it():
+    table = tables.Table("t", ["x"], [
+        ("best", [seeded([0.80, 0.84, 0.82])]),
+        ("close", [seeded([0.79, 0.85, 0.80])]),  # paired differences +0.01, -0.01, +0.02: seed noise
+        ("behind", [seeded([0.60, 0.65, 0.61])]),  # +0.20, +0.19, +0.21 on every seed: a real gap
+    ])
+    text = tables.render(table, "md")
+    rows = {row[0]: row[1] for row in markdown_rows(text)[2:]}
+    assert rows["best"].startswith("**82.00") and rows["close"].endswith("†") and not rows["behind"].endswith("†")
+    assert "†: not distinguishable from it" in text and "over this table's 2 comparisons" in text
+    assert r"$^\dagger$" in tables.render(table, "latex") and "Benjamini" in tables.render(table, "latex").split("\\label")[0]
+    # one seed: the best is bold, nothing is tested, nothing marked tied
+    single = tables.Table("t", ["x"], [("a", [tables.Cell(0.8, None, 1, by_seed={0: 0.8})]),
+                                       ("b", [tables.Cell(0.79, None, 1, by_seed={0: 0.79})])])
+    text = tables.render(single, "md")
+    assert "†" not in text.split("\n\n")[1] and "one seed per cell, so no difference is tested" in text
+
+
+def test_ties_are_corrected_for_the_number_of_cells_compared():
+    """A cell 2.5 points behind the best on each of three seeds (paired t-test p = 0.013) differs
+    when it is the table's only comparison, and is a tie among ten (BH: 0.013 x 10 > 0.05)."""
+    best = [0.80, 0.82, 0.81]
+    gap = ("gap", [seeded([0.78, 0.79, 0.785])])  # differences 0.02, 0.03, 0.025
+    alone = tables.render(tables.Table("t", ["x"], [("best", [seeded(best)]), gap]), "md")
+    assert not markdown_rows(alone)[3][1].endswith("†") and "1 comparison;" in alone
+    noise = [(f"m{k}", [seeded([0.79 + 0.001 * k, 0.83 + 0.001 * k, 0.805])]) for k in range(9)]  # +-1 point
+    crowded = tables.render(tables.Table("t", ["x"], [("best", [seeded(best)]), gap, *noise]), "md")
+    rows = {row[0]: row[1] for row in markdown_rows(crowded)[2:]}
+    assert rows["gap"].endswith("†") and "10 comparisons" in crowded

@@ -117,13 +117,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     order = tables.in_paper_order(datasets or sorted(set(results["target"])))
     comparison = compare.compare(results, args.a, args.b, args.metric, order)
     label = SELECTION_LABELS[args.selection]
-    text = f"{protocol_name}: " + compare.render(comparison, label, tables.display)
+    mde = None if args.mde is None else args.mde / 100
+    text = f"{protocol_name}: " + compare.render(comparison, label, tables.display, mde=mde)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         print(f"wrote {out}")
-        for path in compare.figure(comparison, label, out.parent / out.stem, tables.display):
+        for path in (compare.figure(comparison, label, out.parent / out.stem, tables.display)
+                     + compare.profile_figure(comparison, label, out.parent / f"{out.stem}_profile")):
             print(f"wrote {path}")
     print(text)
     return 0
@@ -150,6 +152,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     cmp.add_argument("--protocol", help="experiment to read (default: the most recent with finished runs)")
     cmp.add_argument("--selection", choices=list(SELECTION_RULES), default="last", help="as for `table`")
     cmp.add_argument("--metric", choices=["acc", "mean_class_acc", "macro_f1"], default="acc")
-    cmp.add_argument("--out", help="write the markdown here, and the per-cell figure beside it (.png, .pdf)")
+    cmp.add_argument("--mde", type=float, metavar="POINTS", help="also say how many seeds per source would detect "
+                     "an unseen-domain difference of POINTS percentage points with 80%% power")
+    cmp.add_argument("--out", help="write the markdown here, the per-cell figure and the performance profiles "
+                     "(<name>_profile) beside it (.png, .pdf)")
     cmp.add_argument("--tracking-uri", help="result store to read (default as `run`)")
     cmp.set_defaults(func=_cmd_compare)

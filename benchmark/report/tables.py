@@ -23,12 +23,14 @@ import pandas as pd
 from tabulate import tabulate
 
 from ..core.errors import BenchmarkError
+from .compare import FDR, discoveries, paired_p
 from .figures import save_figure, t_half_width
 from ..core.labels import CLASSES
 from .selection import LABELS as SELECTION_LABELS
 from ..core.sources import held_out, parts as source_parts, seen_mask
 
 MISSING = "–"
+TIED = "†"  # not distinguishable from the column's best (see ties)
 LAYOUT_KINDS = ("per_source", "single_source", "backbones", "perclass", "leave_one_out")
 
 
@@ -130,6 +132,7 @@ class Cell:
     std: float | None = None  # None with fewer than two seeds: there is no spread to show
     seeds: int = 0
     partial: bool = False  # a mean over an incomplete row
+    by_seed: dict[int, float] = field(default_factory=dict)  # seed -> value: ties are tested paired over seeds
 
     @property
     def half_width(self) -> float | None:
@@ -169,7 +172,9 @@ def _cells(frame: pd.DataFrame, targets: list[str], mean_over: list[str]) -> tup
     for t in targets:
         if t in by_target.groups:
             values = by_target.get_group(t)
-            cells.append(Cell(values.mean(), values.std(ddof=1) if len(values) > 1 else None, len(values)))
+            by_seed = frame.loc[values.index].groupby("seed")["value"].mean().to_dict()
+            cells.append(Cell(values.mean(), values.std(ddof=1) if len(values) > 1 else None, len(values),
+                              by_seed=by_seed))
         else:
             cells.append(Cell(None))
             missing = True
@@ -180,7 +185,7 @@ def _cells(frame: pd.DataFrame, targets: list[str], mean_over: list[str]) -> tup
     incomplete = not set(mean_over) <= present
     if len(per_seed):
         cells.append(Cell(per_seed.mean(), per_seed.std(ddof=1) if len(per_seed) > 1 else None, len(per_seed),
-                          partial=incomplete))
+                          partial=incomplete, by_seed=per_seed.to_dict()))
     else:
         cells.append(Cell(None))
     return cells, missing or incomplete
@@ -340,7 +345,7 @@ def perclass_table(layout: TableLayout, results: pd.DataFrame, sources: list[str
 
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "±": r"$\pm$", "→": r"$\rightarrow$", "Δ": r"$\Delta$", "−": "-", "—": "---"}
+                  "±": r"$\pm$", "†": r"$^\dagger$", "→": r"$\rightarrow$", "Δ": r"$\Delta$", "−": "-", "–": "--", "—": "---"}
 
 
 def latex_escape(text: str) -> str:
@@ -357,6 +362,7 @@ def render(table: Table, fmt: str, compare: bool = False) -> str:
             values = [cells[j].mean for _, cells in table.rows if cells[j].mean is not None]
             if len(values) >= 2:  # bold marks a winner: only where two or more values compete
                 best[j] = max(values)
+    tied, tests = ties(table, best)
     escape = latex_escape if fmt == "latex" else (lambda text: text.replace("|", "\\|"))
     has_paper = compare and any((name, col) in table.paper for name, _ in table.rows for col in table.columns)
     body = []
@@ -366,6 +372,8 @@ def render(table: Table, fmt: str, compare: bool = False) -> str:
             text = escape(cell.text(with_std))
             if j in best and cell.mean is not None and np.isclose(cell.mean, best[j]):
                 text = f"\\textbf{{{text}}}" if fmt == "latex" else f"**{text}**"
+            elif (name, j) in tied:
+                text += r"$^\dagger$" if fmt == "latex" else TIED
             ref = table.paper.get((name, table.columns[j])) if has_paper else None
             if ref is not None:
                 diff = "" if cell.mean is None else f", {round(100 * cell.mean - ref, 2) + 0.0:+.2f}"
@@ -383,14 +391,47 @@ def render(table: Table, fmt: str, compare: bool = False) -> str:
     title = table.title + (f" ({seeds} seeds, mean ± 95% t-interval over seeds; {rule})" if seeds > 1
                            else f" (1 seed; {rule})" if seeds == 1 else f" ({rule})")
     notes = list(table.notes)
+    tie_note = ""
+    if best:
+        tie_note = (f"Bold: the best mean of each column; {TIED}: not distinguishable from it (paired t-test over the "
+                    f"seeds both have, Benjamini–Hochberg at a {FDR:.0%} false discovery rate over this table's "
+                    f"{tests} comparison{'s' if tests != 1 else ''}; a cell with one seed in common, or the same difference on each, is not "
+                    "tested)." if tests else
+                    "Bold: the best mean of each column; no other cell shares two or more seeds with its column's "
+                    "best, so no difference is tested and no tie marked." if seeds > 1 else
+                    "Bold: the best mean of each column; one seed per cell, so no difference is tested and no tie marked.")
+        if fmt != "latex":  # LaTeX: in the caption
+            notes.append(tie_note)
     if has_paper:
         title += " — ours (paper, ours − paper)"
     elif compare:
         notes.append("No paper value exists for any cell of this table: nothing to compare.")
     if fmt == "latex":
-        return latex_table(title, header, body, notes, latex_label(table.title))
+        caption = title + (". " + tie_note.replace(TIED, "†") if tie_note else "")
+        return latex_table(caption, header, body, notes, latex_label(table.title))
     return (f"**{title}**\n\n" + tabulate(body, headers=header, tablefmt="github", disable_numparse=True)
             + "".join(f"\n\n{n}" for n in notes) + "\n")
+
+
+def ties(table: Table, best: dict[int, float]) -> tuple[set[tuple[str, int]], int]:
+    """The (row, column) cells that cannot be told apart from their column's best mean: a paired
+    t-test over the seeds both have (two or more), Benjamini–Hochberg over all of the table's tests
+    (compare.discoveries); and how many tests there were."""
+    keys, p_values = [], []
+    for j, top in best.items():
+        leader = next(cells[j] for _, cells in table.rows if cells[j].mean is not None and np.isclose(cells[j].mean, top))
+        for name, cells in table.rows:
+            cell = cells[j]
+            if cell.mean is None or np.isclose(cell.mean, top):
+                continue
+            common = sorted(set(cell.by_seed) & set(leader.by_seed))
+            p = paired_p(np.array([leader.by_seed[s] - cell.by_seed[s] for s in common]))
+            if p is None:  # one seed in common, or the same difference on each: not tested, not marked
+                continue
+            keys.append((name, j))
+            p_values.append(p)
+    kept = discoveries(p_values)
+    return {key for key, different in zip(keys, kept) if not different}, len(keys)
 
 
 def latex_label(title: str) -> str:
