@@ -57,6 +57,7 @@ def true_unit_sd(shared: float, per_target: float) -> float:
     return float(np.sqrt(2 * shared**2 + 2 * per_target**2 / (SOURCES - 1)))
 
 
+@pytest.mark.slow  # 35 s in all: `make test` and CI run it, `make check` does not
 @pytest.mark.parametrize("seeds, shared, per_target", SETTINGS)
 def test_an_aa_comparison_finds_a_difference_about_five_percent_of_the_time(seeds, shared, per_target):
     p_rate, ci_rate = error_rates(seeds, shared, per_target)
