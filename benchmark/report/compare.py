@@ -492,14 +492,19 @@ def profile_figure(comparison: Comparison, selection_label: str, path_stem) -> l
         share = lambda x: (x[:, None] > thresholds[None, :]).mean(axis=0)  # noqa: E731
         curve = share(unseen[column].to_numpy())
         ax.plot(100 * thresholds, curve, color=colour, label=method)
-        if len(values) - len(np.unique(strata)) >= 1:
-            reps = np.array([share(np.concatenate([values[i] for i in picks]))
-                             for picks in _resampled_units(strata, 500)])  # bands: plain resampling
-            low, high = np.percentile(reps, [2.5, 97.5], axis=0)
+        df = len(values) - len(np.unique(strata))
+        if df >= 1:  # pointwise, as the intervals: curve ± t(df) x the unit bootstrap's standard error
+            from scipy import stats
+
+            scaled = _rescaled(values, strata)
+            reps = np.array([share(np.concatenate([scaled[i] for i in picks]))
+                             for picks in _resampled_units(strata, 500)])
+            half = stats.t.ppf(1 - ALPHA / 2, df) * reps.std(axis=0, ddof=1)
+            low, high = np.clip(curve - half, 0, 1), np.clip(curve + half, 0, 1)
             ax.fill_between(100 * thresholds, low, high, color=colour, alpha=0.2, linewidth=0)
     ax.set_xlabel(f"{c.metric} threshold τ (%)")
     ax.set_ylabel("share of unseen cells with score > τ")
-    ax.set_title(f"Performance profiles on unseen targets, {selection_label}\n(bands: 95%, units resampled within sources)")
+    ax.set_title(f"Performance profiles on unseen targets, {selection_label}\n(bands: 95%, unit bootstrap within sources)")
     ax.legend()
     fig.tight_layout()
     written = save_figure(fig, path_stem)
