@@ -99,6 +99,7 @@ def diverse_loss(group_max: torch.Tensor, g: int, norm: str) -> torch.Tensor:
 class Cafe(TrainedMethod):
     Hparams = CafeHparams
     needs_encoder = True
+    fuses = True
 
     def __init__(self, hparams, components, name=""):
         super().__init__(hparams, components, name)
@@ -126,6 +127,15 @@ class Cafe(TrainedMethod):
             return self.model["backbone"](x)
         return match_width(clip_feat, self.width).float() * self.mask(x)
 
+    def trains_on_encoder(self) -> bool:
+        return self.hparams.use_mask
+
+    def step_extras(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if not self.hparams.use_sep:
+            return {}
+        return {"drop": drop_mask(self.width, self.hparams.drop_per_group, self.rng).to(batch.images.device,
+                                                                                     non_blocking=True)}
+
     def training_step(self, batch: Batch):
         x, y = batch.images, batch.labels
         clip_feat = self.encoder_features(batch) if self.hparams.use_mask else None
@@ -136,7 +146,7 @@ class Cafe(TrainedMethod):
         if self.hparams.use_sep or self.hparams.use_div:
             groups = grouped(ft)
             if self.hparams.use_sep:
-                drop = drop_mask(self.width, self.hparams.drop_per_group, self.rng).to(ft.device, ft.dtype, non_blocking=True)
+                drop = batch.extra["drop"].to(ft.dtype)
                 sep = F.cross_entropy((groups * drop).amax(-1), y)
                 loss = loss + self.hparams.sep_weight * sep
                 parts["sep"] = sep.detach()

@@ -18,6 +18,7 @@ from benchmark.api import (Batch, EncoderHparams, NUM_CLASSES, TrainedMethod, ch
 @register_method("clip_ft", "frozen CLIP feature ‖ backbone feature -> one linear layer (Table 4 'CLIP+Finetune')")
 class ClipFinetune(TrainedMethod):
     Hparams = EncoderHparams
+    fuses = True
     needs_encoder = True
 
     def __init__(self, hparams, components, name=""):

@@ -43,6 +43,7 @@ def consistency_loss(maps: torch.Tensor, flipped_view_maps: torch.Tensor) -> tor
 @register_method("eac", "EAC (ECCV 2022): flip-consistent class activation maps of an erased image, CE + 5 MSE")
 class Eac(TrainedMethod):
     Hparams = EacHparams
+    fuses = True
     augment_spec = AugmentSpec(flip_p=0.0)  # the flip is the second view, not an augmentation
 
     def make_model(self) -> nn.Module:

@@ -15,6 +15,7 @@ from benchmark.api import BaseHparams, Batch, NUM_CLASSES, TrainedMethod, regist
 @register_method("erm", "backbone + linear classifier, cross-entropy only (Table 2 baseline)")
 class Erm(TrainedMethod):
     Hparams = BaseHparams
+    fuses = True
 
     def make_model(self) -> nn.Module:
         backbone = self.new_backbone()

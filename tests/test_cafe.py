@@ -65,8 +65,8 @@ def test_one_drop_mask_shared_by_the_batch_per_step(monkeypatch):
     method = build_method("cafe", components=Components(BackboneSpec("resnet18", "none"), linear_encoder()))
     method.build(torch.device("cpu"))
     x, y = torch.randn(5, 3, 32, 32), torch.tensor([0, 1, 2, 3, 4])
-    method.training_step(Batch(x, y, np.arange(len(y))))
-    method.training_step(Batch(x, y, np.arange(len(y))))
+    method.training_step(method.with_extras(Batch(x, y, np.arange(len(y)))))
+    method.training_step(method.with_extras(Batch(x, y, np.arange(len(y)))))
     assert len(calls) == 2 and calls[0].shape == (7, 73)  # one (7, g) mask per step, broadcast over B
     assert not torch.equal(calls[0], calls[1])
 
@@ -107,9 +107,9 @@ def test_nosigmoid_variant_uses_raw_features():
 def test_variants_switch_losses_off():
     y = torch.tensor([1, 2])
     x = torch.randn(2, 3, 32, 32)
-    assert set(make_cafe("cafe").training_step(Batch(x, y, np.arange(len(y))))[1]) == {"ce", "sep", "div"}
-    assert set(make_cafe("cafe_mask_sep").training_step(Batch(x, y, np.arange(len(y))))[1]) == {"ce", "sep"}
-    assert set(make_cafe("cafe_mask").training_step(Batch(x, y, np.arange(len(y))))[1]) == {"ce"}
+    for name, parts in [("cafe", {"ce", "sep", "div"}), ("cafe_mask_sep", {"ce", "sep"}), ("cafe_mask", {"ce"})]:
+        method = make_cafe(name)
+        assert set(method.training_step(method.with_extras(Batch(x, y, np.arange(len(y)))))[1]) == parts
     with pytest.raises(BenchmarkError, match="use_mask=False is the plain backbone"):
         make_cafe("cafe", use_mask=False)
     with pytest.raises(BenchmarkError, match="unknown hyperparameter"):

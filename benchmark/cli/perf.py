@@ -22,6 +22,19 @@ def _cmd_perf(args: argparse.Namespace) -> int:
             overrides["pack"] = [int(n) for n in args.pack.split(",")]
         except ValueError:
             raise BenchmarkError(f"--pack {args.pack!r}: expected numbers of processes, e.g. 4,8") from None
+    if args.fuse:
+        try:
+            overrides["fuse"] = [int(n) for n in args.fuse.split(",")]
+        except ValueError:
+            raise BenchmarkError(f"--fuse {args.fuse!r}: expected numbers of jobs, e.g. 1,2,4,8") from None
+        if min(overrides["fuse"]) < 1:
+            raise BenchmarkError(f"--fuse {args.fuse!r}: each must be 1 or more")
+    if args.fuse_methods:
+        overrides["fuse_methods"] = [m.strip() for m in args.fuse_methods.split(",")]
+    if args.pack_fuse is not None:
+        if args.pack_fuse < 1:
+            raise BenchmarkError(f"--pack-fuse {args.pack_fuse}: must be 1 or more")
+        overrides["pack_fuse"] = args.pack_fuse
     if args.compile:
         overrides["compile"] = True
     if args.variant_methods is not None:
@@ -63,6 +76,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     perf.add_argument("--matmul-n", type=int, help="side of the timed matmul (default 8192 on CUDA, else 2048)")
     perf.add_argument("--compile", action="store_true", help="also time the training loop with torch.compile")
     perf.add_argument("--pack", metavar="N,N,...", help="also time N processes training at once on the device")
+    perf.add_argument("--fuse", metavar="K,K,...", help="also time K jobs trained as one fused model in one process "
+                      "(e.g. 1,2,4,8), for each of --fuse-methods at each of --precisions")
+    perf.add_argument("--fuse-methods", metavar="NAME,...", help="methods timed fused (default cafe)")
+    perf.add_argument("--pack-fuse", type=int, metavar="K", help="jobs fused in each packed process (default 1)")
     perf.add_argument("--pack-variants", metavar="NAME,...", help="recipe variants of the packed runs "
                       "(benchmark.perf.loop.LOOP_VARIANTS; default: default)")
     perf.add_argument("--variant-methods", metavar="NAME,...", help="methods whose training-loop variants are "

@@ -61,7 +61,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         protocol.seeds = derived_seeds(protocol.seeds, args.num_seeds)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else protocol.methods
     plan = plan_from(protocol, args.data_root, parse_assignments(args.dataset_path, "--dataset-path"))
-    options = ExecutorOptions(args.workers, args.jobs_per_gpu, args.ray_address)
+    options = ExecutorOptions(args.workers, args.jobs_per_gpu, args.ray_address, args.fuse)
     return run_grid(protocol, methods, plan, store=open_store(args.tracking_uri), executor=args.executor,
                     options=options, dry_run=args.dry_run, device=args.device, command=" ".join(sys.argv),
                     threads=args.threads, system_metrics_s=args.system_metrics_every)
@@ -91,6 +91,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--ray-address", help="join a running Ray cluster (default: start a local one)")
     run.add_argument("--jobs-per-gpu", type=int, default=1, help="jobs sharing one GPU: N worker processes per GPU (local or pool), "
                      "1/N of a GPU per task with Ray (default 1)")
+    run.add_argument("--fuse", type=int, default=1, metavar="K",
+                     help="train up to K jobs of one method (same hyperparameters and recipe but the seed; "
+                     "sources may differ) as one fused model in one process, each still its own run; "
+                     "recorded as execution.fused. Helps on a GPU; on a 2-core CPU it is slower (default 1: off)")
     run.add_argument("--threads", type=int, help="torch threads per job, the same in every executor (default: this "
                      "machine's cores / --jobs-per-gpu); recorded as env.threads: numbers depend on it")
     run.add_argument("--system-metrics-every", type=float, metavar="SECONDS",

@@ -45,13 +45,17 @@ def environment(device: torch.device) -> dict[str, str]:
     return env
 
 
-SIGNATURE_KEYS = ("env.device", "env.cpu", "env.cpu_capability", "env.threads", "env.torch", "env.cuda")
+# execution.fused: how many jobs trained as one fused model (benchmark.training.fused); like the
+# thread count it changes the last bits. 1 (unfused) counts as not recorded, as in older runs.
+SIGNATURE_KEYS = ("env.device", "env.cpu", "env.cpu_capability", "env.threads", "env.torch", "env.cuda",
+                  "execution.fused")
 
 
 def signature(params: dict) -> str:
     """A short text that differs between runs whose numbers may differ in the last bits."""
     parts = [f"{k.removeprefix('env.')}={params[k]}" for k in SIGNATURE_KEYS
-             if params.get(k) is not None and str(params.get(k)) not in ("", "None", "nan")]
+             if params.get(k) is not None and str(params.get(k)) not in ("", "None", "nan")
+             and not (k == "execution.fused" and str(params[k]) == "1")]
     return ", ".join(parts) if parts else "environment not recorded"
 
 

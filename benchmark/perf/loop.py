@@ -13,6 +13,9 @@ device-resident split; `foreach_adam` runs Adam as torch's multi-tensor kernels 
 fused one; `default` is the recipe's default; `cudnn_benchmark` lets cuDNN time its algorithms;
 the compiled ones add torch.compile of the backbone (with CUDA graphs: "reduce-overhead").
 
+Fusing trains K jobs of one method as one stacked model in one process (`benchmark perf --fuse
+1,2,4,8`); its images/s count all K jobs' images.
+
 Packing runs N processes at once, each fitting the same method on the same device; a barrier
 at the end of every process's warm-up epoch starts the timed epochs together, and the
 aggregate is all timed images over the span from the first start to the last end.
@@ -63,11 +66,13 @@ class LoopSpec:
     # (the per-sample path decodes those every step).
     dataset: str = "synth5/studio"
     root: str | None = None
+    # K jobs (seeds 0..K-1 on the same split) trained as one fused model (benchmark.training.fused).
+    fuse: int = 1
 
-    def recipe(self) -> Recipe:
+    def recipe(self, seed: int = 0) -> Recipe:
         base = Recipe(epochs=2, batch_size=self.batch_size, input_size=self.size,
                       samples_per_epoch=self.steps * self.batch_size, precision=self.precision,
-                      channels_last=self.channels_last, seed=0, progress=False)
+                      channels_last=self.channels_last, seed=seed, progress=False)
         return dataclasses.replace(base, **self.recipe_changes)
 
 
@@ -108,10 +113,19 @@ def timed_fit(spec: LoopSpec, encoder=None, barrier=None) -> dict:
     data = decode_split(samples, spec.size, cache_dir=Path(spec.cache_dir))
     name, weights = spec.backbone.split(":")
     components = Components(BackboneSpec(name, weights), encoder, FeatureCache(Path(spec.cache_dir) / "features"))
-    method = build_method(spec.method, components=components)
     log = _TimedLog(barrier)
-    method.fit(data, recipe=spec.recipe(), device=device, log=log)
-    images = spec.steps * spec.batch_size
+    if spec.fuse > 1:  # the group's epoch time is logged to every job's log; the first one's is read
+        from ..training.fused import fit_fused
+
+        methods = [build_method(spec.method, components=components) for _ in range(spec.fuse)]
+        errors = fit_fused(methods, [data] * spec.fuse, recipes=[spec.recipe(seed) for seed in range(spec.fuse)],
+                           device=device, logs=[log] + [_TimedLog() for _ in range(spec.fuse - 1)],
+                           epoch_ends=[None] * spec.fuse)
+        if any(errors):
+            raise next(e for e in errors if e is not None)
+    else:
+        build_method(spec.method, components=components).fit(data, recipe=spec.recipe(), device=device, log=log)
+    images = spec.steps * spec.batch_size * spec.fuse
     return {"images_per_s": images / log.epoch_seconds[-1], "epoch_s": log.epoch_seconds[-1],
             "warmup_epoch_s": log.epoch_seconds[0], "images": images,
             "timed_start": log.epoch_ends[0], "timed_end": log.epoch_ends[-1]}
@@ -142,6 +156,7 @@ def packed_throughput(spec: LoopSpec, processes: int, timeout_s: float = 600) ->
         return {"processes": processes, "recipe_changes": spec.recipe_changes, "error": errors[0]}
     span = max(o["timed_end"] for o in outcomes) - min(o["timed_start"] for o in outcomes)
     images = sum(o["images"] for o in outcomes)
-    return {"processes": processes, "recipe_changes": spec.recipe_changes, "images_per_s": images / span,
+    return {"processes": processes, "fuse": spec.fuse, "recipe_changes": spec.recipe_changes,
+            "images_per_s": images / span,
             "span_s": span,
             "per_process_images_per_s": [o["images_per_s"] for o in outcomes]}

@@ -73,6 +73,11 @@ class PerfConfig:
     pack_method: str = "cafe"
     pack_variants: list[str] = field(default_factory=lambda: ["default"])  # names in benchmark.perf.loop.LOOP_VARIANTS
     loop_only: bool = False  # only the loop variants and packing (no staged timing, per-sample path, evaluation)
+    # Fused training (benchmark.training.fused): K jobs in one process, for each of `fuse`, each
+    # of `fuse_methods` at each of `precisions`; `pack_fuse` jobs fused in every packed process.
+    fuse: list[int] = field(default_factory=list)
+    fuse_methods: list[str] = field(default_factory=lambda: ["cafe"])
+    pack_fuse: int = 1
 
 
 QUICK = dict(methods=["erm", "cafe", "clip_ft"], size=32, batch_size=8, steps=3, warmup=1, scale=0.02,
@@ -140,7 +145,7 @@ def matmul_flops(device: torch.device, n: int, repeats: int = 5, dtype: torch.dt
 
 def timing_batch(method, x: torch.Tensor, y: torch.Tensor) -> Batch:
     """A training Batch of `x`, `y` (the timed loops know no sample rows: they index 0..B-1)."""
-    return Batch(method.execution.layout(x), y, np.arange(len(y)))
+    return method.with_extras(Batch(method.execution.layout(x), y, np.arange(len(y))))
 
 
 def step_flops(method, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -272,9 +277,9 @@ def time_loop(config: PerfConfig, encoder, device: torch.device, work: Path) -> 
     A variant that fails is recorded with its error; the others still run."""
     from .loop import COMPILED_VARIANTS, LOOP_VARIANTS, LoopSpec, packed_throughput, timed_fit
 
-    def spec(method: str, precision: str, **changes) -> LoopSpec:
+    def spec(method: str, precision: str, fuse: int = 1, **changes) -> LoopSpec:
         return LoopSpec(method, config.encoder, config.backbone, config.size, config.batch_size, config.loop_steps,
-                        config.scale, str(work / "cache"), str(device), precision, recipe_changes=changes)
+                        config.scale, str(work / "cache"), str(device), precision, recipe_changes=changes, fuse=fuse)
 
     def attempt(loop_spec: LoopSpec) -> dict:
         try:
@@ -282,7 +287,7 @@ def time_loop(config: PerfConfig, encoder, device: torch.device, work: Path) -> 
         except Exception as exc:  # noqa: BLE001 - one failing variant is a finding, not the end of the report
             return {"error": f"{type(exc).__name__}: {exc}"}
 
-    out: dict = {"methods": {}, "variants": {}, "pack": []}
+    out: dict = {"methods": {}, "variants": {}, "pack": [], "fuse": []}
     for method in [] if config.loop_only else config.methods:
         row = {p: timed_fit(spec(method, p), encoder) for p in config.precisions}
         # The common code's run through the same loop: files decoded in `workers` DataLoader
@@ -297,10 +302,16 @@ def time_loop(config: PerfConfig, encoder, device: torch.device, work: Path) -> 
     for method in config.variant_methods:
         out["variants"][method] = {v: attempt(spec(method, config.precisions[0], **changes))
                                    for v, changes in variants.items()}
+    for method in config.fuse_methods if config.fuse else []:
+        for precision in config.precisions:
+            for k in config.fuse:
+                out["fuse"].append({"method": method, "precision": precision, "fuse": k,
+                                    **attempt(spec(method, precision, fuse=k))})
     for variant in config.pack_variants:
         for processes in config.pack:
             out["pack"].append({"variant": variant, **packed_throughput(
-                spec(config.pack_method, config.precisions[0], **LOOP_VARIANTS[variant]), processes)})
+                spec(config.pack_method, config.precisions[0], fuse=config.pack_fuse, **LOOP_VARIANTS[variant]),
+                processes)})
     return out
 
 
@@ -432,6 +443,18 @@ def format_loop(report: dict) -> list[str]:
             rows.append([method, f"variant: {variant}", f"{r['images_per_s']:.1f}", f"{r['warmup_epoch_s']:.2f}", ""])
     lines = ["training loop (trainer.fit, timed second epoch; no synchronisation but the trainer's own)",
              tabulate(rows, headers=["method", "path / precision", "img/s", "warm-up epoch s", "vs per-sample"]), ""]
+    fuse_rows = []
+    for r in loop.get("fuse", []):
+        alone = next((o for o in loop["fuse"] if o["method"] == r["method"] and o["precision"] == r["precision"]
+                      and o["fuse"] == 1 and "error" not in o), None)
+        if "error" in r:
+            fuse_rows.append([r["method"], r["precision"], r["fuse"], f"FAILED: {r['error'][:150]}", ""])
+            continue
+        fuse_rows.append([r["method"], r["precision"], r["fuse"], f"{r['images_per_s']:.1f}",
+                          f"{r['images_per_s'] / alone['images_per_s']:.2f}x" if alone else ""])
+    if fuse_rows:
+        lines += ["fused training (K jobs as one model in one process; img/s of all K together)",
+                  tabulate(fuse_rows, headers=["method", "precision", "K", "img/s", "vs K = 1"]), ""]
     bf16 = report["flops_per_s_measured_bf16"]
     pack_method = report["config"]["pack_method"]
     flops = report["methods"].get(pack_method, {}).get("train_flops_per_image")
@@ -440,7 +463,8 @@ def format_loop(report: dict) -> list[str]:
             lines.append(f"{r['processes']} packed {pack_method} processes ({r['variant']}): FAILED ({r['error']})")
             continue
         efficiency = f", {100 * flops * r['images_per_s'] / bf16:.1f}% of the bf16 matmul rate" if flops else ""
-        lines.append(f"{r['processes']} packed {pack_method} processes ({r['variant']}): {r['images_per_s']:.0f} "
+        fused = f", {r['fuse']} jobs fused in each" if r.get("fuse", 1) > 1 else ""
+        lines.append(f"{r['processes']} packed {pack_method} processes ({r['variant']}{fused}): {r['images_per_s']:.0f} "
                      f"img/s together{efficiency}")
     return lines
 

@@ -127,7 +127,7 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: R
         return 0
     parent_log = store.open_grid(experiment, protocol.name, command, protocol.description)
     parent_log.params({"methods": ",".join(methods), "executor": executor, "jobs": len(jobs), "todo": len(todo),
-                       "threads_per_job": threads, "jobs_per_gpu": options.jobs_per_gpu,
+                       "threads_per_job": threads, "jobs_per_gpu": options.jobs_per_gpu, "fuse": options.fuse,
                        "workers": options.workers or ""})
     parent_log.text("protocol.json", json.dumps(protocol.to_dict(), indent=1, default=str))
     ctx = RunContext(store, experiment, parent_log.run_id, plan, device, threads,

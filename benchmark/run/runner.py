@@ -7,6 +7,7 @@ result (the grid goes on); Ctrl-C closes its run as KILLED and propagates.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import getpass
 import platform
@@ -101,27 +102,125 @@ def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
 def run_job(job: Job, ctx: RunContext) -> JobResult:
     """Train and evaluate one job, logging everything to its own MLflow run. A failing job is a
     FAILED result, not an exception; Ctrl-C closes the run as KILLED and propagates."""
-    start = time.perf_counter()
-    log = ctx.store.open_job(ctx.experiment_id, ctx.parent_run_id, job)
-    holder = ctx.store.claim(ctx.experiment_id, job.hash, log.run_id)
-    if holder is not None:  # another process trains (or trained) this job: leave no trace of ours
-        ctx.store.delete_run(log.run_id)
-        return JobResult(job.hash, job.label, "SKIPPED", error=holder)
-    result = JobResult(job.hash, job.label, "FAILED", run_id=log.run_id, method=job.method)
-    with (ctx.store.heartbeat(log.run_id), ctx.store.system_metrics(log.run_id, ctx.system_metrics_s),
-          core_slot(ctx.threads or default_threads(1), machine_slot_folder())):
+    return run_group([job], ctx)[0]
+
+
+@dataclass
+class _Prepared:
+    """A claimed job ready to train: its run, method, splits and evaluator."""
+
+    job: Job
+    log: RunLog
+    result: JobResult
+    start: float
+    method: Any = None
+    train: Any = None
+    tests: dict = field(default_factory=dict)
+    evaluator: Any = None
+    closed: bool = False  # its run is closed (FINISHED or FAILED)
+
+
+def run_group(jobs: list[Job], ctx: RunContext) -> list[JobResult]:
+    """Train and evaluate jobs of one method together (`benchmark run --fuse K`), each in its own
+    run, exactly as `run_job` would one by one except that those whose training splits have the
+    same length train fused (benchmark.training.fused). Every job is claimed before any trains; a
+    job another process holds is left out (SKIPPED). One result per job, in the order given."""
+    results: dict[str, JobResult] = {}
+    claimed: list[_Prepared] = []
+    for job in jobs:
+        start = time.perf_counter()
+        log = ctx.store.open_job(ctx.experiment_id, ctx.parent_run_id, job)
+        holder = ctx.store.claim(ctx.experiment_id, job.hash, log.run_id)
+        if holder is not None:  # another process trains (or trained) this job: leave no trace of ours
+            ctx.store.delete_run(log.run_id)
+            results[job.hash] = JobResult(job.hash, job.label, "SKIPPED", error=holder)
+        else:
+            claimed.append(_Prepared(job, log, JobResult(job.hash, job.label, "FAILED", run_id=log.run_id,
+                                                         method=job.method), start))
+    with contextlib.ExitStack() as stack:
+        for p in claimed:
+            stack.enter_context(ctx.store.heartbeat(p.log.run_id))
+            stack.enter_context(ctx.store.system_metrics(p.log.run_id, ctx.system_metrics_s))
+        stack.enter_context(core_slot(ctx.threads or default_threads(1), machine_slot_folder()))
         try:
-            _run_logged_job(job, ctx, log, result, start)
-        except KeyboardInterrupt:  # Ctrl-C: the run is closed now, not left RUNNING for the next invocation
-            log.tags({schema.ERROR: "interrupted (Ctrl-C)"})
-            log.finish("KILLED")
+            _train_group(claimed, ctx)
+        except KeyboardInterrupt:  # Ctrl-C: the runs are closed now, not left RUNNING for the next invocation
+            for p in claimed:
+                if not p.closed:
+                    p.log.tags({schema.ERROR: "interrupted (Ctrl-C)"})
+                    p.log.finish("KILLED")
             raise
-    result.seconds = time.perf_counter() - start
-    return result
+    for p in claimed:
+        p.result.seconds = time.perf_counter() - p.start
+        results[p.job.hash] = p.result
+    return [results[job.hash] for job in jobs]
 
 
-def _run_logged_job(job: Job, ctx: RunContext, log: RunLog, result: JobResult, start: float) -> None:
-    """run_job's body: fills `result` and closes the run as FINISHED or FAILED."""
+def _fail(p: _Prepared, exc: BaseException) -> None:
+    """Record `exc` as the job's error and close its run as FAILED."""
+    p.result.error = f"{type(exc).__name__}: {exc}"
+    p.closed = True
+    try:
+        p.log.tags({schema.ERROR: p.result.error[:5000]})
+        p.log.text("error.txt", "".join(traceback.format_exception(exc)))
+    finally:
+        p.log.finish("FAILED")
+
+
+def _train_group(claimed: list[_Prepared], ctx: RunContext) -> None:
+    """Prepare each job, train them (fused where their splits allow), finish each; a job that
+    fails anywhere is closed as FAILED and the others go on."""
+    import torch
+
+    from ..training.fused import epoch_length, fit_fused
+    from ..training.trainer import pick_device
+
+    try:
+        if ctx.threads:
+            torch.set_num_threads(ctx.threads)
+        device = pick_device(ctx.device)
+    except Exception as exc:  # noqa: BLE001 - no device: every job of the group failed
+        for p in claimed:
+            _fail(p, exc)
+        return
+    ready = []
+    for p in claimed:
+        try:
+            _prepare(p, ctx, device)
+            ready.append(p)
+        except Exception as exc:  # noqa: BLE001 - a failing job is recorded and the grid goes on
+            _fail(p, exc)
+    fusable = len(ready) > 1 and all(getattr(type(p.method), "fuses", False) for p in ready)
+    groups: dict[int, list[_Prepared]] = {}
+    for p in ready:  # jobs fuse when every step has K batches of one size: epochs of one length
+        groups.setdefault(epoch_length(p.train, p.job.recipe) if fusable else -1 - len(groups), []).append(p)
+    for group in groups.values():
+        for p in group:
+            p.log.params({"execution.fused": len(group)})
+        if len(group) == 1:
+            p = group[0]
+            try:
+                p.method.fit(p.train, recipe=p.job.recipe, device=device, log=p.log, epoch_end=p.evaluator.epoch_end)
+            except Exception as exc:  # noqa: BLE001
+                _fail(p, exc)
+                continue
+            _finish(p, ctx)
+            continue
+        try:
+            errors = fit_fused([p.method for p in group], [p.train for p in group],
+                               recipes=[p.job.recipe for p in group], device=device, logs=[p.log for p in group],
+                               epoch_ends=[p.evaluator.epoch_end for p in group])
+        except Exception as exc:  # noqa: BLE001 - the group's training failed: each of its jobs did
+            errors = [exc] * len(group)
+        for p, error in zip(group, errors):
+            if error is not None:
+                _fail(p, error)
+            else:
+                _finish(p, ctx)
+
+
+def _prepare(p: _Prepared, ctx: RunContext, device) -> None:
+    """The job's tags and parameters, its decoded splits, its method and evaluator."""
     import torch
 
     from ..training.method import Components
@@ -129,62 +228,66 @@ def _run_logged_job(job: Job, ctx: RunContext, log: RunLog, result: JobResult, s
 
     from ..core.environment import environment
     from ..training.execution import Execution
-    from ..training.trainer import adam_kernels, pick_device
+    from ..training.trainer import adam_kernels
 
+    job, log = p.job, p.log
+    if device.type == "cuda":  # before the environment is recorded (trainer.fit sets it too)
+        torch.backends.cudnn.benchmark = job.recipe.cudnn_benchmark
+    execution = Execution.from_recipe(device, job.recipe)
+    commit = git_commit()
+    log.tags({schema.USER: getpass.getuser(), schema.GIT_COMMIT: commit,
+              schema.DESCRIPTION: f"{job.label}, protocol {job.protocol}: trained on {job.source}, tested on "
+                                  f"{', '.join(job.targets)} (job {job.hash})"})
+    log.params({schema.METHOD: job.method, schema.SOURCE: job.source, schema.SEED: job.seed,
+                **_flatten("hp", job.hparams), **_flatten("recipe", dataclasses.asdict(job.recipe)),
+                "encoder": job.encoder.id if job.encoder else "none",
+                "encoder.digest": job.encoder_digest or "none",
+                schema.BACKBONE: job.backbone.id,
+                "backbone.digest": job.backbone_digest, "test_split": job.test_split,
+                **{schema.data_param(*k.rsplit(":", 1)): v for k, v in job.fingerprints.items()},
+                **_flatten("lib", library_versions()), "git_commit": commit,
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+                # What recipe.precision resolved to on this device (it is "auto" by default).
+                "execution.autocast": str(execution.autocast_dtype).removeprefix("torch.") if execution.autocast_dtype else "off",
+                "execution.clip_dtype": str(execution.encoder_dtype).removeprefix("torch."),
+                **environment(device),
+                "execution.adam": next(iter(adam_kernels(job.recipe.adam_impl, device)), "torch default")})
+    plan = ctx.plan
+    size = job.recipe.input_size
+    # One dataset, or each of a multi-source job's (trained on as one split, benchmark.data.union).
+    parts = {d: plan.source_splits(d, job.recipe.val_fraction, job.recipe.seed) for d in source_parts(job.source)}
+    trains = {d: decode_split(t, size, skip_bad=plan.skip_bad) for d, (t, _) in parts.items()}
+    vals = [decode_split(v, size, skip_bad=plan.skip_bad) for _, v in parts.values() if v is not None]
+    p.train, val = union_split(list(trains.values())), union_split(vals) if vals else None
+    dropped = {f"dropped.{d}.train.{reason}": n for d, split in trains.items()
+               for reason, n in split.dropped.items() if n}
+    if dropped:
+        log.params(dropped)
+    p.tests = {t: decode_split(plan.samples(t, job.test_split), size, skip_bad=plan.skip_bad) for t in job.targets}
+    read = [*((t, "train") for t, _ in parts.values()), *((v, "validation") for _, v in parts.values() if v is not None),
+            *((plan.samples(t, job.test_split), "test") for t in job.targets)]
+    log.inputs([DatasetRef(f"{s.dataset}:{s.split}", s.fingerprint, str(s.root), role) for s, role in read])
+    components = Components(job.backbone, _encoder(job) if job.encoder else None)
+    p.method = build_method(job.method, job.hparams, components)
+    p.evaluator = Evaluator(p.method, p.tests, log, val)
+
+
+def _finish(p: _Prepared, ctx: RunContext) -> None:
+    """After training: the last evaluation, each target's artifacts, the trained method, the
+    summary metrics; the run closed as FINISHED (or FAILED if any of this raises)."""
+    job, log, result, method, evaluator, plan = p.job, p.log, p.result, p.method, p.evaluator, ctx.plan
     try:
-        if ctx.threads:
-            torch.set_num_threads(ctx.threads)
-        device = pick_device(ctx.device)
-        if device.type == "cuda":  # before the environment is recorded (trainer.fit sets it too)
-            torch.backends.cudnn.benchmark = job.recipe.cudnn_benchmark
-        execution = Execution.from_recipe(device, job.recipe)
-        commit = git_commit()
-        log.tags({schema.USER: getpass.getuser(), schema.GIT_COMMIT: commit,
-                  schema.DESCRIPTION: f"{job.label}, protocol {job.protocol}: trained on {job.source}, tested on "
-                                      f"{', '.join(job.targets)} (job {job.hash})"})
-        log.params({schema.METHOD: job.method, schema.SOURCE: job.source, schema.SEED: job.seed,
-                    **_flatten("hp", job.hparams), **_flatten("recipe", dataclasses.asdict(job.recipe)),
-                    "encoder": job.encoder.id if job.encoder else "none",
-                    "encoder.digest": job.encoder_digest or "none",
-                    schema.BACKBONE: job.backbone.id,
-                    "backbone.digest": job.backbone_digest, "test_split": job.test_split,
-                    **{schema.data_param(*k.rsplit(":", 1)): v for k, v in job.fingerprints.items()},
-                    **_flatten("lib", library_versions()), "git_commit": commit,
-                    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-                    # What recipe.precision resolved to on this device (it is "auto" by default).
-                    "execution.autocast": str(execution.autocast_dtype).removeprefix("torch.") if execution.autocast_dtype else "off",
-                    "execution.clip_dtype": str(execution.encoder_dtype).removeprefix("torch."),
-                    **environment(device),
-                    "execution.adam": next(iter(adam_kernels(job.recipe.adam_impl, device)), "torch default")})
-        plan = ctx.plan
-        size = job.recipe.input_size
-        # One dataset, or each of a multi-source job's (trained on as one split, benchmark.data.union).
-        parts = {d: plan.source_splits(d, job.recipe.val_fraction, job.recipe.seed) for d in source_parts(job.source)}
-        trains = {d: decode_split(t, size, skip_bad=plan.skip_bad) for d, (t, _) in parts.items()}
-        vals = [decode_split(v, size, skip_bad=plan.skip_bad) for _, v in parts.values() if v is not None]
-        train, val = union_split(list(trains.values())), union_split(vals) if vals else None
-        dropped = {f"dropped.{d}.train.{reason}": n for d, split in trains.items()
-                   for reason, n in split.dropped.items() if n}
-        if dropped:
-            log.params(dropped)
-        tests = {t: decode_split(plan.samples(t, job.test_split), size, skip_bad=plan.skip_bad) for t in job.targets}
-        read = [*((t, "train") for t, _ in parts.values()), *((v, "validation") for _, v in parts.values() if v is not None),
-                *((plan.samples(t, job.test_split), "test") for t in job.targets)]
-        log.inputs([DatasetRef(f"{s.dataset}:{s.split}", s.fingerprint, str(s.root), role) for s, role in read])
-        components = Components(job.backbone, _encoder(job) if job.encoder else None)
-        method = build_method(job.method, job.hparams, components)
-        evaluator = Evaluator(method, tests, log, val)
-        method.fit(train, recipe=job.recipe, device=device, log=log, epoch_end=evaluator.epoch_end)
         evaluator.finish(job.recipe.epochs)
         with tempfile.TemporaryDirectory() as tmp:
-            for target, test in tests.items():
+            for target, test in p.tests.items():
                 probs, ev = evaluator.probs[target], evaluator.evaluations[target]
                 result.accs[target] = ev.acc
                 ids = [printable_id(plan.samples(target, job.test_split).ids[k]) for k in test.kept]
                 _write_target_artifacts(Path(tmp) / schema.safe_name(target), test, ids, probs, probs.argmax(1), ev)
                 if target == source_parts(job.source)[0]:  # the method's figures on (the first) source's test set
                     method.report(test, log)
-            fig = confusion_figure({t: (evaluator.evaluations[t].confusion, evaluator.evaluations[t].acc) for t in tests},
+            fig = confusion_figure({t: (evaluator.evaluations[t].confusion, evaluator.evaluations[t].acc)
+                                    for t in p.tests},
                                    f"{job.method} trained on {job.source} (seed {job.seed}), {job.test_split} splits")
             # PNG only: a PDF per job cost ~0.4 s of a 7 s synth5 job; the figures meant for a paper
             # (benchmark table / compare / sweep) come with a PDF beside each PNG.
@@ -201,17 +304,13 @@ def _run_logged_job(job: Job, ctx: RunContext, log: RunLog, result: JobResult, s
         result.mean_target_acc = float(np.mean(list(result.accs.values())))
         unseen = [acc for target, acc in result.accs.items() if not seen(job.source, target)]
         result.mean_unseen_acc = float(np.mean(unseen)) if unseen else None
-        log.metrics({schema.MEAN_ACC: result.mean_target_acc, schema.JOB_SECONDS: time.perf_counter() - start,
+        log.metrics({schema.MEAN_ACC: result.mean_target_acc, schema.JOB_SECONDS: time.perf_counter() - p.start,
                      **({schema.MEAN_UNSEEN_ACC: result.mean_unseen_acc} if unseen else {})}, step=evaluator.epoch)
         result.status = "FINISHED"
+        p.closed = True
         log.finish("FINISHED")
     except Exception as exc:  # noqa: BLE001 - a failing job is recorded and the grid goes on
-        result.error = f"{type(exc).__name__}: {exc}"
-        try:
-            log.tags({schema.ERROR: result.error[:5000]})
-            log.text("error.txt", traceback.format_exc())
-        finally:
-            log.finish("FAILED")
+        _fail(p, exc)
 
 
 def _write_target_artifacts(folder: Path, test, ids: list[str], probs: np.ndarray, preds: np.ndarray, ev) -> None:

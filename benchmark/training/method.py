@@ -99,6 +99,9 @@ class Batch:
     # A multi-source job's split: each sample's domain, an index into the training split's
     # `domain_names` (None when the job trains on one dataset).
     domains: torch.Tensor | None = None
+    # Tensors computed outside the trainable model for this step: the method's own random draws
+    # (`TrainedMethod.step_extras`) and, when jobs are fused, the frozen encoder's features.
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass

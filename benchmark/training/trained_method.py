@@ -6,13 +6,19 @@ A subclass builds its trainable modules and defines its loss:
     training_step(batch) -> (loss, {part: value})  one augmented, normalised Batch
     logits(x, rows, data) -> Tensor                test-time logits of eval-normalised images
 
-and may override the hooks `param_groups`, `optimizer_settings`, `after_step` (return a
-Relabel to change training labels), `epoch_metrics`. Fitting, prediction, the encoder's
-features and checkpoints are shared.
+and may override the hooks `param_groups`, `optimizer_settings`, `step_extras` (the step's own
+random draws), `after_step` (return a Relabel to change training labels), `epoch_metrics`.
+Fitting, prediction, the encoder's features and checkpoints are shared.
+
+`fuses = True` declares that the loop may train several jobs of the method as one stacked model
+(benchmark.training.fused): `training_step` then reads only the batch's images, labels and
+`extra`, draws nothing random itself (draws go in `step_extras`, made per job) and decides
+nothing on the host (no `after_step` relabelling).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 from dataclasses import dataclass
@@ -53,6 +59,9 @@ class TrainedMethod(Method):
 
     augment_spec: ClassVar[AugmentSpec] = PAPER
     eval_batch_size: ClassVar[int] = 128
+    # Whether jobs of this method may be trained fused (see the module's docstring). Off unless a
+    # method declares it, so outside plugins keep training one job per loop.
+    fuses: ClassVar[bool] = False
 
     def __init__(self, hparams: Any, components: Components, name: str = ""):
         super().__init__(hparams, components, name)
@@ -81,6 +90,22 @@ class TrainedMethod(Method):
 
     def optimizer_settings(self) -> OptimizerSettings:
         return self.hparams.optimizer()
+
+    def step_extras(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The step's inputs drawn on the host before `training_step` (CAFE's drop mask): the loop
+        puts them in `batch.extra`, one draw per job and step, also when jobs are fused."""
+        return {}
+
+    def with_extras(self, batch: Batch) -> Batch:
+        """`batch` with this step's `step_extras` drawn into `batch.extra` (what the loop does
+        before every `training_step`)."""
+        batch.extra = {**batch.extra, **self.step_extras(batch)}
+        return batch
+
+    def trains_on_encoder(self) -> bool:
+        """Whether `training_step` reads the frozen encoder's features (`encoder_features`); fused
+        jobs then run the encoder once on their batches together."""
+        return self.needs_encoder
 
     def after_step(self, batch: Batch, epoch: int) -> Relabel | None:
         """Called after each optimizer step; a Relabel changes training labels (SCN)."""
@@ -123,6 +148,13 @@ class TrainedMethod(Method):
 
     def fit(self, train_data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
             epoch_end: EpochEnd | None = None) -> None:
+        with self.training_features(train_data, recipe, device):
+            train_loop(self, train_data, recipe=recipe, device=device, log=log, epoch_end=epoch_end)
+
+    @contextlib.contextmanager
+    def training_features(self, train_data: DecodedSplit, recipe: Recipe, device: torch.device):
+        """While training: with `clip_features = "cached"`, the encoder's features of the split
+        (plain and mirrored) computed once, for `encoder_features` to pick from."""
         if getattr(self.hparams, "clip_features", "online") == "cached":
             if recipe.data_path != "cache":
                 raise BenchmarkError(f"{self.name}: clip_features = 'cached' picks features by the batch's flips, "
@@ -134,9 +166,14 @@ class TrainedMethod(Method):
             self._train_features = (cache.get(encoder, train_data, device),
                                     cache.get(encoder, train_data, device, flipped=True))
         try:
-            train_loop(self, train_data, recipe=recipe, device=device, log=log, epoch_end=epoch_end)
+            yield
         finally:
             self._train_features = None
+
+    @property
+    def encodes_online(self) -> bool:
+        """True when training features come from running the encoder on each augmented batch."""
+        return self._train_features is None
 
     def predict(self, data: DecodedSplit) -> np.ndarray:
         if self.model is None:
@@ -156,6 +193,8 @@ class TrainedMethod(Method):
         tensor as the backbone, every batch. `"cached"`: the precomputed features of the batch's
         un-augmented images, mirrored ones where the augmentation flipped the sample.
         """
+        if "encoder" in batch.extra:  # fused jobs: computed for all of them at once
+            return batch.extra["encoder"]
         if self._train_features is None:
             return self.components.encoder(batch.images)
         plain, mirrored = self._train_features

@@ -44,6 +44,8 @@ class Trainable(Protocol):
 
     def train_mode(self, training: bool) -> None: ...
 
+    def with_extras(self, batch: Batch) -> Batch: ...
+
     def training_step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
     def after_step(self, batch: Batch, epoch: int) -> Relabel | None: ...
@@ -153,14 +155,18 @@ class StepMonitor:
     the first non-finite step stay device tensors; the host looks every `sync_every` steps and at
     the end of the epoch, so a diverged job still stops within the epoch, naming the step where
     the loss first became non-finite.
+
+    Fused jobs (benchmark.training.fused) keep one monitor for all `models`: the losses are then
+    vectors, one entry per job, and `diverged` / `epoch_means_per_model` read them per job.
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, models: int | None = None):
         self.device = device
         self.sums: dict[str, torch.Tensor] = {}
         self.batches = 0
-        self._first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        self._bad_loss = torch.zeros((), dtype=torch.float64, device=device)
+        shape = () if models is None else (models,)
+        self._first_bad = torch.full(shape, -1, dtype=torch.long, device=device)
+        self._bad_loss = torch.zeros(shape, dtype=torch.float64, device=device)
 
     def add(self, step: int, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
         loss = loss.detach()
@@ -178,14 +184,26 @@ class StepMonitor:
         if first >= 0:
             raise TrainingDiverged(f"{name}: loss is {float(self._bad_loss)} at epoch {epoch}, step {first}")
 
+    def diverged(self) -> dict[int, tuple[int, float]]:
+        """Fused jobs: {job's position: (first non-finite step, its loss)} (one host sync)."""
+        first, loss = self._first_bad.cpu(), self._bad_loss.cpu()
+        return {k: (int(first[k]), float(loss[k])) for k in torch.nonzero(first >= 0).flatten().tolist()}
+
     def mean_loss(self) -> float:
-        return float(self.sums["loss"]) / max(1, self.batches)
+        return float(self.sums["loss"].mean()) / max(1, self.batches)
 
     def epoch_means(self) -> dict[str, float]:
         """The epoch's mean of each loss part (one host sync), and a fresh start for the next."""
         means = {f"train/{k}": float(v) / max(1, self.batches) for k, v in self.sums.items()}
         self.sums, self.batches = {}, 0
         return means
+
+    def epoch_means_per_model(self) -> list[dict[str, float]]:
+        """Fused jobs: epoch_means of each job, in the group's order (one host sync)."""
+        sums = {k: (v.cpu() / max(1, self.batches)).tolist() for k, v in self.sums.items()}
+        models = len(self._first_bad)
+        self.sums, self.batches = {}, 0
+        return [{f"train/{k}": v[m] for k, v in sums.items()} for m in range(models)]
 
 
 def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
@@ -221,7 +239,8 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
         order = np.fromiter(epoch_sampler(data.labels, recipe, gen, data.domains), dtype=np.int64)
         for index, x, flips in epoch_batches(method, data, order, recipe, device, gen, aug_gen, resident):
             domains = None if data.domains is None else to_device_batch(data.domains[index], device)
-            batch = Batch(execution.layout(x), to_device_batch(train_labels[index], device), index, flips, domains)
+            batch = method.with_extras(Batch(execution.layout(x), to_device_batch(train_labels[index], device), index,
+                                             flips, domains))
             with execution.autocast():
                 loss, parts = method.training_step(batch)
             optimizer.zero_grad(set_to_none=True)

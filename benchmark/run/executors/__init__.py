@@ -7,7 +7,8 @@
     ray     Ray tasks on a cluster (or a local Ray), each asking for 1/jobs-per-gpu of a GPU
 
 An executor takes the jobs still to run and returns one JobResult per job; it calls `announce`
-before a job starts and `report` when its result is in. A job that raises inside a worker (the
+before a job starts and `report` when its result is in. With `--fuse K` its unit of work is a
+group of up to K jobs (benchmark.jobs.fusion) handed to `run_group`, which trains them as one. A job that raises inside a worker (the
 process died, the node was lost) comes back as a FAILED result, never as an exception.
 """
 
@@ -28,8 +29,11 @@ class ExecutorOptions:
     workers: int | None = None  # pool: worker processes (default jobs_per_gpu x GPUs, at least 1)
     jobs_per_gpu: int = 1
     ray_address: str | None = None  # ray: join this cluster (default: start a local one)
+    fuse: int = 1  # train up to this many jobs of one method as one fused model (benchmark.jobs.fusion)
 
     def __post_init__(self) -> None:
+        if self.fuse < 1:
+            raise BenchmarkError(f"--fuse {self.fuse}: must be 1 or more")
         if self.jobs_per_gpu < 1:
             raise BenchmarkError(f"--jobs-per-gpu {self.jobs_per_gpu}: must be 1 or more")
         if self.workers is not None and self.workers < 1:
@@ -49,6 +53,13 @@ def for_workers(ctx: RunContext) -> RunContext:
     (workers parse their own; smaller payloads)."""
     plan = DataPlan(ctx.plan.data_root, ctx.plan.dataset_paths, ctx.plan.options, ctx.plan.skip_bad)
     return dataclasses.replace(ctx, plan=plan)
+
+
+def work_units(jobs: list[Job], options: ExecutorOptions) -> list[list[Job]]:
+    """The groups an executor hands to `run_group`: one job each, or fused groups of `options.fuse`."""
+    from ...jobs.fusion import fusion_groups
+
+    return fusion_groups(jobs, options.fuse)
 
 
 def lost(job: Job, exc: BaseException) -> JobResult:

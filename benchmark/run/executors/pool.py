@@ -14,8 +14,8 @@ import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterable
 
-from ..runner import run_job
-from . import EXECUTORS, for_workers, lost
+from ..runner import run_group
+from . import EXECUTORS, for_workers, lost, work_units
 
 
 def gpu_count() -> int:
@@ -71,10 +71,15 @@ def run_pool(jobs, ctx, options, announce, report):
     shipped = for_workers(ctx)
     results = []
 
-    def done(job, result, error) -> None:
-        results.append(result if error is None else lost(job, error))
-        report(results[-1])
+    def submit(group) -> None:
+        for job in group:
+            announce(job)
 
-    map_in_pool(run_job, ((job, (job, shipped)) for job in jobs), pool_size(options.workers, options.jobs_per_gpu, gpus),
-                gpus, announce, done)
+    def done(group, group_results, error) -> None:
+        for k, job in enumerate(group):
+            results.append(group_results[k] if error is None else lost(job, error))
+            report(results[-1])
+
+    map_in_pool(run_group, ((group, (group, shipped)) for group in work_units(jobs, options)),
+                pool_size(options.workers, options.jobs_per_gpu, gpus), gpus, submit, done)
     return results

@@ -1,12 +1,12 @@
-"""The Ray executor: one Ray task per job, on a cluster (`--ray-address`) or a local Ray."""
+"""The Ray executor: one Ray task per job (or fused group), on a cluster (`--ray-address`) or a local Ray."""
 
 from __future__ import annotations
 
 import os
 
 from ...core.errors import BenchmarkError
-from ..runner import run_job
-from . import EXECUTORS, for_workers, lost
+from ..runner import run_group
+from . import EXECUTORS, for_workers, lost, work_units
 
 # Environment variables a task needs from the driver (data folders, stores, caches).
 FORWARDED_ENV = ("BENCHMARK_", "FER_", "MLFLOW_", "HF_")
@@ -33,20 +33,23 @@ def run_ray(jobs, ctx, options, announce, report):
         ray.init(address=options.ray_address, include_dashboard=False, log_to_driver=True,
                  runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}})
     resources = task_resources(ray.cluster_resources().get("GPU", 0), options.jobs_per_gpu, ctx.threads or 1)
-    remote = ray.remote(**resources)(run_job)
+    remote = ray.remote(**resources)(run_group)
     shipped = for_workers(ctx)
     pending = {}
-    for job in jobs:
-        announce(job)
-        pending[remote.remote(job, shipped)] = job
+    for group in work_units(jobs, options):
+        for job in group:
+            announce(job)
+        pending[remote.remote(group, shipped)] = group
     results = []
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
-            job = pending.pop(ref)
+            group = pending.pop(ref)
             try:
-                results.append(ray.get(ref))
-            except Exception as exc:  # noqa: BLE001 - the worker died (OOM, node lost): the job failed
-                results.append(lost(job, exc))
-            report(results[-1])
+                group_results = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - the worker died (OOM, node lost): its jobs failed
+                group_results = [lost(job, exc) for job in group]
+            for result in group_results:
+                results.append(result)
+                report(result)
     return results
