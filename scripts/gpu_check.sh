@@ -10,6 +10,10 @@
 #      without CUDA graphs; 8 packed processes with and without cuDNN autotuning; matmul rates;
 #      evaluation cold/warm),
 #   6. the packed processes again under NVIDIA MPS (when the daemon starts),
+#   7. `fuse`: fused training (benchmark.training.fused): cafe and erm with K = 1..32 jobs in one
+#      process at each precision, and fused processes packed 2 and 4,
+#   8. `fuse_mps`: the fused processes packed again under MPS,
+#   9. `fuse_grid`: the synth5_gpu grid fused vs packed (wall time of each, one FINISHED run per job),
 # each under its own time limit, in this order (what matters most first, so a cut loses the
 # least), writing logs and JSON into OUT (default results/gpu_check). With BUNDLE=FILE.tgz set,
 # OUT is packed into that one file after every stage (the device tool returns few files).
@@ -19,7 +23,8 @@
 # --dry-run: the same stages on the CPU at toy sizes (CI runs it), no wheels installed, no MPS.
 # --stages: only these (env always runs); explain reads the grid's runs, so it goes with grid.
 #   At their time limits all stages take over the 10 minutes one device call may run: on a
-#   device, run `--stages tests,grid,lodo,explain` and then `--stages perf,perf_mps`.
+#   device, run `--stages tests,grid,lodo,explain`, then `--stages perf,perf_mps` or
+#   `--stages fuse,fuse_mps,fuse_grid` (each well within one call).
 # Wheels in .whl/ (packages the device lacks: mlflow, open_clip, grad-cam, ...) are installed
 # into a private folder first, then this checkout, editable and without dependencies (its entry
 # points register the methods; `benchmark.protocols` maps to protocols/).
@@ -27,7 +32,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 DRY_RUN=0
-ALL_STAGES="tests,grid,lodo,explain,perf,perf_mps"
+ALL_STAGES="tests,grid,lodo,explain,perf,perf_mps,fuse,fuse_mps,fuse_grid"
 STAGES=$ALL_STAGES
 if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
 if [[ "${1:-}" == "--stages" ]]; then STAGES="${2:-}"; shift 2; fi
@@ -86,7 +91,11 @@ if (( DRY_RUN )); then
     LODO=(--methods cafe --sources synth5/studio+synth5/webcam+synth5/wild+synth5/film "${SMALL[@]}")
     EXPLAIN=(--device cpu --images 4)
     PERF=(--quick --precisions auto --pack 2 --device cpu)
-    LIMITS=(300 300 200 100 300 0)
+    FUSE_PERF=(--quick --loop-only --variant-methods "" --fuse 1,2 --fuse-methods cafe --precisions auto
+               --pack 2 --pack-fuse 2 --device cpu)
+    FUSE_GRID=(--methods cafe --sources synth5/studio --seeds 0,1 "${SMALL[@]}")
+    FUSE_K=2
+    LIMITS=(300 300 200 100 300 0 300 0 300)
 else
     TESTS=()
     GPU_SETTING=(--set encoder=openclip:ViT-B-32:random --set backbone.name=resnet18 --set backbone.weights=none
@@ -100,7 +109,14 @@ else
               --pack-variants default,cudnn_benchmark)
     # Measured on an H100 (2026-11-26): tests 140 s, grid 56 s + start and summary, lodo 43 s +
     # start, summary and table, explain 34 s, perf over 160 s (two compilations of 60 s or more).
-    LIMITS=(200 150 150 90 330 150)
+    FUSE_PERF=(--loop-only --variant-methods "" --fuse 1,4,8,16,32 --fuse-methods cafe,erm --precisions auto,bf16
+               --loop-steps 30 --pack 2,4 --pack-fuse 8)
+    FUSE_MPS=(--loop-only --variant-methods "" --loop-steps 30 --pack 2,4 --pack-fuse 8)
+    # A method's seeds on one source fuse (sources of other sizes train in separate groups).
+    FUSE_GRID=(--methods cafe,eac --sources synth5/studio,synth5/film --num-seeds 8)
+    FUSE_K=8
+    # fuse, fuse_mps, fuse_grid: not yet timed on a device; sized to fit one call of 8 minutes.
+    LIMITS=(200 150 150 90 330 150 240 90 150)
 fi
 
 stage env 60 bash -c "nvidia-smi || true; \"$PY\" -c 'import torch, platform; print(\"python\", platform.python_version(), \"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"cudnn\", torch.backends.cudnn.version(), \"gpu\", torch.cuda.get_device_name() if torch.cuda.is_available() else None)'; nproc; \"$PY\" -m pip list 2>/dev/null | grep -i -E '^(torch|torchvision|mlflow|open.clip|numpy|scikit-learn|pandas) '"
@@ -112,6 +128,19 @@ wanted explain && stage explain "${LIMITS[3]}" "$PY" -m benchmark explain --prot
 wanted perf && stage perf "${LIMITS[4]}" "$PY" -m benchmark perf "${PERF[@]}" --json "$OUT_DIR/perf.json"
 if wanted perf_mps && (( ! DRY_RUN )) && command -v nvidia-cuda-mps-control > /dev/null && nvidia-cuda-mps-control -d; then
     stage perf_mps "${LIMITS[5]}" "$PY" -m benchmark perf "${PERF_MPS[@]}" --json "$OUT_DIR/perf_mps.json"
+    echo quit | nvidia-cuda-mps-control
+fi
+wanted fuse && stage fuse "${LIMITS[6]}" "$PY" -m benchmark perf "${FUSE_PERF[@]}" --json "$OUT_DIR/fuse.json"
+# The synth5_gpu grid trained fused (a method's jobs in one process) and packed (as many
+# processes on the GPU), each into its own store: each grid run's seconds are its wall time.
+FUSED_DB="MLFLOW_TRACKING_URI=sqlite:///$WORK/fused.db" PACKED_DB="MLFLOW_TRACKING_URI=sqlite:///$WORK/packed.db"
+wanted fuse_grid && stage fuse_grid "${LIMITS[8]}" bash -c "
+    $FUSED_DB \"$PY\" -m benchmark run --protocol synth5_gpu --fuse $FUSE_K ${FUSE_GRID[*]} --system-metrics-every 0 &&
+    $FUSED_DB \"$PY\" scripts/grid_summary.py synth5_gpu \"$OUT_DIR/fuse_grid_fused.json\" &&
+    $PACKED_DB \"$PY\" -m benchmark run --protocol synth5_gpu --jobs-per-gpu $FUSE_K ${FUSE_GRID[*]} --system-metrics-every 0 &&
+    $PACKED_DB \"$PY\" scripts/grid_summary.py synth5_gpu \"$OUT_DIR/fuse_grid_packed.json\""
+if wanted fuse_mps && (( ! DRY_RUN )) && command -v nvidia-cuda-mps-control > /dev/null && nvidia-cuda-mps-control -d; then
+    stage fuse_mps "${LIMITS[7]}" "$PY" -m benchmark perf "${FUSE_MPS[@]}" --json "$OUT_DIR/fuse_mps.json"
     echo quit | nvidia-cuda-mps-control
 fi
 echo "stages:"; cat "$OUT_DIR/stages.jsonl"

@@ -24,7 +24,8 @@ def test_gpu_check_dry_run_runs_every_stage_and_writes_its_reports(tmp_path):
                           env={**env, "PYTHON": sys.executable, "BUNDLE": str(bundle)}, capture_output=True,
                           text=True, timeout=900)
     stages = [json.loads(line) for line in (out / "stages.jsonl").read_text().splitlines()]
-    assert [s["stage"] for s in stages] == ["env", "tests", "grid", "lodo", "explain", "perf"], proc.stdout
+    assert [s["stage"] for s in stages] == ["env", "tests", "grid", "lodo", "explain", "perf", "fuse", "fuse_grid"], \
+        proc.stdout
     assert proc.returncode == 0 and all(s["rc"] == 0 for s in stages), proc.stdout + proc.stderr
     assert " passed" in (out / "tests.log").read_text()  # the CUDA suite ran (on the CPU)
     tests = [json.loads(line) for line in (out / "tests.jsonl").read_text().splitlines()]
@@ -43,6 +44,13 @@ def test_gpu_check_dry_run_runs_every_stage_and_writes_its_reports(tmp_path):
     cafe = next(row for row in table if row[0] == "cafe")
     assert 0 <= float(cafe[held_out]) <= 100, table
     assert (out / "gradcam.png").stat().st_size > 0 and (out / "gradcam.pdf").stat().st_size > 0
+    fuse = json.loads((out / "fuse.json").read_text())["loop"]
+    assert [r["fuse"] for r in fuse["fuse"]] == [1, 2] and all(r["images_per_s"] > 0 for r in fuse["fuse"])
+    assert fuse["pack"][0]["fuse"] == 2 and fuse["pack"][0]["images_per_s"] > 0
+    for name in ("fused", "packed"):
+        summary = json.loads((out / f"fuse_grid_{name}.json").read_text())
+        assert summary["one_finished_run_per_job"] and summary["jobs"] == 2, name
+        assert summary["grid_runs"][0]["seconds"] > 0
     with tarfile.open(bundle) as tar:  # packed after the last stage: holds every stage's files
         names = {Path(n).name for n in tar.getnames()}
     assert {"stages.jsonl", "perf.json", "lodo_table.md", "gradcam.png"} <= names

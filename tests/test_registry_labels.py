@@ -50,7 +50,11 @@ def test_the_method_list_read_from_source_matches_the_imported_registry(tmp_path
     from benchmark.training.plugins import load_plugins
 
     methods = load_plugins()
-    assert method_index.method_index() == [(n, methods.get(n).description) for n in methods.names()]
+    yes = {True: "yes", False: "no"}
+    assert method_index.method_index() == [(n, yes[methods.get(n).cls.fuses], methods.get(n).description)
+                                           for n in methods.names()]
+    assert {n for n, fuses, _ in method_index.method_index() if fuses == "yes"} >= {
+        "erm", "cafe", "cafe_mask", "cafe_mask_sep", "cafe_nosigmoid", "clip_ft", "eac"}
 
     plugin = tmp_path / "computed_plugin.py"
     plugin.write_text("from benchmark.api import register_method\nNAME = 'computed'\n"

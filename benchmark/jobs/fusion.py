@@ -19,7 +19,7 @@ def fusion_key(job: Job) -> str | None:
     """What jobs must share to train fused; None when the job's method does not fuse."""
     from ..training.plugins import method_entry
 
-    if not getattr(method_entry(job.method).cls, "fuses", False):
+    if not method_entry(job.method).cls.fuses:
         return None
     recipe = {**dataclasses.asdict(job.recipe), "seed": None}
     return json.dumps([job.method, job.hparams, recipe, job.backbone.id, job.backbone_digest,

@@ -190,7 +190,7 @@ def _train_group(claimed: list[_Prepared], ctx: RunContext) -> None:
             ready.append(p)
         except Exception as exc:  # noqa: BLE001 - a failing job is recorded and the grid goes on
             _fail(p, exc)
-    fusable = len(ready) > 1 and all(getattr(type(p.method), "fuses", False) for p in ready)
+    fusable = len(ready) > 1 and all(type(p.method).fuses for p in ready)
     groups: dict[int, list[_Prepared]] = {}
     for p in ready:  # jobs fuse when every step has K batches of one size: epochs of one length
         groups.setdefault(epoch_length(p.train, p.job.recipe) if fusable else -1 - len(groups), []).append(p)

@@ -148,6 +148,9 @@ class Method(abc.ABC):
     # Bumped when a fix changes what the method computes with the same hyperparameters; a job's
     # identity holds it from 2 on (so jobs of the unchanged methods keep their hash).
     version: ClassVar[int] = 1
+    # Whether several jobs of the method may train as one fused model (`benchmark run --fuse`;
+    # see TrainedMethod). Off unless a method declares it, so plugins keep one job per loop.
+    fuses: ClassVar[bool] = False
 
     def __init__(self, hparams: Any, components: Components, name: str = ""):
         self.hparams = hparams

@@ -2,8 +2,9 @@
 (`load_plugins`, `build_method`), and their names and descriptions read without importing a
 method, so without torch (`method_index`).
 
-`benchmark methods` only lists names and descriptions, which every plugin writes as literal
-strings in its `@register_method("name", "description", ...)` decorators. This reads them from the
+`benchmark methods` only lists names, descriptions and whether a method's jobs fuse, which every
+plugin writes as literals: `@register_method("name", "description", ...)` on a class whose body
+says `fuses = True` (or not). This reads them from the
 source of each `benchmark.methods` entry point's module (every `.py` file of a package) with
 `ast`, which takes milliseconds where importing the methods takes seconds. A plugin whose
 decorators are not plain literals, or whose source cannot be found (a compiled module, an entry
@@ -47,9 +48,32 @@ def _module_files(module: str) -> list[Path] | None:
     return None
 
 
-def _registrations(path: Path) -> list[tuple[str, str]]:
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+# Classes a method may derive from without inheriting `fuses = True` (both declare False).
+_BASES_THAT_DO_NOT_FUSE = {"TrainedMethod", "Method"}
+
+
+def _fuses(cls: ast.ClassDef, path: Path) -> bool:
+    """The class's `fuses` flag: a literal in its body, else False when it derives only from the
+    contract's bases; anything else (inherited from another class) is read by importing."""
+    for node in cls.body:
+        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "fuses" for t in node.targets)
+                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, bool)):
+            return node.value.value
+    bases = {b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else "" for b in cls.bases}
+    if bases <= _BASES_THAT_DO_NOT_FUSE:
+        return False
+    raise _NotLiteral(f"{path}:{cls.lineno}")
+
+
+def _registrations(path: Path) -> list[tuple[str, str, bool]]:
+    """(name, description, fuses) of each `@register_method(...)` decorator in the file."""
+    found, decorating = [], {}
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            for decorator in node.decorator_list:
+                decorating[id(decorator)] = node
+    for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
             continue
         func = node.func
@@ -59,14 +83,16 @@ def _registrations(path: Path) -> list[tuple[str, str]]:
         args = node.args[:2]
         if len(args) < 2 or not all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in args):
             raise _NotLiteral(f"{path}:{node.lineno}")
-        found.append((args[0].value, args[1].value))
+        if id(node) not in decorating:  # registered by a call, not as a class decorator
+            raise _NotLiteral(f"{path}:{node.lineno}")
+        found.append((args[0].value, args[1].value, _fuses(decorating[id(node)], path)))
     return found
 
 
-def method_index() -> list[tuple[str, str]]:
-    """(name, description) of every registered method, sorted by name, as `load_plugins` would
-    register them."""
-    rows: dict[str, str] = {}
+def method_index() -> list[tuple[str, str, str]]:
+    """(name, "yes"/"no" whether its jobs fuse, description) of every registered method, sorted by
+    name, as `load_plugins` would register them."""
+    rows: dict[str, tuple[str, str]] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         module, _, attr = ep.value.partition(":")
         files = None if attr else _module_files(module.strip())
@@ -76,11 +102,16 @@ def method_index() -> list[tuple[str, str]]:
             found = None
         if not found:  # not readable from source: import it (loads every plugin once)
             methods = load_plugins()
-            return [(name, methods.get(name).description) for name in methods.names()]
-        rows.update(found)
+            return [(name, _yes(methods.get(name).cls.fuses), methods.get(name).description)
+                    for name in methods.names()]
+        rows.update({name: (_yes(fuses), description) for name, description, fuses in found})
     if not rows:
         load_plugins()  # raises the error that names the missing entry point
-    return sorted(rows.items())
+    return [(name, fuses, description) for name, (fuses, description) in sorted(rows.items())]
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 _plugins_loaded = False

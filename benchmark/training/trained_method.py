@@ -59,9 +59,6 @@ class TrainedMethod(Method):
 
     augment_spec: ClassVar[AugmentSpec] = PAPER
     eval_batch_size: ClassVar[int] = 128
-    # Whether jobs of this method may be trained fused (see the module's docstring). Off unless a
-    # method declares it, so outside plugins keep training one job per loop.
-    fuses: ClassVar[bool] = False
 
     def __init__(self, hparams: Any, components: Components, name: str = ""):
         super().__init__(hparams, components, name)
