@@ -90,7 +90,7 @@ if (( DRY_RUN )); then
     GRID=(--methods cafe,eac --sources synth5/studio,synth5/film --jobs-per-gpu 2 --system-metrics-every 0.5 "${SMALL[@]}")
     LODO=(--methods cafe --sources synth5/studio+synth5/webcam+synth5/wild+synth5/film "${SMALL[@]}")
     EXPLAIN=(--device cpu --images 4)
-    PERF=(--quick --precisions auto --pack 2 --device cpu)
+    PERF=(--quick --pack 2 --device cpu)  # every precision: tests/test_gpu_check.py reads every field
     FUSE_PERF=(--quick --loop-only --variant-methods "" --fuse 1,2 --fuse-methods cafe --precisions auto
                --pack 2 --pack-fuse 2 --device cpu)
     FUSE_GRID=(--methods cafe --sources synth5/studio --seeds 0,1 "${SMALL[@]}")

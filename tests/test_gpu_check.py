@@ -33,6 +33,7 @@ def test_gpu_check_dry_run_runs_every_stage_and_writes_its_reports(tmp_path):
     perf = json.loads((out / "perf.json").read_text())
     assert perf["loop"]["pack"] and perf["loop"]["pack"][0]["images_per_s"] > 0
     assert perf["loop"]["variants"]["cafe"]["default"]["images_per_s"] > 0
+    check_perf_report((out / "perf.log").read_text(), perf)
     grid = json.loads((out / "grid.json").read_text())
     assert grid["one_finished_run_per_job"] and grid["jobs"] == 4 and grid["processes"] == 2
     assert grid["runs_with_system_metrics"] >= 1  # sampled every 0.5 s; each job trains for seconds
@@ -54,6 +55,33 @@ def test_gpu_check_dry_run_runs_every_stage_and_writes_its_reports(tmp_path):
     with tarfile.open(bundle) as tar:  # packed after the last stage: holds every stage's files
         names = {Path(n).name for n in tar.getnames()}
     assert {"stages.jsonl", "perf.json", "lodo_table.md", "gradcam.png"} <= names
+
+
+def check_perf_report(text: str, report: dict) -> None:
+    """`benchmark perf --quick` (the dry run's perf stage) prints and writes every field."""
+    for field in ("img/s", "data ms", "encoder ms", "backbone f+b ms", "optim ms", "data wait",
+                  "vs per-sample", "GFLOP per training image", "efficiency", "evaluation of 5 test sets",
+                  "clip_probe", "cold/rest", "peak resident memory", "bf16"):
+        assert field in text
+    assert set(report["methods"]) == {"erm", "cafe", "clip_ft"}
+    for m in report["methods"].values():
+        assert m["train_flops_per_image"] > 0
+        for path in ("harness_auto", "harness_bf16"):
+            # Finite and positive only: on a loaded machine the tiny quick matmul can read low.
+            assert 0 < m[path]["efficiency"] < float("inf") and m[path]["speedup_vs_per_sample"] > 0
+        for path in ("per_sample", "harness_auto", "harness_bf16"):
+            assert m[path]["images_per_s"] > 0 and 0 <= m[path]["data_wait_share"] <= 1
+    assert report["methods"]["erm"]["harness_auto"]["encoder_s"] == 0  # erm runs no encoder
+    assert report["methods"]["cafe"]["harness_auto"]["encoder_s"] > 0
+    assert set(report["eval"]) == {"auto", "bf16"} and report["peak_rss_mb"] > 0
+    for by_method in report["eval"].values():
+        assert set(by_method) == {"cafe", "clip_probe"}
+        for e in by_method.values():
+            cold, warm = e["cold"], e["warm"]
+            # Cold decodes the files and runs the encoder; warm reads both from the disk caches, so
+            # a cache that missed would show as encoder time in the warm run.
+            assert cold["decode_s"] > 0 and cold["encoder_s"] > 0 and warm["encoder_s"] == 0
+            assert cold["rest_s"] > 0 and warm["rest_s"] > 0 and e["speedup"] > 0 and e["cold_over_rest"] > 0
 
 
 def test_gpu_check_refuses_a_stage_it_does_not_have_before_running_any(tmp_path):
