@@ -25,9 +25,9 @@ def results(shift: float, seeds=(0, 1, 2), noise: float = 0.01, skip: tuple | No
         for target in DOMAINS:
             for seed in seeds:
                 base = 0.5 + 0.2 * (source == target)
-                rows.append(["b", "r18", source, seed, target, "acc", base + rng.normal(0, noise), "env", ""])
+                rows.append(["b", "r18", source, seed, target, "acc", base + rng.normal(0, noise), "env", "", False])
                 if (source, target, seed) != skip:
-                    rows.append(["a", "r18", source, seed, target, "acc", base + shift + rng.normal(0, noise), "env", ""])
+                    rows.append(["a", "r18", source, seed, target, "acc", base + shift + rng.normal(0, noise), "env", "", False])
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 
@@ -126,3 +126,14 @@ def test_the_command_prints_the_seeds_a_difference_needs_and_draws_the_profiles(
     assert "To detect 2.00 points: " in capsys.readouterr().out
     with Image.open(tmp_path / "a_vs_b_profile.png") as image:
         assert image.size[0] >= 1000
+
+
+def test_a_collapsed_seed_is_marked_in_the_per_cell_rows_and_named():
+    frame = results(0.02)
+    frame.loc[(frame["method"] == "a") & (frame["source"] == DOMAINS[0]) & (frame["seed"] == 1), "collapsed"] = True
+    text = render(compare(frame, "a", "b"), "last epoch")
+    rows = [line for line in text.splitlines() if line.startswith(f"| {DOMAINS[0]} →")]
+    assert rows and all(line.split("|")[3].strip().endswith("!") for line in rows)
+    assert not any(line.split("|")[4].strip().endswith("!") for line in rows)  # b never collapsed
+    assert f"Here: a on {DOMAINS[0]} (seed 1)." in text
+    assert "collapsed" not in render(compare(results(0.02), "a", "b"), "last epoch")

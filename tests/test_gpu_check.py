@@ -43,7 +43,7 @@ def test_gpu_check_dry_run_runs_every_stage_and_writes_its_reports(tmp_path):
              for line in (out / "lodo_table.md").read_text().splitlines() if line.startswith("|")]
     held_out = table[0].index("synth5/lowres")  # the one fold run: trained on the other four
     cafe = next(row for row in table if row[0] == "cafe")
-    assert 0 <= float(cafe[held_out]) <= 100, table
+    assert 0 <= float(cafe[held_out].rstrip("!")) <= 100, table  # "!": a collapsed model (toy sizes)
     assert (out / "gradcam.png").stat().st_size > 0 and (out / "gradcam.pdf").stat().st_size > 0
     fuse = json.loads((out / "fuse.json").read_text())["loop"]
     assert [r["fuse"] for r in fuse["fuse"]] == [1, 2] and all(r["images_per_s"] > 0 for r in fuse["fuse"])

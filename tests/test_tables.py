@@ -64,7 +64,7 @@ def paper_results(protocol: str) -> pd.DataFrame:
             continue
         for key, value in job_metrics(accs).items():
             target, metric = schema.parse_test_metric(key)
-            rows.append([method, backbone.split(":")[0], source, seed, target, metric, value, NO_ENV, ""])
+            rows.append([method, backbone.split(":")[0], source, seed, target, metric, value, NO_ENV, "", False])
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS).sort_values(RESULT_COLUMNS[:6], kind="stable")
     frame = frame.reset_index(drop=True)
     frame.attrs["warnings"] = []
@@ -289,3 +289,22 @@ def test_ties_are_corrected_for_the_number_of_cells_compared():
     crowded = tables.render(tables.Table("t", ["x"], [("best", [seeded(best)]), gap, *noise]), "md")
     rows = {row[0]: row[1] for row in markdown_rows(crowded)[2:]}
     assert rows["gap"].endswith("†") and "10 comparisons" in crowded
+
+
+def test_a_collapsed_seed_marks_its_cells_and_adds_the_footnote():
+    """One seed's run of cafe on RAF-DB is tagged collapsed: every cafe cell of that source (and
+    its Mean) is marked `!` with the footnote, other rows and sources are not; markdown and LaTeX."""
+    results = paper_results("gfer5")
+    broken = (results["method"] == "cafe") & (results["source"] == "rafdb") & (results["seed"] == results["seed"].min())
+    results.loc[broken, "collapsed"] = True
+    built = tables.build_tables("table1", results, "acc", DATASETS, DATASETS, ["cafe", "scn"])
+    raf = next(t for t in built if "RAF" in t.title)
+    text = tables.render(raf, "md")
+    rows = {r[0].strip("*"): r[1:] for r in markdown_rows(text)[2:]}
+    assert all(tables.COLLAPSED in cell for cell in rows["cafe"]), rows["cafe"]
+    assert not any(tables.COLLAPSED in cell for cell in rows["scn"])
+    assert tables.COLLAPSED_NOTE in text
+    other = next(t for t in built if "RAF" not in t.title)
+    assert tables.COLLAPSED not in tables.render(other, "md").split("\n\n")[1] and tables.COLLAPSED_NOTE not in \
+        tables.render(other, "md")
+    assert "collapsed" in tables.render(raf, "latex")

@@ -42,6 +42,12 @@ from ..core.errors import BenchmarkError
 from ..core.sources import seen, seen_mask
 from .figures import save_figure, t_half_width
 
+# The mark of a result whose model collapsed (benchmark.training.metrics.collapse), in tables and here.
+COLLAPSED = "!"
+COLLAPSED_NOTE = (f"{COLLAPSED}: at least one seed's model collapsed: on its source's test set it put more than 90% "
+                  "of the images in one class, or scored within 2 points of always predicting the majority class "
+                  "(the run's `collapsed` tag says which).")
+
 SEED = 0  # resampling and random sign patterns are seeded: the same results give the same numbers
 BOOTSTRAP_RESAMPLES = 2000  # the standard error it estimates is within ~2% of its limit
 EXACT_UNITS = 16  # up to 2^16 sign patterns enumerated; beyond, SIGN_FLIPS random ones
@@ -120,6 +126,11 @@ def paired_cells(results: pd.DataFrame, a: str, b: str, metric: str) -> tuple[pd
                for (src, tgt, seed), row in both.iterrows() if np.isnan(row.a) or np.isnan(row.b)]
     cells = both.dropna().reset_index()
     cells["diff"] = cells["a"] - cells["b"]
+    for side, method in (("a", a), ("b", b)):  # whether that seed's model collapsed (schema.COLLAPSED)
+        flags = (frame[frame["method"] == method].groupby(keys)["collapsed"].any() if "collapsed" in frame
+                 else pd.Series(dtype=bool))
+        cells[f"{side}_collapsed"] = [bool(flags.get(k, False)) for k in zip(cells["source"], cells["target"],
+                                                                            cells["seed"])]
     return cells, missing
 
 
@@ -304,7 +315,8 @@ def per_cell(cells: pd.DataFrame) -> pd.DataFrame:
         half = t_half_width(float(np.std(diffs, ddof=1)) if n > 1 else None, n)
         p = paired_p(diffs)
         rows.append({"source": source, "target": target, "n": n, "a_mean": float(group["a"].mean()),
-                     "b_mean": float(group["b"].mean()), "diff": float(diffs.mean()), "half_width": half, "p": p})
+                     "b_mean": float(group["b"].mean()), "diff": float(diffs.mean()), "half_width": half, "p": p,
+                     "a_collapsed": bool(group["a_collapsed"].any()), "b_collapsed": bool(group["b_collapsed"].any())})
     frame = pd.DataFrame(rows)
     frame["outside_noise"] = discoveries(frame["p"].tolist())
     return frame
@@ -435,10 +447,18 @@ def render(comparison: Comparison, selection_label: str, display=lambda name: na
     cell_rows = []
     for r in c.per_cell.itertuples():
         diff = _pct(r.diff) + ("" if r.half_width is None else f" ± {100 * r.half_width:.2f}")
-        cell_rows.append([f"{display(r.source)} → {display(r.target)}", r.n, _pct(r.a_mean, False),
-                          _pct(r.b_mean, False), diff + ("*" if r.outside_noise else "")])
+        cell_rows.append([f"{display(r.source)} → {display(r.target)}", r.n,
+                          _pct(r.a_mean, False) + (COLLAPSED if r.a_collapsed else ""),
+                          _pct(r.b_mean, False) + (COLLAPSED if r.b_collapsed else ""),
+                          diff + ("*" if r.outside_noise else "")])
     out.append(tabulate(cell_rows, headers=["cell", "seeds", c.a, c.b, "Δ"], tablefmt="github",
                         disable_numparse=True))
+    collapsed = [f"{method} on {display(source)} (seed {seed})"
+                 for side, method in (("a", c.a), ("b", c.b))
+                 for source, seed in c.cells[c.cells[f"{side}_collapsed"]][["source", "seed"]].drop_duplicates()
+                 .itertuples(index=False)]
+    if collapsed:
+        out += ["", f"{COLLAPSED_NOTE} Here: {'; '.join(collapsed)}. Their units still count above."]
     if seeds < 2:
         out += ["", "One seed per cell: no seed noise to compare a difference with."]
     if c.missing:

@@ -23,7 +23,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from ..core.errors import BenchmarkError
-from .compare import FDR, discoveries, paired_p
+from .compare import COLLAPSED, COLLAPSED_NOTE, FDR, discoveries, paired_p
 from .figures import save_figure, t_half_width
 from ..core.labels import CLASSES
 from .selection import LABELS as SELECTION_LABELS
@@ -31,6 +31,7 @@ from ..core.sources import held_out, parts as source_parts, seen_mask
 
 MISSING = "–"
 TIED = "†"  # not distinguishable from the column's best (see ties)
+
 LAYOUT_KINDS = ("per_source", "single_source", "backbones", "perclass", "leave_one_out")
 
 
@@ -133,6 +134,7 @@ class Cell:
     seeds: int = 0
     partial: bool = False  # a mean over an incomplete row
     by_seed: dict[int, float] = field(default_factory=dict)  # seed -> value: ties are tested paired over seeds
+    collapsed: bool = False  # a seed's model collapsed (COLLAPSED)
 
     @property
     def half_width(self) -> float | None:
@@ -150,7 +152,7 @@ class Cell:
         out = f"{100 * self.mean:.2f}"
         if with_interval and self.half_width is not None:
             out += f" ± {100 * self.half_width:.2f}"
-        return out + ("*" if self.partial else "")
+        return out + ("*" if self.partial else "") + (COLLAPSED if self.collapsed else "")
 
 
 @dataclass
@@ -172,9 +174,11 @@ def _cells(frame: pd.DataFrame, targets: list[str], mean_over: list[str]) -> tup
     for t in targets:
         if t in by_target.groups:
             values = by_target.get_group(t)
-            by_seed = frame.loc[values.index].groupby("seed")["value"].mean().to_dict()
+            rows = frame.loc[values.index]
+            by_seed = rows.groupby("seed")["value"].mean().to_dict()
+            collapsed = bool(rows["collapsed"].any()) if "collapsed" in rows else False
             cells.append(Cell(values.mean(), values.std(ddof=1) if len(values) > 1 else None, len(values),
-                              by_seed=by_seed))
+                              by_seed=by_seed, collapsed=collapsed))
         else:
             cells.append(Cell(None))
             missing = True
@@ -184,8 +188,9 @@ def _cells(frame: pd.DataFrame, targets: list[str], mean_over: list[str]) -> tup
     present = set(sub["target"])
     incomplete = not set(mean_over) <= present
     if len(per_seed):
+        collapsed = bool(sub["collapsed"].any()) if "collapsed" in sub else False
         cells.append(Cell(per_seed.mean(), per_seed.std(ddof=1) if len(per_seed) > 1 else None, len(per_seed),
-                          partial=incomplete, by_seed=per_seed.to_dict()))
+                          partial=incomplete, by_seed=per_seed.to_dict(), collapsed=collapsed))
     else:
         cells.append(Cell(None))
     return cells, missing or incomplete
@@ -391,6 +396,8 @@ def render(table: Table, fmt: str, compare: bool = False) -> str:
     title = table.title + (f" ({seeds} seeds, mean ± 95% t-interval over seeds; {rule})" if seeds > 1
                            else f" (1 seed; {rule})" if seeds == 1 else f" ({rule})")
     notes = list(table.notes)
+    if any(cell.collapsed for _, cells in table.rows for cell in cells):
+        notes.append(COLLAPSED_NOTE)
     tie_note = ""
     if best:
         tie_note = (f"Bold: the best mean of each column; {TIED}: not distinguishable from it (paired t-test over the "

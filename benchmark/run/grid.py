@@ -38,7 +38,8 @@ def report(result: JobResult, where: str = "") -> None:
     elif result.status == "FINISHED":
         unseen = "" if result.mean_unseen_acc is None else f", mean unseen acc {100 * result.mean_unseen_acc:.2f}"
         source = "" if result.source_acc is None else f", source acc {100 * result.source_acc:.2f}"
-        print(f"[done] {result.label}: {result.seconds:.0f}s{source}{unseen} "
+        collapsed = " COLLAPSED" if result.collapsed else ""
+        print(f"[done] {result.label}: {result.seconds:.0f}s{source}{unseen}{collapsed} "
               f"(run {result.run_id}){where}", flush=True)
     else:
         print(f"[FAILED] {result.label}: {result.error} (run {result.run_id}){where}", flush=True)
@@ -63,6 +64,19 @@ class Progress:
         left = self.total - self.ended
         estimate = f", about {duration(elapsed / self.ended * left)} left" if left else ""
         report(result, f"{self.ended}/{self.total} done, {duration(elapsed)} elapsed{estimate}")
+
+
+def collapse_warning(results: list[JobResult]) -> str:
+    """Lines naming the jobs whose model collapsed (predicts almost one class on its source's
+    test set), each with why; empty when none did."""
+    collapsed = [r for r in results if r.status == "FINISHED" and r.collapsed]
+    if not collapsed:
+        return ""
+    lines = [f"\nWARNING: {len(collapsed)} job(s) finished with a collapsed model (predicting almost one class on "
+             f"the source's test set: a learning rate too high or too low, a broken label map?); tagged "
+             f"'{schema.COLLAPSED}' on their runs, marked ! in tables:"]
+    lines += [f"  {r.label}: {r.collapsed} (run {r.run_id})" for r in collapsed]
+    return "\n".join(lines) + "\n"
 
 
 def summary(results: list[JobResult]) -> str:
@@ -146,6 +160,7 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: R
           f"{len(failed)} failed, in {time.perf_counter() - started:.0f}s")
     for r in failed:
         print(f"  FAILED {r.label}: {r.error}")
+    print(collapse_warning(results), end="")
     table = summary(results)
     if table:
         print(f"\nThis run's jobs (accuracy %, mean over jobs; unseen: targets other than the source):\n{table}")

@@ -64,6 +64,7 @@ class JobResult:
     error: str = ""
     run_id: str = ""
     accs: dict[str, float] = field(default_factory=dict)
+    collapsed: str = ""  # why its model looks collapsed on its source's test set (empty: it does not)
 
 
 def library_versions() -> dict[str, str]:
@@ -275,13 +276,19 @@ def _prepare(p: _Prepared, ctx: RunContext, device) -> None:
 def _finish(p: _Prepared, ctx: RunContext) -> None:
     """After training: the last evaluation, each target's artifacts, the trained method, the
     summary metrics; the run closed as FINISHED (or FAILED if any of this raises)."""
+    from ..training.metrics import collapse
+
     job, log, result, method, evaluator, plan = p.job, p.log, p.result, p.method, p.evaluator, ctx.plan
     try:
         evaluator.finish(job.recipe.epochs)
+        collapsed = []
         with tempfile.TemporaryDirectory() as tmp:
             for target, test in p.tests.items():
                 probs, ev = evaluator.probs[target], evaluator.evaluations[target]
                 result.accs[target] = ev.acc
+                reason = collapse(test.labels, probs.argmax(1)) if seen(job.source, target) else None
+                if reason:  # only in-domain: a model that works may still fail on an unseen domain
+                    collapsed.append(f"{target}: {reason}")
                 ids = [printable_id(plan.samples(target, job.test_split).ids[k]) for k in test.kept]
                 _write_target_artifacts(Path(tmp) / schema.safe_name(target), test, ids, probs, probs.argmax(1), ev)
                 if target == source_parts(job.source)[0]:  # the method's figures on (the first) source's test set
@@ -299,6 +306,9 @@ def _finish(p: _Prepared, ctx: RunContext) -> None:
         with tempfile.TemporaryDirectory() as tmp:  # the trained method, for `benchmark evaluate --run`
             checkpoint.write(Path(tmp), method, job)
             log.artifacts(Path(tmp), checkpoint.FOLDER)
+        if collapsed:
+            result.collapsed = "; ".join(collapsed)
+            log.tags({schema.COLLAPSED: result.collapsed})
         seen_accs = [acc for target, acc in result.accs.items() if seen(job.source, target)]
         result.source_acc = float(np.mean(seen_accs)) if seen_accs else None
         result.mean_target_acc = float(np.mean(list(result.accs.values())))

@@ -25,9 +25,10 @@ from .liveness import Heartbeat, process_alive, process_tags, run_alive
 CLAIM_SETTLE_S = 0.5
 ABANDONED = "abandoned: its process ended without finishing"
 # `sweep`: the job's swept values as "name=value, ..." ("" outside a sweep).
-RESULT_COLUMNS = ["method", "backbone", "source", "seed", "target", "metric", "value", "env", "sweep"]
+# collapsed: the run's model predicts (almost) one class on its source's test set (schema.COLLAPSED)
+RESULT_COLUMNS = ["method", "backbone", "source", "seed", "target", "metric", "value", "env", "sweep", "collapsed"]
 HISTORY_COLUMNS = ["job_hash", "method", "backbone", "source", "seed", "target", "metric", "epoch", "value", "env",
-                   "sweep"]
+                   "sweep", "collapsed"]
 
 
 @dataclass
@@ -295,7 +296,8 @@ class ResultStore(abc.ABC):
         env = signature({k: run.params.get(k) for k in SIGNATURE_KEYS})
         swept = {k[len(schema.SWEEP_PREFIX):]: v for k, v in run.tags.items() if k.startswith(schema.SWEEP_PREFIX)}
         return [run.tags[schema.METHOD], run.params.get(schema.BACKBONE, "").split(":")[0], run.tags[schema.SOURCE],
-                int(run.tags[schema.SEED])], {"names": names, "env": env, "sweep": schema.sweep_label(swept)}
+                int(run.tags[schema.SEED])], {"names": names, "env": env, "sweep": schema.sweep_label(swept),
+                                               "collapsed": bool(run.tags.get(schema.COLLAPSED))}
 
     def results(self, protocol: str, datasets: list[str] | None = None) -> pd.DataFrame:
         """The tidy frame tables are built from: one row per (FINISHED job run, target, metric),
@@ -314,7 +316,7 @@ class ResultStore(abc.ABC):
                 parsed = schema.parse_test_metric(key)
                 if parsed is not None:
                     rows.append([*job, extra["names"].get(parsed[0], parsed[0]), parsed[1], float(value), extra["env"],
-                                 extra["sweep"]])
+                                 extra["sweep"], extra["collapsed"]])
         # A fixed row order makes every sum (and so every rounded cell) the same from run to run.
         frame = (pd.DataFrame(rows, columns=RESULT_COLUMNS).sort_values(RESULT_COLUMNS[:6], kind="stable")
                  .reset_index(drop=True))
@@ -351,7 +353,7 @@ class ResultStore(abc.ABC):
                                   else (schema.SOURCE_VAL, key[len(schema.SOURCE_VAL) + 1:]))
                 for step, value in points:
                     rows.append([run.tags[schema.JOB_HASH], *job, target, metric, int(step), float(value), extra["env"],
-                                 extra["sweep"]])
+                                 extra["sweep"], extra["collapsed"]])
         frame = (pd.DataFrame(rows, columns=HISTORY_COLUMNS)
                  .sort_values(["method", "backbone", "source", "seed", "target", "metric", "epoch"], kind="stable")
                  .drop_duplicates(["job_hash", "target", "metric", "epoch"], keep="last").reset_index(drop=True))

@@ -103,11 +103,14 @@ class MlflowRunLog(RunLog):
 
 
 # The view `benchmark ui` links to (MLflow's shared-view state: search facets and UI state; a
-# column is `<params|metrics|attributes>.`<key>``).
+# column is `<params|metrics|attributes|tags>.`<key>``). Sorted by mean unseen accuracy, best
+# first: MLflow's UI nests child runs under their parent only when sorted by start time, so every
+# job run shows as its own row (the grid runs, which have no such metric, come last).
 JOBS_VIEW_STATE = {
-    "orderByKey": "attributes.start_time", "orderByAsc": False,
+    "orderByKey": f"metrics.`{schema.MEAN_UNSEEN_ACC}`", "orderByAsc": False,
     "selectedColumns": [f"params.`{schema.METHOD}`", f"params.`{schema.SOURCE}`", f"params.`{schema.SEED}`",
-                        f"metrics.`{schema.MEAN_UNSEEN_ACC}`", f"metrics.`{schema.MEAN_ACC}`", "attributes.`Duration`"],
+                        f"metrics.`{schema.MEAN_UNSEEN_ACC}`", f"metrics.`{schema.MEAN_ACC}`",
+                        f"tags.`{schema.COLLAPSED}`", "attributes.`Duration`"],
 }
 
 
@@ -135,8 +138,8 @@ class MlflowStore(ResultStore):
     def experiment(self, name: str, create: bool = True) -> str | None:
         found = retry(lambda: self.client.get_experiment_by_name(name))
         if found is not None:
-            if create and schema.SHARED_VIEW_PREFIX + schema.JOBS_VIEW not in found.tags:  # made before the tags existed
-                self._mark_training(found.experiment_id)
+            if create and found.tags.get(schema.SHARED_VIEW_PREFIX + schema.JOBS_VIEW) != json.dumps(JOBS_VIEW_STATE):
+                self._mark_training(found.experiment_id)  # made before the tags existed, or by an older view
             return found.experiment_id
         if not create:
             return None

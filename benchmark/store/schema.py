@@ -13,6 +13,9 @@ KIND = "kind"  # "grid" on parent runs; absent on job runs
 PROTOCOL = "protocol"
 PARENT = "mlflow.parentRunId"  # MLflow's own name, so its UI nests job runs under their grid
 ERROR = "error"
+# On a job run whose model predicts (almost) one class on its source's test set: why
+# (benchmark.training.metrics.collapse). Absent otherwise.
+COLLAPSED = "collapsed"
 COMMAND = "command"
 # MLflow's own tags, which its UI shows: who ran it, from which commit, and a description.
 USER, GIT_COMMIT, DESCRIPTION = "mlflow.user", "mlflow.source.git.commit", "mlflow.note.content"

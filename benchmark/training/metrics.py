@@ -12,6 +12,11 @@ from ..core.labels import CLASSES
 
 LABELS = list(range(len(CLASSES)))
 
+# A model has collapsed when it predicts (almost) one class: more than this share of a test set's
+# predictions in one class, or an accuracy within this margin of always predicting the majority.
+COLLAPSE_ONE_CLASS_SHARE = 0.9
+COLLAPSE_MAJORITY_MARGIN = 0.02
+
 
 @dataclass
 class Evaluation:
@@ -38,3 +43,21 @@ def evaluate(labels: np.ndarray, predictions: np.ndarray) -> Evaluation:
         class_acc={name: float(per_class[k]) for k, name in enumerate(CLASSES)},
         confusion=confusion_matrix(labels, predictions, labels=LABELS),
     )
+
+
+def collapse(labels: np.ndarray, predictions: np.ndarray) -> str | None:
+    """Why these predictions look like a collapsed model's (COLLAPSE_* above), or None."""
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    if not len(labels):
+        return None
+    counts = np.bincount(predictions, minlength=len(CLASSES))
+    top = int(counts.argmax())
+    share = counts[top] / len(predictions)
+    majority = np.bincount(labels, minlength=len(CLASSES)).max() / len(labels)
+    acc = float(accuracy_score(labels, predictions))
+    if share > COLLAPSE_ONE_CLASS_SHARE:
+        return f"{100 * share:.0f}% of its predictions are {CLASSES[top]!r}"
+    if acc <= majority + COLLAPSE_MAJORITY_MARGIN:
+        return (f"accuracy {100 * acc:.2f} is within {100 * COLLAPSE_MAJORITY_MARGIN:.0f} points of always "
+                f"predicting the majority class ({100 * majority:.2f})")
+    return None
