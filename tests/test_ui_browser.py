@@ -1,0 +1,91 @@
+"""`benchmark ui` in a real browser: headless Chromium loads the URL it prints and the page shows
+every job run of a small grid as its own row, with its method, source and accuracies.
+
+Skipped when Chromium is missing, except in CI (`BENCHMARK_CI=1`, set by .ci/run, which installs
+Debian's `chromium`): there a missing browser fails the test."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from benchmark.cli import main
+
+from .test_runner import finished_runs, free_port, write_protocol
+
+
+def chromium() -> str:
+    found = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
+                  if shutil.which(name)), None)
+    if found is None:
+        if os.environ.get("BENCHMARK_CI"):
+            pytest.fail("Chromium is missing in CI (.ci/run installs Debian's chromium)")
+        pytest.skip("no Chromium on this machine (apt install chromium)")
+    return found
+
+
+def rendered_page(browser: str, url: str, wait_ms: int = 15000) -> str:
+    """The DOM of `url` after its scripts ran for `wait_ms` of virtual time."""
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                           f"--virtual-time-budget={wait_ms}", "--window-size=1600,1000", "--dump-dom", url],
+                          capture_output=True, text=True, timeout=120)
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_the_ui_opens_on_the_job_runs_with_their_accuracies(tmp_path):
+    browser = chromium()
+    protocol = write_protocol(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm"]) == 0
+    runs = finished_runs(uri)
+    assert len(runs) == 2
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    ui = subprocess.Popen([sys.executable, "-m", "benchmark", "ui", "--tracking-uri", uri, "--port", str(port)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          start_new_session=True)
+    try:
+        first = ui.stdout.readline()
+        url = re.search(r"http://\S+", first).group(0)
+        assert url.startswith(f"http://127.0.0.1:{port}/#/experiments/")
+        deadline = time.time() + 90
+        while True:  # the server is up when its health endpoint answers
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
+        page = rendered_page(browser, url)
+        text = re.sub(r"<[^>]+>", " ", page)
+        body = page[page.find("<body"):]
+        text = re.sub(r"<[^>]+>", " ", re.sub(r"<style.*?</style>", " ", body, flags=re.S))
+        assert "Sort: test/mean_unseen_acc" in text  # the jobs view, not the default one
+        # Each job run is a row of its own (not folded under its grid run), sorted by mean unseen
+        # accuracy, best first; the grid run, which has none, comes after them.
+        jobs = sorted(runs, key=lambda r: -r.metrics["test/mean_unseen_acc"])
+        places = [body.find(f">{r.tags['mlflow.runName']}<") for r in jobs]
+        grid = re.search(r">(grid-\d{8}-\d{6})<", body)
+        assert all(p >= 0 for p in places) and grid is not None, places
+        assert max(places) < grid.start()
+        for (a, pa), (b, pb) in zip(zip(jobs, places), list(zip(jobs, places))[1:]):
+            if a.metrics["test/mean_unseen_acc"] > b.metrics["test/mean_unseen_acc"]:
+                assert pa < pb
+        for run in runs:  # method, source, seed and the accuracies, visible without a click
+            for value in (run.tags["source"], str(run.metrics["test/mean_unseen_acc"]),
+                          str(run.metrics["test/mean_acc"])):
+                assert value in text, value
+        assert "erm" in text and "collapsed" in text  # the collapse tag's column
+    finally:
+        os.killpg(ui.pid, 15)
+        ui.wait(timeout=30)
