@@ -132,8 +132,9 @@ if wanted perf_mps && (( ! DRY_RUN )) && command -v nvidia-cuda-mps-control > /d
 fi
 wanted fuse && stage fuse "${LIMITS[6]}" "$PY" -m benchmark perf "${FUSE_PERF[@]}" --json "$OUT_DIR/fuse.json"
 # The synth5_gpu grid trained fused (a method's jobs in one process) and packed (as many
-# processes on the GPU), each into its own store: each grid run's seconds are its wall time.
-FUSED_DB="MLFLOW_TRACKING_URI=sqlite:///$WORK/fused.db" PACKED_DB="MLFLOW_TRACKING_URI=sqlite:///$WORK/packed.db"
+# processes on the GPU), each into its own JSON-lines store (no database in the timing): each
+# grid run's seconds are its wall time.
+FUSED_DB="MLFLOW_TRACKING_URI=jsonl:$WORK/fused" PACKED_DB="MLFLOW_TRACKING_URI=jsonl:$WORK/packed"
 wanted fuse_grid && stage fuse_grid "${LIMITS[8]}" bash -c "
     $FUSED_DB \"$PY\" -m benchmark run --protocol synth5_gpu --fuse $FUSE_K ${FUSE_GRID[*]} --system-metrics-every 0 &&
     $FUSED_DB \"$PY\" scripts/grid_summary.py synth5_gpu \"$OUT_DIR/fuse_grid_fused.json\" &&

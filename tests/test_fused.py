@@ -137,7 +137,7 @@ def test_fused_step_in_float32_agrees_to_the_last_bits_above_every_relu(name):
         assert float(torch.nn.functional.cosine_similarity(own.double(), ours.double(), dim=0)) >= 0.999
 
 
-def short_recipe(seed: int, steps: int = 4) -> Recipe:
+def short_recipe(seed: int, steps: int = 2) -> Recipe:
     return Recipe(epochs=2, batch_size=BATCH, input_size=SIZE, seed=seed, samples_per_epoch=BATCH * steps,
                   progress=False)
 

@@ -130,7 +130,7 @@ def accuracies(uri: str) -> dict[str, dict[str, float]]:
 
 @pytest.mark.slow
 def test_killed_grid_resumes_without_duplicates_and_matches_uninterrupted(tmp_path):
-    protocol = write_protocol(tmp_path, epochs=2)
+    protocol = write_protocol(tmp_path, epochs=1)
     killed_uri = f"sqlite:///{tmp_path / 'killed.db'}"
     proc = run_cli(["run", "--protocol", str(protocol), "--tracking-uri", killed_uri])
     # Kill it as soon as it reports its first finished job, mid-way through the grid. (Watching
@@ -155,9 +155,8 @@ def test_killed_grid_resumes_without_duplicates_and_matches_uninterrupted(tmp_pa
     assert sorted(r.status for r in grids) == ["FINISHED", "KILLED"]
     assert [r.tags["error"] for r in grids if r.status == "KILLED"] == [ABANDONED]
 
-    clean_uri = f"sqlite:///{tmp_path / 'clean.db'}"
-    clean = run_cli(["run", "--protocol", str(protocol), "--tracking-uri", clean_uri])
-    assert clean.wait(timeout=300) == 0
+    clean_uri = f"jsonl:{tmp_path / 'clean'}"  # the same grid uninterrupted, in this process
+    assert main(["run", "--protocol", str(protocol), "--tracking-uri", clean_uri]) == 0
     assert accuracies(killed_uri) == accuracies(clean_uri)
 
 
@@ -495,39 +494,6 @@ def test_bad_hyperparameters_stop_at_dry_run_naming_file_and_key(tmp_path, capsy
     assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri, "--dry-run", "--set", setting]) == 2
     err = capsys.readouterr().err
     assert str(protocol) in err and message in err
-
-
-@pytest.mark.slow
-def test_killing_benchmark_ui_stops_the_mlflow_server(tmp_path):
-    import urllib.request
-
-    import psutil
-
-    port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "benchmark", "ui", "--port", str(port), "--tracking-uri",
-                           f"sqlite:///{tmp_path / 'store.db'}"], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_until_healthy(f"http://127.0.0.1:{port}", ui, "the UI")
-        family = [ui.pid] + [c.pid for c in psutil.Process(ui.pid).children(recursive=True)]
-        assert len(family) > 1  # mlflow's own server processes
-        os.kill(ui.pid, signal.SIGTERM)  # what `kill <pid>` sends
-        ui.wait(timeout=30)
-        deadline = time.time() + 30
-        def alive(pid: int) -> bool:
-            try:
-                return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-            except psutil.NoSuchProcess:
-                return False
-
-        while any(alive(p) for p in family):
-            assert time.time() < deadline, "processes of the UI outlived it"
-            time.sleep(0.2)
-        with pytest.raises(OSError):
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-    finally:
-        if ui.poll() is None:
-            os.killpg(ui.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """`benchmark ui` in a real browser: headless Chromium loads the URL it prints and the page shows
-every job run of a small grid as its own row, with its method, source and accuracies.
+every job run of a small grid as its own row, with its method, source and accuracies; then
+`kill <pid>` of `benchmark ui` stops the MLflow server under it (nothing left holding the port).
 
 Skipped when Chromium is missing, except in CI (`BENCHMARK_CI=1`, set by .ci/run, which installs
 Debian's `chromium`): there a missing browser fails the test."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +20,7 @@ import pytest
 
 from benchmark.cli import main
 
-from .test_runner import finished_runs, free_port, write_protocol
+from .test_runner import finished_runs, free_port, wait_until_healthy, write_protocol
 
 
 def chromium() -> str:
@@ -50,22 +52,13 @@ def test_the_ui_opens_on_the_job_runs_with_their_accuracies(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     ui = subprocess.Popen([sys.executable, "-m", "benchmark", "ui", "--tracking-uri", uri, "--port", str(port)],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
                           start_new_session=True)
     try:
         first = ui.stdout.readline()
         url = re.search(r"http://\S+", first).group(0)
         assert url.startswith(f"http://127.0.0.1:{port}/#/experiments/")
-        deadline = time.time() + 90
-        while True:  # the server is up when its health endpoint answers
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(1)
+        wait_until_healthy(f"http://127.0.0.1:{port}", ui, "the UI")
         page = rendered_page(browser, url)
         text = re.sub(r"<[^>]+>", " ", page)
         body = page[page.find("<body"):]
@@ -86,6 +79,31 @@ def test_the_ui_opens_on_the_job_runs_with_their_accuracies(tmp_path):
                           str(run.metrics["test/mean_acc"])):
                 assert value in text, value
         assert "erm" in text and "collapsed" in text  # the collapse tag's column
+        stop_and_check_nothing_is_left(ui, port)
     finally:
-        os.killpg(ui.pid, 15)
-        ui.wait(timeout=30)
+        if ui.poll() is None:
+            os.killpg(ui.pid, signal.SIGKILL)
+
+
+def stop_and_check_nothing_is_left(ui: subprocess.Popen, port: int) -> None:
+    """SIGTERM (what `kill <pid>` sends) to `benchmark ui`: it and MLflow's server processes end
+    and the port stops answering."""
+    import psutil
+
+    family = [ui.pid] + [c.pid for c in psutil.Process(ui.pid).children(recursive=True)]
+    assert len(family) > 1  # mlflow's own server processes
+    os.kill(ui.pid, signal.SIGTERM)
+    ui.wait(timeout=30)
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.time() + 30
+    while any(alive(p) for p in family):
+        assert time.time() < deadline, "processes of the UI outlived it"
+        time.sleep(0.2)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
