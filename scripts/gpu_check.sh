@@ -83,7 +83,7 @@ fi
 
 if (( DRY_RUN )); then
     export BENCHMARK_GPU_TESTS_DEVICE=cpu
-    TESTS=(-k "not compile")
+    TESTS=(-k "cafe and not compile")  # the plumbing, on the CPU: one method of each parametrised test
     SMALL=(--device cpu --set encoder=torchvision:mobilenet_v2:imagenet --set backbone.name=mobilenet_v2
            --set backbone.weights=imagenet --set recipe.input_size=32 --set recipe.epochs=1)
     for domain in studio webcam wild film lowres; do SMALL+=(--set "dataset_options.synth5/$domain.scale=0.03"); done
