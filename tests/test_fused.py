@@ -32,7 +32,10 @@ from benchmark.training.trainer import seed_everything
 
 from .test_cafe import linear_encoder
 
-FUSING = ["erm", "cafe", "clip_ft", "eac"]
+# cafe has the most machinery (drop masks, encoder features): the inner loop checks it; the rest
+# run with the slow tests.
+FUSING = [pytest.param("erm", marks=pytest.mark.slow), "cafe", pytest.param("clip_ft", marks=pytest.mark.slow),
+          pytest.param("eac", marks=pytest.mark.slow)]
 SEEDS = [3, 11, 29]
 DOMAINS = ["synth5/studio", "synth5/film", "synth5/wild"]  # one job per source, each with its own seed
 SIZE, BATCH = 32, 16  # small: float64 on the CPU is slow, and its result does not depend on size
@@ -117,7 +120,7 @@ def test_fused_step_equals_each_jobs_own_step_in_float64(name, three_batches):
             assert torch.allclose(p[sure], fused.params[n][k][sure], rtol=0, atol=1e-9), n
 
 
-@pytest.mark.parametrize("name", ["erm", "cafe"])
+@pytest.mark.parametrize("name", [pytest.param("erm", marks=pytest.mark.slow), "cafe"])
 def test_fused_step_in_float32_agrees_to_the_last_bits_above_every_relu(name):
     """float32: the losses within 1e-6 and the head's gradients (above every ReLU) within 1e-5 of
     their scale; below a ReLU a rounding-level input may flip, so the whole gradient is compared
