@@ -45,8 +45,9 @@ def environment(device: torch.device) -> dict[str, str]:
     return env
 
 
-# execution.fused: how many jobs trained as one fused model (benchmark.training.fused); like the
-# thread count it changes the last bits. 1 (unfused) counts as not recorded, as in older runs.
+# execution.fused (benchmark.store.schema.FUSED; core cannot import the store): how many jobs
+# trained as one fused model; like the thread count it changes the last bits. 1 (unfused) counts
+# as not recorded, as in older runs.
 SIGNATURE_KEYS = ("env.device", "env.cpu", "env.cpu_capability", "env.threads", "env.torch", "env.cuda",
                   "execution.fused")
 

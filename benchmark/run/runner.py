@@ -123,8 +123,8 @@ class _Prepared:
 
 def run_group(jobs: list[Job], ctx: RunContext) -> list[JobResult]:
     """Train and evaluate jobs of one method together (`benchmark run --fuse K`), each in its own
-    run, exactly as `run_job` would one by one except that those whose training splits have the
-    same length train fused (benchmark.training.fused). Every job is claimed before any trains; a
+    run, exactly as `run_job` would one by one except that those whose epochs have the same
+    length train fused (benchmark.training.fused). Every job is claimed before any trains; a
     job another process holds is left out (SKIPPED). One result per job, in the order given."""
     results: dict[str, JobResult] = {}
     claimed: list[_Prepared] = []
@@ -197,7 +197,7 @@ def _train_group(claimed: list[_Prepared], ctx: RunContext) -> None:
         groups.setdefault(epoch_length(p.train, p.job.recipe) if fusable else -1 - len(groups), []).append(p)
     for group in groups.values():
         for p in group:
-            p.log.params({"execution.fused": len(group)})
+            p.log.params({schema.FUSED: len(group)})
         if len(group) == 1:
             p = group[0]
             try:

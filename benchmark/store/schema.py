@@ -16,6 +16,9 @@ ERROR = "error"
 # On a job run whose model predicts (almost) one class on its source's test set: why
 # (benchmark.training.metrics.collapse). Absent otherwise.
 COLLAPSED = "collapsed"
+# Param: how many jobs trained together as one fused model (benchmark.training.fused); 1 unfused.
+# Part of the environment signature (benchmark.core.environment.SIGNATURE_KEYS names it too).
+FUSED = "execution.fused"
 COMMAND = "command"
 # MLflow's own tags, which its UI shows: who ran it, from which commit, and a description.
 USER, GIT_COMMIT, DESCRIPTION = "mlflow.user", "mlflow.source.git.commit", "mlflow.note.content"
