@@ -8,7 +8,6 @@ the runner further splits a group by the length of the jobs' training splits.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 from ..core.errors import BenchmarkError
@@ -17,12 +16,12 @@ from .plan import Job
 
 def fusion_key(job: Job) -> str | None:
     """What jobs must share to train fused; None when the job's method does not fuse."""
+    from ..training.fused import recipe_but_seed
     from ..training.plugins import method_entry
 
     if not method_entry(job.method).cls.fuses:
         return None
-    recipe = {**dataclasses.asdict(job.recipe), "seed": None}
-    return json.dumps([job.method, job.hparams, recipe, job.backbone.id, job.backbone_digest,
+    return json.dumps([job.method, job.hparams, recipe_but_seed(job.recipe), job.backbone.id, job.backbone_digest,
                        job.encoder.id if job.encoder else None, job.encoder_digest], sort_keys=True, default=str)
 
 

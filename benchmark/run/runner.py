@@ -191,11 +191,13 @@ def _train_group(claimed: list[_Prepared], ctx: RunContext) -> None:
             ready.append(p)
         except Exception as exc:  # noqa: BLE001 - a failing job is recorded and the grid goes on
             _fail(p, exc)
-    fusable = len(ready) > 1 and all(type(p.method).fuses for p in ready)
-    groups: dict[int, list[_Prepared]] = {}
-    for p in ready:  # jobs fuse when every step has K batches of one size: epochs of one length
-        groups.setdefault(epoch_length(p.train, p.job.recipe) if fusable else -1 - len(groups), []).append(p)
-    for group in groups.values():
+    groups: list[list[_Prepared]] = [[p] for p in ready]
+    if len(ready) > 1 and all(type(p.method).fuses for p in ready):
+        by_length: dict[int, list[_Prepared]] = {}
+        for p in ready:  # jobs fuse when every step has K batches of one size: epochs of one length
+            by_length.setdefault(epoch_length(p.train, p.job.recipe), []).append(p)
+        groups = list(by_length.values())
+    for group in groups:
         for p in group:
             p.log.params({schema.FUSED: len(group)})
         if len(group) == 1:

@@ -23,6 +23,7 @@ splits of one size), so that every step has K batches of one size; the runner gr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -37,7 +38,7 @@ from .execution import Execution, to_device_batch
 from .method import Batch, EpochEnd, RunLog
 from .recipe import Recipe
 from .trained_method import TrainedMethod
-from .trainer import (StepMonitor, TrainingDiverged, adam_kernels, epoch_batches, epoch_sampler, evaluates_after,
+from .trainer import (StepMonitor, TrainingDiverged, epoch_batches, epoch_sampler, evaluates_after, optimizer_for,
                       resident_split, seed_everything)
 
 _NO_ROWS = np.empty(0, dtype=np.int64)
@@ -90,6 +91,11 @@ class FusedModels:
                 tensor.copy_((self.params if name in self.params else self.buffers)[name][k])
 
 
+def recipe_but_seed(recipe: Recipe) -> dict:
+    """What jobs of a fused group must share of their recipes: all of it but the seed."""
+    return {**dataclasses.asdict(recipe), "seed": None}
+
+
 def epoch_length(data: DecodedSplit, recipe: Recipe) -> int:
     """Samples per epoch: jobs fuse when theirs are equal (every step then has K batches of one size)."""
     return recipe.samples_per_epoch or len(data)
@@ -105,8 +111,7 @@ def check_fusable(methods: Sequence[TrainedMethod], datas: Sequence[DecodedSplit
     if len({epoch_length(d, r) for d, r in zip(datas, recipes)}) > 1:
         raise BenchmarkError("fused jobs must have epochs of one length (recipe.samples_per_epoch, or training "
                              "splits of one size): " + ", ".join(f"{d.dataset} {len(d)}" for d in datas))
-    base = {**vars(recipes[0]), "seed": 0}
-    if any({**vars(r), "seed": 0} != base for r in recipes):
+    if any(recipe_but_seed(r) != recipe_but_seed(recipes[0]) for r in recipes):
         raise BenchmarkError("fused jobs must share the recipe except the seed")
 
 
@@ -163,9 +168,7 @@ def fit_fused(methods: Sequence[TrainedMethod], datas: Sequence[DecodedSplit], *
 def _train(methods, streams, recipe, execution, device, logs, epoch_ends) -> list[BaseException | None]:
     fused = FusedModels(methods)
     settings = methods[0].optimizer_settings()
-    optimizer = torch.optim.Adam(fused.param_groups, lr=settings.lr, weight_decay=settings.weight_decay,
-                                 **adam_kernels(recipe.adam_impl, device))
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_gamma)
+    optimizer, scheduler = optimizer_for(fused.param_groups, settings, recipe, device)
     errors: list[BaseException | None] = [None] * len(methods)
     alive = torch.ones(len(methods), dtype=torch.bool, device=device)
     monitor = StepMonitor(device, models=len(methods))

@@ -80,6 +80,14 @@ def adam_kernels(impl: str, device: torch.device) -> dict:
     return {}
 
 
+def optimizer_for(param_groups: list[dict[str, Any]], settings: OptimizerSettings, recipe: Recipe,
+                  device: torch.device) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The recipe's optimiser (Adam with L2 weight decay) and its per-epoch ExponentialLR."""
+    optimizer = torch.optim.Adam(param_groups, lr=settings.lr, weight_decay=settings.weight_decay,
+                                 **adam_kernels(recipe.adam_impl, device))
+    return optimizer, torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_gamma)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -219,9 +227,7 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
     if recipe.data_path == "per_sample":
         check_per_sample(data, method.augment_spec, method.name)
     settings = method.optimizer_settings()
-    optimizer = torch.optim.Adam(method.param_groups(), lr=settings.lr, weight_decay=settings.weight_decay,
-                                 **adam_kernels(recipe.adam_impl, device))
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_gamma)
+    optimizer, scheduler = optimizer_for(method.param_groups(), settings, recipe, device)
     gen = torch.Generator(device="cpu").manual_seed(recipe.seed)
     aug_gen = torch.Generator(device=device).manual_seed(recipe.seed + 1)
     resident = resident_split(data, recipe, device)
