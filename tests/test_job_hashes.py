@@ -42,7 +42,9 @@ def build_data_root(root: Path) -> dict[str, str]:
     weights.mkdir()
     (weights / "resnet18_msceleb.pth").write_bytes(b"stand-in msceleb weights")
     (weights / "clip.safetensors").write_bytes(b"stand-in clip weights")
-    return {"backbone.path": str(weights / "resnet18_msceleb.pth"), "encoder.path": str(weights / "clip.safetensors")}
+    (weights / "mae_visualize_vit_large.pth").write_bytes(b"stand-in mae weights")
+    return {"backbone.path": str(weights / "resnet18_msceleb.pth"), "encoder.path": str(weights / "clip.safetensors"),
+            "encoders.ofer.path": str(weights / "mae_visualize_vit_large.pth")}
 
 
 def protocol_hashes(root: Path) -> dict[str, list[str]]:
@@ -61,6 +63,8 @@ def protocol_hashes(root: Path) -> dict[str, list[str]]:
             overrides["backbone.path"] = json.dumps(weights["backbone.path"])
         if protocol.encoder is not None and protocol.encoder.id.startswith("openclip:"):
             overrides["encoder.path"] = json.dumps(weights["encoder.path"])
+        if "ofer" in protocol.methods:
+            overrides["encoders.ofer.path"] = json.dumps(weights["encoders.ofer.path"])
         protocol = load_protocol(name, overrides)
         jobs = expand(protocol, protocol.methods, plan_from(protocol, root, {}))
         out[name] = sorted(f"{j.method} {j.source} {j.seed} {json.dumps(j.sweep, sort_keys=True)} {j.hash}"

@@ -155,7 +155,7 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
 
     METHODS = load_plugins()
     entries = {m: METHODS.get(m) for m in methods}  # typos fail before any work
-    encoder_digest = None
+    encoder_digests: dict[EncoderSpec, str] = {}  # one digest per weights file, however many methods use it
     backbone_digest = backbone_weights_digest(protocol.backbone)
     test_prints = {f"{t}:{protocol.test_split}": plan.samples(t, protocol.test_split).fingerprint
                    for t in protocol.datasets}
@@ -166,12 +166,13 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
         variant = protocol.at(point)
         swept = {k: v for k, v in point.items() if applies_to(k, method)}
         hparams = dataclasses.asdict(entry.hparams(variant.hparams.get(method)))
-        encoder = protocol.encoder if entry.cls.needs_encoder else None
-        if encoder is not None and encoder_digest is None:
-            encoder_digest = encoder_weights_digest(encoder)
+        encoder = variant.encoder_for(method, entry.cls.default_encoder) if entry.cls.needs_encoder else None
+        if encoder is not None and encoder not in encoder_digests:
+            encoder_digests[encoder] = encoder_weights_digest(encoder)
+        encoder_digest = encoder_digests.get(encoder)
         for source in protocol.sources:
             for seed in protocol.seeds:
-                recipe = variant.recipe_for(source, seed)
+                recipe = variant.recipe_for(source, seed, method)
                 prints = dict(test_prints)
                 for part in source_parts(source):  # one dataset, or each of a multi-source job's
                     prints[f"{part}:train"] = plan.samples(part, "train").fingerprint

@@ -39,10 +39,15 @@ class Protocol:
     seeds: list[int] = field(default_factory=lambda: [3407])
     test_split: str = "test"
     encoder: EncoderSpec = field(default_factory=EncoderSpec)
+    # Per-method encoders, for methods whose frozen encoder is not the protocol's (OFER's MAE):
+    # {"ofer": {"id": "mae:vit_large_patch16:visualize", "path": "..."}}; see `encoder_for`.
+    encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
     backbone: BackboneSpec = field(default_factory=BackboneSpec)
     recipe: Recipe = field(default_factory=Recipe)
     # Per-source recipe changes, e.g. AffectNet's balanced sampler with a fixed epoch size.
     source_recipe: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Per-method recipe changes, e.g. OFER's batch of 128 (applied before source_recipe).
+    method_recipe: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Per-method hyperparameter overrides ({"cafe": {"lr": 1e-3}}).
     hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Per-dataset reader options ({"sfew": {"variant": "aligned"}}).
@@ -70,10 +75,21 @@ class Protocol:
         check_hparams(hparams, where)
         return dataclasses.replace(self, hparams=hparams, recipe=_build(Recipe, recipe, f"{where}: recipe"))
 
-    def recipe_for(self, source: str, seed: int) -> Recipe:
-        changes = self.source_recipe.get(source, {})
-        return _build(Recipe, {**dataclasses.asdict(self.recipe), **changes, "seed": seed},
-                      f"{self.name}: source_recipe.{source}")
+    def recipe_for(self, source: str, seed: int, method: str = "") -> Recipe:
+        by_method, by_source = self.method_recipe.get(method, {}), self.source_recipe.get(source, {})
+        where = f"{self.name}: " + (f"method_recipe.{method} + " if by_method else "") + f"source_recipe.{source}"
+        return _build(Recipe, {**dataclasses.asdict(self.recipe), **by_method, **by_source, "seed": seed}, where)
+
+    def encoder_for(self, method: str, default_id: str | None) -> EncoderSpec:
+        """The frozen encoder of `method`'s jobs: its [encoders.<method>] table, else the method's
+        own default encoder (keeping the protocol's path only for the protocol's id), else the
+        protocol's."""
+        table = self.encoders.get(method)
+        if table is not None:
+            return _build(EncoderSpec, {"id": default_id or self.encoder.id, **table}, f"{self.name}: encoders.{method}")
+        if default_id is not None and default_id != self.encoder.id:
+            return EncoderSpec(default_id)
+        return self.encoder
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -128,6 +144,10 @@ def parse_protocol(data: dict[str, Any], where: str) -> Protocol:
     if "name" not in data:
         raise ProtocolError(f"{where}: missing key 'name'")
     protocol = _build(Protocol, data, where)
+    for method, table in protocol.encoders.items():  # checked now, not when the grid expands
+        if not isinstance(table, dict):
+            raise ProtocolError(f"{where}: [encoders.{method}] must be a table (id, path)")
+        _build(EncoderSpec, {"id": protocol.encoder.id, **table}, f"{where}: encoders.{method}")
     if not protocol.datasets:
         raise ProtocolError(f"{where}: 'datasets' is empty; list the test datasets")
     if protocol.leave_one_out:

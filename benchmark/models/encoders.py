@@ -2,7 +2,9 @@
 
 Spec strings: `openclip:<model>:<pretrained>` (paper default `openclip:ViT-B-32:openai`; the tag
 `random` builds the architecture with random weights, for tests) and
-`torchvision:<model>:imagenet`. An encoder is frozen, in eval mode, outside every optimizer; it
+`torchvision:<model>:imagenet`, and `mae:<model>:visualize` (OFER's latent from a masked
+autoencoder, benchmark.models.mae: its features are flattened decoder tokens). An encoder is
+frozen, in eval mode, outside every optimizer; it
 maps the same ImageNet-normalised tensor the backbone sees to features (B, dim) in float32
 (input policy `paper`, as the authors' code did). CLIP runs in fp16 on CUDA, fp32 on CPU.
 """
@@ -30,9 +32,9 @@ class EncoderSpec:
     @property
     def parts(self) -> tuple[str, str, str]:
         parts = self.id.split(":")
-        if len(parts) != 3 or parts[0] not in ("openclip", "torchvision"):
-            raise BenchmarkError(f"encoder {self.id!r}: expected openclip:<model>:<pretrained> "
-                                 "or torchvision:<model>:imagenet")
+        if len(parts) != 3 or parts[0] not in ("openclip", "torchvision", "mae"):
+            raise BenchmarkError(f"encoder {self.id!r}: expected openclip:<model>:<pretrained>, "
+                                 "torchvision:<model>:imagenet or mae:<model>:visualize")
         return parts[0], parts[1], parts[2]
 
 
@@ -127,6 +129,10 @@ def encoder_weights_file(spec: EncoderSpec) -> Path | None:
     kind, model, tag = spec.parts
     if kind == "openclip":
         return None if tag == "random" else _openclip_weights(model, tag, spec.path)
+    if kind == "mae":
+        from .mae import checkpoint_file
+
+        return checkpoint_file(model, tag, spec.path)
     if tag != "imagenet":
         raise BenchmarkError(f"encoder {spec.id!r}: torchvision encoders take 'imagenet' weights")
     return torchvision_weights_file(model, spec.path)
@@ -153,6 +159,11 @@ def build_encoder(spec: EncoderSpec) -> FrozenEncoder:
             load_strict(clip, load_state_dict(weights), str(weights))
             digest = file_digest(str(weights.resolve()))
         return FrozenEncoder(_ClipVisual(clip), int(clip.visual.output_dim), spec, digest, clip_model=clip)
+    if kind == "mae":
+        from .mae import build_mae_latent
+
+        net, weights = build_mae_latent(model, tag, spec.path)
+        return FrozenEncoder(net, net.dim, spec, file_digest(str(weights.resolve())))
     if tag != "imagenet":
         raise BenchmarkError(f"encoder {spec.id!r}: torchvision encoders take 'imagenet' weights")
     import torchvision

@@ -38,6 +38,12 @@ class AugmentSpec:
     # SCN and RUL: with probability `one_of_p` apply ONE of {flip, noise}, chosen uniformly,
     # instead of the independent noise and flip above.
     one_of_p: float = 0.0
+    # OFER: with probability `affine_p`, torchvision's RandomRotation(affine_degrees) (nearest,
+    # black fill) then RandomCrop(size, padding=affine_pad * size / 224) (a shift of up to that
+    # many pixels each way, black fill), applied together as one resampling.
+    affine_p: float = 0.0
+    affine_degrees: float = 20.0
+    affine_pad: int = 32
 
 
 PAPER = AugmentSpec()
@@ -103,6 +109,32 @@ def add_noise(images: torch.Tensor, apply: torch.Tensor, gen: torch.Generator,
     return torch.where(apply[:, None, None, None], noisy, images)
 
 
+def rotate_and_shift(x: torch.Tensor, apply: torch.Tensor, gen: torch.Generator, degrees: float,
+                     pad: int) -> torch.Tensor:
+    """Where `apply`: the image rotated by an angle uniform in [-degrees, degrees] about its
+    centre, then shifted by integers uniform in [-pad, pad] on each axis (a RandomCrop of the same
+    size from the image padded by `pad`), both nearest-neighbour with zeros outside, in one
+    grid_sample. torchvision draws the angle, then the crop's top-left corner; so here."""
+    b, _, h, w = x.shape
+    angle = torch.deg2rad((_rand((b,), gen, x.device) * 2 - 1) * degrees)
+    dy = torch.floor(_rand((b,), gen, x.device) * (2 * pad + 1)) - pad
+    dx = torch.floor(_rand((b,), gen, x.device) * (2 * pad + 1)) - pad
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # Output pixel p reads the rotated image at p + d; the rotated image at q reads the input at
+    # R(-angle)(q - centre) + centre. In grid_sample's normalised coordinates (x right, y down):
+    tx, ty = 2 * dx / w, 2 * dy / h
+    theta = torch.stack([torch.stack([cos, -sin, cos * tx - sin * ty], 1),
+                         torch.stack([sin, cos, sin * tx + cos * ty], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    warped = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    # What the rotation moved out of the frame is gone before the crop shifts it back: black.
+    ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    inside = (((ys[None, :] + dy[:, None]) >= 0) & ((ys[None, :] + dy[:, None]) < h))[:, :, None] \
+        & (((xs[None, :] + dx[:, None]) >= 0) & ((xs[None, :] + dx[:, None]) < w))[:, None, :]
+    warped = warped * inside[:, None].to(x.dtype)
+    return torch.where(apply[:, None, None, None], warped, x)
+
+
 def random_erase(x: torch.Tensor, apply: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """torchvision RandomErasing(scale, ratio, value=0) per sample, vectorised over the batch."""
     b, _, h, w = x.shape
@@ -149,7 +181,12 @@ def augment(images_uint8: torch.Tensor, spec: AugmentSpec, gen: torch.Generator,
     # only where selected: the same distribution; the generator then runs on in another order).
     if device.type == "cuda" or noise_mask.any():
         x = add_noise(x, noise_mask, gen, native_hw)
+    if spec.affine_p > 0:  # before normalising: the fill is black, as torchvision's on the PIL image
+        pad = round(spec.affine_pad * x.shape[-1] / 224)
+        x = rotate_and_shift(x, _rand((b,), gen, device) < spec.affine_p, gen, spec.affine_degrees, pad)
     x = imagenet_normalize(x.div_(255.0))
+    # The flip comes after the rotation here and before it in torchvision: the angle and shift
+    # are symmetric, so the distribution of augmented images is the same.
     x = torch.where(flip_mask[:, None, None, None], x.flip(-1), x)
     if spec.erase_p > 0:
         x = random_erase(x, _rand((b,), gen, device) < spec.erase_p, gen)

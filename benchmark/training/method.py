@@ -115,12 +115,16 @@ class Relabel:
 
 @dataclass(frozen=True)
 class OptimizerSettings:
-    """What the shared loop's optimiser takes from a method: Adam with L2 weight decay, the
-    learning rate multiplied by `lr_gamma` after every epoch (ExponentialLR)."""
+    """What the shared loop's optimiser takes from a method: Adam (or SGD with momentum) with L2
+    weight decay, the learning rate multiplied by `lr_gamma` after every `lr_step` epochs
+    (ExponentialLR for 1, else StepLR)."""
 
     lr: float
     weight_decay: float
     lr_gamma: float
+    optimizer: str = "adam"  # "adam" or "sgd"
+    momentum: float = 0.0  # SGD's
+    lr_step: int = 1
 
 
 @dataclass
@@ -151,6 +155,9 @@ class Method(abc.ABC):
     # Whether several jobs of the method may train as one fused model (`benchmark run --fuse`;
     # see TrainedMethod). Off unless a method declares it, so plugins keep one job per loop.
     fuses: ClassVar[bool] = False
+    # The frozen encoder the method needs when it is not the protocol's (OFER: its MAE), as an
+    # encoder id; a protocol's [encoders.<method>] table may still name another id or a path.
+    default_encoder: ClassVar[str | None] = None
 
     def __init__(self, hparams: Any, components: Components, name: str = ""):
         self.hparams = hparams

@@ -82,9 +82,18 @@ def adam_kernels(impl: str, device: torch.device) -> dict:
 
 def optimizer_for(param_groups: list[dict[str, Any]], settings: OptimizerSettings, recipe: Recipe,
                   device: torch.device) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """The recipe's optimiser (Adam with L2 weight decay) and its per-epoch ExponentialLR."""
-    optimizer = torch.optim.Adam(param_groups, lr=settings.lr, weight_decay=settings.weight_decay,
-                                 **adam_kernels(recipe.adam_impl, device))
+    """The method's optimiser (Adam, or SGD with momentum, with L2 weight decay) and its schedule,
+    stepped once per epoch: ExponentialLR, or StepLR when the rate drops every `lr_step` epochs."""
+    if settings.optimizer == "sgd":
+        optimizer = torch.optim.SGD(param_groups, lr=settings.lr, momentum=settings.momentum,
+                                    weight_decay=settings.weight_decay)
+    elif settings.optimizer == "adam":
+        optimizer = torch.optim.Adam(param_groups, lr=settings.lr, weight_decay=settings.weight_decay,
+                                     **adam_kernels(recipe.adam_impl, device))
+    else:
+        raise BenchmarkError(f"optimizer {settings.optimizer!r}: expected adam or sgd")
+    if settings.lr_step > 1:
+        return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
     return optimizer, torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_gamma)
 
 
