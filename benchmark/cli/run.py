@@ -61,7 +61,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         protocol.seeds = derived_seeds(protocol.seeds, args.num_seeds)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else protocol.methods
     plan = plan_from(protocol, args.data_root, parse_assignments(args.dataset_path, "--dataset-path"))
-    options = ExecutorOptions(args.workers, args.jobs_per_gpu, args.ray_address, args.fuse)
+    slurm = None
+    if args.executor == "slurm" or args.slurm or args.slurm_config:
+        from ..run.executors.slurm import slurm_options
+
+        slurm = slurm_options(args.slurm_config, args.slurm)
+    options = ExecutorOptions(args.workers, args.jobs_per_gpu, args.ray_address, args.fuse, slurm)
     return run_grid(protocol, methods, plan, store=open_store(args.tracking_uri), executor=args.executor,
                     options=options, dry_run=args.dry_run, device=args.device, command=" ".join(sys.argv),
                     threads=args.threads, system_metrics_s=args.system_metrics_every)
@@ -84,9 +89,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--dataset-path", action="append", metavar="NAME=DIR", help="one dataset's folder (repeatable)")
     run.add_argument("--tracking-uri", help="result store: an MLflow tracking URI or jsonl:FOLDER (default "
                      "$MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db)")
-    run.add_argument("--executor", choices=["local", "pool", "ray"], default="local",
+    run.add_argument("--executor", choices=["local", "pool", "ray", "slurm"], default="local",
                      help="local: one job at a time in this process (default); pool: worker processes on this "
-                     "machine, one GPU each when there are several; ray: Ray tasks")
+                     "machine, one GPU each when there are several; ray: Ray tasks; slurm: a Slurm job array "
+                     "(submitit)")
+    run.add_argument("--slurm", action="append", metavar="KEY=VALUE",
+                     help="slurm: partition, time_min, mem_gb, cpus_per_task, gpus_per_task, account, qos, "
+                     "array_parallelism, folder, or any sbatch option (repeatable; over --slurm-config)")
+    run.add_argument("--slurm-config", metavar="FILE", help="slurm: a TOML file whose [slurm] table holds those keys")
     run.add_argument("--workers", type=int, help="pool: worker processes (default --jobs-per-gpu x GPUs, at least 1)")
     run.add_argument("--ray-address", help="join a running Ray cluster (default: start a local one)")
     run.add_argument("--jobs-per-gpu", type=int, default=1, help="jobs sharing one GPU: N worker processes per GPU (local or pool), "

@@ -114,6 +114,8 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: R
     run_jobs = EXECUTORS.get(executor)  # a typo fails before any work
     if threads is not None and threads < 1:
         raise BenchmarkError(f"--threads {threads}: must be 1 or more")
+    if threads is None and executor == "slurm" and options.slurm is not None and options.slurm.cpus_per_task:
+        threads = max(1, options.slurm.cpus_per_task // options.jobs_per_gpu)  # the compute node's, not this one's
     threads = threads or default_threads(jobs_at_once(executor, options, device))
     jobs = expand(protocol, methods, plan)
     experiment = store.experiment(protocol.name)

@@ -145,10 +145,13 @@ def run_group(jobs: list[Job], ctx: RunContext) -> list[JobResult]:
         stack.enter_context(core_slot(ctx.threads or default_threads(1), machine_slot_folder()))
         try:
             _train_group(claimed, ctx)
-        except KeyboardInterrupt:  # Ctrl-C: the runs are closed now, not left RUNNING for the next invocation
+        except (KeyboardInterrupt, SystemExit) as exc:  # closed now, not left RUNNING for the next invocation
+            # SystemExit: a scheduler stopping the process on purpose (submitit exits this way
+            # when Slurm preempts a task and requeues it); the requeued task may claim at once.
+            why = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"stopped (SystemExit {exc.code})"
             for p in claimed:
                 if not p.closed:
-                    p.log.tags({schema.ERROR: "interrupted (Ctrl-C)"})
+                    p.log.tags({schema.ERROR: why})
                     p.log.finish("KILLED")
             raise
     for p in claimed:

@@ -5,6 +5,7 @@
     pool    N worker processes on this machine, one job per worker at a time, each worker pinned
             to one GPU when there are several (`--workers N`, or `--jobs-per-gpu N` per GPU)
     ray     Ray tasks on a cluster (or a local Ray), each asking for 1/jobs-per-gpu of a GPU
+    slurm   a Slurm job array through submitit, one task per job (or per jobs-per-gpu jobs)
 
 An executor takes the jobs still to run and returns one JobResult per job; it calls `announce`
 before a job starts and `report` when its result is in. With `--fuse K` its unit of work is a
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from ...core.errors import BenchmarkError
 from ...jobs.plan import DataPlan, Job
@@ -30,6 +31,7 @@ class ExecutorOptions:
     jobs_per_gpu: int = 1
     ray_address: str | None = None  # ray: join this cluster (default: start a local one)
     fuse: int = 1  # train up to this many jobs of one method as one fused model (benchmark.jobs.fusion)
+    slurm: Any = None  # slurm: its SlurmOptions (benchmark.run.executors.slurm)
 
     def __post_init__(self) -> None:
         if self.fuse < 1:
@@ -67,4 +69,4 @@ def lost(job: Job, exc: BaseException) -> JobResult:
     return JobResult(job.hash, job.label, "FAILED", error=f"{type(exc).__name__}: {exc}", method=job.method)
 
 
-from . import local, pool, ray_cluster  # noqa: E402,F401  (registration)
+from . import local, pool, ray_cluster, slurm  # noqa: E402,F401  (registration)

@@ -1,0 +1,131 @@
+"""`--executor slurm` against a real one-node Slurm (tests/slurm_cluster.py): a grid ends with one
+FINISHED run per job, a submitter killed and started again submits nothing twice, and a task that
+runs past its time limit is reported with Slurm's reason."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmark.core.errors import BenchmarkError
+from benchmark.run.executors.slurm import slurm_options, submitted
+from benchmark.store import open_store
+
+from .slurm_cluster import missing, slurm_cluster
+from .test_runner import write_protocol
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def slurm_env(tmp_path_factory):
+    absent = missing()
+    if absent:
+        if os.environ.get("BENCHMARK_CI"):
+            pytest.fail(f"Slurm is not installed ({', '.join(absent)} missing); .ci/run installs slurm-wlm and munge")
+        pytest.skip(f"Slurm is not installed ({', '.join(absent)} missing): apt-get install slurm-wlm munge")
+    with slurm_cluster(tmp_path_factory.mktemp("slurm")) as env:
+        yield env
+
+
+def command(protocol: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "benchmark", "run", "--protocol", str(protocol), "--tracking-uri",
+            f"jsonl:{tmp_path}/runs", "--executor", "slurm", "--threads", "1", "--slurm", f"folder={tmp_path}/slurm",
+            *extra]
+
+
+def wait_for_empty_queue(env: dict, timeout_s: float = 180) -> None:
+    deadline = time.time() + timeout_s
+    while subprocess.run(["squeue", "--noheader"], capture_output=True, text=True, env=env).stdout.strip():
+        assert time.time() < deadline, "Slurm's queue did not drain"
+        time.sleep(1)
+
+
+def job_runs(tmp_path: Path):
+    store = open_store(f"jsonl:{tmp_path}/runs")
+    return store.runs(store.experiment("tiny"), jobs_only=True)
+
+
+def test_slurm_options_come_from_config_and_flags_and_bad_ones_are_named(tmp_path):
+    config = tmp_path / "cluster.toml"
+    config.write_text('[slurm]\npartition = "gpu"\ntime_min = 120\nconstraint = "a100"\nmem_gb = 32\n')
+    options = slurm_options(str(config), ["time_min=30", "exclude=node7"])
+    assert (options.partition, options.time_min, options.mem_gb) == ("gpu", 30, 32)
+    assert options.directives == {"constraint": "a100", "exclude": "node7"}
+    with pytest.raises(BenchmarkError, match="cluster.toml: slurm.time_min"):
+        config.write_text('[slurm]\ntime_min = "long"\n')
+        slurm_options(str(config), [])
+    with pytest.raises(BenchmarkError, match="KEY=VALUE"):
+        slurm_options(None, ["partition"])
+
+
+def test_grid_through_slurm_ends_with_one_finished_run_per_job(slurm_env, tmp_path):
+    protocol = write_protocol(tmp_path)
+    out = subprocess.run(command(protocol, tmp_path, "--methods", "erm", "--slurm", "array_parallelism=2"),
+                         capture_output=True, text=True, env=slurm_env, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "submitted 2 Slurm task(s)" in out.stdout
+    runs = job_runs(tmp_path)
+    hashes = {r.tags["job_hash"] for r in runs}
+    assert len(hashes) == 2 and sorted(r.status for r in runs) == ["FINISHED", "FINISHED"]
+    record = submitted(tmp_path / "slurm" / "tiny")
+    assert set(record) == hashes
+    logs = list((tmp_path / "slurm" / "tiny").rglob("*_log.out"))
+    assert len(logs) == 2  # one log per task, in the folder the grid's run names
+
+
+def test_submitter_killed_and_started_again_submits_nothing_twice(slurm_env, tmp_path):
+    protocol = write_protocol(tmp_path, epochs=4)
+    args = command(protocol, tmp_path, "--methods", "erm", "--slurm", "array_parallelism=1")
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=slurm_env)
+    record = tmp_path / "slurm" / "tiny" / "submitted.jsonl"
+    deadline = time.time() + 120
+    while not (record.is_file() and len(record.read_text().splitlines()) == 2):
+        assert time.time() < deadline and first.poll() is None, first.communicate()[0]
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)  # the login-node process dies; the array lives on
+    first.wait()
+    again = subprocess.run(args, capture_output=True, text=True, env=slurm_env, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "submitted" not in again.stdout.replace("(submitted earlier)", ""), again.stdout
+    assert again.stdout.count("[skip]") == 2, again.stdout  # one running (claimed), one queued in Slurm
+    wait_for_empty_queue(slurm_env)
+    runs = [r for r in job_runs(tmp_path) if r.status == "FINISHED"]
+    assert len(runs) == 2 and len({r.tags["job_hash"] for r in runs}) == 2
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    assert len(lines) == 2 and len({line["hash"] for line in lines}) == 2  # each job submitted once
+
+
+def test_task_past_its_time_limit_is_reported_with_slurms_reason(slurm_env, tmp_path):
+    protocol = write_protocol(tmp_path, epochs=500)  # minutes of training: the one-minute limit stops it
+    out = subprocess.run(command(protocol, tmp_path, "--methods", "erm", "--sources", "synth5/studio",
+                                 "--slurm", "time_min=1"),
+                         capture_output=True, text=True, env=slurm_env, timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    failed = [line for line in out.stdout.splitlines() if line.startswith("[FAILED]")]
+    assert len(failed) == 1 and "Slurm time limit reached (60 s)" in failed[0], out.stdout
+    run = job_runs(tmp_path)[0]
+    assert run.status == "FAILED"  # closed by its own process at the warning, not left RUNNING
+
+
+def test_task_killed_without_warning_is_reported_not_waited_for(slurm_env, tmp_path):
+    protocol = write_protocol(tmp_path, epochs=500)
+    proc = subprocess.Popen(command(protocol, tmp_path, "--methods", "erm", "--sources", "synth5/studio"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=slurm_env)
+    deadline = time.time() + 120
+    while not [r for r in (job_runs(tmp_path) if (tmp_path / "runs").exists() else []) if r.status == "RUNNING"]:
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.5)
+    jobs = subprocess.run(["squeue", "--noheader", "--format=%A"], capture_output=True, text=True, env=slurm_env)
+    subprocess.run(["scancel", "--signal=KILL", "--full", *jobs.stdout.split()], check=True, env=slurm_env)
+    out, _ = proc.communicate(timeout=120)  # the submitter notices the task is gone and ends
+    assert proc.returncode == 1, out
+    failed = [line for line in out.splitlines() if line.startswith("[FAILED]")]
+    assert len(failed) == 1 and "Slurm" in failed[0], out
