@@ -129,3 +129,31 @@ def test_task_killed_without_warning_is_reported_not_waited_for(slurm_env, tmp_p
     assert proc.returncode == 1, out
     failed = [line for line in out.splitlines() if line.startswith("[FAILED]")]
     assert len(failed) == 1 and "Slurm" in failed[0], out
+
+
+def test_preempted_task_is_requeued_and_its_job_finishes_once(slurm_env, tmp_path):
+    protocol = write_protocol(tmp_path, epochs=8)
+    proc = subprocess.Popen(command(protocol, tmp_path, "--methods", "erm", "--sources", "synth5/studio",
+                                    "--slurm", "time_min=120"),  # far from its limit: USR2 means preemption
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=slurm_env)
+    deadline = time.time() + 120
+    while not [r for r in (job_runs(tmp_path) if (tmp_path / "runs").exists() else []) if r.status == "RUNNING"]:
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.5)
+    time.sleep(2)  # into training
+    jobs = subprocess.run(["squeue", "--noheader", "--format=%A"], capture_output=True, text=True, env=slurm_env)
+    ids = jobs.stdout.split()
+    subprocess.run(["scancel", "--signal=USR2", *ids], check=True, env=slurm_env)  # Slurm's preemption warning
+    # Slurm holds a requeued batch job back for two minutes (its BeginTime); the test starts it now.
+    deadline = time.time() + 60
+    while "PENDING" not in subprocess.run(["squeue", "--noheader", "--format=%T", "--jobs", ids[0]], capture_output=True,
+                                          text=True, env=slurm_env).stdout:
+        assert time.time() < deadline and proc.poll() is None, "the preempted task was not requeued"
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "update", f"JobId={ids[0]}", "StartTime=now"], check=True, env=slurm_env)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    runs = job_runs(tmp_path)
+    assert sorted(r.status for r in runs) == ["FINISHED", "KILLED"], out  # the preempted try, then the requeued one
+    killed = next(r for r in runs if r.status == "KILLED")
+    assert killed.tags["error"].startswith("stopped (SystemExit")

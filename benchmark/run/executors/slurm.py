@@ -5,7 +5,7 @@ in a worker pool on the task's GPU) with `run_group`, so the claim rules hold on
 everywhere: a job trains once however many submitters ask. Settings come from `--slurm KEY=VALUE`
 and the `[slurm]` table of `--slurm-config FILE` (the flags win):
 
-    partition, time_min (wall time per task, minutes; or `time = "H:MM:SS"`), mem_gb,
+    partition, time_min (wall time per task, minutes, default a day; or `time = "H:MM:SS"`), mem_gb,
     cpus_per_task (default: --threads x --jobs-per-gpu), gpus_per_task (default 0),
     account, qos, array_parallelism (tasks running at once), folder (the logs)
     any other key: an sbatch directive, `--KEY=VALUE`
@@ -18,6 +18,7 @@ FINISHED, live-claimed, or still queued or running in Slurm, and submits only th
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import time
@@ -35,6 +36,7 @@ ALIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE
 NAMED = {"partition": str, "time_min": int, "time": str, "mem_gb": (int, float), "cpus_per_task": int,
          "gpus_per_task": int, "account": str, "qos": str, "array_parallelism": int, "folder": str}
 POLL_S = 2.0
+DEFAULT_TIME_MIN = 24 * 60  # a task's wall time when none is given (sbatch refuses it above the partition's)
 
 
 @dataclass(frozen=True)
@@ -177,13 +179,12 @@ def run_slurm(jobs, ctx, options, announce, report):
     for key in ("partition", "account", "qos"):
         if getattr(slurm, key):
             params[key] = getattr(slurm, key)
-    if slurm.time is not None:
-        params["additional_parameters"]["time"] = slurm.time
-    elif slurm.time_min is not None:
-        params["time"] = slurm.time_min
-    limit_s = time_limit_s(slurm)
-    if limit_s:  # submitit warns with USR2 this long before the limit: after Python is up, even for short limits
-        params["signal_delay_s"] = min(90, max(5, limit_s // 4))
+    # Always a limit: submitit's default is 5 minutes, and it tells a time-out from a preemption
+    # by the limit it was given.
+    limit_s = time_limit_s(slurm) or DEFAULT_TIME_MIN * 60
+    params["time"] = math.ceil(limit_s / 60)
+    # submitit's warning (USR2) comes this long before the limit: after Python is up even for short limits.
+    params["signal_delay_s"] = min(90, max(5, limit_s // 4))
     if slurm.mem_gb is not None:
         params["mem"] = f"{int(slurm.mem_gb * 1024)}MB"
     if slurm.gpus_per_task:
