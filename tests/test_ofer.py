@@ -331,4 +331,5 @@ def test_ofer_job_runs_with_its_own_encoder_and_batch_and_its_checkpoint_in_the_
     run = store.runs(store.experiment("tiny"), jobs_only=True)[0]
     assert run.status == "FINISHED" and run.params["encoder"] == "mae:vit_large_patch16:visualize"
     assert run.params["recipe.batch_size"] == "8" and run.params["hp.momentum"] == "0.9"
+    assert run.params["execution.adam"] == "none (sgd)"
     assert run.params["encoder.digest"] == ofer[0].encoder_digest

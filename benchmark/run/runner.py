@@ -257,7 +257,9 @@ def _prepare(p: _Prepared, ctx: RunContext, device) -> None:
                 "execution.autocast": str(execution.autocast_dtype).removeprefix("torch.") if execution.autocast_dtype else "off",
                 "execution.clip_dtype": str(execution.encoder_dtype).removeprefix("torch."),
                 **environment(device),
-                "execution.adam": next(iter(adam_kernels(job.recipe.adam_impl, device)), "torch default")})
+                # Adam's kernels as recipe.adam_impl resolved them; "sgd" for a method on SGD (OFER).
+                "execution.adam": (next(iter(adam_kernels(job.recipe.adam_impl, device)), "torch default")
+                                   if _optimizer(job) == "adam" else f"none ({_optimizer(job)})")})
     plan = ctx.plan
     size = job.recipe.input_size
     # One dataset, or each of a multi-source job's (trained on as one split, benchmark.data.union).
@@ -276,6 +278,14 @@ def _prepare(p: _Prepared, ctx: RunContext, device) -> None:
     components = Components(job.backbone, _encoder(job) if job.encoder else None)
     p.method = build_method(job.method, job.hparams, components)
     p.evaluator = Evaluator(p.method, p.tests, log, val)
+
+
+def _optimizer(job: Job) -> str:
+    """The optimiser the job's method trains with ("adam" unless its hyperparameters say otherwise)."""
+    from ..training.plugins import load_plugins
+
+    hparams = load_plugins().get(job.method).hparams(job.hparams)
+    return hparams.optimizer().optimizer if hasattr(hparams, "optimizer") else "adam"
 
 
 def _finish(p: _Prepared, ctx: RunContext) -> None:
