@@ -53,6 +53,16 @@ def job_runs(tmp_path: Path):
     return store.runs(store.experiment("tiny"), jobs_only=True)
 
 
+def start_until_training(args: list[str], tmp_path: Path, env: dict) -> subprocess.Popen:
+    """Start a submitter; return once its one job's run is RUNNING (its task claimed it)."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.time() + 120
+    while not [r for r in (job_runs(tmp_path) if (tmp_path / "runs").exists() else []) if r.status == "RUNNING"]:
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.5)
+    return proc
+
+
 def test_slurm_options_come_from_config_and_flags_and_bad_ones_are_named(tmp_path):
     config = tmp_path / "cluster.toml"
     config.write_text('[slurm]\npartition = "gpu"\ntime_min = 120\nconstraint = "a100"\nmem_gb = 32\n')
@@ -117,12 +127,8 @@ def test_task_past_its_time_limit_is_reported_with_slurms_reason(slurm_env, tmp_
 
 def test_task_killed_without_warning_is_reported_not_waited_for(slurm_env, tmp_path):
     protocol = write_protocol(tmp_path, epochs=500)
-    proc = subprocess.Popen(command(protocol, tmp_path, "--methods", "erm", "--sources", "synth5/studio"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=slurm_env)
-    deadline = time.time() + 120
-    while not [r for r in (job_runs(tmp_path) if (tmp_path / "runs").exists() else []) if r.status == "RUNNING"]:
-        assert time.time() < deadline and proc.poll() is None, proc.communicate()[0]
-        time.sleep(0.5)
+    proc = start_until_training(command(protocol, tmp_path, "--methods", "erm", "--sources", "synth5/studio"),
+                                tmp_path, slurm_env)
     jobs = subprocess.run(["squeue", "--noheader", "--format=%A"], capture_output=True, text=True, env=slurm_env)
     subprocess.run(["scancel", "--signal=KILL", "--full", *jobs.stdout.split()], check=True, env=slurm_env)
     out, _ = proc.communicate(timeout=120)  # the submitter notices the task is gone and ends
@@ -133,13 +139,9 @@ def test_task_killed_without_warning_is_reported_not_waited_for(slurm_env, tmp_p
 
 def test_preempted_task_is_requeued_and_its_job_finishes_once(slurm_env, tmp_path):
     protocol = write_protocol(tmp_path, epochs=8)
-    proc = subprocess.Popen(command(protocol, tmp_path, "--methods", "erm", "--sources", "synth5/studio",
-                                    "--slurm", "time_min=120"),  # far from its limit: USR2 means preemption
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=slurm_env)
-    deadline = time.time() + 120
-    while not [r for r in (job_runs(tmp_path) if (tmp_path / "runs").exists() else []) if r.status == "RUNNING"]:
-        assert time.time() < deadline and proc.poll() is None, proc.communicate()[0]
-        time.sleep(0.5)
+    proc = start_until_training(command(protocol, tmp_path, "--methods", "erm", "--sources", "synth5/studio",
+                                        "--slurm", "time_min=120"),  # far from its limit: USR2 means preemption
+                                tmp_path, slurm_env)
     time.sleep(2)  # into training
     jobs = subprocess.run(["squeue", "--noheader", "--format=%A"], capture_output=True, text=True, env=slurm_env)
     ids = jobs.stdout.split()
