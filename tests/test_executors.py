@@ -20,8 +20,8 @@ def visible_devices_after(meeting) -> tuple[int, str | None]:
     return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
-def test_three_executors_behind_one_name_each():
-    assert EXECUTORS.names() == ["local", "pool", "ray"]
+def test_four_executors_behind_one_name_each():
+    assert EXECUTORS.names() == ["local", "pool", "ray", "slurm"]
     with pytest.raises(UnknownNameError, match="did you mean 'pool'"):
         EXECUTORS.get("poll")
     with pytest.raises(BenchmarkError, match="--workers 0: must be 1 or more"):
