@@ -108,8 +108,11 @@ def slurm_states(ids: list[str]) -> dict[str, str]:
     """Slurm id -> state, for those squeue still knows (queued, running, just ended)."""
     if not ids:
         return {}
-    out = subprocess.run(["squeue", "--noheader", "--array", "--format=%i %T", "--states=all"],
-                         capture_output=True, text=True, timeout=60)
+    try:  # this user's jobs only: a cluster's whole queue may be long
+        out = subprocess.run(["squeue", "--me", "--noheader", "--array", "--format=%i %T", "--states=all"],
+                             capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise BenchmarkError("squeue not found: --executor slurm runs where Slurm's commands are (a login node)") from None
     if out.returncode != 0:
         raise BenchmarkError(f"squeue failed: {out.stderr.strip()}")
     states = dict(line.split()[:2] for line in out.stdout.splitlines() if len(line.split()) >= 2)
@@ -156,8 +159,8 @@ def run_slurm(jobs, ctx, options, announce, report):
         raise BenchmarkError("--executor slurm needs submitit: pip install -e '.[slurm]'") from None
     slurm = options.slurm or SlurmOptions()
     folder = log_folder(slurm, jobs[0].protocol) if jobs else Path(".")
-    queued = slurm_states([i for h, i in submitted(folder).items() if h in {j.hash for j in jobs}])
     record = submitted(folder)
+    queued = slurm_states([i for h, i in record.items() if h in {j.hash for j in jobs}])
     results, todo = [], []
     for job in jobs:
         state = queued.get(record.get(job.hash, ""))
