@@ -154,6 +154,7 @@ class Ofer(TrainedMethod):
     # are read from a cache, not computed on the batch.
     fuses = False
     augment_spec = AugmentSpec(noise_p=0.0, flip_p=0.5, erase_p=0.5, affine_p=0.2, affine_degrees=20.0, affine_pad=32)
+    _latents: torch.Tensor | None = None  # the training split's latents, while fit runs
 
     def make_model(self) -> nn.Module:
         return OferNet(self.new_backbone(), self.components.encoder.dim, self.hparams.num_heads,
@@ -176,6 +177,8 @@ class Ofer(TrainedMethod):
         if batch.images.shape[0] == 1:  # the released code fails here too (BatchNorm1d on one sample)
             raise BenchmarkError(f"{self.name}: a training batch of one sample (the split's last): its BatchNorm1d "
                                  "layers cannot train on it; choose a recipe.batch_size that leaves more")
+        if self._latents is None:
+            raise BenchmarkError(f"{self.name}: training_step outside fit (the training latents are computed there)")
         index = torch.from_numpy(batch.index).to(self._latents.device, non_blocking=True)
         logits = self.model(batch.images, self._latents[index].to(batch.images.device))
         loss = F.cross_entropy(logits, batch.labels)
