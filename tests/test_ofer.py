@@ -16,7 +16,7 @@ from torchvision import models
 from benchmark.core.errors import BenchmarkError
 from benchmark.models.backbones import BackboneSpec
 from benchmark.models.encoders import EncoderSpec, build_encoder, encoder_weights_digest
-from benchmark.models.mae import OFER_TOKENS, MaeLatent
+from benchmark.models.mae import OFER_TOKENS
 from benchmark.models.weights import WeightsError
 from benchmark.training.augment import AugmentSpec, augment, rotate_and_shift
 from benchmark.training.method import Batch, Components
@@ -223,7 +223,6 @@ def test_ofer_training_step_reads_each_samples_cached_latent(mae_file):
     index = np.array([7, 2, 9, 0])
     y = torch.tensor([1, 2, 3, 4])
     loss, parts = method.training_step(Batch(x, y, index))
-    torch.manual_seed(0)
     assert torch.allclose(loss, F.cross_entropy(method.model(x, latents[torch.from_numpy(index)]), y))
     assert set(parts) == {"ce"}
     with pytest.raises(BenchmarkError, match="batch of one"):

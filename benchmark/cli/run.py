@@ -26,7 +26,6 @@ def with_sweep(protocol, assignment: str):
     import dataclasses
 
     from ..jobs.protocol import parse_value
-    from ..jobs.sweep import Sweep
 
     key, sep, values = assignment.partition("=")
     if not sep or not values:

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..core.errors import BenchmarkError
-from .weights import WeightsError, load_state_dict
+from .weights import WeightsError, load_state_dict, load_strict
 
 # Latent-OFER's main.py: the token indices it keeps of a 197-token sequence (class token at 0):
 # rows 3..11 of the 14 x 14 patch grid at columns 3..10, and row 12 at columns 3..8.
@@ -103,8 +103,6 @@ class MaeLatent(nn.Module):
                                             for _ in range(_blocks(state, "decoder_blocks")))
         self.decoder_norm = norm(dec_width)
         self.decoder_pred = nn.Linear(dec_width, patch * patch * 3)
-        from .weights import load_strict
-
         load_strict(self, state, source)
 
     def sequence(self, x: torch.Tensor) -> torch.Tensor:

@@ -244,6 +244,11 @@ def _prepare(p: _Prepared, ctx: RunContext, device) -> None:
     log.tags({schema.USER: getpass.getuser(), schema.GIT_COMMIT: commit,
               schema.DESCRIPTION: f"{job.label}, protocol {job.protocol}: trained on {job.source}, tested on "
                                   f"{', '.join(job.targets)} (job {job.hash})"})
+    # The method first: what its optimiser is goes into the parameters below.
+    components = Components(job.backbone, _encoder(job) if job.encoder else None)
+    p.method = build_method(job.method, job.hparams, components)
+    settings = getattr(p.method, "optimizer_settings", None)
+    optimizer = settings().optimizer if settings is not None else "adam"
     log.params({schema.METHOD: job.method, schema.SOURCE: job.source, schema.SEED: job.seed,
                 **_flatten("hp", job.hparams), **_flatten("recipe", dataclasses.asdict(job.recipe)),
                 "encoder": job.encoder.id if job.encoder else "none",
@@ -259,7 +264,7 @@ def _prepare(p: _Prepared, ctx: RunContext, device) -> None:
                 **environment(device),
                 # Adam's kernels as recipe.adam_impl resolved them; "sgd" for a method on SGD (OFER).
                 "execution.adam": (next(iter(adam_kernels(job.recipe.adam_impl, device)), "torch default")
-                                   if _optimizer(job) == "adam" else f"none ({_optimizer(job)})")})
+                                   if optimizer == "adam" else f"none ({optimizer})")})
     plan = ctx.plan
     size = job.recipe.input_size
     # One dataset, or each of a multi-source job's (trained on as one split, benchmark.data.union).
@@ -275,17 +280,7 @@ def _prepare(p: _Prepared, ctx: RunContext, device) -> None:
     read = [*((t, "train") for t, _ in parts.values()), *((v, "validation") for _, v in parts.values() if v is not None),
             *((plan.samples(t, job.test_split), "test") for t in job.targets)]
     log.inputs([DatasetRef(f"{s.dataset}:{s.split}", s.fingerprint, str(s.root), role) for s, role in read])
-    components = Components(job.backbone, _encoder(job) if job.encoder else None)
-    p.method = build_method(job.method, job.hparams, components)
     p.evaluator = Evaluator(p.method, p.tests, log, val)
-
-
-def _optimizer(job: Job) -> str:
-    """The optimiser the job's method trains with ("adam" unless its hyperparameters say otherwise)."""
-    from ..training.plugins import load_plugins
-
-    hparams = load_plugins().get(job.method).hparams(job.hparams)
-    return hparams.optimizer().optimizer if hasattr(hparams, "optimizer") else "adam"
 
 
 def _finish(p: _Prepared, ctx: RunContext) -> None:
