@@ -1,6 +1,7 @@
 """`--executor slurm` against a real one-node Slurm (tests/slurm_cluster.py): a grid ends with one
-FINISHED run per job, a submitter killed and started again submits nothing twice, and a task that
-runs past its time limit is reported with Slurm's reason."""
+FINISHED run per job, a submitter killed and started again submits nothing twice, a preempted task
+is requeued and its job resumes from its last epoch, and a task that runs past its time limit is
+requeued, resumes, and is then reported with Slurm's reason."""
 
 from __future__ import annotations
 
@@ -113,16 +114,43 @@ def test_submitter_killed_and_started_again_submits_nothing_twice(slurm_env, tmp
     assert len(lines) == 2 and len({line["hash"] for line in lines}) == 2  # each job submitted once
 
 
-def test_task_past_its_time_limit_is_reported_with_slurms_reason(slurm_env, tmp_path):
-    protocol = write_protocol(tmp_path, epochs=500)  # minutes of training: the one-minute limit stops it
-    out = subprocess.run(command(protocol, tmp_path, "--methods", "erm", "--sources", "synth5/studio",
-                                 "--slurm", "time_min=1"),
-                         capture_output=True, text=True, env=slurm_env, timeout=300)
-    assert out.returncode == 1, out.stdout + out.stderr
-    failed = [line for line in out.stdout.splitlines() if line.startswith("[FAILED]")]
-    assert len(failed) == 1 and "Slurm time limit reached (60 s)" in failed[0], out.stdout
-    run = job_runs(tmp_path)[0]
-    assert run.status == "FAILED"  # closed by its own process at the warning, not left RUNNING
+def requeue_now(job_id: str, env: dict, proc: subprocess.Popen) -> None:
+    """Wait until Slurm has requeued `job_id` (PENDING again), then start it now: Slurm holds a
+    requeued batch job back for two minutes (its BeginTime)."""
+    deadline = time.time() + 90
+    while "PENDING" not in subprocess.run(["squeue", "--noheader", "--format=%T", "--jobs", job_id], capture_output=True,
+                                          text=True, env=env).stdout:
+        assert time.time() < deadline and proc.poll() is None, "the task was not requeued"
+        time.sleep(0.5)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, env=env)
+
+
+def slurm_ids(env: dict) -> list[str]:
+    return subprocess.run(["squeue", "--noheader", "--format=%A"], capture_output=True, text=True, env=env).stdout.split()
+
+
+def wait_for_checkpoint(folder: Path, proc: subprocess.Popen) -> None:
+    """Until a job has saved its first epoch (benchmark.training.resume)."""
+    deadline = time.time() + 120
+    while not list(folder.glob("*.pt")):
+        assert time.time() < deadline and proc.poll() is None, "no epoch checkpoint was written"
+        time.sleep(0.5)
+
+
+def test_task_past_its_time_limit_is_requeued_resumes_and_is_then_reported_with_slurms_reason(slurm_env, tmp_path):
+    protocol = write_protocol(tmp_path, epochs=500)  # minutes of training: the one-minute limit stops it, twice
+    proc = start_until_training(command(protocol, tmp_path, "--methods", "erm", "--sources", "synth5/studio",
+                                        "--slurm", "time_min=1", "--slurm", "timeout_requeues=1"), tmp_path, slurm_env)
+    requeue_now(slurm_ids(slurm_env)[0], slurm_env, proc)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out
+    failed = [line for line in out.splitlines() if line.startswith("[FAILED]")]
+    assert len(failed) == 1 and "Slurm time limit reached (60 s)" in failed[0], out
+    runs = {r.status: r for r in job_runs(tmp_path)}
+    assert sorted(runs) == ["FAILED", "KILLED"]  # each try closed by its own process at the warning
+    assert runs["FAILED"].tags["resumed_from"].startswith("epoch ")  # the second try went on from the first's
+    # Out of requeues: the checkpoint stays, so the same command with a longer limit resumes.
+    assert len(list((tmp_path / "slurm" / "tiny" / "resume").glob("*.pt"))) == 1
 
 
 def test_task_killed_without_warning_is_reported_not_waited_for(slurm_env, tmp_path):
@@ -137,25 +165,25 @@ def test_task_killed_without_warning_is_reported_not_waited_for(slurm_env, tmp_p
     assert len(failed) == 1 and "Slurm" in failed[0], out
 
 
-def test_preempted_task_is_requeued_and_its_job_finishes_once(slurm_env, tmp_path):
+def test_preempted_task_is_requeued_resumes_from_its_epoch_and_its_job_finishes_once(slurm_env, tmp_path):
     protocol = write_protocol(tmp_path, epochs=8)
     proc = start_until_training(command(protocol, tmp_path, "--methods", "erm", "--sources", "synth5/studio",
                                         "--slurm", "time_min=120"),  # far from its limit: USR2 means preemption
                                 tmp_path, slurm_env)
-    time.sleep(2)  # into training
-    jobs = subprocess.run(["squeue", "--noheader", "--format=%A"], capture_output=True, text=True, env=slurm_env)
-    ids = jobs.stdout.split()
+    resume = tmp_path / "slurm" / "tiny" / "resume"
+    wait_for_checkpoint(resume, proc)
+    ids = slurm_ids(slurm_env)
     subprocess.run(["scancel", "--signal=USR2", *ids], check=True, env=slurm_env)  # Slurm's preemption warning
-    # Slurm holds a requeued batch job back for two minutes (its BeginTime); the test starts it now.
-    deadline = time.time() + 60
-    while "PENDING" not in subprocess.run(["squeue", "--noheader", "--format=%T", "--jobs", ids[0]], capture_output=True,
-                                          text=True, env=slurm_env).stdout:
-        assert time.time() < deadline and proc.poll() is None, "the preempted task was not requeued"
-        time.sleep(0.5)
-    subprocess.run(["scontrol", "update", f"JobId={ids[0]}", "StartTime=now"], check=True, env=slurm_env)
+    requeue_now(ids[0], slurm_env, proc)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
-    runs = job_runs(tmp_path)
-    assert sorted(r.status for r in runs) == ["FINISHED", "KILLED"], out  # the preempted try, then the requeued one
-    killed = next(r for r in runs if r.status == "KILLED")
-    assert killed.tags["error"].startswith("stopped (SystemExit")
+    runs = {r.status: r for r in job_runs(tmp_path)}
+    assert sorted(runs) == ["FINISHED", "KILLED"], out  # the preempted try, then the requeued one
+    assert runs["KILLED"].tags["error"].startswith("stopped (SystemExit")
+    finished = runs["FINISHED"]
+    resumed_after = int(finished.tags["resumed_from"].split()[1])
+    assert 1 <= resumed_after < 8 and runs["KILLED"].run_id in finished.tags["resumed_from"]
+    store = open_store(f"jsonl:{tmp_path}/runs")
+    steps = [step for step, _ in store.metric_history(finished.run_id, "train/loss")]
+    assert steps == list(range(1, 9))  # every epoch once: copied up to the checkpoint, trained after it
+    assert not list(resume.glob("*.pt"))  # a FINISHED job leaves no checkpoint

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import getpass
+import inspect
 import platform
 import subprocess
 import tempfile
@@ -28,6 +29,7 @@ from ..data import decode_split
 from ..data.union import union_split
 from ..data.samples import printable_id
 from ..core.environment import default_threads
+from ..core.errors import BenchmarkError
 from ..jobs.plan import DataPlan, Job
 from ..core.labels import CLASSES
 from ..core.sources import parts as source_parts, seen
@@ -36,6 +38,7 @@ from ..report.figures import DPI
 from ..store import DatasetRef, ResultStore, RunLog, schema
 
 _ENCODERS: dict[Any, Any] = {}  # one encoder per process, shared by its jobs
+STOPPED_FROM_OUTSIDE = ("UncompletedJobError",)  # submitit's, raised in the job at a Slurm time limit
 
 
 @dataclass
@@ -49,6 +52,9 @@ class RunContext:
     device: str | None = None
     threads: int | None = None  # torch threads per job (benchmark.core.environment.default_threads)
     system_metrics_s: float = 10.0  # seconds between samples of the machine's load (MLflow system/ metrics); 0: off
+    # Where a job's training state is saved after each epoch, so that a later try of a stopped job
+    # resumes there (benchmark.training.resume); the Slurm executor sets it. None: no saving.
+    resume_dir: str | None = None
 
 
 @dataclass
@@ -118,6 +124,7 @@ class _Prepared:
     train: Any = None
     tests: dict = field(default_factory=dict)
     evaluator: Any = None
+    resume: Any = None  # its EpochCheckpoint, when ctx.resume_dir is set
     closed: bool = False  # its run is closed (FINISHED or FAILED)
 
 
@@ -160,10 +167,39 @@ def run_group(jobs: list[Job], ctx: RunContext) -> list[JobResult]:
     return [results[job.hash] for job in jobs]
 
 
+def _resume_point(p: _Prepared, ctx: RunContext):
+    """The job's epoch checkpoint; when an earlier try of it saved one, that try's history up to
+    the saved epoch is copied into this run (the FINISHED run shows every epoch) and tagged."""
+    from ..training.resume import EpochCheckpoint
+
+    resume = EpochCheckpoint.open(ctx.resume_dir, p.job.hash, p.log.run_id)
+    if resume.state is not None:
+        previous, copied = resume.previous_run_id, ""
+        try:
+            keys = [k for k in ctx.store.run(previous).metrics if not k.startswith("system/")]
+        except BenchmarkError:  # another store than the earlier try's: train on, say so
+            keys, copied = [], " (its history is not in this store)"
+        by_step: dict[int, dict[str, float]] = {}
+        for key, history in ctx.store.histories([previous], lambda key: True, {previous: keys})[previous].items():
+            for step, value in history:
+                if step <= resume.epoch:
+                    by_step.setdefault(step, {})[key] = value
+        for step in sorted(by_step):
+            p.log.metrics(by_step[step], step=step)
+        p.log.tags({schema.RESUMED_FROM: f"epoch {resume.epoch} of run {previous}{copied}"})
+    p.resume = resume
+    return resume
+
+
 def _fail(p: _Prepared, exc: BaseException) -> None:
     """Record `exc` as the job's error and close its run as FAILED."""
     p.result.error = f"{type(exc).__name__}: {exc}"
     p.closed = True
+    # A failure of the job's own repeats: the next try starts from its first epoch. A stop from
+    # outside keeps the checkpoint (submitit's UncompletedJobError: the Slurm time limit reached
+    # with no requeue left), so a rerun with a longer limit goes on from it.
+    if p.resume is not None and type(exc).__name__ not in STOPPED_FROM_OUTSIDE:
+        p.resume.clear()
     try:
         p.log.tags({schema.ERROR: p.result.error[:5000]})
         p.log.text("error.txt", "".join(traceback.format_exception(exc)))
@@ -206,7 +242,9 @@ def _train_group(claimed: list[_Prepared], ctx: RunContext) -> None:
         if len(group) == 1:
             p = group[0]
             try:
-                p.method.fit(p.train, recipe=p.job.recipe, device=device, log=p.log, epoch_end=p.evaluator.epoch_end)
+                resumable = ctx.resume_dir is not None and "resume" in inspect.signature(p.method.fit).parameters
+                p.method.fit(p.train, recipe=p.job.recipe, device=device, log=p.log, epoch_end=p.evaluator.epoch_end,
+                             **({"resume": _resume_point(p, ctx)} if resumable else {}))
             except Exception as exc:  # noqa: BLE001
                 _fail(p, exc)
                 continue
@@ -329,6 +367,8 @@ def _finish(p: _Prepared, ctx: RunContext) -> None:
         result.status = "FINISHED"
         p.closed = True
         log.finish("FINISHED")
+        if p.resume is not None:
+            p.resume.clear()
     except Exception as exc:  # noqa: BLE001 - a failing job is recorded and the grid goes on
         _fail(p, exc)
 

@@ -171,6 +171,13 @@ class ResultStore(abc.ABC):
             if run.run_id in state.run_ids and run.status == "RUNNING":
                 self._close(run.run_id, "FAILED", ABANDONED)
 
+    def close_lost(self, experiment_id: str, job_hash: str, parent_run_id: str, why: str) -> None:
+        """Close as FAILED the job's RUNNING runs under grid `parent_run_id`, whose process its
+        executor knows is gone (Ray reported the worker or node dead), so a new try may claim it."""
+        for run in self.runs(experiment_id, job_hash=job_hash):
+            if run.status == "RUNNING" and run.tags.get(schema.PARENT) == parent_run_id:
+                self._close(run.run_id, "FAILED", why)
+
     def close_abandoned_grids(self, experiment_id: str) -> None:
         """Parent runs of earlier `benchmark run`s on this host whose process died without closing
         them (SIGKILL, power loss) are marked KILLED, as an interrupted run marks its own."""

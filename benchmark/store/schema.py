@@ -16,6 +16,9 @@ ERROR = "error"
 # On a job run whose model predicts (almost) one class on its source's test set: why
 # (benchmark.training.metrics.collapse). Absent otherwise.
 COLLAPSED = "collapsed"
+# On a job run that went on from an earlier, stopped try's epoch checkpoint (benchmark.training.resume):
+# "epoch N of run <id>"; its history up to epoch N is copied from that run. Absent otherwise.
+RESUMED_FROM = "resumed_from"
 # Param: how many jobs trained together as one fused model (benchmark.training.fused); 1 unfused.
 # Part of the environment signature (benchmark.core.environment.SIGNATURE_KEYS names it too).
 FUSED = "execution.fused"

@@ -181,7 +181,9 @@ class Method(abc.ABC):
     def fit(self, train_data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
             epoch_end: EpochEnd | None = None) -> None:
         """Train. After each epoch of training (a method without epochs: once, as epoch 1) call
-        `epoch_end(epoch)` when given; `predict` must work there."""
+        `epoch_end(epoch)` when given; `predict` must work there. A method may also take
+        `resume: EpochCheckpoint | None` (benchmark.training.resume) to save its state after each
+        epoch and go on from a stopped try's; the runner passes it only to a `fit` that names it."""
 
     @abc.abstractmethod
     def predict(self, data: DecodedSplit) -> np.ndarray:

@@ -35,6 +35,7 @@ from ..core.errors import BenchmarkError
 from .execution import Execution
 from .method import BaseHparams, Batch, Components, EpochEnd, Method, OptimizerSettings, Relabel, RunLog
 from .recipe import Recipe
+from .resume import EpochCheckpoint
 from .trainer import fit as train_loop, predict_batches
 
 # SCN's and RUL's released code: with p = 0.5 apply one of {horizontal flip, Gaussian noise}.
@@ -144,9 +145,18 @@ class TrainedMethod(Method):
         self.model.train(training)
 
     def fit(self, train_data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
-            epoch_end: EpochEnd | None = None) -> None:
+            epoch_end: EpochEnd | None = None, resume: EpochCheckpoint | None = None) -> None:
         with self.training_features(train_data, recipe, device):
-            train_loop(self, train_data, recipe=recipe, device=device, log=log, epoch_end=epoch_end)
+            train_loop(self, train_data, recipe=recipe, device=device, log=log, epoch_end=epoch_end, resume=resume)
+
+    def training_state(self) -> dict[str, Any]:
+        """What the next epoch needs of the method (benchmark.training.resume): its modules and
+        its own random draws."""
+        return {"model": self.model.state_dict(), "rng": self.rng.getstate()}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])  # in place: the optimiser's parameters stay the same
+        self.rng.setstate(state["rng"])
 
     @contextlib.contextmanager
     def training_features(self, train_data: DecodedSplit, recipe: Recipe, device: torch.device):

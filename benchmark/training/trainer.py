@@ -28,6 +28,7 @@ from .method import Batch, EpochEnd, OptimizerSettings, Relabel, RunLog
 from .per_sample import check_per_sample, per_sample_batches
 from .prefetch import prefetched
 from .recipe import Recipe
+from .resume import EpochCheckpoint, random_state, set_random_state
 
 
 class Trainable(Protocol):
@@ -51,6 +52,10 @@ class Trainable(Protocol):
     def after_step(self, batch: Batch, epoch: int) -> Relabel | None: ...
 
     def epoch_metrics(self) -> dict[str, float]: ...
+
+    def training_state(self) -> dict[str, Any]: ...
+
+    def load_training_state(self, state: dict[str, Any]) -> None: ...
 
     def predict(self, data: DecodedSplit) -> np.ndarray: ...
 
@@ -224,9 +229,11 @@ class StepMonitor:
 
 
 def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
-        epoch_end: EpochEnd | None = None) -> None:
+        epoch_end: EpochEnd | None = None, resume: EpochCheckpoint | None = None) -> None:
     """Train `method` on `data` for `recipe.epochs` epochs, calling `epoch_end(epoch)` after every
-    `recipe.eval_every`-th epoch and after the last (the runner evaluates there)."""
+    `recipe.eval_every`-th epoch and after the last (the runner evaluates there). With `resume`,
+    the state after each epoch but the last is saved there, and training goes on from the epoch
+    after the one an earlier try saved (benchmark.training.resume)."""
     seed_everything(recipe.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = recipe.cudnn_benchmark  # process-wide: jobs in a process run one by one
@@ -247,8 +254,20 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
 
         bar = tqdm(total=total_steps, desc=f"{method.name} on {data.dataset}", unit="step", leave=False)
     monitor = StepMonitor(device)
-    step = 0
-    for epoch in range(1, recipe.epochs + 1):
+    step, first_epoch = 0, 1
+    if resume is not None and resume.state is not None:
+        saved = resume.state
+        method.load_training_state(saved["method"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["order_rng"])
+        aug_gen.set_state(saved["augment_rng"])
+        set_random_state(saved["global_rng"])
+        train_labels[:] = saved["train_labels"].numpy()
+        step, first_epoch = int(saved["step"]), int(saved["epoch"]) + 1
+        if bar is not None:
+            bar.update(step)
+    for epoch in range(first_epoch, recipe.epochs + 1):
         method.train_mode(True)
         start = time.perf_counter()
         order = np.fromiter(epoch_sampler(data.labels, recipe, gen, data.domains), dtype=np.int64)
@@ -281,6 +300,11 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
         log.metrics(metrics, step=epoch)
         if epoch_end is not None and evaluates_after(epoch, recipe):
             epoch_end(epoch)
+        if resume is not None and epoch < recipe.epochs:
+            resume.save({"epoch": epoch, "step": step, "method": method.training_state(),
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "order_rng": gen.get_state(), "augment_rng": aug_gen.get_state(),
+                         "global_rng": random_state(), "train_labels": torch.from_numpy(train_labels.copy())})
     if bar is not None:
         bar.close()
 

@@ -7,8 +7,16 @@ and the `[slurm]` table of `--slurm-config FILE` (the flags win):
 
     partition, time_min (wall time per task, minutes, default a day; or `time = "H:MM:SS"`), mem_gb,
     cpus_per_task (default: --threads x --jobs-per-gpu), gpus_per_task (default 0),
-    account, qos, array_parallelism (tasks running at once), folder (the logs)
+    account, qos, array_parallelism (tasks running at once), folder (the logs),
+    timeout_requeues (how often a task that reaches its time limit is requeued, default 3)
     any other key: an sbatch directive, `--KEY=VALUE`
+
+Preemption and time limits: Slurm warns a task (USR2, `signal_delay_s` before it kills it);
+submitit then requeues it, and its jobs go on from the last epoch they completed (each job
+saves its training state after every epoch in `<folder>/resume/`, benchmark.training.resume).
+A preempted task is requeued every time; one at its time limit `timeout_requeues` times, then its
+jobs are FAILED with "Slurm time limit reached" and keep their checkpoints, so the same command
+with a longer limit resumes them.
 
 The submitting process need not stay: every submission is recorded (hash, Slurm id) in
 `<folder>/submitted.jsonl`, and a later `benchmark run` with the same arguments skips the jobs
@@ -17,6 +25,7 @@ FINISHED, live-claimed, or still queued or running in Slurm, and submits only th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -34,7 +43,8 @@ from . import EXECUTORS, for_workers, lost, work_units
 ALIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
          "SUSPENDED", "STAGE_OUT", "SIGNALING")
 NAMED = {"partition": str, "time_min": int, "time": str, "mem_gb": (int, float), "cpus_per_task": int,
-         "gpus_per_task": int, "account": str, "qos": str, "array_parallelism": int, "folder": str}
+         "gpus_per_task": int, "account": str, "qos": str, "array_parallelism": int, "folder": str,
+         "timeout_requeues": int}
 POLL_S = 2.0
 DEFAULT_TIME_MIN = 24 * 60  # a task's wall time when none is given (sbatch refuses it above the partition's)
 
@@ -51,6 +61,7 @@ class SlurmOptions:
     qos: str | None = None
     array_parallelism: int = 256
     folder: str | None = None
+    timeout_requeues: int = 3  # submitit's own default
     directives: dict[str, Any] = field(default_factory=dict)  # further sbatch options, --KEY=VALUE
 
 
@@ -84,11 +95,14 @@ def slurm_options(config: str | None, assignments: list[str] | None) -> SlurmOpt
     options = SlurmOptions(**named, directives=directives)
     if options.array_parallelism < 1:
         raise BenchmarkError(f"--slurm array_parallelism = {options.array_parallelism}: must be 1 or more")
+    if options.timeout_requeues < 0:
+        raise BenchmarkError(f"--slurm timeout_requeues = {options.timeout_requeues}: must be 0 or more")
     return options
 
 
 def log_folder(options: SlurmOptions, protocol: str) -> Path:
-    return Path(options.folder or Path("results") / "slurm") / protocol
+    """Absolute: the tasks read it too (their checkpoints), wherever Slurm starts them."""
+    return (Path(options.folder or Path("results") / "slurm") / protocol).resolve()
 
 
 def submitted(folder: Path) -> dict[str, str]:
@@ -135,20 +149,32 @@ def slurm_reason(job) -> str:
         return "Slurm task ended without a result"
 
 
-def run_units(units, ctx, jobs_per_gpu: int) -> list[list[JobResult]]:
-    """One array task: its units one after another, or `jobs_per_gpu` at once in worker processes."""
-    if jobs_per_gpu == 1 or len(units) == 1:
-        return [run_group(group, ctx) for group in units]
-    from .pool import map_in_pool
+class SlurmTask:
+    """One array task: its units one after another, or `jobs_per_gpu` at once in worker processes.
 
-    results: dict[int, list[JobResult]] = {}
+    A class with `checkpoint` so that submitit requeues it at its time limit too, not only on
+    preemption: the requeued task is the same call, and its jobs resume from their epoch
+    checkpoints (RunContext.resume_dir)."""
 
-    def done(k, group_results, error):
-        results[k] = group_results if error is None else [lost(job, error) for job in units[k]]
+    def __call__(self, units, ctx, jobs_per_gpu: int) -> list[list[JobResult]]:
+        if jobs_per_gpu == 1 or len(units) == 1:
+            return [run_group(group, ctx) for group in units]
+        from .pool import map_in_pool
 
-    map_in_pool(run_group, ((k, (group, ctx)) for k, group in enumerate(units)), jobs_per_gpu, 1,
-                lambda k: None, done)
-    return [results[k] for k in range(len(units))]
+        results: dict[int, list[JobResult]] = {}
+
+        def done(k, group_results, error):
+            results[k] = group_results if error is None else [lost(job, error) for job in units[k]]
+
+        map_in_pool(run_group, ((k, (group, ctx)) for k, group in enumerate(units)), jobs_per_gpu, 1,
+                    lambda k: None, done)
+        return [results[k] for k in range(len(units))]
+
+    def checkpoint(self, *args, **kwargs):
+        """Called by submitit on Slurm's warning: the same call again (the jobs' state is on disk)."""
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, *args, **kwargs)
 
 
 @EXECUTORS.register("slurm")
@@ -175,7 +201,7 @@ def run_slurm(jobs, ctx, options, announce, report):
     tasks = [units[k:k + options.jobs_per_gpu] for k in range(0, len(units), options.jobs_per_gpu)]
     if not tasks:
         return results
-    executor = submitit.SlurmExecutor(folder=folder / ctx.parent_run_id / "%j", max_num_timeout=0)
+    executor = submitit.SlurmExecutor(folder=folder / ctx.parent_run_id / "%j", max_num_timeout=slurm.timeout_requeues)
     params: dict[str, Any] = {"job_name": f"benchmark-{jobs[0].protocol}", "array_parallelism": slurm.array_parallelism,
                               "cpus_per_task": slurm.cpus_per_task or (ctx.threads or 1) * options.jobs_per_gpu,
                               "additional_parameters": dict(slurm.directives)}
@@ -193,13 +219,13 @@ def run_slurm(jobs, ctx, options, announce, report):
     if slurm.gpus_per_task:
         params["gpus_per_task"] = slurm.gpus_per_task
     executor.update_parameters(**params)
-    shipped = for_workers(ctx)
+    shipped = dataclasses.replace(for_workers(ctx), resume_dir=str(folder / "resume"))
     for task in tasks:
         for group in task:
             for job in group:
                 announce(job)
     try:
-        submitted_jobs = executor.map_array(run_units, tasks, [shipped] * len(tasks),
+        submitted_jobs = executor.map_array(SlurmTask(), tasks, [shipped] * len(tasks),
                                             [options.jobs_per_gpu] * len(tasks))
     except Exception as exc:  # noqa: BLE001 - sbatch refused (bad partition, account...): say what it said
         raise BenchmarkError(f"sbatch refused the array: {exc}") from None

@@ -1,0 +1,101 @@
+"""Epoch checkpoints (benchmark.training.resume): a job stopped after an epoch and trained on by
+a second try ends bit for bit where an uninterrupted run ends, on this machine and thread count.
+
+The unit is the job: its trained weights, its per-epoch losses and its predictions. A stop is
+simulated where Slurm's warning lands (submitit exits with SystemExit): inside the second
+epoch's logging, after its training and before its checkpoint.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.core.errors import BenchmarkError
+from benchmark.data import DATASETS, decode_split
+from benchmark.models.backbones import BackboneSpec
+from benchmark.training.method import Components, MemoryLog
+from benchmark.training.plugins import build_method
+from benchmark.training.recipe import Recipe
+from benchmark.training.resume import EpochCheckpoint
+
+from .test_cafe import linear_encoder
+
+SIZE, BATCH, EPOCHS = 32, 16, 3
+
+
+class StopDuring(MemoryLog):
+    """A log that stops the process (as submitit does on Slurm's warning) when epoch `epoch` logs."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def metrics(self, values, step=None):
+        if step == self.epoch and "lr" in values:
+            raise SystemExit(-1)
+        super().metrics(values, step)
+
+
+@pytest.fixture(scope="module")
+def data():
+    reader = DATASETS.get("synth5/studio")
+    return decode_split(reader.load(None, "train", scale=0.15), SIZE), decode_split(reader.load(None, "test", scale=0.15), SIZE)
+
+
+def recipe(seed: int = 5) -> Recipe:
+    return Recipe(epochs=EPOCHS, batch_size=BATCH, input_size=SIZE, seed=seed, samples_per_epoch=BATCH * 3, progress=False)
+
+
+# scn relabels from epoch 1 (labels are state), cafe draws drop masks (its own generator), eac
+# erases and flips per sample, erm is the plain loop.
+@pytest.mark.parametrize("name, hparams", [("cafe", {}),
+                                           pytest.param("scn", {"relabel_epoch": 1, "margin_2": 0.0}, marks=pytest.mark.slow),
+                                           pytest.param("eac", {}, marks=pytest.mark.slow),
+                                           pytest.param("erm", {}, marks=pytest.mark.slow)])
+def test_a_stopped_job_resumed_from_its_epoch_ends_where_an_uninterrupted_one_does(name, hparams, data, tmp_path):
+    train, test = data
+    components = Components(BackboneSpec("resnet18", "none"), linear_encoder())
+    plain = build_method(name, hparams, components)
+    plain_log = MemoryLog()
+    plain.fit(train, recipe=recipe(), device=torch.device("cpu"), log=plain_log)
+
+    stopped = build_method(name, hparams, components)
+    first = EpochCheckpoint.open(tmp_path, "job", "run-1")
+    with pytest.raises(SystemExit):
+        stopped.fit(train, recipe=recipe(), device=torch.device("cpu"), log=StopDuring(2), resume=first)
+    again = EpochCheckpoint.open(tmp_path, "job", "run-2")
+    assert again.epoch == 1 and again.previous_run_id == "run-1"
+    resumed = build_method(name, hparams, components)
+    resumed_log = MemoryLog()
+    resumed.fit(train, recipe=recipe(), device=torch.device("cpu"), log=resumed_log, resume=again)
+
+    assert resumed_log.series("train/loss") == plain_log.series("train/loss")[1:]  # epochs 2 and 3, equal
+    for key, value in plain.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    np.testing.assert_array_equal(plain.predict(test), resumed.predict(test))
+    if name == "scn":
+        assert sum(resumed_log.series("train/relabelled")) > 0  # the relabelling ran on both sides of the stop
+
+
+def test_the_last_epoch_saves_nothing_and_a_checkpoint_is_written_whole(data, tmp_path):
+    train, _ = data
+    method = build_method("erm", {}, Components(BackboneSpec("resnet18", "none")))
+    resume = EpochCheckpoint.open(tmp_path, "job", "run-1")
+    saved = []
+    save = resume.save
+    resume.save = lambda state: (saved.append(state["epoch"]), save(state))
+    method.fit(train, recipe=recipe(), device=torch.device("cpu"), log=MemoryLog(), resume=resume)
+    assert saved == [1, 2]  # after the last epoch nothing is left to resume
+    assert [p.name for p in tmp_path.iterdir()] == ["job.pt"]  # no partial file left beside it
+
+
+def test_an_unreadable_or_foreign_checkpoint_is_named_not_trained_from(tmp_path):
+    (tmp_path / "job.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(BenchmarkError, match="job.pt: not a training checkpoint"):
+        EpochCheckpoint.open(tmp_path, "job", "run-2")
+    EpochCheckpoint(tmp_path / "other.pt", "other", "run-1").save({"epoch": 1})
+    (tmp_path / "other.pt").rename(tmp_path / "job.pt")
+    with pytest.raises(BenchmarkError, match="saved by job other, not job"):
+        EpochCheckpoint.open(tmp_path, "job", "run-2")
