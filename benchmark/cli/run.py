@@ -94,7 +94,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      "(submitit)")
     run.add_argument("--slurm", action="append", metavar="KEY=VALUE",
                      help="slurm: partition, time_min, mem_gb, cpus_per_task, gpus_per_task, account, qos, "
-                     "array_parallelism, folder, or any sbatch option (repeatable; over --slurm-config)")
+                     "array_parallelism, folder, timeout_requeues, or any sbatch option (repeatable; over --slurm-config)")
     run.add_argument("--slurm-config", metavar="FILE", help="slurm: a TOML file whose [slurm] table holds those keys")
     run.add_argument("--workers", type=int, help="pool: worker processes (default --jobs-per-gpu x GPUs, at least 1)")
     run.add_argument("--ray-address", help="join a running Ray cluster (default: start a local one)")
