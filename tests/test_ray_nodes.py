@@ -1,6 +1,7 @@
 """`--executor ray` on a Ray cluster of two nodes started with `ray start` on this machine: the
-grid's jobs land on both, the second node is killed mid-job, and its job is resubmitted, trained
-once more by a try that claims it at once, and the grid ends with one FINISHED run per job."""
+grid's jobs land on both and train at once, each writing its run into the driver's store; the
+second node is killed mid-job, and its job is resubmitted, trained once more by a try that claims
+it at once, and the grid ends with one FINISHED run per job."""
 
 from __future__ import annotations
 
@@ -108,3 +109,8 @@ def test_a_node_killed_mid_job_has_its_job_resubmitted_and_trained_once(two_node
     assert lost.run_id == victims[0].run_id and lost.status == "FAILED"
     assert lost.tags["error"].startswith("lost with its Ray worker")
     assert not [r for r in runs if r.status == "RUNNING"]
+    for run in finished:  # written by the workers straight into the driver's store
+        assert "test/synth5.film/acc" in run.metrics and "train/loss" in run.metrics
+    (_, survivor) = sorted([lost, *[r for r in finished if r.tags["job_hash"] != lost.tags["job_hash"]]],
+                           key=lambda r: r.start_time)
+    assert survivor.start_time < lost.end_time  # the two nodes' jobs trained at once

@@ -310,26 +310,6 @@ def test_overrides_and_shipped_protocols_load():
         assert load_protocol(name).name == name
 
 
-@pytest.mark.slow
-def test_ray_executor_runs_two_jobs_at_once_into_one_store(tmp_path, capsys):
-    ray = pytest.importorskip("ray")
-    protocol = write_protocol(tmp_path, epochs=2)
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        code = main(["run", "--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm",
-                     "--executor", "ray", "--threads", "1"])
-    finally:
-        ray.shutdown()
-    assert code == 0, capsys.readouterr().out
-    runs = finished_runs(uri)
-    assert len(runs) == 2 and {r.status for r in runs} == {"FINISHED"}
-    for run in runs:
-        assert "test/synth5.film/acc" in run.metrics and "train/loss" in run.metrics
-    (a, b) = sorted(runs, key=lambda r: r.start_time)
-    assert b.start_time < a.end_time  # the two jobs overlapped: they ran at once
-
-
 def test_nan_loss_stops_the_job_as_failed(tmp_path, monkeypatch, capsys):
     import methods.erm as erm_module
 
