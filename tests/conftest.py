@@ -1,4 +1,5 @@
-"""Shared test set-up: every test gets its own cache and results folders."""
+"""Shared test set-up: every test gets its own cache and results folders (the generated synth5
+domains, identical for all, are shared)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,20 @@ import pytest
 SIZE = 48  # input size of the short training runs
 
 
+@pytest.fixture(scope="session")
+def synth5_files(tmp_path_factory):
+    """One folder of generated synth5 domains for the whole session: a domain file depends only on
+    its generator version, seed and scale, and generating them again in every test cost ~50 s."""
+    return tmp_path_factory.mktemp("synth5")
+
+
 @pytest.fixture(autouse=True)
-def isolated_outputs(tmp_path_factory, monkeypatch):
+def isolated_outputs(tmp_path_factory, monkeypatch, synth5_files):
     out = tmp_path_factory.mktemp("results")
     monkeypatch.setenv("BENCHMARK_RESULTS", str(out))
     monkeypatch.setenv("BENCHMARK_CACHE", str(out / "cache"))
+    (out / "cache").mkdir()
+    (out / "cache" / "synth5").symlink_to(synth5_files, target_is_directory=True)
     monkeypatch.setenv("BENCHMARK_SLOTS", str(out / "core-slots"))  # a test's jobs share no slot with others
     monkeypatch.delenv("FER_DATA_ROOT", raising=False)
     return out

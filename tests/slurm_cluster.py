@@ -1,7 +1,7 @@
 """A real one-node Slurm for the tests: munged, slurmctld and slurmd of Debian's slurm-wlm and
-munge packages, started in a temporary folder with a slurm.conf written for this host (its CPUs,
-no GPUs), stopped afterwards. `.ci/run` installs the packages; without them the tests that use it
-skip, except under CI (BENCHMARK_CI=1), where they fail."""
+munge packages, started in a temporary folder with a slurm.conf written for this host (CPUs as
+asked, by default its own; no GPUs), stopped afterwards. `.ci/run` installs the packages; without
+them the tests that use it skip, except under CI (BENCHMARK_CI=1), where they fail."""
 
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
 ReturnToService=2
+SlurmdParameters=config_overrides
 MpiDefault=none
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
@@ -72,11 +73,12 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
 
 @contextmanager
-def slurm_cluster(root: Path, timeout_s: float = 60):
-    """Start the daemons under `root`; yield the environment (SLURM_CONF) to run sbatch with."""
+def slurm_cluster(root: Path, cpus: int | None = None, timeout_s: float = 60):
+    """Start the daemons under `root`; yield the environment (SLURM_CONF) to run sbatch with.
+    `cpus`: what the node declares (config_overrides lets slurmd declare more than it has)."""
     root.mkdir(parents=True, exist_ok=True)
     host = socket.gethostname().split(".")[0]
-    cpus = os.cpu_count() or 1
+    cpus = cpus or os.cpu_count() or 1
     memory_mb = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * 0.8)
     conf = write_conf(root, host, cpus, memory_mb)
     env = {**os.environ, "SLURM_CONF": str(conf)}

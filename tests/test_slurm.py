@@ -1,7 +1,12 @@
 """`--executor slurm` against a real one-node Slurm (tests/slurm_cluster.py): a grid ends with one
 FINISHED run per job, a submitter killed and started again submits nothing twice, a preempted task
 is requeued and its job resumes from its last epoch, and a task that runs past its time limit is
-requeued, resumes, and is then reported with Slurm's reason."""
+requeued, resumes, and is then reported with Slurm's reason.
+
+Slurm looks at time limits every 30 s, so the time-limit scenario spends about a minute waiting;
+it starts with the module, in the background, and the other scenarios run meanwhile (the test
+node declares more CPUs than this host has, so that their tasks are not queued behind it). Each
+scenario touches only its own Slurm jobs (their ids from its submitted.jsonl)."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -32,8 +38,21 @@ def slurm_env(tmp_path_factory):
         if os.environ.get("BENCHMARK_CI"):
             pytest.fail(f"Slurm is not installed ({', '.join(absent)} missing); .ci/run installs slurm-wlm and munge")
         pytest.skip(f"Slurm is not installed ({', '.join(absent)} missing): apt-get install slurm-wlm munge")
-    with slurm_cluster(tmp_path_factory.mktemp("slurm")) as env:
+    # Two CPUs more than this host has: the background time-limit task holds one throughout.
+    with slurm_cluster(tmp_path_factory.mktemp("slurm"), cpus=(os.cpu_count() or 1) + 2) as env:
         yield env
+
+
+@pytest.fixture(scope="module", autouse=True)
+def time_limit_scenario(slurm_env, tmp_path_factory):
+    """The time-limit scenario, started with the module's first test (see the module's doc)."""
+    with ThreadPoolExecutor(1) as pool:
+        folder = tmp_path_factory.mktemp("time-limit")
+        # Its own core slots: a task holds one of this machine's slots while it trains (benchmark.core.cores).
+        env = {**slurm_env, "BENCHMARK_SLOTS": str(folder / "core-slots")}
+        future = pool.submit(run_past_time_limit, env, folder)
+        yield future
+        future.result(timeout=300)  # never leave its submitter running past the module
 
 
 def command(protocol: Path, tmp_path: Path, *extra: str) -> list[str]:
@@ -42,10 +61,16 @@ def command(protocol: Path, tmp_path: Path, *extra: str) -> list[str]:
             *extra]
 
 
-def wait_for_empty_queue(env: dict, timeout_s: float = 180) -> None:
+def own_ids(tmp_path: Path) -> list[str]:
+    """The Slurm ids (array_task) of this scenario's tasks, from its submitted.jsonl."""
+    return sorted(set(submitted(tmp_path / "slurm" / "tiny").values()))
+
+
+def wait_until_gone(ids: list[str], env: dict, timeout_s: float = 180) -> None:
     deadline = time.time() + timeout_s
-    while subprocess.run(["squeue", "--noheader"], capture_output=True, text=True, env=env).stdout.strip():
-        assert time.time() < deadline, "Slurm's queue did not drain"
+    while subprocess.run(["squeue", "--noheader", "--jobs", ",".join(ids)], capture_output=True, text=True,
+                         env=env).stdout.strip():
+        assert time.time() < deadline, f"Slurm jobs {ids} did not end"
         time.sleep(1)
 
 
@@ -107,7 +132,7 @@ def test_submitter_killed_and_started_again_submits_nothing_twice(slurm_env, tmp
     assert again.returncode == 0, again.stdout + again.stderr
     assert "submitted" not in again.stdout.replace("(submitted earlier)", ""), again.stdout
     assert again.stdout.count("[skip]") == 2, again.stdout  # one running (claimed), one queued in Slurm
-    wait_for_empty_queue(slurm_env)
+    wait_until_gone(own_ids(tmp_path), slurm_env)
     runs = [r for r in job_runs(tmp_path) if r.status == "FINISHED"]
     assert len(runs) == 2 and len({r.tags["job_hash"] for r in runs}) == 2
     lines = [json.loads(line) for line in record.read_text().splitlines()]
@@ -125,10 +150,6 @@ def requeue_now(job_id: str, env: dict, proc: subprocess.Popen) -> None:
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, env=env)
 
 
-def slurm_ids(env: dict) -> list[str]:
-    return subprocess.run(["squeue", "--noheader", "--format=%A"], capture_output=True, text=True, env=env).stdout.split()
-
-
 def wait_for_checkpoint(folder: Path, proc: subprocess.Popen) -> None:
     """Until a job has saved its first epoch (benchmark.training.resume)."""
     deadline = time.time() + 120
@@ -137,28 +158,25 @@ def wait_for_checkpoint(folder: Path, proc: subprocess.Popen) -> None:
         time.sleep(0.5)
 
 
-def test_task_past_its_time_limit_is_requeued_resumes_and_is_then_reported_with_slurms_reason(slurm_env, tmp_path):
+def run_past_time_limit(env: dict, tmp_path: Path) -> tuple[Path, int, str]:
+    """A one-job grid under a one-minute limit with one time-out requeue; (folder, exit code, output)."""
     protocol = write_protocol(tmp_path, epochs=500)  # minutes of training: the one-minute limit stops it, twice
     proc = start_until_training(command(protocol, tmp_path, "--methods", "erm", "--sources", "synth5/studio",
-                                        "--slurm", "time_min=1", "--slurm", "timeout_requeues=1"), tmp_path, slurm_env)
-    requeue_now(slurm_ids(slurm_env)[0], slurm_env, proc)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 1, out
-    failed = [line for line in out.splitlines() if line.startswith("[FAILED]")]
-    assert len(failed) == 1 and "Slurm time limit reached (60 s)" in failed[0], out
-    runs = {r.status: r for r in job_runs(tmp_path)}
-    assert sorted(runs) == ["FAILED", "KILLED"]  # each try closed by its own process at the warning
-    assert runs["FAILED"].tags["resumed_from"].startswith("epoch ")  # the second try went on from the first's
-    # Out of requeues: the checkpoint stays, so the same command with a longer limit resumes.
-    assert len(list((tmp_path / "slurm" / "tiny" / "resume").glob("*.pt"))) == 1
+                                        "--slurm", "time_min=1", "--slurm", "timeout_requeues=1"), tmp_path, env)
+    try:
+        requeue_now(own_ids(tmp_path)[0], env, proc)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return tmp_path, proc.returncode, out
 
 
 def test_task_killed_without_warning_is_reported_not_waited_for(slurm_env, tmp_path):
     protocol = write_protocol(tmp_path, epochs=500)
     proc = start_until_training(command(protocol, tmp_path, "--methods", "erm", "--sources", "synth5/studio"),
                                 tmp_path, slurm_env)
-    jobs = subprocess.run(["squeue", "--noheader", "--format=%A"], capture_output=True, text=True, env=slurm_env)
-    subprocess.run(["scancel", "--signal=KILL", "--full", *jobs.stdout.split()], check=True, env=slurm_env)
+    subprocess.run(["scancel", "--signal=KILL", "--full", *own_ids(tmp_path)], check=True, env=slurm_env)
     out, _ = proc.communicate(timeout=120)  # the submitter notices the task is gone and ends
     assert proc.returncode == 1, out
     failed = [line for line in out.splitlines() if line.startswith("[FAILED]")]
@@ -172,7 +190,7 @@ def test_preempted_task_is_requeued_resumes_from_its_epoch_and_its_job_finishes_
                                 tmp_path, slurm_env)
     resume = tmp_path / "slurm" / "tiny" / "resume"
     wait_for_checkpoint(resume, proc)
-    ids = slurm_ids(slurm_env)
+    ids = own_ids(tmp_path)
     subprocess.run(["scancel", "--signal=USR2", *ids], check=True, env=slurm_env)  # Slurm's preemption warning
     requeue_now(ids[0], slurm_env, proc)
     out, _ = proc.communicate(timeout=300)
@@ -187,3 +205,16 @@ def test_preempted_task_is_requeued_resumes_from_its_epoch_and_its_job_finishes_
     steps = [step for step, _ in store.metric_history(finished.run_id, "train/loss")]
     assert steps == list(range(1, 9))  # every epoch once: copied up to the checkpoint, trained after it
     assert not list(resume.glob("*.pt"))  # a FINISHED job leaves no checkpoint
+
+
+def test_task_past_its_time_limit_is_requeued_resumes_and_is_then_reported_with_slurms_reason(
+        time_limit_scenario: Future):
+    tmp_path, returncode, out = time_limit_scenario.result(timeout=300)
+    assert returncode == 1, out
+    failed = [line for line in out.splitlines() if line.startswith("[FAILED]")]
+    assert len(failed) == 1 and "Slurm time limit reached (60 s)" in failed[0], out
+    runs = {r.status: r for r in job_runs(tmp_path)}
+    assert sorted(runs) == ["FAILED", "KILLED"]  # each try closed by its own process at the warning
+    assert runs["FAILED"].tags["resumed_from"].startswith("epoch ")  # the second try went on from the first's
+    # Out of requeues: the checkpoint stays, so the same command with a longer limit resumes.
+    assert len(list((tmp_path / "slurm" / "tiny" / "resume").glob("*.pt"))) == 1
