@@ -83,14 +83,14 @@ fi
 
 if (( DRY_RUN )); then
     export BENCHMARK_GPU_TESTS_DEVICE=cpu
-    TESTS=(-k "cafe and not compile")  # the plumbing, on the CPU: one method of each parametrised test
+    TESTS=(-k "cafe and not cafe_ and not compile")  # the plumbing, on the CPU: cafe alone in each parametrised test
     SMALL=(--device cpu --set encoder=torchvision:mobilenet_v2:imagenet --set backbone.name=mobilenet_v2
            --set backbone.weights=imagenet --set recipe.input_size=32 --set recipe.epochs=1)
     for domain in studio webcam wild film lowres; do SMALL+=(--set "dataset_options.synth5/$domain.scale=0.03"); done
     GRID=(--methods cafe,eac --sources synth5/studio,synth5/film --jobs-per-gpu 2 --system-metrics-every 0.5 "${SMALL[@]}")
     LODO=(--methods cafe --sources synth5/studio+synth5/webcam+synth5/wild+synth5/film "${SMALL[@]}")
     EXPLAIN=(--device cpu --images 4)
-    PERF=(--quick --pack 2 --device cpu)  # every precision: tests/test_gpu_check.py reads every field
+    PERF=(--quick --methods erm,cafe --pack 2 --device cpu)  # every precision: tests/test_gpu_check.py reads every field
     FUSE_PERF=(--quick --loop-only --variant-methods "" --fuse 1,2 --fuse-methods cafe --precisions auto
                --pack 2 --pack-fuse 2 --device cpu)
     FUSE_GRID=(--methods cafe --sources synth5/studio --seeds 0,1 "${SMALL[@]}")

@@ -224,6 +224,15 @@ def test_failing_job_is_isolated_and_exit_code_is_nonzero(tmp_path, capsys):
     assert "test/imagefolder/acc" in by_source["synth5/studio"].metrics
 
 
+def fresh_process_context():
+    """Processes that share nothing with this one (no open store, no MLflow client cache), as
+    "spawn" gives, but forked from a server that has imported this module already: a spawned
+    process spends ~3 s importing torch, MLflow and the project before it does anything."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])  # read when the server starts (once per session)
+    return ctx
+
+
 def _log_many(uri: str, run_id: str, worker: int) -> None:
     log = open_store(uri).run_log(run_id)
     for step in range(25):
@@ -237,7 +246,7 @@ def test_four_processes_logging_into_one_store_lose_nothing(tmp_path, uri):
     store = open_store(uri)
     exp = store.experiment("concurrency")
     run_ids = [store.create_run(exp, f"w{w}", {}).run_id for w in range(4)]
-    ctx = multiprocessing.get_context("spawn")
+    ctx = fresh_process_context()
     procs = [ctx.Process(target=_log_many, args=(uri, run_ids[w], w)) for w in range(4)]
     for p in procs:
         p.start()
@@ -258,7 +267,7 @@ def _open_new_store(uri: str, barrier) -> None:
 def test_four_processes_creating_one_new_sqlite_store_at_once_all_succeed(tmp_path):
     # Without the lock in mlflow_store.new_client, MLflow's schema migration raced here in 5 of 5 tries.
     uri = f"sqlite:///{tmp_path / 'new' / 'store.db'}"
-    ctx = multiprocessing.get_context("spawn")
+    ctx = fresh_process_context()
     barrier = ctx.Barrier(4)
     procs = [ctx.Process(target=_open_new_store, args=(uri, barrier)) for _ in range(4)]
     for p in procs:
