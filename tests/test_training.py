@@ -23,11 +23,11 @@ RECIPE = Recipe(epochs=4, batch_size=32, input_size=SIZE, seed=7, progress=False
 SHORT_RUN = {"lr": 2e-3}
 
 
-def train_and_predict(name, studio, components):
+def train_and_predict(name, studio, components, recipe=RECIPE):
     train, test = studio
     method = build_method(name, SHORT_RUN, components=components)
     log = MemoryLog()
-    method.fit(train, recipe=RECIPE, device=torch.device("cpu"), log=log)
+    method.fit(train, recipe=recipe, device=torch.device("cpu"), log=log)
     return method, log, method.predict(test)
 
 
@@ -73,9 +73,7 @@ def test_evaluating_every_epoch_changes_no_trained_number(name, studio, componen
 
     train, test = studio
     recipe = dataclasses.replace(RECIPE, epochs=2)  # two runs of two epochs: evaluated and not
-    plain = build_method(name, SHORT_RUN, components=components)
-    plain.fit(train, recipe=recipe, device=torch.device("cpu"), log=MemoryLog())
-    plain = plain.predict(test)
+    _, _, plain = train_and_predict(name, studio, components, recipe)
     method = build_method(name, SHORT_RUN, components=components)
     log = MemoryLog()
     evaluator = Evaluator(method, {"studio": test}, log, val=test)

@@ -3,8 +3,8 @@
 The split is N images of `size` px built straight into the decoded-image cache format (one
 uint8 `images.npy`) with plain file writes, so building it maps nothing into this process.
 Its rows are drawn from a pool of synth5 faces (the "wild" domain's training split, at most N of
-them, decoded at `size`) with a per-image brightness change; the content does not matter here, the volume
-does. One epoch of `erm` then runs through the real trainer (`benchmark.training.trainer.fit`), which
+them, decoded at `size`) with a per-image brightness change; the content does not matter here,
+the volume does. One epoch of `erm` then runs through the real trainer (`benchmark.training.trainer.fit`), which
 reads batches with positioned reads (DecodedSplit.read), so the peak resident memory stays
 that of the model and one batch, not of the N-image array.
 """
