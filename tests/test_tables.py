@@ -308,3 +308,22 @@ def test_a_collapsed_seed_marks_its_cells_and_adds_the_footnote():
     assert tables.COLLAPSED not in tables.render(other, "md").split("\n\n")[1] and tables.COLLAPSED_NOTE not in \
         tables.render(other, "md")
     assert "collapsed" in tables.render(raf, "latex")
+
+
+def test_a_table_imports_no_torch_and_no_method(tmp_path):
+    """`benchmark table` reads runs and a protocol's layout: torch, torchvision and the method
+    plugins (3.5 s of imports on a 2-core machine, more than the table itself) stay unloaded,
+    also for a protocol with [hparams] (checked against the methods only when a grid runs)."""
+    import subprocess
+    import sys
+
+    recorded = Path(__file__).parent / "data" / "store_v1"
+    runs = recorded / "runs"
+    code = ("import sys\nfrom benchmark.cli import main\nfrom benchmark.report.tables import protocol_layout\n"
+            "assert protocol_layout('synth5_lodo')[2] == ['cafe', 'clip_ft']\n"
+            f"assert main(['table', '--protocol', 'tiny', '--tracking-uri', 'jsonl:{runs}', '--out', '{tmp_path}/t.md']) == 0\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'methods')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "t.md").read_text() == (recorded / "expected" / "jsonl.table1.md").read_text()

@@ -12,8 +12,6 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-import torch
-
 
 def cpu_model() -> str:
     """The CPU's model name (Linux /proc/cpuinfo), else what the platform module says."""
@@ -28,6 +26,8 @@ def cpu_model() -> str:
 
 def environment(device: torch.device) -> dict[str, str]:
     """The `env.*` params of a job run on `device` (call after the thread count is set)."""
+    import torch  # here, not above: tables read SIGNATURE_KEYS without torch
+
     env = {"env.torch": torch.__version__, "env.threads": str(torch.get_num_threads()),
            "env.cpu": cpu_model(), "env.cpu_capability": torch.backends.cpu.get_cpu_capability(),
            "env.deterministic_algorithms": str(torch.are_deterministic_algorithms_enabled())}

@@ -8,7 +8,6 @@ Weights: `msceleb` (the resnet18_msceleb.pth every FER paper uses; the user give
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,22 +15,12 @@ import torchvision
 from torch import nn
 
 from ..core.errors import BenchmarkError
+from .specs import BackboneSpec
 from .weights import WeightsError, file_digest, load_state_dict, load_strict, torchvision_weights_file
 
 BACKBONES = ("resnet18", "resnet50", "mobilenet_v2")
 WEIGHTS = ("msceleb", "imagenet", "none")
 MSCELEB_FILE = "resnet18_msceleb.pth"
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    name: str = "resnet18"
-    weights: str = "msceleb"
-    path: str | None = None  # the weights file for msceleb (required) or imagenet (optional)
-
-    @property
-    def id(self) -> str:
-        return f"{self.name}:{self.weights}"
 
 
 class Backbone(nn.Module):

@@ -11,31 +11,16 @@ maps the same ImageNet-normalised tensor the backbone sees to features (B, dim) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..core.errors import BenchmarkError
+from .specs import EncoderSpec
 from .weights import WeightsError, file_digest, load_state_dict, load_strict, network_reachable, torchvision_weights_file
 
-PAPER_ENCODER = "openclip:ViT-B-32:openai"
 HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    id: str = PAPER_ENCODER
-    path: str | None = None  # a local weights file (state dict or safetensors)
-
-    @property
-    def parts(self) -> tuple[str, str, str]:
-        parts = self.id.split(":")
-        if len(parts) != 3 or parts[0] not in ("openclip", "torchvision", "mae"):
-            raise BenchmarkError(f"encoder {self.id!r}: expected openclip:<model>:<pretrained>, "
-                                 "torchvision:<model>:imagenet or mae:<model>:visualize")
-        return parts[0], parts[1], parts[2]
 
 
 class FrozenEncoder(nn.Module):

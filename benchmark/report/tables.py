@@ -106,7 +106,9 @@ def protocol_layout(name: str) -> tuple[list[str], list[str], list[str]]:
     from ..jobs.protocol import ProtocolError, load_protocol
 
     try:
-        protocol = load_protocol(name)
+        # Its layout only: the runs were checked when they trained (and checking the
+        # hyperparameters would import every method, and torch, for a table).
+        protocol = load_protocol(name, methods_checked=False)
     except ProtocolError:
         return [], [], []
     return list(protocol.sources), list(protocol.datasets), list(protocol.methods)

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core.errors import BenchmarkError
-
-PRECISIONS = ("auto", "fp32", "bf16")
+from .recipe import PRECISIONS
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..core.errors import BenchmarkError
-from .execution import PRECISIONS
 
+PRECISIONS = ("auto", "fp32", "bf16")
 DATA_PATHS = ("cache", "per_sample")
 DATA_ON_DEVICE = ("auto", "always", "never")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
