@@ -65,7 +65,10 @@ def test_gradcam_maps_are_normalised_and_follow_the_explained_class(tmp_path):
     again, _ = gradcam_maps(method, data, rows, "label")
     other, _ = gradcam_maps(method, data, rows, "predicted")
     assert maps.shape == (3, 64, 64) and maps.min() >= 0 and maps.max() <= 1 and predicted.shape == (3,)
-    assert (maps.max(axis=(1, 2)) > 0).all()  # a 2x2 feature map at 64 px: maps with a peak
+    # Each map is scaled to peak near 1 (a 2x2 feature map at 64 px), or is all zero where GradCAM's
+    # ReLU found no positive evidence for the class (an untrained network can give that).
+    peaks = maps.max(axis=(1, 2))
+    assert all(p > 0.99 or p == 0 for p in peaks) and (peaks > 0.99).any()
     assert np.array_equal(maps, again)
     same = data.labels[rows] == predicted
     assert all(np.array_equal(maps[k], other[k]) == bool(same[k]) for k in range(3))

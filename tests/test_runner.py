@@ -94,6 +94,14 @@ def test_tiny_grid_logs_every_metric_and_dry_run_lists_jobs(tmp_path, capsys, ur
     assert metrics["test/mean_unseen_acc"] == metrics["test/synth5.film/acc"]  # the one other target
     if uri.startswith("sqlite"):  # MLflow's system metrics, sampled while the job ran
         assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100 and metrics["system/system_memory_usage_megabytes"] > 0
+        # MLflow's dataset inputs carry synth5's generated-domain digest (the same on every machine).
+        from mlflow import MlflowClient
+
+        from benchmark.data.synth5 import domain_digest
+
+        logged = {d.dataset.name: d.dataset.digest for d in MlflowClient(uri).get_run(run.run_id).inputs.dataset_inputs}
+        assert logged["synth5/studio:train"] == logged["synth5/studio:test"] == domain_digest("studio", 0, 0.03)
+        assert logged["synth5/film:test"] == domain_digest("film", 0, 0.05)
     (grid,) = grid_runs(uri)
     assert any(k.startswith("summary/clip_ft/") for k in grid.metrics) and "mlflow.note.content" in grid.tags
     for target in ("synth5.studio", "synth5.film"):

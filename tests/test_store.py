@@ -109,3 +109,33 @@ def test_an_mlflow_experiment_opens_on_its_training_runs(tmp_path):
     assert tags[schema.EXPERIMENT_KIND] == "custom_model_development"
     view = json.loads(tags["mlflow.sharedViewState.jobs"])  # what ?viewStateShareKey=jobs shows
     assert "metrics.`test/mean_unseen_acc`" in view["selectedColumns"] and "params.`method`" in view["selectedColumns"]
+
+
+def test_a_job_made_again_on_other_data_counts_once_with_a_warning(store):
+    """The same job (method, backbone, source, seed, settings) FINISHED on two versions of its
+    data has two job hashes; a table must count one seed once, the latest, and say why."""
+    exp = store.experiment("p")
+    for digest, acc in (("old-pixels", 0.5), ("new-pixels", 0.7)):
+        fake = job("synth5/studio")
+        fake.hash = f"{fake.hash}-{digest}"  # the data fingerprint enters a real job's hash
+        log = store.open_job(exp, "g", fake)
+        log.params({schema.BACKBONE: "resnet18:none", "hp.lr": "0.001",
+                    schema.data_param("synth5/webcam", "test"): digest,
+                    schema.data_param("synth5/studio", "test"): "same"})
+        log.metrics({schema.target_metric("synth5/webcam", "acc"): acc})
+        log.finish("FINISHED")
+        time.sleep(0.01)
+    other = job("synth5/studio")  # other hyperparameters: another job, counted as today
+    other.hash += "-other-hp"
+    log = store.open_job(exp, "g", other)
+    log.params({schema.BACKBONE: "resnet18:none", "hp.lr": "0.01", schema.data_param("synth5/webcam", "test"): "old-pixels"})
+    log.metrics({schema.target_metric("synth5/webcam", "acc"): 0.1})
+    log.finish("FINISHED")
+    frame = store.results("p")
+    assert sorted(frame["value"]) == [0.1, 0.7]
+    (warning,) = frame.attrs["warnings"]
+    assert warning.startswith("1 job(s) were run on different data (erm on synth5/studio (seed 0): "
+                              "synth5/webcam:test old-pixels vs new-pixels)")
+    assert "1 earlier run(s) ignored" in warning
+    history = store.history("p", ["acc"])
+    assert sorted(history["value"]) == [0.1, 0.7]

@@ -46,6 +46,9 @@ class Samples:
     # (N, 4) face boxes (left, top, right, bottom) in the file's pixels, cropped before resizing
     # (ExpW: one image, several faces); the ids are then `<path>#<face>` and `path` drops the `#<face>`.
     boxes: np.ndarray | None = None
+    # A digest of the whole dataset as its reader made it, where there is one (synth5: the generated
+    # domain, benchmark.data.synth5.domain_digest); MLflow shows it as the run input's digest.
+    content_digest: str = ""
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)

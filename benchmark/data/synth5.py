@@ -17,13 +17,14 @@ domains like the real datasets.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -33,9 +34,9 @@ from ..core.labels import CLASSES
 from ..core.paths import cache_dir
 from .base import DATASETS, DatasetReader
 from .samples import SPLITS, Samples
-from .synthfaces import draw_face, expression_params, sample_identity
+from .synthfaces import Identity, expression_params, face_layer, gauss, rotate_onto, sample_identity
 
-GENERATOR_VERSION = 4  # bump when the drawing changes: old caches are then not reused
+GENERATOR_VERSION = 5  # bump when the drawing changes: old caches are then not reused
 IDENTITIES_PER_SPLIT = 60
 SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
 
@@ -96,9 +97,9 @@ def _background(rng: np.random.Generator, style: DomainStyle, canvas: int) -> Im
         return Image.new("RGB", (canvas, canvas), tuple(int(c) for c in base))
     if style.background == "gradient":
         top, bottom = rng.integers(60, 230, 3), rng.integers(60, 230, 3)
-        t = np.linspace(0, 1, canvas)[:, None, None]
-        grad = (top * (1 - t) + bottom * t) * np.ones((1, canvas, 1))
-        return Image.fromarray(grad.astype(np.uint8))
+        row = np.arange(canvas)[:, None]
+        grad = (top * (canvas - 1 - row) + bottom * row) // (canvas - 1)  # integers: exact everywhere
+        return Image.fromarray(np.broadcast_to(grad[:, None, :], (canvas, canvas, 3)).astype(np.uint8))
     img = Image.new("RGB", (canvas, canvas), tuple(int(c) for c in rng.integers(0, 255, 3)))
     d = ImageDraw.Draw(img)
     shapes = int(rng.integers(6, 16)) if style.background == "clutter" else int(rng.integers(2, 6))
@@ -119,51 +120,113 @@ def _background(rng: np.random.Generator, style: DomainStyle, canvas: int) -> Im
     return img
 
 
-def _finish(rng: np.random.Generator, style: DomainStyle, img: Image.Image) -> np.ndarray:
-    """Domain look applied to a rendered canvas; returns the native-size uint8 array."""
+# The look of a domain (grey, brightness, colour cast, side light) is applied in integers: each
+# factor a whole number of thousandths, the product rounded once. A float32 dot product here (the
+# greyscale conversion of generator version 4) rounded differently on CPUs whose kernels fuse
+# multiply and add, and so moved pixels across an integer boundary.
+PER_MILLE = 1000
+LUMA = (299, 587, 114)  # ITU-R BT.601 in thousandths, as PIL's "L" conversion
+CASTS = ((800, 1000, 1200), (1250, 1000, 700), (900, 1150, 850))
+
+
+def _per_mille(rng: np.random.Generator, bounds: tuple[float, float]) -> int:
+    """A factor drawn uniformly from `bounds`, in whole thousandths."""
+    low, high = (int(round(b * PER_MILLE)) for b in bounds)
+    return int(rng.integers(low, high, endpoint=True))
+
+
+def _colour(rng: np.random.Generator, style: DomainStyle, img: Image.Image) -> np.ndarray:
+    """Grey, brightness, colour cast and side light: (S, S, C) uint8 from integer arithmetic."""
+    pixels = np.asarray(img, dtype=np.int64)
+    scaled, scale = pixels, 1
+    if style.grey:
+        scaled = sum(w * pixels[..., c] for c, w in enumerate(LUMA))[..., None]
+        scale *= PER_MILLE
+    scaled = scaled * _per_mille(rng, style.brightness)
+    scale *= PER_MILLE
+    if style.colour_cast:
+        scaled = scaled * np.array(CASTS[int(rng.integers(0, len(CASTS)))], dtype=np.int64)
+        scale *= PER_MILLE
+    if style.side_light:  # a ramp from 0.45 to 1.35 across the image, from either side
+        column = np.arange(style.size)
+        ramp = 450 + (900 * column + (style.size - 1) // 2) // (style.size - 1)
+        scaled = scaled * (ramp if rng.random() < 0.5 else ramp[::-1])[None, :, None]
+        scale *= PER_MILLE
+    # At most 255·1000·1250·1350 < 2^63: no overflow. Rounds half up, once.
+    return np.clip((scaled + scale // 2) // scale, 0, 255).astype(np.uint8)
+
+
+def _noise(rng: np.random.Generator, style: DomainStyle, arr: np.ndarray) -> np.ndarray:
+    """Additive sensor noise of std `style.noise`, rounded to whole grey levels (exact: gauss()
+    uses + - * only, and rounding a float64 to an integer is exact)."""
+    if not style.noise:
+        return arr
+    noise = np.rint(style.noise * gauss(rng, arr.shape)).astype(np.int64)
+    return np.clip(arr.astype(np.int64) + noise, 0, 255).astype(np.uint8)
+
+
+def _occlude(rng: np.random.Generator, style: DomainStyle, img: Image.Image) -> Image.Image:
     if style.occluder_p and rng.random() < style.occluder_p:
         d = ImageDraw.Draw(img)
         c = img.size[0]
         x, y = rng.uniform(0.2, 0.7, 2) * c
         r = rng.uniform(0.08, 0.16) * c
         d.ellipse([x, y, x + r * 1.3, y + r], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
-    img = img.resize((style.size, style.size), Image.BILINEAR)
+    return img
+
+
+def _blur(rng: np.random.Generator, style: DomainStyle, img: Image.Image) -> Image.Image:
     if style.blur[1] > 0:
-        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(*style.blur)))
-    arr = np.asarray(img, dtype=np.float32)
-    if style.grey:
-        arr = arr @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        arr = arr[..., None]
-    arr = arr * rng.uniform(*style.brightness)
-    if style.colour_cast:
-        casts = np.array([[0.8, 1.0, 1.2], [1.25, 1.0, 0.7], [0.9, 1.15, 0.85]], dtype=np.float32)
-        arr = arr * casts[rng.integers(0, len(casts))]
-    if style.side_light:
-        ramp = np.linspace(0.45, 1.35, style.size, dtype=np.float32)
-        arr = arr * (ramp if rng.random() < 0.5 else ramp[::-1])[None, :, None]
-    if style.noise:
-        arr = arr + rng.normal(0.0, style.noise, arr.shape).astype(np.float32)
-    arr = np.clip(arr, 0, 255).astype(np.uint8)
+        return img.filter(ImageFilter.GaussianBlur(rng.uniform(*style.blur)))
+    return img
+
+
+# The stages of one image, in order; `generate_split(trace=...)` is shown each one's output.
+STAGES = ("background", "face", "rotation", "occluder", "resize", "blur", "colour", "noise")
+Trace = Callable[[int, str, Any], None]
+
+
+def _render(rng: np.random.Generator, style: DomainStyle, identity: Identity, label: int,
+            trace: Callable[[str, Any], None]) -> np.ndarray:
+    """One image of the domain: the native-size uint8 array, (S, S) grey or (S, S, 3) colour."""
+    canvas = style.size * 2  # draw at twice the size, then downsample: anti-aliased strokes
+    expr = expression_params(rng, CLASSES[label], rng.uniform(*style.intensity), jitter=1.0)
+    pose = {"dx": rng.uniform(-style.shift, style.shift), "dy": rng.uniform(-style.shift, style.shift),
+            "scale": rng.uniform(*style.scale), "angle": rng.uniform(-style.angle, style.angle),
+            "yaw": rng.uniform(-style.yaw, style.yaw)}
+    background = _background(rng, style, canvas)
+    trace("background", background)
+    layer, center = face_layer(canvas, identity, expr, pose)
+    trace("face", layer)
+    img = rotate_onto(layer, background, pose["angle"], center)
+    trace("rotation", img)
+    img = _occlude(rng, style, img)
+    trace("occluder", img)
+    img = img.resize((style.size, style.size), Image.BILINEAR)
+    trace("resize", img)
+    img = _blur(rng, style, img)
+    trace("blur", img)
+    arr = _colour(rng, style, img)
+    trace("colour", arr)
+    arr = _noise(rng, style, arr)
+    trace("noise", arr)
     return arr[..., 0] if style.grey else arr
 
 
-def generate_split(style: DomainStyle, split: str, seed: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N, S, S) or (N, S, S, 3) uint8, labels (N,)) of one split, deterministic in seed."""
+def generate_split(style: DomainStyle, split: str, seed: int, count: int,
+                   trace: Trace | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, S, S) or (N, S, S, 3) uint8, labels (N,)) of one split, a function of the seed
+    alone (the same bytes on every CPU). `trace(i, stage, image)` sees each stage of image i."""
     domain_index = list(DOMAINS).index(style.name)
     rng = np.random.default_rng([seed, domain_index, SPLIT_OFFSET[split], GENERATOR_VERSION])
     identities = [sample_identity(rng, **style.identity) for _ in range(IDENTITIES_PER_SPLIT)]
     true_labels = rng.choice(len(CLASSES), size=count, p=np.asarray(style.prior) / sum(style.prior))
-    canvas = style.size * 2  # draw at twice the size, then downsample: anti-aliased strokes
     shape = (count, style.size, style.size) if style.grey else (count, style.size, style.size, 3)
     images = np.empty(shape, dtype=np.uint8)
     for i, label in enumerate(true_labels):
         identity = identities[int(rng.integers(0, len(identities)))]
-        expr = expression_params(rng, CLASSES[label], rng.uniform(*style.intensity), jitter=1.0)
-        pose = {"dx": rng.uniform(-style.shift, style.shift), "dy": rng.uniform(-style.shift, style.shift),
-                "scale": rng.uniform(*style.scale), "angle": rng.uniform(-style.angle, style.angle),
-                "yaw": rng.uniform(-style.yaw, style.yaw)}
-        img = draw_face(canvas, identity, expr, _background(rng, style, canvas), pose)
-        images[i] = _finish(rng, style, img)
+        images[i] = _render(rng, style, identity, int(label),
+                            (lambda stage, image, i=i: trace(i, stage, image)) if trace else (lambda *_: None))
     labels = true_labels.copy()
     noisy = rng.random(count) < style.label_noise
     labels[noisy] = (labels[noisy] + rng.integers(1, len(CLASSES), int(noisy.sum()))) % len(CLASSES)
@@ -225,17 +288,46 @@ class Synth5Domain(DatasetReader):
             raise DatasetError(f"{path}: damaged synth5 cache ({exc}); removed it, run again to rebuild") from None
         ids = [f"{split}#{i}" for i in range(len(labels))]
         return Samples(self.name, split, path.parent, ids, labels, f"generated:seed{seed}:scale{scale:g}",
-                       dropped=Counter(), pixels=images)
+                       dropped=Counter(), pixels=images, content_digest=domain_digest(self.style.name, seed, scale))
+
+
+@functools.lru_cache(maxsize=None)
+def _domain_sha256(domain: str, seed: int, scale: float) -> str:
+    h = hashlib.sha256()
+    with np.load(build_domain(domain, seed, scale)) as data:
+        for key in sorted(data.files):
+            h.update(data[key].tobytes())
+    return h.hexdigest()
+
+
+def domain_digest(domain: str, seed: int = 0, scale: float = 1.0) -> str:
+    """Digest of one generated domain (all splits, images and labels), 16 hex digits: logged as
+    the dataset's digest in MLflow's run inputs, the same on every machine."""
+    return _domain_sha256(domain, seed, scale)[:16]
 
 
 def synth5_digest(seed: int = 0, scale: float = 1.0) -> str:
     """Digest of all five generated domains (for tests and provenance)."""
-    h = hashlib.sha256()
-    for domain in DOMAINS:
-        with np.load(build_domain(domain, seed, scale)) as data:
-            for key in sorted(data.files):
-                h.update(data[key].tobytes())
-    return h.hexdigest()
+    return hashlib.sha256("".join(_domain_sha256(d, seed, scale) for d in DOMAINS).encode()).hexdigest()
+
+
+def stage_digests(count: int = 40, seed: int = 0, split: str = "train") -> dict[str, dict[str, str]]:
+    """Domain -> stage -> 16 hex digits of that stage's outputs for the first `count` images of the
+    split: where two machines' synth5 differ, the first stage whose digests differ is where."""
+    out: dict[str, dict[str, str]] = {}
+    for name, style in DOMAINS.items():
+        hashes = {stage: hashlib.sha256() for stage in STAGES}
+
+        def trace(i: int, stage: str, image: Any) -> None:
+            if isinstance(image, Image.Image):
+                head, body = f"{image.mode}{image.size}", image.tobytes()
+            else:
+                head, body = f"{image.dtype}{image.shape}", np.ascontiguousarray(image).tobytes()
+            hashes[stage].update(head.encode() + body)
+
+        generate_split(style, split, seed, count, trace=trace)
+        out[name] = {stage: h.hexdigest()[:16] for stage, h in hashes.items()}
+    return out
 
 
 for _style in DOMAINS.values():

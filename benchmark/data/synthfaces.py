@@ -1,13 +1,22 @@
 """Procedural cartoon faces whose class lives in the expression, not in a fixed pixel.
 
-`draw_face` renders one face from an identity (face shape, skin, eye spacing, hair, ...), an
+`face_layer` draws one face from an identity (face shape, skin, eye spacing, hair, ...), an
 expression (eyes, brows, mouth, wrinkles, blended toward neutral by a random intensity) and a
-pose (shift, scale, rotation, yaw squash). synth5 builds its five domains on top of it.
+pose (shift, scale, yaw squash); `rotate_onto` turns it by the pose's angle onto a background.
+synth5 builds its five domains on top of them.
+
+Every number that decides a pixel is computed with + - * / and square roots alone, which IEEE 754
+rounds exactly on every CPU, or inside Pillow's own compiled code, which is the same on every CPU
+that runs the same wheel. Nothing here calls libm's sin, cos, exp or log (directly or through
+Pillow's arcs, chords, rotations and curved joints, or numpy's normal sampler): glibc picks their
+implementation by the CPU's features at run time (FMA or not), so their last bits, and then an
+occasional pixel, would depend on the machine.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -43,12 +52,24 @@ class Identity:
     beard: bool
 
 
+SQRT3 = 1.7320508075688772  # sqrt(3), so that gauss() has unit variance
+
+
+def gauss(rng: np.random.Generator, size: int | tuple[int, ...] | None = None) -> Any:
+    """Standard-normal-like draws of mean 0 and variance 1: the centred sum of four uniforms
+    (Irwin-Hall), bounded at ±2·sqrt(3). numpy's normal sampler takes libm's exp and log on its
+    slow paths (about 1.5% of draws), whose last bits vary with the CPU; these sums do not."""
+    u = rng.random(4 if size is None else (4, *np.atleast_1d(size)))
+    draws = ((u[0] + u[1]) + (u[2] + u[3]) - 2.0) * SQRT3
+    return float(draws) if size is None else draws
+
+
 def sample_identity(rng: np.random.Generator, *, round_faces: bool = False, glasses_p: float = 0.0,
                     beard_p: float = 0.0) -> Identity:
     tone = rng.uniform(0.25, 1.0)
-    skin = tuple(int(c) for c in np.clip(np.array([235, 190, 160]) * tone + rng.normal(0, 8, 3) + 20, 30, 255))
+    skin = tuple(int(c) for c in np.clip(np.array([235, 190, 160]) * tone + 8 * gauss(rng, 3) + 20, 30, 255))
     hair = tuple(int(c) for c in np.clip(rng.choice([[30, 20, 10], [90, 60, 30], [200, 170, 90], [60, 60, 60], [150, 60, 30]])
-                                          + rng.normal(0, 10, 3), 0, 255))
+                                          + 10 * gauss(rng, 3), 0, 255))
     return Identity(
         face_w=rng.uniform(0.86, 1.0) if round_faces else rng.uniform(0.66, 0.82),
         skin=skin, hair=hair, hair_style=int(rng.integers(0, 3)),
@@ -65,14 +86,82 @@ def expression_params(rng: np.random.Generator, name: str, intensity: float, jit
     scales = dict(eye_open=0.15, brow_raise=0.02, brow_tilt=0.03, mouth_curve=0.03, mouth_open=0.02, mouth_width=0.08)
     for key in NUMERIC_KEYS:
         value = float(neutral[key]) + intensity * (float(target[key]) - float(neutral[key]))
-        params[key] = value + rng.normal(0.0, jitter * scales[key])
+        params[key] = value + jitter * scales[key] * gauss(rng)
     params["asym"] = 0.5 if name == "disgust" else 0.0
     return params
+
+
+# tan of half the angle each cap spans either side of its axis (Pillow's chord 190-350 degrees: 80
+# either side of the top; 20-160: 70 either side of the bottom), for ellipse_cap's parametrisation.
+TAN_40_DEG = 0.8390996311772799
+TAN_35_DEG = 0.7002075382097097
+
+
+def ellipse_cap(box: list[float], tan_half: float, top: bool, points: int = 24) -> list[tuple[float, float]]:
+    """Points of an ellipse's arc symmetric about its top (or bottom), from + - * / alone.
+
+    The arc spans 2·atan(tan_half)·2 degrees: a unit-circle point is ((1-t²)/(1+t²), 2t/(1+t²))
+    for t = tan of half its angle from the axis, t evenly spaced in [-tan_half, tan_half]. As a
+    polygon it is Pillow's chord; as a line, its arc (both of which call libm's sin and cos).
+    """
+    x0, y0, x1, y1 = box
+    cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+    out = []
+    for k in range(points):
+        t = tan_half * (2 * k / (points - 1) - 1)
+        along, across = (1 - t * t) / (1 + t * t), 2 * t / (1 + t * t)
+        out.append((cx + rx * across, cy - ry * along if top else cy + ry * along))
+    return out
+
+
+def quadratic_through(a: tuple[float, float], mid: tuple[float, float], b: tuple[float, float],
+                      points: int = 9) -> list[tuple[float, float]]:
+    """Points of the parabola from a to b through mid (a smooth mouth line without Pillow's curved
+    joint, which calls libm's atan2, sin and cos)."""
+    cx, cy = 2 * mid[0] - (a[0] + b[0]) / 2, 2 * mid[1] - (a[1] + b[1]) / 2
+    out = []
+    for k in range(points):
+        u = k / (points - 1)
+        p, q, r = (1 - u) * (1 - u), 2 * u * (1 - u), u * u
+        out.append((p * a[0] + q * cx + r * b[0], p * a[1] + q * cy + r * b[1]))
+    return out
+
+
+def rotation(angle: float) -> tuple[float, float]:
+    """(cos, sin) of about `angle` degrees (|angle| <= 45), from + - * / alone.
+
+    With t = tan(angle/2) from its series to the cubic term, ((1-t²)/(1+t²), 2t/(1+t²)) is an
+    exact rotation by 2·atan(t), within 0.001 degree of `angle` for |angle| <= 15 (a pose draws
+    at most 15): math.cos and math.sin, as Image.rotate uses them, vary in the last bit with the CPU.
+    """
+    half = angle * (3.141592653589793 / 360)
+    t = half + half * half * half / 3
+    return (1 - t * t) / (1 + t * t), 2 * t / (1 + t * t)
+
+
+def rotate_onto(layer: Image.Image, background: Image.Image, angle: float, center: tuple[float, float]) -> Image.Image:
+    """`layer` turned counter-clockwise by `angle` degrees about `center` (bilinear, as
+    Image.rotate does) and composited onto `background`."""
+    cos, sin = rotation(angle)
+    cx, cy = center
+    # Image.rotate's inverse affine map (output pixel -> input pixel) with these cos and sin.
+    matrix = (cos, -sin, cos * -cx + -sin * -cy + cx, sin, cos, sin * -cx + cos * -cy + cy)
+    turned = layer.transform(layer.size, Image.AFFINE, matrix, resample=Image.BILINEAR)
+    out = background.convert("RGBA")
+    out.alpha_composite(turned)
+    return out.convert("RGB")
 
 
 def draw_face(canvas: int, identity: Identity, expr: dict[str, float | str], background: Image.Image,
               pose: dict[str, float], line: tuple[int, int, int] = (40, 25, 20)) -> Image.Image:
     """Render one face onto `background` (an RGB image of side `canvas`)."""
+    layer, center = face_layer(canvas, identity, expr, pose, line)
+    return rotate_onto(layer, background, pose["angle"], center)
+
+
+def face_layer(canvas: int, identity: Identity, expr: dict[str, float | str], pose: dict[str, float],
+               line: tuple[int, int, int] = (40, 25, 20)) -> tuple[Image.Image, tuple[float, float]]:
+    """One face drawn upright on a transparent RGBA layer of side `canvas`, and its centre."""
     layer = Image.new("RGBA", (canvas, canvas), (0, 0, 0, 0))
     d = ImageDraw.Draw(layer)
     unit = canvas * 0.42 * pose["scale"]  # face half-height in pixels
@@ -92,9 +181,10 @@ def draw_face(canvas: int, identity: Identity, expr: dict[str, float | str], bac
         d.ellipse([cx - fw * 1.15, cy - unit * 1.1, cx + fw * 1.15, cy + unit * 0.7], fill=identity.hair)
     d.ellipse([cx - fw, cy - unit, cx + fw, cy + unit], fill=identity.skin, outline=line, width=width)
     if identity.hair_style != 2:
-        d.chord([cx - fw, cy - unit, cx + fw, cy + unit * 0.1], 190, 350, fill=identity.hair)
+        d.polygon(ellipse_cap([cx - fw, cy - unit, cx + fw, cy + unit * 0.1], TAN_40_DEG, top=True), fill=identity.hair)
     if identity.beard:
-        d.chord([cx - fw * 0.95, cy - unit * 0.2, cx + fw * 0.95, cy + unit * 1.0], 20, 160, fill=identity.hair)
+        d.polygon(ellipse_cap([cx - fw * 0.95, cy - unit * 0.2, cx + fw * 0.95, cy + unit * 1.0], TAN_35_DEG, top=False),
+                  fill=identity.hair)
 
     eye_open = max(0.15, float(expr["eye_open"]))
     brow_raise, brow_tilt = float(expr["brow_raise"]), float(expr["brow_tilt"])
@@ -134,7 +224,8 @@ def draw_face(canvas: int, identity: Identity, expr: dict[str, float | str], bac
     elif expr["wrinkle"] == "forehead":
         for k in (0, 1, 2):
             y = -0.62 + k * 0.07
-            d.arc([*pt(-0.3, y - 0.04), *pt(0.3, y + 0.04)], 200, 340, fill=line, width=width)
+            d.line(ellipse_cap([*pt(-0.3, y - 0.04), *pt(0.3, y + 0.04)], TAN_35_DEG, top=True, points=12),
+                   fill=line, width=width)
 
     # Mouth: a curve through three points (corners lifted by the curve), opened by mouth_open.
     mw = identity.mouth_w * max(0.3, float(expr["mouth_width"]))
@@ -147,9 +238,6 @@ def draw_face(canvas: int, identity: Identity, expr: dict[str, float | str], bac
         if curve > 0.05 or float(expr["mouth_width"]) > 1.1:  # teeth for smiles and stretched mouths
             d.line([left, mid_top, right], fill=(245, 245, 240), width=max(1, int(open_ * unit * 0.3)))
     else:
-        d.line([left, pt(0, my + curve * 0.2), right], fill=line, width=max(1, int(width * 1.5)), joint="curve")
+        d.line(quadratic_through(left, pt(0, my + curve * 0.2), right), fill=line, width=max(1, int(width * 1.5)))
 
-    layer = layer.rotate(pose["angle"], resample=Image.BILINEAR, center=(cx, cy))
-    out = background.convert("RGBA")
-    out.alpha_composite(layer)
-    return out.convert("RGB")
+    return layer, (cx, cy)

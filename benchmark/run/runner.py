@@ -317,7 +317,8 @@ def _prepare(p: _Prepared, ctx: RunContext, device) -> None:
     p.tests = {t: decode_split(plan.samples(t, job.test_split), size, skip_bad=plan.skip_bad) for t in job.targets}
     read = [*((t, "train") for t, _ in parts.values()), *((v, "validation") for _, v in parts.values() if v is not None),
             *((plan.samples(t, job.test_split), "test") for t in job.targets)]
-    log.inputs([DatasetRef(f"{s.dataset}:{s.split}", s.fingerprint, str(s.root), role) for s, role in read])
+    log.inputs([DatasetRef(f"{s.dataset}:{s.split}", s.content_digest or s.fingerprint, str(s.root), role)
+                for s, role in read])
     p.evaluator = Evaluator(p.method, p.tests, log, val)
 
 

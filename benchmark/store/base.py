@@ -81,7 +81,8 @@ class RunLog(abc.ABC):
 @dataclass(frozen=True)
 class DatasetRef:
     """A dataset split a run read: its name, the digest of what was read (the split's
-    fingerprint), where it lives, and its role ("train", "validation" or "test")."""
+    fingerprint; for synth5 the generated domain's digest, the same on every machine), where it
+    lives, and its role ("train", "validation" or "test")."""
 
     name: str
     digest: str
@@ -291,7 +292,8 @@ class ResultStore(abc.ABC):
             hashes = sorted({r.tags[schema.JOB_HASH] for r in extra})
             warnings.append(f"{len(extra)} extra FINISHED run(s) of {len(hashes)} job(s) ignored "
                             f"(one run counts per job hash; hashes {', '.join(hashes)})")
-        return counted, warnings
+        counted, other_data = _latest_per_data(counted)
+        return counted, warnings + other_data
 
     @staticmethod
     def _job_columns(run: RunRecord, known: dict[str, str]) -> tuple[list, dict[str, str]]:
@@ -366,3 +368,42 @@ class ResultStore(abc.ABC):
                  .drop_duplicates(["job_hash", "target", "metric", "epoch"], keep="last").reset_index(drop=True))
         frame.attrs["warnings"] = warnings
         return frame
+
+
+def _same_job_key(run: RunRecord) -> tuple:
+    """What makes two runs the same job but for the data they read: method, backbone, source,
+    seed, sweep point and every hyperparameter and recipe value."""
+    settings = tuple(sorted((k, v) for k, v in run.params.items()
+                            if k.startswith(("hp.", "recipe.")) or k == schema.BACKBONE))
+    sweep = tuple(sorted((k, v) for k, v in run.tags.items() if k.startswith(schema.SWEEP_PREFIX)))
+    return run.tags[schema.METHOD], run.tags[schema.SOURCE], run.tags[schema.SEED], sweep, settings
+
+
+def _latest_per_data(runs: list[RunRecord]) -> tuple[list[RunRecord], list[str]]:
+    """`runs` less the earlier runs of a job made again on other data (a dataset split whose
+    fingerprint differs: synth5 drawn by another generator version or CPU, a dataset copy that
+    changed), with a warning naming them. Such runs have different job hashes, so without this
+    a table would count the same seed twice. `runs` is in start order; the latest counts."""
+    by_job: dict[tuple, list[RunRecord]] = {}
+    for run in runs:
+        by_job.setdefault(_same_job_key(run), []).append(run)
+    dropped: set[str] = set()
+    described = []
+    for group in by_job.values():
+        data = [{k: v for k, v in r.params.items() if k.startswith(schema.DATA_PREFIX)} for r in group]
+        differing = sorted({k for a in data for b in data for k in a.keys() & b.keys() if a[k] != b[k]})
+        if not differing:
+            continue
+        dropped.update(r.run_id for r in group[:-1])
+        latest = group[-1]
+        split = differing[0][len(schema.DATA_PREFIX):]
+        digests = " vs ".join(dict.fromkeys(d[differing[0]] for d in data if differing[0] in d))
+        described.append(f"{latest.tags[schema.METHOD]} on {latest.tags[schema.SOURCE]} (seed "
+                         f"{latest.tags[schema.SEED]}): {split} {digests}")
+    if not dropped:
+        return runs, []
+    more = f" and {len(described) - 6} more" if len(described) > 6 else ""
+    return [r for r in runs if r.run_id not in dropped], [
+        f"{len(described)} job(s) were run on different data ({'; '.join(described[:6])}{more}); "
+        f"only the latest run of each counts, {len(dropped)} earlier run(s) ignored. Compare the data "
+        f"digests (MLflow's dataset inputs, `benchmark datasets check`) before trusting the table"]
