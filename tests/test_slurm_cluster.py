@@ -1,0 +1,41 @@
+"""The test Slurm (tests/slurm_cluster.py) leaves nothing behind: a job still running when the
+cluster stops, whose task ignores SIGTERM as a submitit task does, ends with it, and so do the
+daemons and every slurmstepd (a teardown that stopped the daemons first left slurmd and the
+job's slurmstepd processes running for good)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .slurm_cluster import cluster_processes, missing, slurm_cluster
+
+pytestmark = pytest.mark.slow
+
+IGNORES_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+
+
+def test_a_job_running_when_the_cluster_stops_leaves_no_process(tmp_path):
+    absent = missing()
+    if absent:
+        if os.environ.get("BENCHMARK_CI"):
+            pytest.fail(f"Slurm is not installed ({', '.join(absent)} missing); .ci/run installs slurm-wlm and munge")
+        pytest.skip(f"Slurm is not installed ({', '.join(absent)} missing)")
+    root = tmp_path / "slurm"
+    conf = root / "slurm.conf"
+    with slurm_cluster(root) as env:
+        subprocess.run(["sbatch", "--wrap", f"srun {sys.executable} -c '{IGNORES_SIGTERM}'"], env=env, check=True,
+                       capture_output=True, cwd=tmp_path)
+        deadline = time.time() + 60
+        while not any("time.sleep(600)" in cmd for _, cmd in cluster_processes(root, conf)):
+            assert time.time() < deadline, "the job's task did not start"
+            time.sleep(0.5)
+        running = [cmd for _, cmd in cluster_processes(root, conf)]
+        assert any(cmd.startswith("slurmstepd: [1.batch]") for cmd in running), running
+        assert any(cmd.startswith("slurmstepd: [1.0]") for cmd in running), running
+        assert any(cmd.startswith("/usr/sbin/slurmd") or cmd.endswith("slurmd") for cmd in running), running
+    assert cluster_processes(root, conf) == []
