@@ -60,4 +60,6 @@ class Eac(TrainedMethod):
         return ce + self.hparams.lam * consistency, {"ce": ce.detach(), "consistency": consistency.detach()}
 
     def logits(self, x, rows, data) -> torch.Tensor:
-        return self.model["fc"](self.model["backbone"](x))
+        # The map's average, as in training: on every backbone its CAMs are those of these logits
+        # (a backbone's own pool may differ from it, e.g. ConvNeXt's norm after pooling).
+        return self.model["fc"](self.model["backbone"].feature_map(x).mean(dim=(2, 3)))

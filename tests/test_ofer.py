@@ -237,10 +237,10 @@ def test_ofer_defaults_are_the_released_ones():
     assert (settings.optimizer, settings.lr, settings.momentum, settings.weight_decay) == ("sgd", 0.1, 0.9, 1e-4)
     assert (settings.lr_step, settings.lr_gamma) == (10, 0.1) and hp.num_heads == 4
     with torch.device("meta"):  # the released sizes, without allocating 1.6 GB
-        from benchmark.models.backbones import Backbone
+        from benchmark.models.torchvision_backbones import TorchvisionBackbone
 
         trunk = nn.Sequential(*list(models.resnet18().children())[:-2])
-        net = OferNet(Backbone(trunk, 512, BackboneSpec("resnet18", "none"), "none"), 78 * 512, hp.num_heads,
+        net = OferNet(TorchvisionBackbone(trunk, 512, BackboneSpec("resnet18", "none"), "none"), 78 * 512, hp.num_heads,
                       hp.latent_layers)
     shapes = [tuple(m.weight.shape) for m in (net.hh_layer, net.hh_layer2, net.hh_layer3, net.hh_layer4, net.fc,
                                               net.fc2, net.fc4)]

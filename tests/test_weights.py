@@ -95,7 +95,7 @@ def test_offline_missing_weights_fail_fast_and_say_where(tmp_path, monkeypatch):
     import benchmark.models.encoders as enc
 
     monkeypatch.setattr(enc, "network_reachable", lambda url, timeout=3.0: False)
-    with pytest.raises(WeightsError, match=r"open_clip ViT-B-32 'openai'.*encoder_path=FILE"):
+    with pytest.raises(WeightsError, match=r"open_clip ViT-B-32 'openai'.*--set encoder.path=FILE"):
         build_encoder(EncoderSpec("openclip:ViT-B-32:openai"))
     assert time.perf_counter() - start < 10
 

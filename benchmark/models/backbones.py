@@ -1,84 +1,33 @@
-"""Trainable backbones: ResNet-18 (the paper's), ResNet-50 and MobileNetV2.
+"""A backbone built from its spec, whatever library holds it: the spec's name picks the family
+(benchmark.models.backbone states the contract every family keeps).
 
-`Backbone.feature_map(x)` gives the last feature map (B, C, h, w) — what EAC's attention maps
-and RUL's heads need — and `Backbone(x)` its global average pool (B, C), the "M" of CAFE.
-Weights: `msceleb` (the resnet18_msceleb.pth every FER paper uses; the user gives its path),
-`imagenet` (torchvision's), or `none`. Loading is strict: a mismatch names the keys.
+    resnet18, resnet50, mobilenet_v2      torchvision (torchvision_backbones.py), the paper's
+    timm:<model>                          any model of timm's registry (timm_backbones.py)
+    openclip:<model>                      the image tower of an open_clip model (openclip_backbones.py)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-import torchvision
-from torch import nn
-
-from ..core.errors import BenchmarkError
+from .backbone import OPENCLIP_PREFIX, TIMM_PREFIX, Backbone
 from .specs import BackboneSpec
-from .weights import WeightsError, file_digest, load_state_dict, load_strict, torchvision_weights_file
-
-BACKBONES = ("resnet18", "resnet50", "mobilenet_v2")
-WEIGHTS = ("msceleb", "imagenet", "none")
-MSCELEB_FILE = "resnet18_msceleb.pth"
+from .weights import file_digest
 
 
-class Backbone(nn.Module):
-    def __init__(self, trunk: nn.Module, dim: int, spec: BackboneSpec, weights_digest: str):
-        super().__init__()
-        self.trunk = trunk
-        self.dim = dim
-        self.spec = spec
-        self.weights_digest = weights_digest
-
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        return self.trunk(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.feature_map(x).mean(dim=(2, 3))
-
-
-def _torchvision_model_name_ok(name: str) -> None:
-    if name not in BACKBONES:
-        raise BenchmarkError(f"unknown backbone {name!r} (known: {', '.join(BACKBONES)})")
-
-
-def _torchvision_model(name: str) -> nn.Module:
-    _torchvision_model_name_ok(name)
-    return torchvision.models.get_model(name, weights=None)
-
-
-def _trunk(name: str, model: nn.Module) -> tuple[nn.Module, int]:
-    """Everything before global pooling, and its channel count."""
-    if name.startswith("resnet"):
-        layers = [model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2, model.layer3, model.layer4]
-        return nn.Sequential(*layers), model.fc.in_features
-    return model.features, model.last_channel  # mobilenet_v2 (features end with ReLU6)
-
-
-def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return state
+def _family(spec: BackboneSpec):
+    if spec.name.startswith(TIMM_PREFIX):
+        from . import timm_backbones as family
+    elif spec.name.startswith(OPENCLIP_PREFIX):
+        from . import openclip_backbones as family
+    else:
+        from . import torchvision_backbones as family
+    return family
 
 
 def backbone_weights_file(spec: BackboneSpec) -> Path | None:
     """The weights file the spec names (None for weights 'none'); errors say what is missing."""
-    if spec.weights not in WEIGHTS:
-        raise BenchmarkError(f"unknown backbone weights {spec.weights!r} (known: {', '.join(WEIGHTS)})")
-    _torchvision_model_name_ok(spec.name)
-    if spec.weights == "msceleb":
-        if spec.name != "resnet18":
-            raise BenchmarkError(f"msceleb weights exist for resnet18 only, not {spec.name}")
-        if not spec.path:
-            raise WeightsError(f"backbone weights 'msceleb' need the path of {MSCELEB_FILE} "
-                               "(--set backbone.path=FILE), or use weights 'imagenet' or 'none'")
-        if not Path(spec.path).is_file():
-            raise WeightsError(f"{spec.path}: backbone weights file not found")
-        return Path(spec.path)
-    if spec.weights == "imagenet":
-        return torchvision_weights_file(spec.name, spec.path)
-    return None
+    return _family(spec).weights_file(spec)
 
 
 def backbone_weights_digest(spec: BackboneSpec) -> str:
@@ -88,12 +37,7 @@ def backbone_weights_digest(spec: BackboneSpec) -> str:
 
 def build_backbone(spec: BackboneSpec) -> Backbone:
     """A fresh backbone with its weights loaded (strictly) as the spec says."""
-    path = backbone_weights_file(spec)
-    model = _torchvision_model(spec.name)
-    if path is not None:
-        # msceleb: torchvision-style keys under 'state_dict', including the 1000-way fc; a
-        # DataParallel copy prefixes every key with 'module.', which is stripped explicitly.
-        state = _strip_prefix(load_state_dict(path), "module.")
-        load_strict(model, state, str(path))
-    trunk, dim = _trunk(spec.name, model)  # the pretrained classifier is dropped here
-    return Backbone(trunk, dim, spec, backbone_weights_digest(spec))
+    return _family(spec).build(spec)
+
+
+__all__ = ["Backbone", "BackboneSpec", "backbone_weights_digest", "backbone_weights_file", "build_backbone"]

@@ -79,13 +79,13 @@ class _ClipVisual(nn.Module):
         return self.visual(x)  # projected image embedding, not L2-normalised
 
 
-def _openclip_weights(model: str, tag: str, path: str | None) -> Path:
+def openclip_weights_file(model: str, tag: str, path: str | None, setting: str = "encoder.path") -> Path:
     import open_clip
     from open_clip import pretrained as oc_pretrained
 
     if path is not None:
         if not Path(path).is_file():
-            raise WeightsError(f"{path}: encoder weights file not found")
+            raise WeightsError(f"{path}: weights file not found ({setting})")
         return Path(path)
     cfg = oc_pretrained.get_pretrained_cfg(model, tag)
     if not cfg:
@@ -106,14 +106,14 @@ def _openclip_weights(model: str, tag: str, path: str | None) -> Path:
     raise WeightsError(
         f"no network and no local copy of open_clip {model} '{tag}' weights: download "
         f"{HF_FILES[0]} from the Hugging Face repo {repo or '(see open_clip)'} into {HF_HUB_CACHE} "
-        f"(the hub cache), or pass the file with encoder_path=FILE")
+        f"(the hub cache), or pass the file with --set {setting}=FILE")
 
 
 def encoder_weights_file(spec: EncoderSpec) -> Path | None:
     """The weights file of an encoder spec (None for open_clip's `random`), without building it."""
     kind, model, tag = spec.parts
     if kind == "openclip":
-        return None if tag == "random" else _openclip_weights(model, tag, spec.path)
+        return None if tag == "random" else openclip_weights_file(model, tag, spec.path)
     if kind == "mae":
         from .mae import checkpoint_file
 
@@ -140,7 +140,7 @@ def build_encoder(spec: EncoderSpec) -> FrozenEncoder:
         clip = open_clip.create_model(model, pretrained=None, force_quick_gelu=quick_gelu)
         digest = "random"
         if tag != "random":
-            weights = _openclip_weights(model, tag, spec.path)
+            weights = openclip_weights_file(model, tag, spec.path)
             load_strict(clip, load_state_dict(weights), str(weights))
             digest = file_digest(str(weights.resolve()))
         return FrozenEncoder(_ClipVisual(clip), int(clip.visual.output_dim), spec, digest, clip_model=clip)

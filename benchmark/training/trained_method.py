@@ -139,7 +139,7 @@ class TrainedMethod(Method):
         backbone = next((m for m in self.model.modules() if isinstance(m, Backbone)), None)
         if backbone is None:
             raise BenchmarkError(f"method {self.name}: no backbone to explain")
-        return backbone.trunk[-1]
+        return backbone.gradcam_layer()
 
     def train_mode(self, training: bool) -> None:
         self.model.train(training)
