@@ -65,6 +65,10 @@ def protocol_hashes(root: Path) -> dict[str, list[str]]:
             overrides["encoder.path"] = json.dumps(weights["encoder.path"])
         if "ofer" in protocol.methods:
             overrides["encoders.ofer.path"] = json.dumps(weights["encoders.ofer.path"])
+        if any(b.name.startswith("openclip:") for b in protocol.backbones):  # the tower: the encoder's file
+            overrides["backbones"] = "[" + ", ".join(
+                f'{{name = "{b.name}", weights = "{b.weights}", path = {json.dumps(weights["encoder.path"])}}}'
+                if b.name.startswith("openclip:") else json.dumps(b.id) for b in protocol.backbones) + "]"
         protocol = load_protocol(name, overrides)
         jobs = expand(protocol, protocol.methods, plan_from(protocol, root, {}))
         out[name] = sorted(f"{j.method} {j.source} {j.seed} {json.dumps(j.sweep, sort_keys=True)} {j.hash}"

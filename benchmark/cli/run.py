@@ -51,6 +51,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides["seeds"] = "[" + args.seeds + "]"
     if args.sources:
         overrides["sources"] = "[" + ",".join(f'"{s.strip()}"' for s in args.sources.split(",")) + "]"
+    if args.backbones:
+        overrides["backbones"] = "[" + ",".join(f'"{b.strip()}"' for b in args.backbones.split(",")) + "]"
     protocol = load_protocol(args.protocol, overrides)
     for assignment in args.sweep or []:
         protocol = with_sweep(protocol, assignment)
@@ -79,6 +81,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--num-seeds", type=int, metavar="N", help="N seeds: the protocol's, then the next integers "
                      "after its largest")
     run.add_argument("--sources", help="comma-separated source datasets (overrides the protocol's)")
+    run.add_argument("--backbones", help="comma-separated backbones NAME:WEIGHTS, each a job of its own (the "
+                     "pretraining axis; overrides the protocol's; e.g. mobilenet_v2:imagenet,timm:convnext_atto:none)")
     run.add_argument("--sweep", action="append", metavar="KEY=V1,V2,...",
                      help="sweep a hyperparameter over these values, e.g. hparams.cafe.sep_weight=0.5,1.5,5 "
                      "(repeatable: the grid of all combinations)")

@@ -134,7 +134,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     table = sub.add_parser("table", help="build the paper's tables (markdown, LaTeX, CSV) from MLflow runs")
     table.add_argument("--protocol", help="experiment to read (default: the most recent with finished runs)")
-    table.add_argument("--table", help="table1..table5, perclass, lodo, all, or sweep (accuracy against swept "
+    table.add_argument("--table", help="table1..table5, perclass, lodo, fair (methods x backbones), all, or sweep (accuracy against swept "
                        "values, the paper's Fig. 3; default table1, lodo for a leave-one-domain-out protocol)")
     table.add_argument("--out", help="write here (with --table all: one file per table beside it) plus the figures")
     table.add_argument("--format", choices=["md", "latex", "csv"], default="md")
@@ -147,8 +147,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     table.add_argument("--tracking-uri", help="result store to read (default as `run`)")
     table.set_defaults(func=_cmd_table)
     cmp = sub.add_parser("compare", help="paired comparison of two methods over the cells both have")
-    cmp.add_argument("a", help="method A")
-    cmp.add_argument("b", help="method B (the difference is A - B)")
+    cmp.add_argument("a", help="method A, or METHOD@BACKBONE where the method ran on several backbones")
+    cmp.add_argument("b", help="method B (the difference is A - B), or METHOD@BACKBONE")
     cmp.add_argument("--protocol", help="experiment to read (default: the most recent with finished runs)")
     cmp.add_argument("--selection", choices=list(SELECTION_RULES), default="last", help="as for `table`")
     cmp.add_argument("--metric", choices=["acc", "mean_class_acc", "macro_f1"], default="acc")

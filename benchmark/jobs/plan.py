@@ -1,6 +1,6 @@
 """Grid expansion and job identity.
 
-One job per (method, source, seed): it trains once on the source's train split (a multi-source
+One job per (method, backbone, source, seed): it trains once on the source's train split (a multi-source
 job: on the union of its datasets' train splits, benchmark.core.sources) and evaluates on every
 dataset's test split. Its identity is a short hash of the canonical JSON of everything that
 changes its numbers — protocol name and version, method, resolved hyperparameters, recipe,
@@ -149,14 +149,14 @@ def job_hash(identity: dict[str, Any]) -> str:
 
 
 def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
-    """The grid: methods x sweep points x sources x seeds, in that order; a job that several
-    points leave unchanged (a method the swept keys do not touch) appears once."""
+    """The grid: methods x sweep points x backbones x sources x seeds, in that order; a job that
+    several points leave unchanged (a method the swept keys do not touch) appears once."""
     from ..training.plugins import load_plugins
 
     METHODS = load_plugins()
     entries = {m: METHODS.get(m) for m in methods}  # typos fail before any work
     encoder_digests: dict[EncoderSpec, str] = {}  # one digest per weights file, however many methods use it
-    backbone_digest = backbone_weights_digest(protocol.backbone)
+    backbones = [(spec, backbone_weights_digest(spec)) for spec in protocol.backbone_specs()]  # bad names stop here
     test_prints = {f"{t}:{protocol.test_split}": plan.samples(t, protocol.test_split).fingerprint
                    for t in protocol.datasets}
     jobs, seen = [], set()
@@ -170,7 +170,7 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
         if encoder is not None and encoder not in encoder_digests:
             encoder_digests[encoder] = encoder_weights_digest(encoder)
         encoder_digest = encoder_digests.get(encoder)
-        for source in protocol.sources:
+        for (backbone, backbone_digest), source in ((b, s) for b in backbones for s in protocol.sources):
             for seed in protocol.seeds:
                 recipe = variant.recipe_for(source, seed, method)
                 prints = dict(test_prints)
@@ -185,13 +185,13 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
                     "hparams": hparams, "recipe": recipe_id, "source": source, "seed": seed,
                     "data": prints, "test_split": protocol.test_split,
                     "encoder": None if encoder is None else {"id": encoder.id, "digest": encoder_digest},
-                    "backbone": {"id": protocol.backbone.id, "digest": backbone_digest},
+                    "backbone": {"id": backbone.id, "digest": backbone_digest},
                     "pipeline": PIPELINE_VERSION,
                 }
                 if entry.cls.version > 1:
                     identity["method_version"] = entry.cls.version
                 job = Job(protocol.name, method, source, seed, list(protocol.datasets), protocol.test_split,
-                          hparams, recipe, encoder, encoder_digest if encoder else None, protocol.backbone,
+                          hparams, recipe, encoder, encoder_digest if encoder else None, backbone,
                           backbone_digest, prints, identity, job_hash(identity), swept)
                 if job.hash not in seen:
                     seen.add(job.hash)

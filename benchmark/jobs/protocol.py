@@ -42,6 +42,9 @@ class Protocol:
     # {"ofer": {"id": "mae:vit_large_patch16:visualize", "path": "..."}}; see `encoder_for`.
     encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
     backbone: BackboneSpec = field(default_factory=BackboneSpec)
+    # The pretraining axis: several backbones, each a job of its own (method x backbone x source x
+    # seed). Items are ids "NAME:WEIGHTS" or tables (name, weights, path); empty: [backbone] alone.
+    backbones: list[Any] = field(default_factory=list)
     recipe: Recipe = field(default_factory=Recipe)
     # Per-source recipe changes, e.g. AffectNet's balanced sampler with a fixed epoch size.
     source_recipe: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -90,8 +93,28 @@ class Protocol:
             return EncoderSpec(default_id)
         return self.encoder
 
+    def backbone_specs(self) -> list[BackboneSpec]:
+        """The backbones the grid runs: [backbone], or each of `backbones`."""
+        return list(self.backbones) or [self.backbone]
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def backbone_spec(item: Any, default: BackboneSpec, where: str) -> BackboneSpec:
+    """One entry of `backbones`: an id "NAME:WEIGHTS" ("timm:convnext_atto:none"; the protocol's
+    [backbone] path is kept for its own id) or a table with name, weights and path."""
+    if isinstance(item, BackboneSpec):
+        return item
+    if isinstance(item, str):
+        name, sep, weights = item.rpartition(":")
+        if not sep or not name or not weights:
+            raise ProtocolError(f"{where}: backbone {item!r}: expected NAME:WEIGHTS (e.g. resnet18:msceleb, "
+                                "timm:convnext_atto:none, openclip:ViT-B-32:openai)")
+        return BackboneSpec(name, weights, default.path if item == default.id else None)
+    if isinstance(item, dict):
+        return _build(BackboneSpec, item, where)
+    raise ProtocolError(f"{where}: expected a backbone id or a table, got {type(item).__name__} ({item!r})")
 
 
 NESTED = {"encoder": EncoderSpec, "backbone": BackboneSpec, "recipe": Recipe}
@@ -145,6 +168,11 @@ def parse_protocol(data: dict[str, Any], where: str, methods_checked: bool = Tru
     if "name" not in data:
         raise ProtocolError(f"{where}: missing key 'name'")
     protocol = _build(Protocol, data, where)
+    protocol.backbones = [backbone_spec(item, protocol.backbone, f"{where}: backbones[{k}]")
+                          for k, item in enumerate(protocol.backbones)]
+    ids = [b.id for b in protocol.backbones]
+    if len(set(ids)) != len(ids):
+        raise ProtocolError(f"{where}: backbones: {', '.join(sorted({i for i in ids if ids.count(i) > 1}))} listed twice")
     for method, table in protocol.encoders.items():  # checked now, not when the grid expands
         if not isinstance(table, dict):
             raise ProtocolError(f"{where}: [encoders.{method}] must be a table (id, path)")

@@ -112,12 +112,28 @@ class Comparison:
     aggregates: list[Aggregate] = field(default_factory=list)
 
 
+def side_rows(frame: pd.DataFrame, side: str) -> pd.Series:
+    """The rows of one side of a comparison: `method`, or `method@backbone` with the backbone as
+    tables name it (`mobilenet_v2`, `timm:convnext_atto`) or by its id (`mobilenet_v2:imagenet`).
+    A method run on several backbones must name one: its runs are not one population."""
+    method, _, backbone = side.partition("@")
+    rows = frame["method"] == method
+    if backbone:
+        labels = frame["backbone"]
+        return rows & ((labels == backbone) | ((labels == backbone.rpartition(":")[0]) & (":" in backbone)))
+    ran_on = sorted(frame.loc[rows, "backbone"].unique())
+    if len(ran_on) > 1:
+        raise BenchmarkError(f"{method} ran on {len(ran_on)} backbones ({', '.join(ran_on)}): compare "
+                             f"{method}@BACKBONE, one of them")
+    return rows
+
+
 def paired_cells(results: pd.DataFrame, a: str, b: str, metric: str) -> tuple[pd.DataFrame, list[str]]:
-    """The (source, target, seed) cells both methods have, and the ones only one has."""
+    """The (source, target, seed) cells both sides have, and the ones only one has."""
     frame = results[results["metric"] == metric]
     keys = ["source", "target", "seed"]
-    left = frame[frame["method"] == a].groupby(keys)["value"].mean().rename("a")
-    right = frame[frame["method"] == b].groupby(keys)["value"].mean().rename("b")
+    left = frame[side_rows(frame, a)].groupby(keys)["value"].mean().rename("a")
+    right = frame[side_rows(frame, b)].groupby(keys)["value"].mean().rename("b")
     if left.empty or right.empty:
         absent = [m for m, part in ((a, left), (b, right)) if part.empty]
         raise BenchmarkError(f"no FINISHED results of {' and '.join(absent)} for metric {metric}")
@@ -127,7 +143,7 @@ def paired_cells(results: pd.DataFrame, a: str, b: str, metric: str) -> tuple[pd
     cells = both.dropna().reset_index()
     cells["diff"] = cells["a"] - cells["b"]
     for side, method in (("a", a), ("b", b)):  # whether that seed's model collapsed (schema.COLLAPSED)
-        flags = (frame[frame["method"] == method].groupby(keys)["collapsed"].any() if "collapsed" in frame
+        flags = (frame[side_rows(frame, method)].groupby(keys)["collapsed"].any() if "collapsed" in frame
                  else pd.Series(dtype=bool))
         cells[f"{side}_collapsed"] = [bool(flags.get(k, False)) for k in zip(cells["source"], cells["target"],
                                                                             cells["seed"])]

@@ -32,7 +32,7 @@ from ..core.sources import held_out, parts as source_parts, seen_mask
 MISSING = "–"
 TIED = "†"  # not distinguishable from the column's best (see ties)
 
-LAYOUT_KINDS = ("per_source", "single_source", "backbones", "perclass", "leave_one_out")
+LAYOUT_KINDS = ("per_source", "single_source", "backbones", "perclass", "leave_one_out", "fair")
 
 
 @dataclass(frozen=True)
@@ -331,6 +331,40 @@ def backbones_table(layout: TableLayout, acc: pd.DataFrame, source: str, dataset
     return table
 
 
+def fair_table(layout: TableLayout, acc: pd.DataFrame, sources: list[str], datasets: list[str],
+               methods: list[str]) -> Table:
+    """Better method or better pretraining: a row per method, for each backbone its mean accuracy on
+    the targets each job did not train on and on its own test set. Per seed: the mean over every
+    source's job (each job's unseen targets averaged first); then mean and 95% interval over seeds,
+    bold and ties per column as in every table, so each backbone's best method stands out."""
+    acc = acc[acc["source"].isin(sources) & acc["target"].isin(datasets)]
+    seen = seen_mask(acc)
+    backbones = sorted(acc["backbone"].unique())
+    rows, missing = [], False
+    for method in methods:
+        cells = []
+        for backbone in backbones:
+            part = acc["method"].eq(method) & acc["backbone"].eq(backbone)
+            for where in (part & ~seen, part & seen):
+                sub = acc[where]
+                per_job = sub.groupby(["seed", "source"])["value"].mean()
+                per_seed = per_job.groupby(level="seed").mean()
+                if per_seed.empty:
+                    cells.append(Cell(None))
+                    missing = True
+                    continue
+                partial = bool((per_job.groupby(level="seed").size() < len(sources)).any())
+                missing |= partial
+                cells.append(Cell(per_seed.mean(), per_seed.std(ddof=1) if len(per_seed) > 1 else None, len(per_seed),
+                                  partial=partial, by_seed=per_seed.to_dict(), collapsed=bool(sub["collapsed"].any())))
+        rows.append((method, cells))
+    columns = [f"{backbone} {kind}" for backbone in backbones for kind in ("unseen", "in-domain")]
+    table = Table(layout.title.format(n=len(sources)), columns, rows, bold=layout.bold)
+    if missing:
+        table.notes.append(f"{MISSING}: no FINISHED run; * mean over the sources that have one")
+    return table
+
+
 def perclass_table(layout: TableLayout, results: pd.DataFrame, sources: list[str], datasets: list[str],
                    methods: list[str]) -> Table:
     rows = []
@@ -492,6 +526,8 @@ def _build(name: str, results: pd.DataFrame, metric: str, sources: list[str], da
         return [leave_one_out_table(layout, acc, sources, datasets, methods)]
     if layout.kind == "per_source":
         return per_source_tables(layout, acc, sources, datasets, methods)
+    if layout.kind == "fair":
+        return [fair_table(layout, acc, sources, datasets, methods)]
     # The layout's source when the protocol trains on it, else the protocol's first source.
     source = layout.source if layout.source in sources else sources[0]
     if layout.kind == "backbones":

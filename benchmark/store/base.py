@@ -304,7 +304,7 @@ class ResultStore(abc.ABC):
         names = {**{schema.safe_name(d): d for d in schema.datasets_read(run.params)}, **known}
         env = signature({k: run.params.get(k) for k in SIGNATURE_KEYS})
         swept = {k[len(schema.SWEEP_PREFIX):]: v for k, v in run.tags.items() if k.startswith(schema.SWEEP_PREFIX)}
-        return [run.tags[schema.METHOD], run.params.get(schema.BACKBONE, "").split(":")[0], run.tags[schema.SOURCE],
+        return [run.tags[schema.METHOD], run.params.get(schema.BACKBONE, ""), run.tags[schema.SOURCE],
                 int(run.tags[schema.SEED])], {"names": names, "env": env, "sweep": schema.sweep_label(swept),
                                                "collapsed": bool(run.tags.get(schema.COLLAPSED))}
 
@@ -326,9 +326,10 @@ class ResultStore(abc.ABC):
                 if parsed is not None:
                     rows.append([*job, extra["names"].get(parsed[0], parsed[0]), parsed[1], float(value), extra["env"],
                                  extra["sweep"], extra["collapsed"]])
+        frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+        frame["backbone"] = backbone_labels(frame["backbone"])
         # A fixed row order makes every sum (and so every rounded cell) the same from run to run.
-        frame = (pd.DataFrame(rows, columns=RESULT_COLUMNS).sort_values(RESULT_COLUMNS[:6], kind="stable")
-                 .reset_index(drop=True))
+        frame = frame.sort_values(RESULT_COLUMNS[:6], kind="stable").reset_index(drop=True)
         frame.attrs["warnings"] = warnings
         return frame
 
@@ -363,11 +364,22 @@ class ResultStore(abc.ABC):
                 for step, value in points:
                     rows.append([run.tags[schema.JOB_HASH], *job, target, metric, int(step), float(value), extra["env"],
                                  extra["sweep"], extra["collapsed"]])
-        frame = (pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+        frame = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+        frame["backbone"] = backbone_labels(frame["backbone"])
+        frame = (frame
                  .sort_values(["method", "backbone", "source", "seed", "target", "metric", "epoch"], kind="stable")
                  .drop_duplicates(["job_hash", "target", "metric", "epoch"], keep="last").reset_index(drop=True))
         frame.attrs["warnings"] = warnings
         return frame
+
+
+def backbone_labels(ids: pd.Series) -> pd.Series:
+    """Each backbone id NAME:WEIGHTS as tables name it: its NAME ("resnet18", "timm:convnext_atto"),
+    or the whole id where the frame holds one name with two weights (the pretraining axis:
+    "mobilenet_v2:imagenet" beside "mobilenet_v2:none")."""
+    names = ids.map(lambda i: i.rpartition(":")[0] or i)
+    weights_per_name = ids.groupby(names).nunique()
+    return ids.where(names.map(weights_per_name) > 1, names)
 
 
 def _same_job_key(run: RunRecord) -> tuple:
