@@ -139,3 +139,28 @@ def test_a_job_made_again_on_other_data_counts_once_with_a_warning(store):
     assert "1 earlier run(s) ignored" in warning
     history = store.history("p", ["acc"])
     assert sorted(history["value"]) == [0.1, 0.7]
+
+
+def test_a_tag_another_process_set_at_the_same_moment_is_not_an_error(tmp_path, monkeypatch):
+    """Two grids opening one new experiment on a tracking server: the later write of the same
+    experiment tag fails on the server's UNIQUE constraint, after the earlier one set it."""
+    store = open_store(f"sqlite:///{tmp_path}/mlflow.db")
+    client = store.client
+    real = client.set_experiment_tag
+    raced: list[str] = []
+
+    def set_then_fail(experiment_id, key, value):
+        real(experiment_id, key, value)  # the other process's write
+        raced.append(key)
+        raise RuntimeError("BAD_REQUEST: (sqlite3.IntegrityError) UNIQUE constraint failed: experiment_tags.key")
+
+    monkeypatch.setattr(client, "set_experiment_tag", set_then_fail)
+    experiment = store.experiment("p")
+    assert len(raced) == 2 and store.experiment_tags(experiment)[schema.EXPERIMENT_KIND] == schema.TRAINING_RUNS
+
+    def fail(experiment_id, key, value):
+        raise RuntimeError("BAD_REQUEST: something else")
+
+    monkeypatch.setattr(client, "set_experiment_tag", fail)
+    with pytest.raises(RuntimeError, match="something else"):
+        store._set_experiment_tag(experiment, "other.key", "v")

@@ -156,9 +156,19 @@ class MlflowStore(ResultStore):
     def _mark_training(self, experiment_id: str) -> None:
         """Open the experiment on its training runs in MLflow's UI, with a view whose columns are
         what a job is compared by (method, source, seed, mean unseen and mean accuracy)."""
-        retry(lambda: self.client.set_experiment_tag(experiment_id, schema.EXPERIMENT_KIND, schema.TRAINING_RUNS))
-        retry(lambda: self.client.set_experiment_tag(experiment_id, schema.SHARED_VIEW_PREFIX + schema.JOBS_VIEW,
-                                                     json.dumps(JOBS_VIEW_STATE)))
+        self._set_experiment_tag(experiment_id, schema.EXPERIMENT_KIND, schema.TRAINING_RUNS)
+        self._set_experiment_tag(experiment_id, schema.SHARED_VIEW_PREFIX + schema.JOBS_VIEW, json.dumps(JOBS_VIEW_STATE))
+
+    def _set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        """Set a tag that other processes may be setting to the same value at the same moment (two
+        invocations of a grid opening a new experiment): MLflow's server writes a tag by reading,
+        then inserting, so the later of two writers fails on the table's UNIQUE constraint. The tag
+        is then set, as wanted; any other failure, or another value, is an error."""
+        try:
+            retry(lambda: self.client.set_experiment_tag(experiment_id, key, value))
+        except Exception:  # noqa: BLE001 - the server's IntegrityError comes back as a RestException
+            if self.experiment_tags(experiment_id).get(key) != value:
+                raise
 
     def experiment_tags(self, experiment_id: str) -> dict[str, str]:
         return dict(retry(lambda: self.client.get_experiment(experiment_id)).tags)
