@@ -19,8 +19,10 @@ def fusion_key(job: Job) -> str | None:
     from ..training.fused import recipe_but_seed
     from ..training.plugins import method_entry
 
-    if not method_entry(job.method).cls.fuses:
-        return None
+    from ..training.finetune import options_in_use
+
+    if not method_entry(job.method).cls.fuses or options_in_use(job.recipe):
+        return None  # (the fine-tuning options act on one model's parameter groups: such jobs train alone)
     return json.dumps([job.method, job.hparams, recipe_but_seed(job.recipe), job.backbone.id, job.backbone_digest,
                        job.encoder.id if job.encoder else None, job.encoder_digest], sort_keys=True, default=str)
 

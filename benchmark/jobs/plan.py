@@ -157,6 +157,11 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
     entries = {m: METHODS.get(m) for m in methods}  # typos fail before any work
     encoder_digests: dict[EncoderSpec, str] = {}  # one digest per weights file, however many methods use it
     backbones = [(spec, backbone_weights_digest(spec)) for spec in protocol.backbone_specs()]  # bad names stop here
+    if protocol.recipe.grad_checkpointing:
+        plain = [s.id for s, _ in backbones if not s.name.startswith(("timm:", "openclip:"))]
+        if plain:
+            raise BenchmarkError(f"recipe.grad_checkpointing: backbone {plain[0]} offers none (timm and open_clip "
+                                 "backbones do)")
     test_prints = {f"{t}:{protocol.test_split}": plan.samples(t, protocol.test_split).fingerprint
                    for t in protocol.datasets}
     jobs, seen = [], set()

@@ -62,6 +62,11 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.feature_map(x).mean(dim=(2, 3))
 
+    def set_grad_checkpointing(self) -> None:
+        """Recompute activations in the backward pass instead of keeping them (recipe.grad_checkpointing)."""
+        raise BenchmarkError(f"backbone {self.spec.id}: recipe.grad_checkpointing is offered by the timm and "
+                             "open_clip backbones only")
+
     def gradcam_layer(self) -> nn.Module:
         """The module whose activations and gradients GradCAM weighs (`benchmark explain`)."""
         raise BenchmarkError(f"backbone {self.spec.id}: GradCAM maps are drawn for the torchvision "

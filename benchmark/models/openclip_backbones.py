@@ -59,6 +59,9 @@ class OpenClipBackbone(Backbone):
         pooled, _ = self.visual(self.fit_input(x))  # open_clip's own encode_image under pool_type 'avg'
         return pooled
 
+    def set_grad_checkpointing(self) -> None:
+        self.visual.set_grad_checkpointing(True)
+
 
 def build(spec: BackboneSpec) -> Backbone:
     import open_clip

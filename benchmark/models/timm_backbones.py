@@ -110,6 +110,9 @@ class TimmBackbone(Backbone):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_head(self.net.forward_features(self.fit_input(x)), pre_logits=True)
 
+    def set_grad_checkpointing(self) -> None:
+        self.net.set_grad_checkpointing(True)
+
 
 def build(spec: BackboneSpec) -> Backbone:
     import timm

@@ -13,6 +13,8 @@ DATA_PATHS = ("cache", "per_sample")
 DATA_ON_DEVICE = ("auto", "always", "never")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 ADAM_IMPLS = ("auto", "fused", "foreach")
+OPTIMIZERS = ("method", "adamw")
+SCHEDULES = ("method", "warmup_cosine")
 SAMPLERS = ("uniform", "balanced", "domain_balanced")
 
 
@@ -52,12 +54,23 @@ class Recipe:
     # A seeded, class-stratified share of the training split held out as the source's validation
     # split, for sources without one (0: none, the paper's protocol trains on the whole split).
     val_fraction: float = 0.0
+    # Fine-tuning options for large pretrained backbones, off by default (benchmark.training.finetune):
+    optimizer: str = "method"  # "method" (the method's own Adam or SGD) or "adamw" (decoupled decay)
+    schedule: str = "method"  # "method" (its per-epoch decay) or "warmup_cosine" (per step)
+    warmup_steps: int = 0  # warmup_cosine's linear warmup
+    backbone_lr_scale: float = 1.0  # the backbone's rate relative to the rest (the heads)
+    no_decay_norms: bool = False  # no weight decay on norms, biases and embeddings
+    grad_clip_norm: float = 0.0  # clip gradients to this global L2 norm (0: no clipping)
+    grad_checkpointing: bool = False  # timm's / open_clip's activation checkpointing (memory, not numbers)
 
     # Fields that change how fast a job runs, never what it computes (left out of the job hash).
-    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("progress", "prefetch", "data_on_device", "sync_every", "eval_every")
+    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("progress", "prefetch", "data_on_device", "sync_every", "eval_every",
+                                                 "grad_checkpointing")
     # Fields added after jobs were first hashed: they enter a job's identity only when set away
     # from their default, so the jobs hashed before them keep their hash.
-    HASHED_WHEN_CHANGED: ClassVar[tuple[str, ...]] = ("compile_mode", "adam_impl", "cudnn_benchmark", "val_fraction")
+    HASHED_WHEN_CHANGED: ClassVar[tuple[str, ...]] = ("compile_mode", "adam_impl", "cudnn_benchmark", "val_fraction",
+                                                      "optimizer", "schedule", "warmup_steps", "backbone_lr_scale",
+                                                      "no_decay_norms", "grad_clip_norm")
 
     def identity(self) -> dict:
         """The recipe's part of a job's identity (benchmark.jobs.plan)."""
@@ -75,6 +88,17 @@ class Recipe:
             raise BenchmarkError(f"recipe.precision = {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
         if self.compile_mode not in COMPILE_MODES:
             raise BenchmarkError(f"recipe.compile_mode = {self.compile_mode!r}; expected one of {', '.join(COMPILE_MODES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise BenchmarkError(f"recipe.optimizer = {self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise BenchmarkError(f"recipe.schedule = {self.schedule!r}; expected one of {', '.join(SCHEDULES)}")
+        if self.warmup_steps < 0 or (self.warmup_steps and self.schedule != "warmup_cosine"):
+            raise BenchmarkError(f"recipe.warmup_steps = {self.warmup_steps}; must be 0 or more, and is "
+                                 "schedule = \"warmup_cosine\"'s")
+        if self.backbone_lr_scale <= 0:
+            raise BenchmarkError(f"recipe.backbone_lr_scale = {self.backbone_lr_scale}; must be positive")
+        if self.grad_clip_norm < 0:
+            raise BenchmarkError(f"recipe.grad_clip_norm = {self.grad_clip_norm}; must be 0 (off) or positive")
         if self.adam_impl not in ADAM_IMPLS:
             raise BenchmarkError(f"recipe.adam_impl = {self.adam_impl!r}; expected one of {', '.join(ADAM_IMPLS)}")
         if self.data_on_device not in DATA_ON_DEVICE:

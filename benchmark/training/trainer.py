@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
+from . import finetune
 from .augment import AugmentSpec, augment, normalize
 from ..data.cache import DecodedSplit
 from ..core.errors import BenchmarkError
@@ -86,9 +87,16 @@ def adam_kernels(impl: str, device: torch.device) -> dict:
 
 
 def optimizer_for(param_groups: list[dict[str, Any]], settings: OptimizerSettings, recipe: Recipe,
-                  device: torch.device) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+                  device: torch.device, model: torch.nn.Module | None = None,
+                  total_steps: int = 0) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """The method's optimiser (Adam, or SGD with momentum, with L2 weight decay) and its schedule,
-    stepped once per epoch: ExponentialLR, or StepLR when the rate drops every `lr_step` epochs."""
+    stepped once per epoch: ExponentialLR, or StepLR when the rate drops every `lr_step` epochs.
+    The recipe's fine-tuning options (benchmark.training.finetune) change them where set: AdamW,
+    a per-step warmup + cosine schedule (see `steps_per_step`), groups split by backbone and decay."""
+    param_groups = finetune.split_groups(param_groups, model, settings, recipe)
+    if recipe.optimizer == "adamw":
+        optimizer = finetune.adamw(param_groups, settings, adam_kernels(recipe.adam_impl, device))
+        return optimizer, _schedule(optimizer, settings, recipe, total_steps)
     if settings.optimizer == "sgd":
         optimizer = torch.optim.SGD(param_groups, lr=settings.lr, momentum=settings.momentum,
                                     weight_decay=settings.weight_decay)
@@ -97,9 +105,21 @@ def optimizer_for(param_groups: list[dict[str, Any]], settings: OptimizerSetting
                                      **adam_kernels(recipe.adam_impl, device))
     else:
         raise BenchmarkError(f"optimizer {settings.optimizer!r}: expected adam or sgd")
+    return optimizer, _schedule(optimizer, settings, recipe, total_steps)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, settings: OptimizerSettings, recipe: Recipe,
+              total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    if recipe.schedule == "warmup_cosine":
+        return finetune.warmup_cosine(optimizer, recipe.warmup_steps, total_steps)
     if settings.lr_step > 1:
-        return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
-    return optimizer, torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_gamma)
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
+    return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_gamma)
+
+
+def steps_per_step(recipe: Recipe) -> bool:
+    """Whether the schedule steps after every optimiser step (warmup_cosine) rather than every epoch."""
+    return recipe.schedule == "warmup_cosine"
 
 
 def seed_everything(seed: int) -> None:
@@ -243,11 +263,14 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
     if recipe.data_path == "per_sample":
         check_per_sample(data, method.augment_spec, method.name)
     settings = method.optimizer_settings()
-    optimizer, scheduler = optimizer_for(method.param_groups(), settings, recipe, device)
+    model = getattr(method, "model", None)
+    finetune.enable_checkpointing(model, recipe)
+    total_steps = math.ceil((recipe.samples_per_epoch or len(data)) / recipe.batch_size) * recipe.epochs
+    optimizer, scheduler = optimizer_for(method.param_groups(), settings, recipe, device, model, total_steps)
+    per_step = steps_per_step(recipe)
     gen = torch.Generator(device="cpu").manual_seed(recipe.seed)
     aug_gen = torch.Generator(device=device).manual_seed(recipe.seed + 1)
     resident = resident_split(data, recipe, device)
-    total_steps = math.ceil((recipe.samples_per_epoch or len(data)) / recipe.batch_size) * recipe.epochs
     bar = None
     if recipe.progress:
         from tqdm import tqdm
@@ -279,7 +302,10 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
                 loss, parts = method.training_step(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            finetune.clip_gradients(optimizer, recipe)
             optimizer.step()
+            if per_step:
+                scheduler.step()
             change = method.after_step(batch, epoch)
             if change is not None:
                 train_labels[change.rows] = change.labels
@@ -296,7 +322,8 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         metrics["train/epoch_seconds"] = time.perf_counter() - start
         metrics.update(method.epoch_metrics())
-        scheduler.step()
+        if not per_step:
+            scheduler.step()
         log.metrics(metrics, step=epoch)
         if epoch_end is not None and evaluates_after(epoch, recipe):
             epoch_end(epoch)
