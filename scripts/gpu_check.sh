@@ -14,6 +14,8 @@
 #      process at each precision, and fused processes packed 2 and 4,
 #   8. `fuse_mps`: the fused processes packed again under MPS,
 #   9. `fuse_grid`: the synth5_gpu grid fused vs packed (wall time of each, one FINISHED run per job),
+#  10. `vit`: erm and cafe fine-tuning the CLIP ViT-B/32 image tower end to end (openclip:ViT-B-32,
+#      random weights time as the real ones) at 224 px in bf16: images/s and peak memory,
 # each under its own time limit, in this order (what matters most first, so a cut loses the
 # least), writing logs and JSON into OUT (default results/gpu_check). With BUNDLE=FILE.tgz set,
 # OUT is packed into that one file after every stage (the device tool returns few files).
@@ -24,7 +26,7 @@
 # --stages: only these (env always runs); explain reads the grid's runs, so it goes with grid.
 #   At their time limits all stages take over the 10 minutes one device call may run: on a
 #   device, run `--stages tests,grid,lodo,explain`, then `--stages perf,perf_mps` or
-#   `--stages fuse,fuse_mps,fuse_grid` (each well within one call).
+#   `--stages fuse,fuse_mps,fuse_grid`, or `--stages vit` (each well within one call).
 # Wheels in .whl/ (packages the device lacks: mlflow, open_clip, grad-cam, ...) are installed
 # into a private folder first, then this checkout, editable and without dependencies (its entry
 # points register the methods; `benchmark.protocols` maps to protocols/).
@@ -32,7 +34,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 DRY_RUN=0
-ALL_STAGES="tests,grid,lodo,explain,perf,perf_mps,fuse,fuse_mps,fuse_grid"
+ALL_STAGES="tests,grid,lodo,explain,perf,perf_mps,fuse,fuse_mps,fuse_grid,vit"
 STAGES=$ALL_STAGES
 if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
 if [[ "${1:-}" == "--stages" ]]; then STAGES="${2:-}"; shift 2; fi
@@ -95,7 +97,10 @@ if (( DRY_RUN )); then
                --pack 2 --pack-fuse 2 --device cpu)
     FUSE_GRID=(--methods cafe --sources synth5/studio --seeds 0,1 "${SMALL[@]}")
     FUSE_K=2
-    LIMITS=(300 300 200 100 300 0 300 0 300)
+    # The same family's plumbing on the CPU: the smaller ViT-S/32 tower, erm alone.
+    VIT=(--quick --loop-only --variant-methods erm --backbone openclip:ViT-S-32:none --size 224
+         --batch-size 4 --loop-steps 2 --precisions bf16 --device cpu)
+    LIMITS=(300 300 200 100 300 0 300 0 300 300)
 else
     TESTS=()
     GPU_SETTING=(--set encoder=openclip:ViT-B-32:random --set backbone.name=resnet18 --set backbone.weights=none
@@ -115,8 +120,10 @@ else
     # A method's seeds on one source fuse (sources of other sizes train in separate groups).
     FUSE_GRID=(--methods cafe,eac --sources synth5/studio,synth5/film --num-seeds 8)
     FUSE_K=8
-    # fuse, fuse_mps, fuse_grid: not yet timed on a device; sized to fit one call of 8 minutes.
-    LIMITS=(200 150 150 90 330 150 240 90 150)
+    VIT=(--loop-only --variant-methods erm,cafe --backbone openclip:ViT-B-32:none --size 224
+         --batch-size 64 --loop-steps 30 --precisions bf16)
+    # fuse, fuse_mps, fuse_grid, vit: not yet timed on a device; sized to fit one call of 8 minutes.
+    LIMITS=(200 150 150 90 330 150 240 90 150 150)
 fi
 
 stage env 60 bash -c "nvidia-smi || true; \"$PY\" -c 'import torch, platform; print(\"python\", platform.python_version(), \"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"cudnn\", torch.backends.cudnn.version(), \"gpu\", torch.cuda.get_device_name() if torch.cuda.is_available() else None)'; nproc; \"$PY\" -m pip list 2>/dev/null | grep -i -E '^(torch|torchvision|mlflow|open.clip|numpy|scikit-learn|pandas) '"
@@ -144,5 +151,6 @@ if wanted fuse_mps && (( ! DRY_RUN )) && command -v nvidia-cuda-mps-control > /d
     stage fuse_mps "${LIMITS[7]}" "$PY" -m benchmark perf "${FUSE_MPS[@]}" --json "$OUT_DIR/fuse_mps.json"
     echo quit | nvidia-cuda-mps-control
 fi
+wanted vit && stage vit "${LIMITS[9]}" "$PY" -m benchmark perf "${VIT[@]}" --json "$OUT_DIR/vit.json"
 echo "stages:"; cat "$OUT_DIR/stages.jsonl"
 "$PY" -c 'import json,sys; sys.exit(any(json.loads(l)["rc"] for l in open(sys.argv[1]) if json.loads(l)["stage"] != "env"))' "$OUT_DIR/stages.jsonl"

@@ -24,7 +24,8 @@ def test_gpu_check_dry_run_runs_every_stage_and_writes_its_reports(tmp_path):
                           env={**env, "PYTHON": sys.executable, "BUNDLE": str(bundle)}, capture_output=True,
                           text=True, timeout=900)
     stages = [json.loads(line) for line in (out / "stages.jsonl").read_text().splitlines()]
-    assert [s["stage"] for s in stages] == ["env", "tests", "grid", "lodo", "explain", "perf", "fuse", "fuse_grid"], \
+    assert [s["stage"] for s in stages] == ["env", "tests", "grid", "lodo", "explain", "perf", "fuse", "fuse_grid",
+                                            "vit"], \
         proc.stdout
     assert proc.returncode == 0 and all(s["rc"] == 0 for s in stages), proc.stdout + proc.stderr
     assert " passed" in (out / "tests.log").read_text()  # the CUDA suite ran (on the CPU)

@@ -61,7 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     perf.add_argument("--size", type=int, help="input size (default 224)")
     perf.add_argument("--batch-size", type=int, help="batch size (default 32)")
     perf.add_argument("--steps", type=int, help="timed training steps per method and data path (default 20)")
-    perf.add_argument("--backbone", help="NAME:WEIGHTS (default resnet18:none)")
+    perf.add_argument("--backbone", help="NAME:WEIGHTS, or several comma-separated, each timed in turn (default "
+                      "resnet18:none; e.g. resnet18:none,timm:convnext_atto:none,openclip:ViT-B-32:none)")
     perf.add_argument("--encoder", help="frozen encoder spec (default openclip:ViT-B-32:random, the paper's "
                       "architecture; random weights time the same as the real ones)")
     perf.add_argument("--precisions", help="comma-separated recipe.precision values the harness path runs at "

@@ -76,6 +76,9 @@ class _ClipVisual(nn.Module):
         self.visual = model.visual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = tuple(self.visual.image_size)
+        if tuple(x.shape[-2:]) != size:  # a ViT's positional grid takes one size: the input is resized to it
+            x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
         return self.visual(x)  # projected image embedding, not L2-normalised
 
 

@@ -111,7 +111,7 @@ def timed_fit(spec: LoopSpec, encoder=None, barrier=None) -> dict:
     options = {"scale": spec.scale} if spec.dataset.startswith("synth5/") else {}
     samples = DATASETS.get(spec.dataset).load(None if spec.root is None else Path(spec.root), "train", **options)
     data = decode_split(samples, spec.size, cache_dir=Path(spec.cache_dir))
-    name, weights = spec.backbone.split(":")
+    name, _, weights = spec.backbone.rpartition(":")
     components = Components(BackboneSpec(name, weights), encoder, FeatureCache(Path(spec.cache_dir) / "features"))
     log = _TimedLog(barrier)
     if spec.fuse > 1:  # the group's epoch time is logged to every job's log; the first one's is read

@@ -85,7 +85,7 @@ def scale_check(n: int, size: int, backbone: str, precision: str, batch_size: in
     build_s = time.perf_counter() - start
     build_peak = peak_rss_mb()
     window_reset = reset_peak_rss()  # the training epoch's own peak, not the build's
-    name, weights = backbone.split(":")
+    name, _, weights = backbone.rpartition(":")
     method = build_method("erm", components=Components(BackboneSpec(name, weights)))
     recipe = Recipe(epochs=1, batch_size=batch_size, input_size=size, precision=precision, progress=False)
     start = time.perf_counter()

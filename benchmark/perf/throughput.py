@@ -208,7 +208,7 @@ def run_perf(config: PerfConfig, work: Path, device_name: str | None = None) -> 
     np.random.seed(0)
     config = replace(config, workers=config.workers or os.cpu_count() or 1,
                      matmul_n=config.matmul_n or (8192 if device.type == "cuda" else 2048))
-    name, weights = config.backbone.split(":")
+    name, _, weights = config.backbone.rpartition(":")
     report: dict = {"config": asdict(config), "device": str(device), "methods": {}}
     encoder = build_encoder(EncoderSpec(config.encoder))
     samples = DATASETS.get("synth5/studio").load(None, "train", scale=config.scale)
@@ -483,9 +483,16 @@ def main_perf(quick: bool, overrides: dict, device: str | None, json_path: str |
             dev = pick_device(device)
             report = {"device": str(dev), "scale": scale_check(
                 scale_images, config.size, config.backbone, config.precisions[0], config.batch_size, dev, Path(work))}
+        elif "," in config.backbone:  # each backbone in turn: images/s and memory per method x backbone
+            report = {"backbones": {}}
+            for backbone in (b.strip() for b in config.backbone.split(",")):
+                report["backbones"][backbone] = run_perf(replace(config, backbone=backbone), Path(work) / backbone, device)
         else:
             report = run_perf(config, Path(work), device)
-    print(format_report(report))
+    if "backbones" in report:
+        print("\n\n".join(f"== backbone {b}\n{format_report(r)}" for b, r in report["backbones"].items()))
+    else:
+        print(format_report(report))
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=1))
         print(f"wrote {json_path}")
