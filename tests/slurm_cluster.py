@@ -21,6 +21,17 @@ def missing() -> list[str]:
     return [b for b in BINARIES if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
 
 
+def require_slurm() -> None:
+    """Skip the calling test without Slurm; under CI (BENCHMARK_CI=1), fail instead."""
+    import pytest
+
+    absent = missing()
+    if absent:
+        if os.environ.get("BENCHMARK_CI"):
+            pytest.fail(f"Slurm is not installed ({', '.join(absent)} missing); .ci/run installs slurm-wlm and munge")
+        pytest.skip(f"Slurm is not installed ({', '.join(absent)} missing): apt-get install slurm-wlm munge")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -18,7 +18,7 @@ import torch
 from benchmark.core.errors import BenchmarkError
 from benchmark.models.backbones import Backbone, BackboneSpec, backbone_weights_digest, build_backbone
 from benchmark.models.weights import WeightsError, file_digest
-from benchmark.training.method import Batch, Components
+from benchmark.training.method import Components
 from benchmark.training.plugins import build_method
 
 

@@ -25,7 +25,7 @@ from benchmark.core.errors import BenchmarkError
 from benchmark.run.executors.slurm import slurm_options, submitted
 from benchmark.store import open_store
 
-from .slurm_cluster import missing, slurm_cluster
+from .slurm_cluster import require_slurm, slurm_cluster
 from .test_runner import write_protocol
 
 pytestmark = pytest.mark.slow
@@ -33,11 +33,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def slurm_env(tmp_path_factory):
-    absent = missing()
-    if absent:
-        if os.environ.get("BENCHMARK_CI"):
-            pytest.fail(f"Slurm is not installed ({', '.join(absent)} missing); .ci/run installs slurm-wlm and munge")
-        pytest.skip(f"Slurm is not installed ({', '.join(absent)} missing): apt-get install slurm-wlm munge")
+    require_slurm()
     # Two CPUs more than this host has: the background time-limit task holds one throughout.
     with slurm_cluster(tmp_path_factory.mktemp("slurm"), cpus=(os.cpu_count() or 1) + 2) as env:
         yield env

@@ -5,14 +5,13 @@ job's slurmstepd processes running for good)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 
 import pytest
 
-from .slurm_cluster import cluster_processes, missing, slurm_cluster
+from .slurm_cluster import cluster_processes, require_slurm, slurm_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -20,11 +19,7 @@ IGNORES_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG
 
 
 def test_a_job_running_when_the_cluster_stops_leaves_no_process(tmp_path):
-    absent = missing()
-    if absent:
-        if os.environ.get("BENCHMARK_CI"):
-            pytest.fail(f"Slurm is not installed ({', '.join(absent)} missing); .ci/run installs slurm-wlm and munge")
-        pytest.skip(f"Slurm is not installed ({', '.join(absent)} missing)")
+    require_slurm()
     root = tmp_path / "slurm"
     conf = root / "slurm.conf"
     with slurm_cluster(root) as env:

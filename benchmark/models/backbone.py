@@ -29,6 +29,9 @@ resized to that size (bilinear) inside the backbone.
 
 from __future__ import annotations
 
+import difflib
+from typing import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -71,3 +74,12 @@ class Backbone(nn.Module):
         """The module whose activations and gradients GradCAM weighs (`benchmark explain`)."""
         raise BenchmarkError(f"backbone {self.spec.id}: GradCAM maps are drawn for the torchvision "
                              "CNN backbones only")
+
+
+def known_name(spec: BackboneSpec, name: str, library: str, exists: bool, names: Callable[[], list[str]]) -> str:
+    """`name` if its library has it, else an error naming the closest names the library has."""
+    if not exists:
+        close = difflib.get_close_matches(name, names(), n=5, cutoff=0.6)
+        raise BenchmarkError(f"backbone {spec.name!r}: {library} has no model {name!r}"
+                             + (f" (close: {', '.join(close)})" if close else ""))
+    return name

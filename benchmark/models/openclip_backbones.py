@@ -11,14 +11,13 @@ Its input is the harness's ImageNet-normalised image, as the frozen encoder's (i
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..core.errors import BenchmarkError
-from .backbone import OPENCLIP_PREFIX, Backbone
+from .backbone import OPENCLIP_PREFIX, Backbone, known_name
 from .specs import BackboneSpec
 from .weights import file_digest, load_state_dict, load_strict
 
@@ -27,11 +26,7 @@ def model_name(spec: BackboneSpec) -> str:
     import open_clip
 
     name = spec.name[len(OPENCLIP_PREFIX):]
-    if name not in open_clip.list_models():
-        close = difflib.get_close_matches(name, open_clip.list_models(), n=5, cutoff=0.6)
-        raise BenchmarkError(f"backbone {spec.name!r}: open_clip has no model {name!r}"
-                             + (f" (close: {', '.join(close)})" if close else ""))
-    return name
+    return known_name(spec, name, "open_clip", name in open_clip.list_models(), open_clip.list_models)
 
 
 def weights_file(spec: BackboneSpec) -> Path | None:

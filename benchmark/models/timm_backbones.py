@@ -9,14 +9,13 @@ where to put it). The classifier is removed; transformers pool the mean of their
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..core.errors import BenchmarkError
-from .backbone import TIMM_PREFIX, Backbone
+from .backbone import TIMM_PREFIX, Backbone, known_name
 from .specs import BackboneSpec
 from .weights import WeightsError, file_digest, load_state_dict, load_strict
 
@@ -29,11 +28,7 @@ def model_name(spec: BackboneSpec) -> str:
     import timm
 
     name = spec.name[len(TIMM_PREFIX):]
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-        raise BenchmarkError(f"backbone {spec.name!r}: timm has no model {name!r}"
-                             + (f" (close: {', '.join(close)})" if close else ""))
-    return name
+    return known_name(spec, name, "timm", timm.is_model(name), timm.list_models)
 
 
 def weights_file(spec: BackboneSpec) -> Path | None:
