@@ -122,8 +122,8 @@ def _background(rng: np.random.Generator, style: DomainStyle, canvas: int) -> Im
 
 # The look of a domain (grey, brightness, colour cast, side light) is applied in integers: each
 # factor a whole number of thousandths, the product rounded once. A float32 dot product here (the
-# greyscale conversion of generator version 4) rounded differently on CPUs whose kernels fuse
-# multiply and add, and so moved pixels across an integer boundary.
+# greyscale conversion of generator version 4) went through OpenBLAS, whose kernel the machine's
+# OPENBLAS_CORETYPE picks, and the kernels round differently: a pixel moved now and then.
 PER_MILLE = 1000
 LUMA = (299, 587, 114)  # ITU-R BT.601 in thousandths, as PIL's "L" conversion
 CASTS = ((800, 1000, 1200), (1250, 1000, 700), (900, 1150, 850))

@@ -100,9 +100,10 @@ TAN_35_DEG = 0.7002075382097097
 def ellipse_cap(box: list[float], tan_half: float, top: bool, points: int = 24) -> list[tuple[float, float]]:
     """Points of an ellipse's arc symmetric about its top (or bottom), from + - * / alone.
 
-    The arc spans 2·atan(tan_half)·2 degrees: a unit-circle point is ((1-t²)/(1+t²), 2t/(1+t²))
-    for t = tan of half its angle from the axis, t evenly spaced in [-tan_half, tan_half]. As a
-    polygon it is Pillow's chord; as a line, its arc (both of which call libm's sin and cos).
+    The arc reaches 2·atan(tan_half) either side of the axis: a unit-circle point is
+    ((1-t²)/(1+t²), 2t/(1+t²)) for t = tan of half its angle from the axis, t evenly spaced in
+    [-tan_half, tan_half]. As a polygon it is Pillow's chord; as a line, its arc (both of which
+    call libm's sin and cos).
     """
     x0, y0, x1, y1 = box
     cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
@@ -128,11 +129,11 @@ def quadratic_through(a: tuple[float, float], mid: tuple[float, float], b: tuple
 
 
 def rotation(angle: float) -> tuple[float, float]:
-    """(cos, sin) of about `angle` degrees (|angle| <= 45), from + - * / alone.
+    """(cos, sin) of about `angle` degrees, from + - * / alone.
 
-    With t = tan(angle/2) from its series to the cubic term, ((1-t²)/(1+t²), 2t/(1+t²)) is an
-    exact rotation by 2·atan(t), within 0.001 degree of `angle` for |angle| <= 15 (a pose draws
-    at most 15): math.cos and math.sin, as Image.rotate uses them, vary in the last bit with the CPU.
+    With t = tan(angle/2) from its series to the cubic term, ((1-t²)/(1+t²), 2t/(1+t²)) is a
+    rotation by 2·atan(t), within 0.001 degree of `angle` for |angle| <= 15 (a pose draws at most
+    15): math.cos and math.sin, as Image.rotate uses them, vary in the last bit with the CPU.
     """
     half = angle * (3.141592653589793 / 360)
     t = half + half * half * half / 3
@@ -150,13 +151,6 @@ def rotate_onto(layer: Image.Image, background: Image.Image, angle: float, cente
     out = background.convert("RGBA")
     out.alpha_composite(turned)
     return out.convert("RGB")
-
-
-def draw_face(canvas: int, identity: Identity, expr: dict[str, float | str], background: Image.Image,
-              pose: dict[str, float], line: tuple[int, int, int] = (40, 25, 20)) -> Image.Image:
-    """Render one face onto `background` (an RGB image of side `canvas`)."""
-    layer, center = face_layer(canvas, identity, expr, pose, line)
-    return rotate_onto(layer, background, pose["angle"], center)
 
 
 def face_layer(canvas: int, identity: Identity, expr: dict[str, float | str], pose: dict[str, float],
