@@ -62,6 +62,9 @@ class Recipe:
     no_decay_norms: bool = False  # no weight decay on norms, biases and embeddings
     grad_clip_norm: float = 0.0  # clip gradients to this global L2 norm (0: no clipping)
     grad_checkpointing: bool = False  # timm's / open_clip's activation checkpointing (memory, not numbers)
+    # Domain-generalization recipes (benchmark.training.recipes), off by default:
+    sam_rho: float = 0.0  # SAM's neighbourhood radius (0: off; 0.05 the usual; ASAM about 10x that)
+    sam_adaptive: bool = False  # ASAM: the perturbation scaled by |w|
 
     # Fields that change how fast a job runs, never what it computes (left out of the job hash).
     EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("progress", "prefetch", "data_on_device", "sync_every", "eval_every",
@@ -70,7 +73,7 @@ class Recipe:
     # from their default, so the jobs hashed before them keep their hash.
     HASHED_WHEN_CHANGED: ClassVar[tuple[str, ...]] = ("compile_mode", "adam_impl", "cudnn_benchmark", "val_fraction",
                                                       "optimizer", "schedule", "warmup_steps", "backbone_lr_scale",
-                                                      "no_decay_norms", "grad_clip_norm")
+                                                      "no_decay_norms", "grad_clip_norm", "sam_rho", "sam_adaptive")
 
     def identity(self) -> dict:
         """The recipe's part of a job's identity (benchmark.jobs.plan)."""
@@ -97,6 +100,9 @@ class Recipe:
                                  "schedule = \"warmup_cosine\"'s")
         if self.backbone_lr_scale <= 0:
             raise BenchmarkError(f"recipe.backbone_lr_scale = {self.backbone_lr_scale}; must be positive")
+        if self.sam_rho < 0 or (self.sam_adaptive and not self.sam_rho):
+            raise BenchmarkError(f"recipe.sam_rho = {self.sam_rho}; must be 0 (off) or positive, and positive "
+                                 "for recipe.sam_adaptive")
         if self.grad_clip_norm < 0:
             raise BenchmarkError(f"recipe.grad_clip_norm = {self.grad_clip_norm}; must be 0 (off) or positive")
         if self.adam_impl not in ADAM_IMPLS:

@@ -29,6 +29,7 @@ from .method import Batch, EpochEnd, OptimizerSettings, Relabel, RunLog
 from .per_sample import check_per_sample, per_sample_batches
 from .prefetch import prefetched
 from .recipe import Recipe
+from .recipes.sam import SharpnessAware, running_stats_frozen
 from .resume import EpochCheckpoint, random_state, set_random_state
 
 
@@ -268,6 +269,7 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
     total_steps = math.ceil((recipe.samples_per_epoch or len(data)) / recipe.batch_size) * recipe.epochs
     optimizer, scheduler = optimizer_for(method.param_groups(), settings, recipe, device, model, total_steps)
     per_step = steps_per_step(recipe)
+    sam = SharpnessAware(optimizer, recipe.sam_rho, recipe.sam_adaptive) if recipe.sam_rho else None
     gen = torch.Generator(device="cpu").manual_seed(recipe.seed)
     aug_gen = torch.Generator(device=device).manual_seed(recipe.seed + 1)
     resident = resident_split(data, recipe, device)
@@ -302,6 +304,11 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
                 loss, parts = method.training_step(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if sam is not None:  # the second pass at w + e; the step below uses its gradient at w
+                sam.ascend()
+                with running_stats_frozen(model), execution.autocast():
+                    method.training_step(batch)[0].backward()
+                sam.descend()
             finetune.clip_gradients(optimizer, recipe)
             optimizer.step()
             if per_step:
