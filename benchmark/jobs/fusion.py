@@ -21,8 +21,8 @@ def fusion_key(job: Job) -> str | None:
 
     from ..training.finetune import options_in_use
 
-    if not method_entry(job.method).cls.fuses or options_in_use(job.recipe) or job.recipe.sam_rho:
-        return None  # (the fine-tuning options and SAM act on one model's parameters: such jobs train alone)
+    if not method_entry(job.method).cls.fuses or options_in_use(job.recipe) or job.recipe.sam_rho or job.recipe.mixstyle:
+        return None  # (the fine-tuning options, SAM and MixStyle act on one model: such jobs train alone)
     return json.dumps([job.method, job.hparams, recipe_but_seed(job.recipe), job.backbone.id, job.backbone_digest,
                        job.encoder.id if job.encoder else None, job.encoder_digest], sort_keys=True, default=str)
 

@@ -157,6 +157,11 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
     entries = {m: METHODS.get(m) for m in methods}  # typos fail before any work
     encoder_digests: dict[EncoderSpec, str] = {}  # one digest per weights file, however many methods use it
     backbones = [(spec, backbone_weights_digest(spec)) for spec in protocol.backbone_specs()]  # bad names stop here
+    if protocol.recipe.mixstyle:
+        clip = [s.id for s, _ in backbones if s.name.startswith("openclip:")]
+        if clip:
+            raise BenchmarkError(f"recipe.mixstyle: backbone {clip[0]} is a transformer; MixStyle mixes CNN feature "
+                                 "maps between stages")
     if protocol.recipe.grad_checkpointing:
         plain = [s.id for s, _ in backbones if not s.name.startswith(("timm:", "openclip:"))]
         if plain:

@@ -70,6 +70,12 @@ class Backbone(nn.Module):
         raise BenchmarkError(f"backbone {self.spec.id}: recipe.grad_checkpointing is offered by the timm and "
                              "open_clip backbones only")
 
+    def stage_modules(self) -> list[nn.Module]:
+        """The modules whose outputs end the network's stages after the stem, in order (stride 4,
+        8, 16, 32): where feature-statistics recipes (MixStyle) act. CNNs only."""
+        raise BenchmarkError(f"backbone {self.spec.id}: a transformer has token sequences, not CNN stages "
+                             "with per-channel spatial statistics")
+
     def gradcam_layer(self) -> nn.Module:
         """The module whose activations and gradients GradCAM weighs (`benchmark explain`)."""
         raise BenchmarkError(f"backbone {self.spec.id}: GradCAM maps are drawn for the torchvision "

@@ -108,6 +108,12 @@ class TimmBackbone(Backbone):
     def set_grad_checkpointing(self) -> None:
         self.net.set_grad_checkpointing(True)
 
+    def stage_modules(self) -> list[nn.Module]:
+        if self.prefix_tokens is not None or not getattr(self.net, "feature_info", None):
+            return super().stage_modules()
+        # timm's own list of stage outputs; those at stride 4 and beyond (the stem's left out).
+        return [self.net.get_submodule(info["module"]) for info in self.net.feature_info if info["reduction"] >= 4]
+
 
 def build(spec: BackboneSpec) -> Backbone:
     import timm

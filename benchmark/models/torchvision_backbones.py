@@ -32,6 +32,12 @@ class TorchvisionBackbone(Backbone):
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x)
 
+    def stage_modules(self) -> list[nn.Module]:
+        if self.spec.name.startswith("resnet"):
+            return list(self.trunk[4:8])  # layer1..layer4
+        # MobileNetV2's features: the blocks that end its stride-4, 8, 16 and 32 stages.
+        return [self.trunk[i] for i in (3, 6, 13, 18)]
+
     def gradcam_layer(self) -> nn.Module:
         return self.trunk[-1]  # ResNet's layer4, MobileNetV2's last conv block
 

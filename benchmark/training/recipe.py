@@ -65,6 +65,9 @@ class Recipe:
     # Domain-generalization recipes (benchmark.training.recipes), off by default:
     sam_rho: float = 0.0  # SAM's neighbourhood radius (0: off; 0.05 the usual; ASAM about 10x that)
     sam_adaptive: bool = False  # ASAM: the perturbation scaled by |w|
+    mixstyle: str = ""  # MixStyle after these stages past the stem, e.g. "1,2,3" (ResNet's layer1-3); "" off
+    mixstyle_p: float = 0.5
+    mixstyle_alpha: float = 0.1
 
     # Fields that change how fast a job runs, never what it computes (left out of the job hash).
     EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("progress", "prefetch", "data_on_device", "sync_every", "eval_every",
@@ -73,7 +76,8 @@ class Recipe:
     # from their default, so the jobs hashed before them keep their hash.
     HASHED_WHEN_CHANGED: ClassVar[tuple[str, ...]] = ("compile_mode", "adam_impl", "cudnn_benchmark", "val_fraction",
                                                       "optimizer", "schedule", "warmup_steps", "backbone_lr_scale",
-                                                      "no_decay_norms", "grad_clip_norm", "sam_rho", "sam_adaptive")
+                                                      "no_decay_norms", "grad_clip_norm", "sam_rho", "sam_adaptive",
+                                                      "mixstyle", "mixstyle_p", "mixstyle_alpha")
 
     def identity(self) -> dict:
         """The recipe's part of a job's identity (benchmark.jobs.plan)."""
@@ -103,6 +107,11 @@ class Recipe:
         if self.sam_rho < 0 or (self.sam_adaptive and not self.sam_rho):
             raise BenchmarkError(f"recipe.sam_rho = {self.sam_rho}; must be 0 (off) or positive, and positive "
                                  "for recipe.sam_adaptive")
+        if self.mixstyle:
+            mixstyle_stages(self.mixstyle)
+        if not 0 <= self.mixstyle_p <= 1 or self.mixstyle_alpha <= 0:
+            raise BenchmarkError(f"recipe.mixstyle_p = {self.mixstyle_p}, mixstyle_alpha = {self.mixstyle_alpha}: "
+                                 "p must be in [0, 1] and alpha positive")
         if self.grad_clip_norm < 0:
             raise BenchmarkError(f"recipe.grad_clip_norm = {self.grad_clip_norm}; must be 0 (off) or positive")
         if self.adam_impl not in ADAM_IMPLS:
@@ -122,3 +131,15 @@ class Recipe:
         if self.loader_workers < 0:
             raise BenchmarkError(f"recipe.loader_workers = {self.loader_workers}; must be 0 (load in the "
                                  "training process) or more")
+
+
+def mixstyle_stages(text: str) -> list[int]:
+    """`recipe.mixstyle` ("1,2,3") as stage numbers; an error names what it expected."""
+    try:
+        stages = [int(part) for part in text.split(",")]
+    except ValueError:
+        stages = []
+    if not stages or sorted(set(stages)) != stages or stages[0] < 1:
+        raise BenchmarkError(f"recipe.mixstyle = {text!r}: expected stage numbers in increasing order, e.g. "
+                             "\"1,2,3\" (after ResNet's layer1, layer2, layer3) or \"1,2\"")
+    return stages

@@ -29,6 +29,7 @@ from .method import Batch, EpochEnd, OptimizerSettings, Relabel, RunLog
 from .per_sample import check_per_sample, per_sample_batches
 from .prefetch import prefetched
 from .recipe import Recipe
+from .recipes import mixstyle
 from .recipes.sam import SharpnessAware, running_stats_frozen
 from .resume import EpochCheckpoint, random_state, set_random_state
 
@@ -266,6 +267,7 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
     settings = method.optimizer_settings()
     model = getattr(method, "model", None)
     finetune.enable_checkpointing(model, recipe)
+    mixstyle.insert(model, recipe.mixstyle, recipe.mixstyle_p, recipe.mixstyle_alpha)
     total_steps = math.ceil((recipe.samples_per_epoch or len(data)) / recipe.batch_size) * recipe.epochs
     optimizer, scheduler = optimizer_for(method.param_groups(), settings, recipe, device, model, total_steps)
     per_step = steps_per_step(recipe)

@@ -1,1 +1,1 @@
-"""Domain-generalization training recipes any method can wear, one file each (SAM so far)."""
+"""Domain-generalization training recipes any method can wear, one file each: SAM, MixStyle."""
