@@ -76,3 +76,13 @@ def test_the_wheel_installs_and_runs_its_protocols_from_another_folder(tmp_path)
                           "--tracking-uri", f"jsonl:{tmp_path / 'runs'}"], cwd=elsewhere, capture_output=True,
                          text=True, timeout=600)
     assert dry.returncode == 0 and "30 jobs, 0 already FINISHED" in dry.stdout, dry.stdout + dry.stderr
+
+
+def test_every_package_folder_is_in_the_wheel():
+    """A subpackage missing from pyproject's list installs nothing and breaks `import benchmark`
+    from the wheel (benchmark.training.recipes did, once)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "benchmark").rglob("__init__.py")}
+    assert on_disk - listed == set()
