@@ -127,5 +127,7 @@ def test_options_enter_the_job_hash_only_when_set_and_refuse_what_cannot_run():
     assert fusion_key(plain) is not None and fusion_key(tuned) is None  # tuned jobs train alone
     with pytest.raises(BenchmarkError, match="grad_checkpointing: backbone mobilenet_v2:imagenet offers none"):
         job(**{"recipe.grad_checkpointing": "true"})
+    with pytest.raises(BenchmarkError, match="grad_checkpointing: backbone mobilenet_v2:imagenet offers none"):
+        job(**{"method_recipe.erm.grad_checkpointing": "true"})  # a method's own recipe is checked too
     with pytest.raises(BenchmarkError, match="recipe.schedule = 'cosine'"):
         job(**{"recipe.schedule": '"cosine"'})

@@ -19,10 +19,8 @@ def fusion_key(job: Job) -> str | None:
     from ..training.fused import recipe_but_seed
     from ..training.plugins import method_entry
 
-    from ..training.finetune import options_in_use
-
-    if not method_entry(job.method).cls.fuses or options_in_use(job.recipe) or job.recipe.sam_rho or job.recipe.mixstyle:
-        return None  # (the fine-tuning options, SAM and MixStyle act on one model: such jobs train alone)
+    if not method_entry(job.method).cls.fuses or job.recipe.trains_alone():
+        return None
     return json.dumps([job.method, job.hparams, recipe_but_seed(job.recipe), job.backbone.id, job.backbone_digest,
                        job.encoder.id if job.encoder else None, job.encoder_digest], sort_keys=True, default=str)
 

@@ -157,16 +157,6 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
     entries = {m: METHODS.get(m) for m in methods}  # typos fail before any work
     encoder_digests: dict[EncoderSpec, str] = {}  # one digest per weights file, however many methods use it
     backbones = [(spec, backbone_weights_digest(spec)) for spec in protocol.backbone_specs()]  # bad names stop here
-    if protocol.recipe.mixstyle:
-        clip = [s.id for s, _ in backbones if s.name.startswith("openclip:")]
-        if clip:
-            raise BenchmarkError(f"recipe.mixstyle: backbone {clip[0]} is a transformer; MixStyle mixes CNN feature "
-                                 "maps between stages")
-    if protocol.recipe.grad_checkpointing:
-        plain = [s.id for s, _ in backbones if not s.name.startswith(("timm:", "openclip:"))]
-        if plain:
-            raise BenchmarkError(f"recipe.grad_checkpointing: backbone {plain[0]} offers none (timm and open_clip "
-                                 "backbones do)")
     test_prints = {f"{t}:{protocol.test_split}": plan.samples(t, protocol.test_split).fingerprint
                    for t in protocol.datasets}
     jobs, seen = [], set()
@@ -183,6 +173,7 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
         for (backbone, backbone_digest), source in ((b, s) for b in backbones for s in protocol.sources):
             for seed in protocol.seeds:
                 recipe = variant.recipe_for(source, seed, method)
+                _check_recipe_fits(recipe, backbone)
                 prints = dict(test_prints)
                 for part in source_parts(source):  # one dataset, or each of a multi-source job's
                     prints[f"{part}:train"] = plan.samples(part, "train").fingerprint
@@ -207,6 +198,17 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
                     seen.add(job.hash)
                     jobs.append(job)
     return jobs
+
+
+def _check_recipe_fits(recipe: Recipe, backbone: BackboneSpec) -> None:
+    """Recipe options a backbone cannot take, refused before any job trains (by its name alone:
+    a timm transformer under MixStyle is refused when its job builds the model)."""
+    if recipe.mixstyle and backbone.name.startswith("openclip:"):
+        raise BenchmarkError(f"recipe.mixstyle: backbone {backbone.id} is a transformer; MixStyle mixes CNN feature "
+                             "maps between stages")
+    if recipe.grad_checkpointing and not backbone.name.startswith(("timm:", "openclip:")):
+        raise BenchmarkError(f"recipe.grad_checkpointing: backbone {backbone.id} offers none (timm and open_clip "
+                             "backbones do)")
 
 
 def plan_from(protocol: Protocol, data_root: str | Path | None, dataset_paths: dict[str, str] | None) -> DataPlan:

@@ -38,17 +38,6 @@ from .recipe import Recipe
 EMBEDDING_NAMES = ("pos_embed", "cls_token", "reg_token", "dist_token", "positional_embedding", "class_embedding")
 
 
-def options_in_use(recipe: Recipe) -> list[str]:
-    """The fine-tuning options set away from their defaults, as `recipe.<name>=<value>`."""
-    defaults = Recipe()
-    return [f"recipe.{name}={getattr(recipe, name)}" for name in FINETUNE_FIELDS
-            if getattr(recipe, name) != getattr(defaults, name)]
-
-
-FINETUNE_FIELDS = ("optimizer", "schedule", "warmup_steps", "backbone_lr_scale", "no_decay_norms", "grad_clip_norm",
-                   "grad_checkpointing")
-
-
 def backbones_of(model: nn.Module | None) -> list[Backbone]:
     return [] if model is None else [m for m in model.modules() if isinstance(m, Backbone)]
 

@@ -79,6 +79,17 @@ class Recipe:
                                                       "no_decay_norms", "grad_clip_norm", "sam_rho", "sam_adaptive",
                                                       "mixstyle", "mixstyle_p", "mixstyle_alpha")
 
+    # Fields that act on one model's parameter groups, steps or modules (fine-tuning options, SAM,
+    # MixStyle): jobs that set any of them train alone, never in a fused group.
+    ONE_MODEL_ONLY: ClassVar[tuple[str, ...]] = ("optimizer", "schedule", "warmup_steps", "backbone_lr_scale",
+                                                 "no_decay_norms", "grad_clip_norm", "grad_checkpointing",
+                                                 "sam_rho", "sam_adaptive", "mixstyle")
+
+    def trains_alone(self) -> bool:
+        """Whether a field of ONE_MODEL_ONLY is set away from its default."""
+        defaults = Recipe()
+        return any(getattr(self, k) != getattr(defaults, k) for k in self.ONE_MODEL_ONLY)
+
     def identity(self) -> dict:
         """The recipe's part of a job's identity (benchmark.jobs.plan)."""
         defaults = Recipe()
