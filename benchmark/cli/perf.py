@@ -37,6 +37,8 @@ def _cmd_perf(args: argparse.Namespace) -> int:
         overrides["pack_fuse"] = args.pack_fuse
     if args.compile:
         overrides["compile"] = True
+    if args.recipes:
+        overrides["recipes"] = True
     if args.variant_methods is not None:
         overrides["variant_methods"] = [m.strip() for m in args.variant_methods.split(",") if m.strip()]
     if args.loop_only:
@@ -76,6 +78,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     perf.add_argument("--workers", type=int, help="DataLoader workers of the per-sample path (default: one per core)")
     perf.add_argument("--matmul-n", type=int, help="side of the timed matmul (default 8192 on CUDA, else 2048)")
     perf.add_argument("--compile", action="store_true", help="also time the training loop with torch.compile")
+    perf.add_argument("--recipes", action="store_true", help="also time the DG recipes (SAM, MixStyle, SWAD) as "
+                      "training-loop variants: each one's epoch time against the default's")
     perf.add_argument("--pack", metavar="N,N,...", help="also time N processes training at once on the device")
     perf.add_argument("--fuse", metavar="K,K,...", help="also time K jobs trained as one fused model in one process "
                       "(e.g. 1,2,4,8), for each of --fuse-methods at each of --precisions")

@@ -31,6 +31,7 @@ def _sweep_table(args: argparse.Namespace, store, protocol_name: str, datasets: 
     from ..report.selection import select
 
     history = store.history(protocol_name, sorted({args.metric, "acc"}), datasets)
+    history["method"] = history["method"].map(lambda label: tables.split_recipe(label)[0])  # a swept recipe is a point, not a method
     chosen = select(history, args.selection)
     chosen = chosen[chosen["sweep"] != ""]
     if chosen.empty:
@@ -134,7 +135,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     table = sub.add_parser("table", help="build the paper's tables (markdown, LaTeX, CSV) from MLflow runs")
     table.add_argument("--protocol", help="experiment to read (default: the most recent with finished runs)")
-    table.add_argument("--table", help="table1..table5, perclass, lodo, fair (methods x backbones), all, or sweep (accuracy against swept "
+    table.add_argument("--table", help="table1..table5, perclass, lodo, fair (methods x backbones), recipes (methods x DG recipes), all, or sweep (accuracy against swept "
                        "values, the paper's Fig. 3; default table1, lodo for a leave-one-domain-out protocol)")
     table.add_argument("--out", help="write here (with --table all: one file per table beside it) plus the figures")
     table.add_argument("--format", choices=["md", "latex", "csv"], default="md")

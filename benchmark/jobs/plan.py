@@ -174,6 +174,11 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
             for seed in protocol.seeds:
                 recipe = variant.recipe_for(source, seed, method)
                 _check_recipe_fits(recipe, backbone)
+                _check_method_takes(recipe, method, entry.cls.trained_by_loop)
+                if recipe.swad and recipe.val_fraction <= 0 and not all(plan.has_split(part, "val")
+                                                                         for part in source_parts(source)):
+                    raise BenchmarkError(f"recipe.swad: {method} on {source} has no validation split to find SWAD's "
+                                         "loss valley on; set recipe.val_fraction (e.g. 0.2, upstream's hold-out)")
                 prints = dict(test_prints)
                 for part in source_parts(source):  # one dataset, or each of a multi-source job's
                     prints[f"{part}:train"] = plan.samples(part, "train").fingerprint
@@ -209,6 +214,18 @@ def _check_recipe_fits(recipe: Recipe, backbone: BackboneSpec) -> None:
     if recipe.grad_checkpointing and not backbone.name.startswith(("timm:", "openclip:")):
         raise BenchmarkError(f"recipe.grad_checkpointing: backbone {backbone.id} offers none (timm and open_clip "
                              "backbones do)")
+
+
+def _check_method_takes(recipe: Recipe, method: str, trained_by_loop: bool) -> None:
+    """The loop's options (fine-tuning, SWAD, SAM, MixStyle) refused for a method the shared loop
+    does not train (zero-shot CLIP, a scikit-learn probe), naming each option set."""
+    if trained_by_loop:
+        return
+    defaults = Recipe()
+    options = [k for k in Recipe.ONE_MODEL_ONLY if getattr(recipe, k) != getattr(defaults, k)]
+    if options:
+        raise BenchmarkError(f"method {method} is not trained by the shared loop, so it cannot take "
+                             f"{', '.join('recipe.' + k for k in options)}")
 
 
 def plan_from(protocol: Protocol, data_root: str | Path | None, dataset_paths: dict[str, str] | None) -> DataPlan:

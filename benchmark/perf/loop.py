@@ -40,6 +40,14 @@ LOOP_VARIANTS = {
     "default": {},
     "cudnn_benchmark": {"cudnn_benchmark": True},
 }
+# The domain-generalization recipes at their usual settings (`benchmark perf --recipes`): what
+# each costs per epoch against "default". SWAD reads its validation loss on synth5/studio's val
+# split (at the loop's scale) every recipe.swad_eval_steps steps, its default.
+RECIPE_VARIANTS = {
+    "sam": {"sam_rho": 0.05},
+    "mixstyle": {"mixstyle": "1,2,3"},
+    "swad": {"swad": True},
+}
 COMPILED_VARIANTS = {
     "compiled": {"compile": True},
     "compiled_cuda_graphs": {"compile": True, "compile_mode": "reduce-overhead"},
@@ -124,7 +132,13 @@ def timed_fit(spec: LoopSpec, encoder=None, barrier=None) -> dict:
         if any(errors):
             raise next(e for e in errors if e is not None)
     else:
-        build_method(spec.method, components=components).fit(data, recipe=spec.recipe(), device=device, log=log)
+        recipe = spec.recipe()
+    validation = None
+    if recipe.swad:  # SWAD reads a validation split's loss: synth5/studio's own
+        validation = decode_split(DATASETS.get("synth5/studio").load(None, "val", scale=spec.scale), spec.size,
+                                  cache_dir=Path(spec.cache_dir))
+    build_method(spec.method, components=components).fit(data, recipe=recipe, device=device, log=log,
+                                                         **({"validation": validation} if validation else {}))
     images = spec.steps * spec.batch_size * spec.fuse
     return {"images_per_s": images / log.epoch_seconds[-1], "epoch_s": log.epoch_seconds[-1],
             "warmup_epoch_s": log.epoch_seconds[0], "images": images,

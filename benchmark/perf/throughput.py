@@ -69,6 +69,7 @@ class PerfConfig:
     loop_steps: int = 100
     variant_methods: list[str] = field(default_factory=lambda: ["cafe"])
     compile: bool = False
+    recipes: bool = False  # also time the DG recipes (SAM, MixStyle, SWAD) as loop variants
     pack: list[int] = field(default_factory=list)
     pack_method: str = "cafe"
     pack_variants: list[str] = field(default_factory=lambda: ["default"])  # names in benchmark.perf.loop.LOOP_VARIANTS
@@ -275,7 +276,7 @@ def time_loop(config: PerfConfig, encoder, device: torch.device, work: Path) -> 
     default recipe and the per-sample path through the same loop (unless `loop_only`); the
     variants of `variant_methods`; `pack` processes at once for each of `pack_variants`.
     A variant that fails is recorded with its error; the others still run."""
-    from .loop import COMPILED_VARIANTS, LOOP_VARIANTS, LoopSpec, packed_throughput, timed_fit
+    from .loop import COMPILED_VARIANTS, LOOP_VARIANTS, RECIPE_VARIANTS, LoopSpec, packed_throughput, timed_fit
 
     def spec(method: str, precision: str, fuse: int = 1, **changes) -> LoopSpec:
         return LoopSpec(method, config.encoder, config.backbone, config.size, config.batch_size, config.loop_steps,
@@ -298,7 +299,8 @@ def time_loop(config: PerfConfig, encoder, device: torch.device, work: Path) -> 
         for p in config.precisions:
             row[p]["speedup_vs_per_sample"] = row[p]["images_per_s"] / row["per_sample"]["images_per_s"]
         out["methods"][method] = row
-    variants = {**LOOP_VARIANTS, **(COMPILED_VARIANTS if config.compile else {})}
+    variants = {**LOOP_VARIANTS, **(COMPILED_VARIANTS if config.compile else {}),
+                **(RECIPE_VARIANTS if config.recipes else {})}
     for method in config.variant_methods:
         out["variants"][method] = {v: attempt(spec(method, config.precisions[0], **changes))
                                    for v, changes in variants.items()}
@@ -440,9 +442,13 @@ def format_loop(report: dict) -> list[str]:
             if "error" in r:
                 rows.append([method, f"variant: {variant}", f"FAILED: {r['error'][:150]}", "", ""])
                 continue
-            rows.append([method, f"variant: {variant}", f"{r['images_per_s']:.1f}", f"{r['warmup_epoch_s']:.2f}", ""])
+            base = variants.get("default", {})
+            cost = (f"{r['epoch_s'] / base['epoch_s']:.2f}x default's epoch"
+                    if variant != "default" and "epoch_s" in base else "")
+            rows.append([method, f"variant: {variant}", f"{r['images_per_s']:.1f}", f"{r['warmup_epoch_s']:.2f}", cost])
     lines = ["training loop (trainer.fit, timed second epoch; no synchronisation but the trainer's own)",
-             tabulate(rows, headers=["method", "path / precision", "img/s", "warm-up epoch s", "vs per-sample"]), ""]
+             tabulate(rows, headers=["method", "path / precision", "img/s", "warm-up epoch s", "vs per-sample / cost"]),
+             ""]
     fuse_rows = []
     for r in loop.get("fuse", []):
         alone = next((o for o in loop["fuse"] if o["method"] == r["method"] and o["precision"] == r["precision"]

@@ -406,6 +406,12 @@ def _p(g: GroupSummary) -> str:
     return f"{g.p_value:.3g}" + ("" if g.p_exact else " (drawn)")
 
 
+def group_text(g: GroupSummary) -> str:
+    """One group's result in a line: "unseen +1.23 [-0.40, +2.86] points, p = 0.125"."""
+    interval = "" if g.diff_ci is None else f" {_interval(g.diff_ci)}"
+    return f"{g.group} {_pct(g.mean_diff)}{interval} points, p = {_p(g)}"
+
+
 def power_text(g: GroupSummary, mde: float | None = None) -> str:
     """What the seeds can show: the variance components, the detectable difference, and (for a
     requested `mde`) the seeds per source it needs."""

@@ -32,7 +32,7 @@ from ..core.sources import held_out, parts as source_parts, seen_mask
 MISSING = "–"
 TIED = "†"  # not distinguishable from the column's best (see ties)
 
-LAYOUT_KINDS = ("per_source", "single_source", "backbones", "perclass", "leave_one_out", "fair")
+LAYOUT_KINDS = ("per_source", "single_source", "backbones", "perclass", "leave_one_out", "fair", "recipes")
 
 
 @dataclass(frozen=True)
@@ -331,12 +331,31 @@ def backbones_table(layout: TableLayout, acc: pd.DataFrame, source: str, dataset
     return table
 
 
+def _unseen_and_in_domain(acc: pd.DataFrame, part: pd.Series, seen: pd.Series, sources: list[str]) -> tuple[list[Cell], bool]:
+    """Two cells for the rows `part` of `acc`: the mean accuracy on unseen targets and in-domain.
+    Per seed: the mean over every source's job (each job's targets averaged first); then mean and
+    95% interval over seeds. And whether a source was missing (the cell is then partial)."""
+    cells, missing = [], False
+    for where in (part & ~seen, part & seen):
+        sub = acc[where]
+        per_job = sub.groupby(["seed", "source"])["value"].mean()
+        per_seed = per_job.groupby(level="seed").mean()
+        if per_seed.empty:
+            cells.append(Cell(None))
+            missing = True
+            continue
+        partial = bool((per_job.groupby(level="seed").size() < len(sources)).any())
+        missing |= partial
+        cells.append(Cell(per_seed.mean(), per_seed.std(ddof=1) if len(per_seed) > 1 else None, len(per_seed),
+                          partial=partial, by_seed=per_seed.to_dict(), collapsed=bool(sub["collapsed"].any())))
+    return cells, missing
+
+
 def fair_table(layout: TableLayout, acc: pd.DataFrame, sources: list[str], datasets: list[str],
                methods: list[str]) -> Table:
     """Better method or better pretraining: a row per method, for each backbone its mean accuracy on
-    the targets each job did not train on and on its own test set. Per seed: the mean over every
-    source's job (each job's unseen targets averaged first); then mean and 95% interval over seeds,
-    bold and ties per column as in every table, so each backbone's best method stands out."""
+    the targets each job did not train on and on its own test set (`_unseen_and_in_domain`), bold
+    and ties per column as in every table, so each backbone's best method stands out."""
     acc = acc[acc["source"].isin(sources) & acc["target"].isin(datasets)]
     seen = seen_mask(acc)
     backbones = sorted(acc["backbone"].unique())
@@ -344,22 +363,67 @@ def fair_table(layout: TableLayout, acc: pd.DataFrame, sources: list[str], datas
     for method in methods:
         cells = []
         for backbone in backbones:
-            part = acc["method"].eq(method) & acc["backbone"].eq(backbone)
-            for where in (part & ~seen, part & seen):
-                sub = acc[where]
-                per_job = sub.groupby(["seed", "source"])["value"].mean()
-                per_seed = per_job.groupby(level="seed").mean()
-                if per_seed.empty:
-                    cells.append(Cell(None))
-                    missing = True
-                    continue
-                partial = bool((per_job.groupby(level="seed").size() < len(sources)).any())
-                missing |= partial
-                cells.append(Cell(per_seed.mean(), per_seed.std(ddof=1) if len(per_seed) > 1 else None, len(per_seed),
-                                  partial=partial, by_seed=per_seed.to_dict(), collapsed=bool(sub["collapsed"].any())))
+            found, absent = _unseen_and_in_domain(acc, acc["method"].eq(method) & acc["backbone"].eq(backbone), seen,
+                                                  sources)
+            cells += found
+            missing |= absent
         rows.append((method, cells))
     columns = [f"{backbone} {kind}" for backbone in backbones for kind in ("unseen", "in-domain")]
     table = Table(layout.title.format(n=len(sources)), columns, rows, bold=layout.bold)
+    if missing:
+        table.notes.append(f"{MISSING}: no FINISHED run; * mean over the sources that have one")
+    return table
+
+
+def split_recipe(label: str) -> tuple[str, str]:
+    """("erm", "sam+swad") from a results method label "erm+sam+swad" (benchmark.store.base.method_label);
+    ("erm", "") without a recipe."""
+    method, _, recipe = label.partition("+")
+    return method, recipe
+
+
+def recipes_table(layout: TableLayout, results: pd.DataFrame, metric: str, sources: list[str],
+                  datasets: list[str], methods: list[str]) -> Table:
+    """Methods x domain-generalization recipes: a row per method, for each recipe it wore (none,
+    SWAD, SAM, ASAM, MixStyle, and any combination run) its mean accuracy on unseen targets and
+    in-domain (as the fair table), and in the notes the paired comparison (`benchmark compare`)
+    of each recipe against none for the same method."""
+    from . import compare as comparisons
+    from ..store.schema import DG_RECIPES
+
+    acc = results[(results["metric"] == metric) & results["source"].isin(sources) & results["target"].isin(datasets)]
+    if acc.empty:
+        raise BenchmarkError("no results to build the recipes table from")
+    seen = seen_mask(acc)
+    split = acc["method"].map(split_recipe)
+    base, recipe = split.str[0], split.str[1]
+    rank = {name: k for k, name in enumerate(("", *DG_RECIPES))}
+    recipes = sorted(recipe.unique(), key=lambda r: (r.count("+"), rank.get(r, len(rank)), r))
+    order = list(dict.fromkeys(split_recipe(m)[0] for m in methods))
+    rows, missing, notes = [], False, []
+    for method in order:
+        cells = []
+        for name in recipes:
+            found, absent = _unseen_and_in_domain(acc, base.eq(method) & recipe.eq(name), seen, sources)
+            cells += found
+            missing |= absent
+        rows.append((method, cells))
+        for name in recipes:
+            if not name or not ((base == method) & (recipe == name)).any() or not ((base == method) & (recipe == "")).any():
+                continue
+            try:
+                comparison = comparisons.compare(results, f"{method}+{name}", method, metric)
+            except BenchmarkError as exc:
+                notes.append(f"{method}+{name} vs {method}: {exc}")
+                continue
+            notes.append(f"{method}+{name} − {method} ({comparison.groups[0].units} (source, seed) units): "
+                         + "; ".join(comparisons.group_text(g) for g in comparison.groups))
+    columns = [f"{name or 'none'} {kind}" for name in recipes for kind in ("unseen", "in-domain")]
+    table = Table(layout.title.format(n=len(sources)), columns, rows, bold=layout.bold)
+    if notes:
+        table.notes.append("Each recipe against none, paired over the cells both have (benchmark compare: "
+                           "mean difference, 95% unit-bootstrap interval, sign-flip p):")
+        table.notes += notes
     if missing:
         table.notes.append(f"{MISSING}: no FINISHED run; * mean over the sources that have one")
     return table
@@ -528,6 +592,8 @@ def _build(name: str, results: pd.DataFrame, metric: str, sources: list[str], da
         return per_source_tables(layout, acc, sources, datasets, methods)
     if layout.kind == "fair":
         return [fair_table(layout, acc, sources, datasets, methods)]
+    if layout.kind == "recipes":
+        return [recipes_table(layout, results, metric, sources, datasets, methods)]
     # The layout's source when the protocol trains on it, else the protocol's first source.
     source = layout.source if layout.source in sources else sources[0]
     if layout.kind == "backbones":

@@ -242,9 +242,12 @@ def _train_group(claimed: list[_Prepared], ctx: RunContext) -> None:
         if len(group) == 1:
             p = group[0]
             try:
-                resumable = ctx.resume_dir is not None and "resume" in inspect.signature(p.method.fit).parameters
+                takes = inspect.signature(p.method.fit).parameters
+                extra = {"resume": _resume_point(p, ctx)} if ctx.resume_dir is not None and "resume" in takes else {}
+                if "validation" in takes:  # the source's validation split (SWAD reads its loss there)
+                    extra["validation"] = p.evaluator.val
                 p.method.fit(p.train, recipe=p.job.recipe, device=device, log=p.log, epoch_end=p.evaluator.epoch_end,
-                             **({"resume": _resume_point(p, ctx)} if resumable else {}))
+                             **extra)
             except Exception as exc:  # noqa: BLE001
                 _fail(p, exc)
                 continue

@@ -304,7 +304,7 @@ class ResultStore(abc.ABC):
         names = {**{schema.safe_name(d): d for d in schema.datasets_read(run.params)}, **known}
         env = signature({k: run.params.get(k) for k in SIGNATURE_KEYS})
         swept = {k[len(schema.SWEEP_PREFIX):]: v for k, v in run.tags.items() if k.startswith(schema.SWEEP_PREFIX)}
-        return [run.tags[schema.METHOD], run.params.get(schema.BACKBONE, ""), run.tags[schema.SOURCE],
+        return [method_label(run), run.params.get(schema.BACKBONE, ""), run.tags[schema.SOURCE],
                 int(run.tags[schema.SEED])], {"names": names, "env": env, "sweep": schema.sweep_label(swept),
                                                "collapsed": bool(run.tags.get(schema.COLLAPSED))}
 
@@ -371,6 +371,13 @@ class ResultStore(abc.ABC):
                  .drop_duplicates(["job_hash", "target", "metric", "epoch"], keep="last").reset_index(drop=True))
         frame.attrs["warnings"] = warnings
         return frame
+
+
+def method_label(run: RunRecord) -> str:
+    """The method as tables name it: with the domain-generalization recipes its job wore
+    ("erm+swad", "cafe+sam"), so a method with and without one are two rows, compared as two methods."""
+    label = schema.dg_label_of({k.removeprefix("recipe."): v for k, v in run.params.items() if k.startswith("recipe.")})
+    return f"{run.tags[schema.METHOD]}+{label}" if label else run.tags[schema.METHOD]
 
 
 def backbone_labels(ids: pd.Series) -> pd.Series:

@@ -93,3 +93,19 @@ def job_run_name(method: str, source: str, seed: int) -> str:
 def sweep_label(values: dict) -> str:
     """How a sweep point is written in tags, tables and figures: "name=value, ..." by the last key part."""
     return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(values.items()))
+
+
+DG_RECIPES = ("swad", "sam", "asam", "mixstyle")  # the order their names join in a label
+
+
+def dg_label_of(values: dict) -> str:
+    """"swad", "sam", "asam", "mixstyle" joined by "+" for those `values` turns on: a recipe's
+    fields, or a run's logged `recipe.*` params as strings (runs logged before a field existed
+    lack it: off)."""
+    def on(key: str) -> bool:
+        value = values.get(key, "")
+        return str(value).strip().lower() not in ("", "0", "0.0", "false", "none")
+
+    names = {"swad": on("swad"), "sam": on("sam_rho") and not on("sam_adaptive"),
+             "asam": on("sam_rho") and on("sam_adaptive"), "mixstyle": on("mixstyle")}
+    return "+".join(name for name in DG_RECIPES if names[name])

@@ -158,6 +158,9 @@ class Method(abc.ABC):
     # The frozen encoder the method needs when it is not the protocol's (OFER: its MAE), as an
     # encoder id; a protocol's [encoders.<method>] table may still name another id or a path.
     default_encoder: ClassVar[str | None] = None
+    # Whether the shared training loop trains it (TrainedMethod): only then can it wear the
+    # recipe's loop options (fine-tuning options, SWAD, SAM, MixStyle); others are refused them.
+    trained_by_loop: ClassVar[bool] = False
 
     def __init__(self, hparams: Any, components: Components, name: str = ""):
         self.hparams = hparams

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..core.errors import BenchmarkError
+from ..store.schema import dg_label_of
 
 PRECISIONS = ("auto", "fp32", "bf16")
 DATA_PATHS = ("cache", "per_sample")
@@ -68,6 +69,17 @@ class Recipe:
     mixstyle: str = ""  # MixStyle after these stages past the stem, e.g. "1,2,3" (ResNet's layer1-3); "" off
     mixstyle_p: float = 0.5
     mixstyle_alpha: float = 0.1
+    # SWAD (benchmark.training.recipes.swad): weights averaged over the loss valley found on the
+    # source's validation split, evaluated every swad_eval_steps optimiser steps; upstream's
+    # LossValley windows and ratio, its BN handling (no recomputation: swad_bn_batches = 0) and its
+    # quirks (swad_quirks = False: every segment of the valley counted once).
+    swad: bool = False
+    swad_eval_steps: int = 100
+    swad_n_converge: int = 3
+    swad_n_tolerance: int = 6
+    swad_tolerance_ratio: float = 0.3
+    swad_bn_batches: int = 0
+    swad_quirks: bool = True
 
     # Fields that change how fast a job runs, never what it computes (left out of the job hash).
     EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("progress", "prefetch", "data_on_device", "sync_every", "eval_every",
@@ -77,18 +89,25 @@ class Recipe:
     HASHED_WHEN_CHANGED: ClassVar[tuple[str, ...]] = ("compile_mode", "adam_impl", "cudnn_benchmark", "val_fraction",
                                                       "optimizer", "schedule", "warmup_steps", "backbone_lr_scale",
                                                       "no_decay_norms", "grad_clip_norm", "sam_rho", "sam_adaptive",
-                                                      "mixstyle", "mixstyle_p", "mixstyle_alpha")
+                                                      "mixstyle", "mixstyle_p", "mixstyle_alpha", "swad", "swad_eval_steps",
+                                                      "swad_n_converge", "swad_n_tolerance", "swad_tolerance_ratio",
+                                                      "swad_bn_batches", "swad_quirks")
 
     # Fields that act on one model's parameter groups, steps or modules (fine-tuning options, SAM,
     # MixStyle): jobs that set any of them train alone, never in a fused group.
     ONE_MODEL_ONLY: ClassVar[tuple[str, ...]] = ("optimizer", "schedule", "warmup_steps", "backbone_lr_scale",
                                                  "no_decay_norms", "grad_clip_norm", "grad_checkpointing",
-                                                 "sam_rho", "sam_adaptive", "mixstyle")
+                                                 "sam_rho", "sam_adaptive", "mixstyle", "swad")
 
     def trains_alone(self) -> bool:
         """Whether a field of ONE_MODEL_ONLY is set away from its default."""
         defaults = Recipe()
         return any(getattr(self, k) != getattr(defaults, k) for k in self.ONE_MODEL_ONLY)
+
+    def dg_label(self) -> str:
+        """The domain-generalization recipes this recipe wears, as tables name them ("sam+swad";
+        "" for none): see `dg_label_of`."""
+        return dg_label_of({k: getattr(self, k) for k in ("swad", "sam_rho", "sam_adaptive", "mixstyle")})
 
     def identity(self) -> dict:
         """The recipe's part of a job's identity (benchmark.jobs.plan)."""
@@ -123,6 +142,12 @@ class Recipe:
         if not 0 <= self.mixstyle_p <= 1 or self.mixstyle_alpha <= 0:
             raise BenchmarkError(f"recipe.mixstyle_p = {self.mixstyle_p}, mixstyle_alpha = {self.mixstyle_alpha}: "
                                  "p must be in [0, 1] and alpha positive")
+        if self.swad_eval_steps < 1 or self.swad_n_converge < 1 or self.swad_n_tolerance < 1 or self.swad_bn_batches < 0:
+            raise BenchmarkError(f"recipe.swad_eval_steps = {self.swad_eval_steps}, swad_n_converge = "
+                                 f"{self.swad_n_converge}, swad_n_tolerance = {self.swad_n_tolerance}: each must be 1 "
+                                 f"or more; swad_bn_batches = {self.swad_bn_batches}: 0 (keep) or more")
+        if self.swad_tolerance_ratio < 0:
+            raise BenchmarkError(f"recipe.swad_tolerance_ratio = {self.swad_tolerance_ratio}; must be 0 or more")
         if self.grad_clip_norm < 0:
             raise BenchmarkError(f"recipe.grad_clip_norm = {self.grad_clip_norm}; must be 0 (off) or positive")
         if self.adam_impl not in ADAM_IMPLS:
@@ -154,3 +179,4 @@ def mixstyle_stages(text: str) -> list[int]:
         raise BenchmarkError(f"recipe.mixstyle = {text!r}: expected stage numbers in increasing order, e.g. "
                              "\"1,2,3\" (after ResNet's layer1, layer2, layer3) or \"1,2\"")
     return stages
+

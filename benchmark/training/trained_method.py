@@ -60,6 +60,7 @@ class TrainedMethod(Method):
 
     augment_spec: ClassVar[AugmentSpec] = PAPER
     eval_batch_size: ClassVar[int] = 128
+    trained_by_loop: ClassVar[bool] = True
 
     def __init__(self, hparams: Any, components: Components, name: str = ""):
         super().__init__(hparams, components, name)
@@ -145,9 +146,11 @@ class TrainedMethod(Method):
         self.model.train(training)
 
     def fit(self, train_data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
-            epoch_end: EpochEnd | None = None, resume: EpochCheckpoint | None = None) -> None:
+            epoch_end: EpochEnd | None = None, resume: EpochCheckpoint | None = None,
+            validation: DecodedSplit | None = None) -> None:
         with self.training_features(train_data, recipe, device):
-            train_loop(self, train_data, recipe=recipe, device=device, log=log, epoch_end=epoch_end, resume=resume)
+            train_loop(self, train_data, recipe=recipe, device=device, log=log, epoch_end=epoch_end, resume=resume,
+                       validation=validation)
 
     def training_state(self) -> dict[str, Any]:
         """What the next epoch needs of the method (benchmark.training.resume): its modules and

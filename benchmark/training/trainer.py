@@ -31,6 +31,7 @@ from .prefetch import prefetched
 from .recipe import Recipe
 from .recipes import mixstyle
 from .recipes.sam import SharpnessAware, running_stats_frozen
+from .recipes.swad import LossValley, Swad, recompute_bn, valley_figure
 from .resume import EpochCheckpoint, random_state, set_random_state
 
 
@@ -251,11 +252,14 @@ class StepMonitor:
 
 
 def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
-        epoch_end: EpochEnd | None = None, resume: EpochCheckpoint | None = None) -> None:
+        epoch_end: EpochEnd | None = None, resume: EpochCheckpoint | None = None,
+        validation: DecodedSplit | None = None) -> None:
     """Train `method` on `data` for `recipe.epochs` epochs, calling `epoch_end(epoch)` after every
     `recipe.eval_every`-th epoch and after the last (the runner evaluates there). With `resume`,
     the state after each epoch but the last is saved there, and training goes on from the epoch
-    after the one an earlier try saved (benchmark.training.resume)."""
+    after the one an earlier try saved (benchmark.training.resume). `validation`: the source's
+    validation split, which SWAD (recipe.swad) reads its loss on; SWAD may end training early,
+    and the model evaluated after the last epoch is then its average."""
     seed_everything(recipe.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = recipe.cudnn_benchmark  # process-wide: jobs in a process run one by one
@@ -272,6 +276,13 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
     optimizer, scheduler = optimizer_for(method.param_groups(), settings, recipe, device, model, total_steps)
     per_step = steps_per_step(recipe)
     sam = SharpnessAware(optimizer, recipe.sam_rho, recipe.sam_adaptive) if recipe.sam_rho else None
+    swad = None
+    if recipe.swad:
+        if validation is None:
+            raise BenchmarkError(f"{method.name}: recipe.swad finds its averaging window on the source's validation "
+                                 "split, and this job has none: set recipe.val_fraction (e.g. 0.2, upstream's hold-out)")
+        swad = Swad(model, recipe.swad_eval_steps, LossValley(recipe.swad_n_converge, recipe.swad_n_tolerance,
+                                                              recipe.swad_tolerance_ratio, recipe.swad_quirks))
     gen = torch.Generator(device="cpu").manual_seed(recipe.seed)
     aug_gen = torch.Generator(device=device).manual_seed(recipe.seed + 1)
     resident = resident_split(data, recipe, device)
@@ -292,8 +303,11 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
         set_random_state(saved["global_rng"])
         train_labels[:] = saved["train_labels"].numpy()
         step, first_epoch = int(saved["step"]), int(saved["epoch"]) + 1
+        if swad is not None:
+            swad.load_state_dict(saved["swad"])
         if bar is not None:
             bar.update(step)
+    stopped = False  # SWAD's loss valley ended before the last epoch
     for epoch in range(first_epoch, recipe.epochs + 1):
         method.train_mode(True)
         start = time.perf_counter()
@@ -319,6 +333,10 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
             if change is not None:
                 train_labels[change.rows] = change.labels
             monitor.add(step, loss, parts)
+            if swad is not None:
+                swad.after_step(step)
+                if swad.due(step):
+                    stopped = swad.end_segment(step, validation_loss(method, validation))
             step += 1
             if step % recipe.sync_every == 0:
                 monitor.check(method.name, epoch)
@@ -326,6 +344,8 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
                     bar.set_postfix(epoch=epoch, loss=f"{monitor.mean_loss():.3f}")
             if bar is not None:
                 bar.update(1)
+            if stopped:
+                break
         monitor.check(method.name, epoch)
         metrics = monitor.epoch_means()
         metrics["lr"] = optimizer.param_groups[0]["lr"]
@@ -333,16 +353,62 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
         metrics.update(method.epoch_metrics())
         if not per_step:
             scheduler.step()
+        last = epoch == recipe.epochs or stopped
+        if swad is not None and last:
+            metrics.update(_swad_model(swad, method, data, validation, recipe, execution, device, gen, aug_gen,
+                                       step, stopped, log))
         log.metrics(metrics, step=epoch)
-        if epoch_end is not None and evaluates_after(epoch, recipe):
+        if epoch_end is not None and (evaluates_after(epoch, recipe) or stopped):
             epoch_end(epoch)
-        if resume is not None and epoch < recipe.epochs:
+        if resume is not None and not last:
             resume.save({"epoch": epoch, "step": step, "method": method.training_state(),
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "order_rng": gen.get_state(), "augment_rng": aug_gen.get_state(),
-                         "global_rng": random_state(), "train_labels": torch.from_numpy(train_labels.copy())})
+                         "global_rng": random_state(), "train_labels": torch.from_numpy(train_labels.copy()),
+                         **({"swad": swad.state_dict()} if swad is not None else {})})
+        if stopped:
+            break
     if bar is not None:
         bar.close()
+
+
+def validation_loss(method: Trainable, validation: DecodedSplit) -> float:
+    """Mean cross-entropy of the model's probabilities on the validation split (SWAD's signal)."""
+    from sklearn.metrics import log_loss
+
+    probs = method.predict(validation)
+    return float(log_loss(validation.labels, probs, labels=list(range(probs.shape[1]))))
+
+
+def _swad_model(swad: Swad, method: Trainable, data: DecodedSplit, validation: DecodedSplit, recipe: Recipe,
+                execution: Execution, device: torch.device, gen: torch.Generator, aug_gen: torch.Generator,
+                step: int, stopped: bool, log: RunLog) -> dict[str, float]:
+    """Put SWAD's averaged weights into the method's model at the end of training: the segment
+    still open closes first (its loss taken now), BatchNorm statistics are recomputed when
+    `recipe.swad_bn_batches` asks; the summary metrics, and a figure of the valley."""
+    if not stopped and swad.segment.n_averaged:
+        swad.end_segment(step - 1, validation_loss(method, validation))
+    final = swad.apply()
+    if recipe.swad_bn_batches:
+        def batches():
+            drawn = 0
+            while True:
+                order = np.fromiter(epoch_sampler(data.labels, recipe, gen, data.domains), dtype=np.int64)
+                for index, x, flips in epoch_batches(method, data, order, recipe, device, gen, aug_gen):
+                    if drawn == recipe.swad_bn_batches:
+                        return
+                    drawn += 1
+                    yield Batch(execution.layout(x), to_device_batch(data.labels[index], device), index, flips,
+                                None if data.domains is None else to_device_batch(data.domains[index], device))
+
+        def forward(batch: Batch) -> None:
+            with execution.autocast():
+                method.training_step(method.with_extras(batch))
+
+        recompute_bn(swad.model, batches(), forward)
+    summary = swad.summary(final)
+    log.figure("swad_valley.png", valley_figure(swad.trace, swad.valley, final))
+    return summary
 
 
 def evaluates_after(epoch: int, recipe: Recipe) -> bool:
