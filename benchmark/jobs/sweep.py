@@ -12,6 +12,10 @@
     "hparams.cafe.div_weight" = { uniform = [0.5, 50] }
     "hparams.cafe.div_norm" = { choice = ["code", "paper"] }
 
+    [sweep]                                       listed points: each one as written ({} is the
+    points = [{}, { "recipe.swad" = true },       protocol itself), e.g. a method with and without
+              { "recipe.sam_rho" = 0.05 }]        each domain-generalization recipe
+
 Keys are `hparams.<method>.<name>` or `recipe.<name>`; `benchmark run --sweep KEY=v1,v2` adds a
 grid key. Each point is applied to the protocol like `--set`, so swept values are in the job
 hash through the hyperparameters or recipe they change; jobs are tagged `sweep.<key>` with the
@@ -35,11 +39,21 @@ class Sweep:
     random: int = 0
     seed: int = 0
     ranges: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    listed: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def parse(cls, table: dict[str, Any], where: str) -> "Sweep":
         table = dict(table)
         random, seed, ranges = table.pop("random", 0), table.pop("seed", 0), table.pop("ranges", {})
+        listed = table.pop("points", [])
+        if not isinstance(listed, list) or not all(isinstance(p, dict) for p in listed):
+            raise BenchmarkError(f"{where}: sweep.points: expected a list of tables, e.g. "
+                                 "[{}, { \"recipe.swad\" = true }]")
+        for point in listed:
+            for key in point:
+                check_key(key, f"{where}: sweep.points")
+        if listed and (table or random):
+            raise BenchmarkError(f"{where}: sweep: give listed points, grid values or `random`, one of them")
         for key, values in table.items():
             check_key(key, f"{where}: sweep")
             if not isinstance(values, list) or not values:
@@ -59,16 +73,19 @@ class Sweep:
             if kind != "choice" and (len(args) != 2 or not args[0] < args[1] or (kind == "log_uniform" and args[0] <= 0)):
                 raise BenchmarkError(f"{where}: sweep.ranges.{key!r}: {kind} needs [low, high] with "
                                      f"{'0 < ' if kind == 'log_uniform' else ''}low < high")
-        return cls(table, random, seed, ranges)
+        return cls(table, random, seed, ranges, tuple(listed))
 
     def with_grid(self, key: str, values: list[Any]) -> "Sweep":
         check_key(key, "--sweep")
-        if self.random:
-            raise BenchmarkError(f"--sweep {key}: the protocol's sweep is a random search; a grid key cannot join it")
+        if self.random or self.listed:
+            raise BenchmarkError(f"--sweep {key}: the protocol's sweep is a random search or a list of points; "
+                                 "a grid key cannot join it")
         return Sweep({**self.grid, key: values}, self.random, self.seed, self.ranges)
 
     def points(self) -> list[dict[str, Any]]:
         """Every point: dotted key -> value ([{}] without a sweep)."""
+        if self.listed:
+            return [dict(p) for p in self.listed]
         if self.random:
             import numpy as np
 
@@ -91,6 +108,8 @@ class Sweep:
 
     @property
     def keys(self) -> list[str]:
+        if self.listed:
+            return sorted({k for p in self.listed for k in p})
         return sorted(self.ranges if self.random else self.grid)
 
 
