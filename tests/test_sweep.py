@@ -42,7 +42,26 @@ def test_a_random_search_is_seeded_and_inside_its_ranges():
                for p in first)
 
 
+def test_listed_points_are_taken_as_written_and_the_recipes_protocol_expands_them():
+    sweep = Sweep.parse({"points": [{}, {"recipe.swad": True, "recipe.swad_eval_steps": 3}, {"recipe.sam_rho": 0.05}]},
+                        "p")
+    assert sweep.points() == [{}, {"recipe.swad": True, "recipe.swad_eval_steps": 3}, {"recipe.sam_rho": 0.05}]
+    assert sweep.keys == ["recipe.sam_rho", "recipe.swad", "recipe.swad_eval_steps"]
+    with pytest.raises(BenchmarkError, match="cannot join"):
+        sweep.with_grid("recipe.epochs", [1, 2])
+    protocol = load_protocol("synth5_recipes", {"seeds": "[0]", "sources": '["synth5/studio"]'})
+    jobs = expand(protocol, ["erm", "cafe"], plan_from(protocol, None, None))
+    assert len(jobs) == 8 and len({j.hash for j in jobs}) == 8
+    assert sorted(j.recipe.dg_label() for j in jobs if j.method == "erm") == ["", "mixstyle", "sam", "swad"]
+    plain = load_protocol("synth5", {"seeds": "[0]", "sources": '["synth5/studio"]'})
+    (erm,) = expand(plain, ["erm"], plan_from(plain, None, None))
+    assert erm.identity["recipe"] == next(j for j in jobs if j.method == "erm" and not j.sweep).identity["recipe"]
+
+
 @pytest.mark.parametrize("table, message", [
+    ({"points": [{}], "hparams.cafe.lr": [1]}, "one of them"),
+    ({"points": [{"epochs": 2}]}, "a swept key is hparams.<method>.<name>"),
+    ({"points": {"recipe.swad": True}}, "expected a list of tables"),
     ({"hparams.cafe": [1]}, "a swept key is hparams.<method>.<name>"),
     ({"hparams.cafe.sep_weight": []}, "non-empty list"),
     ({"random": 3}, "needs \\[sweep.ranges\\]"),
