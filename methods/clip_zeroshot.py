@@ -16,12 +16,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from benchmark.api import BenchmarkError, CLASSES, Execution, Method, register_method
-
-
-CLASS_WORDS = {"surprise": ("surprised",), "fear": ("fearful", "scared"), "disgust": ("disgusted",),
-               "happiness": ("happy", "smiling"), "sadness": ("sad",), "anger": ("angry",), "neutral": ("neutral",)}
-TEMPLATES = ("a photo of a {} face.", "a close-up photo of a {} person.", "a face that looks {}.")
+from benchmark.api import BenchmarkError, Execution, Method, register_method
+from benchmark.models.clip_text import TEMPLATES, NotApplicable, zero_shot_weights
 
 
 @dataclass
@@ -30,24 +26,12 @@ class ZeroShotHparams:
     logit_scale: float = 100.0
 
 
-class NotApplicable(BenchmarkError):
-    """The method cannot run with this encoder."""
-
-
-def class_embeddings(encode_text, tokenize, templates, device) -> torch.Tensor:
-    """(7, dim): per class, the normalised mean of its normalised prompt embeddings."""
-    rows = []
-    for name in CLASSES:
-        prompts = [t.format(word) for t in templates for word in CLASS_WORDS[name]]
-        emb = F.normalize(encode_text(tokenize(prompts).to(device)).float(), dim=-1)
-        rows.append(F.normalize(emb.mean(dim=0), dim=-1))
-    return torch.stack(rows)
-
-
 @register_method("clip_zeroshot", "zero-shot CLIP: averaged class prompts, cosine similarity (no training)")
 class ClipZeroShot(Method):
     Hparams = ZeroShotHparams
     needs_encoder = True
+
+    needs_text_tower = True
 
     def __init__(self, hparams, components, name=""):
         super().__init__(hparams, components, name)
@@ -58,13 +42,8 @@ class ClipZeroShot(Method):
 
     @torch.no_grad()
     def fit(self, train_data, *, recipe, device, log, epoch_end=None) -> None:
-        import open_clip
-
         self.place(device, Execution.resolve(device, recipe.precision))
-        encoder = self.placed_encoder()
-        model_name = encoder.id.split(":")[1]
-        self.text = class_embeddings(encoder.clip_model.encode_text, open_clip.get_tokenizer(model_name),
-                                     self.hparams.templates, device)
+        self.text = zero_shot_weights(self.placed_encoder(), self.hparams.templates, device)
         if epoch_end is not None:
             epoch_end(1)
 

@@ -13,7 +13,7 @@ from benchmark.models.encoders import EncoderSpec
 from benchmark.training.recipe import Recipe
 from benchmark.training.method import Batch, Components, MemoryLog
 from benchmark.training.plugins import build_method
-from methods.clip_zeroshot import NotApplicable, class_embeddings
+from benchmark.models.clip_text import NotApplicable, class_embeddings
 from methods.eac import attention_maps, consistency_loss
 from methods.rul import mix, mixing_weights
 from methods.scn import rank_regularisation, relabel

@@ -216,6 +216,23 @@ def _check_recipe_fits(recipe: Recipe, backbone: BackboneSpec) -> None:
                              "backbones do)")
 
 
+def not_applicable(protocol: Protocol, methods: list[str]) -> dict[str, str]:
+    """method -> why, for the methods that cannot run with the encoder the protocol gives them
+    (a text-tower method with a torchvision encoder): a grid skips them and says so."""
+    from ..models.clip_text import NotApplicable, require_text_tower
+    from ..training.plugins import load_plugins
+
+    registry, out = load_plugins(), {}
+    for method in methods:
+        cls = registry.get(method).cls
+        if cls.needs_text_tower:
+            try:
+                require_text_tower(method, protocol.encoder_for(method, cls.default_encoder))
+            except NotApplicable as exc:
+                out[method] = str(exc)
+    return out
+
+
 def _check_method_takes(recipe: Recipe, method: str, trained_by_loop: bool) -> None:
     """The loop's options (fine-tuning, SWAD, SAM, MixStyle) refused for a method the shared loop
     does not train (zero-shot CLIP, a scikit-learn probe), naming each option set."""

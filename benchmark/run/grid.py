@@ -9,7 +9,7 @@ from tabulate import tabulate
 
 from ..core.environment import default_threads
 from ..core.errors import BenchmarkError
-from ..jobs.plan import DataPlan, Job, expand
+from ..jobs.plan import DataPlan, Job, expand, not_applicable
 from ..jobs.protocol import Protocol
 from .executors import EXECUTORS, ExecutorOptions
 from .runner import JobResult, RunContext
@@ -117,6 +117,12 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: R
     if threads is None and executor == "slurm" and options.slurm is not None and options.slurm.cpus_per_task:
         threads = max(1, options.slurm.cpus_per_task // options.jobs_per_gpu)  # the compute node's, not this one's
     threads = threads or default_threads(jobs_at_once(executor, options, device))
+    skipped_methods = not_applicable(protocol, methods)
+    for method, why in skipped_methods.items():
+        print(f"[n/a] {why}; its jobs are skipped", flush=True)
+    methods = [m for m in methods if m not in skipped_methods]
+    if not methods:
+        raise BenchmarkError("no method of this grid is applicable: " + "; ".join(skipped_methods.values()))
     jobs = expand(protocol, methods, plan)
     experiment = store.experiment(protocol.name)
     states = store.job_states(jobs, experiment)
@@ -145,7 +151,8 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: R
     parent_log.params({"methods": ",".join(methods), "executor": executor, "jobs": len(jobs), "todo": len(todo),
                        "threads_per_job": threads, "jobs_per_gpu": options.jobs_per_gpu, "fuse": options.fuse,
                        "workers": options.workers or ""})
-    parent_log.text("protocol.json", json.dumps(protocol.to_dict(), indent=1, default=str))
+    parent_log.text("protocol.json", json.dumps({**protocol.to_dict(), "not_applicable": skipped_methods}, indent=1,
+                                                default=str))
     ctx = RunContext(store, experiment, parent_log.run_id, plan, device, threads,
                      **({} if system_metrics_s is None else {"system_metrics_s": system_metrics_s}))
     started = time.perf_counter()

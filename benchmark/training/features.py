@@ -17,12 +17,14 @@ import numpy as np
 import torch
 
 from .augment import normalize
+from .clip_input import CLIP_POLICY, to_clip_input, tower_size
 from ..data.cache import DecodedSplit
 from ..models.encoders import FrozenEncoder
 from .execution import to_device_batch
 from ..core.paths import cache_dir as default_cache_dir
 
 EVAL_TRANSFORM = "resize-bilinear+imagenet-norm"
+POLICIES = ("paper", "clip")  # the harness's input (CAFE's) or CLIP's own (benchmark.training.clip_input)
 
 
 class FeatureCache:
@@ -31,8 +33,8 @@ class FeatureCache:
         self.enabled = enabled
         self._memory: dict[Path, torch.Tensor] = {}  # features already loaded in this process
 
-    def path(self, encoder: FrozenEncoder, data: DecodedSplit, flipped: bool = False) -> Path:
-        transform = EVAL_TRANSFORM + ("+hflip" if flipped else "")
+    def path(self, encoder: FrozenEncoder, data: DecodedSplit, flipped: bool = False, policy: str = "paper") -> Path:
+        transform = (EVAL_TRANSFORM if policy == "paper" else CLIP_POLICY) + ("+hflip" if flipped else "")
         # The encoder's dtype is part of the key: fp16/bf16 features are not the fp32 ones.
         key = "|".join([encoder.id, encoder.weights_digest, data.fingerprint, str(data.size), transform,
                         str(encoder.dtype).removeprefix("torch.")])
@@ -44,17 +46,18 @@ class FeatureCache:
         self._memory.clear()
 
     def get(self, encoder: FrozenEncoder, data: DecodedSplit, device: torch.device, batch_size: int = 128,
-            flipped: bool = False) -> torch.Tensor:
-        """(N, dim) float32 features of every image of `data` (horizontally flipped if asked), on `device`."""
-        path = self.path(encoder, data, flipped)
+            flipped: bool = False, policy: str = "paper") -> torch.Tensor:
+        """(N, dim) float32 features of every image of `data` (horizontally flipped if asked), on
+        `device`, through the input `policy` ("paper", or "clip": CLIP's own preprocessing)."""
+        path = self.path(encoder, data, flipped, policy)
         if path in self._memory:
             return self._memory[path].to(device)
-        feats = self._load_or_compute(path, encoder, data, device, batch_size, flipped)
+        feats = self._load_or_compute(path, encoder, data, device, batch_size, flipped, policy)
         self._memory = {path: feats}  # keep one split: evaluation walks the splits one by one
         return feats
 
     def _load_or_compute(self, path: Path, encoder: FrozenEncoder, data: DecodedSplit, device: torch.device,
-                         batch_size: int, flipped: bool) -> torch.Tensor:
+                         batch_size: int, flipped: bool, policy: str) -> torch.Tensor:
         if self.enabled and path.is_file():
             try:
                 cached = np.load(path)
@@ -62,7 +65,7 @@ class FeatureCache:
                     return torch.from_numpy(cached).to(device)
             except (OSError, ValueError):
                 pass  # unreadable: recompute and overwrite
-        feats = encode_split(encoder, data, device, batch_size, flipped)
+        feats = encode_split(encoder, data, device, batch_size, flipped, policy)
         if self.enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
@@ -73,9 +76,11 @@ class FeatureCache:
 
 
 def encode_split(encoder: FrozenEncoder, data: DecodedSplit, device: torch.device, batch_size: int = 128,
-                 flipped: bool = False) -> torch.Tensor:
+                 flipped: bool = False, policy: str = "paper") -> torch.Tensor:
     out = []
     for start in range(0, len(data), batch_size):
         x = normalize(to_device_batch(data.read(slice(start, start + batch_size)), device))
+        if policy == "clip":
+            x = to_clip_input(x, tower_size(encoder.clip_model))
         out.append(encoder(x.flip(-1) if flipped else x))
     return torch.cat(out)

@@ -161,6 +161,9 @@ class Method(abc.ABC):
     # Whether the shared training loop trains it (TrainedMethod): only then can it wear the
     # recipe's loop options (fine-tuning options, SWAD, SAM, MixStyle); others are refused them.
     trained_by_loop: ClassVar[bool] = False
+    # Whether it reads CLIP's text tower (zero-shot heads, prompts): with an encoder that has none
+    # its jobs are not applicable, and a grid skips them before any work (jobs.plan.not_applicable).
+    needs_text_tower: ClassVar[bool] = False
 
     def __init__(self, hparams: Any, components: Components, name: str = ""):
         self.hparams = hparams
