@@ -2,4 +2,5 @@
 interface (benchmark.api). The harness loads this package through the `benchmark.methods`
 entry point, as it loads any outside package's methods."""
 
-from . import cafe, clip_ft, clip_probe, clip_zeroshot, eac, erm, ofer, rul, scn  # noqa: F401  (registration)
+from . import (cafe, clip_adapter, clip_ft, clip_probe, clip_zeroshot, eac, erm, ofer, rul, scn,  # noqa: F401
+               tip_adapter)  # (registration)

@@ -36,3 +36,19 @@ def tower_size(clip_model) -> tuple[int, int]:
     """The input size of an open_clip model's image tower."""
     size = clip_model.visual.image_size
     return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def random_resized_crop(x: torch.Tensor, size: tuple[int, int], scale: tuple[float, float]) -> torch.Tensor:
+    """torchvision's RandomResizedCrop (ratio 3/4-4/3, bicubic, antialiased), one box per sample,
+    drawn from torch's global generator as torchvision draws it, on an ImageNet-normalised batch;
+    returned in CLIP's normalisation at `size` (the CLIP methods' training transform)."""
+    from torchvision.transforms import RandomResizedCrop
+
+    x = x * channel_constants(IMAGENET_STD, x) + channel_constants(IMAGENET_MEAN, x)
+    out = []
+    for image in x:
+        top, left, height, width = RandomResizedCrop.get_params(image, list(scale), [3 / 4, 4 / 3])
+        crop = image[None, :, top:top + height, left:left + width]
+        out.append(F.interpolate(crop, size=size, mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1))
+    x = torch.cat(out)
+    return (x - channel_constants(CLIP_MEAN, x)) / channel_constants(CLIP_STD, x)

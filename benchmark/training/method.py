@@ -116,8 +116,11 @@ class Relabel:
 @dataclass(frozen=True)
 class OptimizerSettings:
     """What the shared loop's optimiser takes from a method: Adam (or SGD with momentum) with L2
-    weight decay, the learning rate multiplied by `lr_gamma` after every `lr_step` epochs
-    (ExponentialLR for 1, else StepLR)."""
+    weight decay, and its schedule, stepped once per epoch: "decay" multiplies the learning rate
+    by `lr_gamma` after every `lr_step` epochs (ExponentialLR for 1, else StepLR); "cosine" is
+    CosineAnnealingLR over the recipe's epochs (LP-FT's); "warmup_cosine_epochs" is Dassl's (CoOp,
+    CLIP-Adapter): the first epoch at the constant `warmup_lr`, then epoch e at
+    lr (1 + cos(pi (e - 1) / epochs)) / 2, which never reaches zero."""
 
     lr: float
     weight_decay: float
@@ -125,6 +128,8 @@ class OptimizerSettings:
     optimizer: str = "adam"  # "adam" or "sgd"
     momentum: float = 0.0  # SGD's
     lr_step: int = 1
+    schedule: str = "decay"  # "decay", "cosine" or "warmup_cosine_epochs"
+    warmup_lr: float = 1e-5  # warmup_cosine_epochs' first epoch
 
 
 @dataclass

@@ -212,9 +212,10 @@ class TrainedMethod(Method):
         flips = batch.flips.to(plain.device)[:, None]
         return torch.where(flips, mirrored[index], plain[index]).to(batch.images.device)
 
-    def cached_features(self, data: DecodedSplit, rows: slice) -> torch.Tensor:
-        """Eval features of rows of `data`, computed once per split and cached on disk."""
-        return self.components.features.get(self.placed_encoder(), data, self.device)[rows]
+    def cached_features(self, data: DecodedSplit, rows: slice, policy: str = "paper") -> torch.Tensor:
+        """Eval features of rows of `data`, computed once per split and cached on disk, through
+        the input `policy` ("paper", or "clip": CLIP's own preprocessing)."""
+        return self.components.features.get(self.placed_encoder(), data, self.device, policy=policy)[rows]
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "hparams": dataclasses.asdict(self.hparams),

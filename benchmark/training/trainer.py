@@ -115,6 +115,14 @@ def _schedule(optimizer: torch.optim.Optimizer, settings: OptimizerSettings, rec
               total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     if recipe.schedule == "warmup_cosine":
         return finetune.warmup_cosine(optimizer, recipe.warmup_steps, total_steps)
+    if settings.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs)
+    if settings.schedule == "warmup_cosine_epochs":
+        epochs, warm = recipe.epochs, settings.warmup_lr / settings.lr
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: warm if e == 0 else 0.5 * (1 + math.cos(math.pi * (e - 1) / epochs)))
+    if settings.schedule != "decay":
+        raise BenchmarkError(f"schedule {settings.schedule!r}: expected decay, cosine or warmup_cosine_epochs")
     if settings.lr_step > 1:
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
     return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_gamma)
