@@ -78,7 +78,7 @@ def test_gradients_are_clipped_to_the_norm():
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     torch.nn.functional.cross_entropy(method.logits(x, None, None), y).mul(1e4).backward()
     optimizer = torch.optim.SGD(method.model.parameters(), lr=0.1)
-    finetune.clip_gradients(optimizer, Recipe(grad_clip_norm=0.5))
+    finetune.clip_gradients(optimizer, Recipe(grad_clip_norm=0.5).grad_clip_norm)
     norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in method.model.parameters() if p.grad is not None]))
     assert norm == pytest.approx(0.5, rel=1e-4)
 

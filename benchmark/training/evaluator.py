@@ -30,7 +30,9 @@ class Evaluator:
     probs: dict[str, np.ndarray] = field(default_factory=dict)  # of that epoch, by target
     evaluations: dict[str, Evaluation] = field(default_factory=dict)
 
-    def epoch_end(self, epoch: int) -> None:
+    def epoch_end(self, epoch: int) -> dict[str, float]:
+        """Evaluate every target and the validation split now, log it at step `epoch`; the metrics
+        (a method evaluating several variants of its model, WiSE-FT's alphas, reads them)."""
         start = time.perf_counter()
         metrics = {}
         for target, split in self.targets.items():
@@ -42,6 +44,7 @@ class Evaluator:
         metrics[EVAL_SECONDS] = time.perf_counter() - start
         self.log.metrics(metrics, step=epoch)
         self.epoch = epoch
+        return metrics
 
     def finish(self, default_epoch: int) -> None:
         """Evaluate the trained model now if the method never called epoch_end (logged as

@@ -85,7 +85,7 @@ def split_groups(groups: list[dict[str, Any]], model: nn.Module | None, settings
 
 
 def adamw(groups: list[dict[str, Any]], settings: OptimizerSettings, kernels: dict) -> torch.optim.Optimizer:
-    if settings.optimizer != "adam":
+    if settings.optimizer not in ("adam", "adamw"):
         raise BenchmarkError(f"recipe.optimizer=adamw: the method trains with {settings.optimizer}, not Adam; "
                              "AdamW replaces Adam only")
     return torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay, **kernels)
@@ -106,10 +106,11 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def clip_gradients(optimizer: torch.optim.Optimizer, recipe: Recipe) -> None:
-    if recipe.grad_clip_norm > 0:
+def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+    """Clip the gradients of every parameter the optimiser steps to a global L2 norm (0: off)."""
+    if max_norm > 0:
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip_norm)
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def enable_checkpointing(model: nn.Module | None, recipe: Recipe) -> None:

@@ -45,7 +45,7 @@ from .recipe import Recipe
 
 
 
-EpochEnd = Callable[[int], None]  # called with the 1-based epoch just finished
+EpochEnd = Callable[[int], Any]  # called with the 1-based epoch just finished (returns the metrics logged)
 
 
 class RunLog(Protocol):
@@ -120,7 +120,11 @@ class OptimizerSettings:
     by `lr_gamma` after every `lr_step` epochs (ExponentialLR for 1, else StepLR); "cosine" is
     CosineAnnealingLR over the recipe's epochs (LP-FT's); "warmup_cosine_epochs" is Dassl's (CoOp,
     CLIP-Adapter): the first epoch at the constant `warmup_lr`, then epoch e at
-    lr (1 + cos(pi (e - 1) / epochs)) / 2, which never reaches zero."""
+    lr (1 + cos(pi (e - 1) / epochs)) / 2, which never reaches zero; "warmup_cosine_steps" is
+    stepped after every optimiser step instead (WiSE-FT's `cosine_lr`: linear warmup over
+    `warmup_steps`, then cosine to 0). `optimizer = "adamw"` decays every parameter decoupled;
+    `grad_clip_norm` > 0 clips the gradients' global norm before each step. A recipe's
+    fine-tuning options, where set, take precedence (benchmark.training.finetune)."""
 
     lr: float
     weight_decay: float
@@ -128,8 +132,10 @@ class OptimizerSettings:
     optimizer: str = "adam"  # "adam" or "sgd"
     momentum: float = 0.0  # SGD's
     lr_step: int = 1
-    schedule: str = "decay"  # "decay", "cosine" or "warmup_cosine_epochs"
+    schedule: str = "decay"  # "decay", "cosine", "warmup_cosine_epochs" or "warmup_cosine_steps"
     warmup_lr: float = 1e-5  # warmup_cosine_epochs' first epoch
+    warmup_steps: int = 0  # warmup_cosine_steps' warmup
+    grad_clip_norm: float = 0.0
 
 
 @dataclass

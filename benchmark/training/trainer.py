@@ -97,7 +97,7 @@ def optimizer_for(param_groups: list[dict[str, Any]], settings: OptimizerSetting
     The recipe's fine-tuning options (benchmark.training.finetune) change them where set: AdamW,
     a per-step warmup + cosine schedule (see `steps_per_step`), groups split by backbone and decay."""
     param_groups = finetune.split_groups(param_groups, model, settings, recipe)
-    if recipe.optimizer == "adamw":
+    if recipe.optimizer == "adamw" or settings.optimizer == "adamw":
         optimizer = finetune.adamw(param_groups, settings, adam_kernels(recipe.adam_impl, device))
         return optimizer, _schedule(optimizer, settings, recipe, total_steps)
     if settings.optimizer == "sgd":
@@ -115,6 +115,8 @@ def _schedule(optimizer: torch.optim.Optimizer, settings: OptimizerSettings, rec
               total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     if recipe.schedule == "warmup_cosine":
         return finetune.warmup_cosine(optimizer, recipe.warmup_steps, total_steps)
+    if settings.schedule == "warmup_cosine_steps":
+        return finetune.warmup_cosine(optimizer, settings.warmup_steps, total_steps)
     if settings.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs)
     if settings.schedule == "warmup_cosine_epochs":
@@ -122,15 +124,16 @@ def _schedule(optimizer: torch.optim.Optimizer, settings: OptimizerSettings, rec
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda e: warm if e == 0 else 0.5 * (1 + math.cos(math.pi * (e - 1) / epochs)))
     if settings.schedule != "decay":
-        raise BenchmarkError(f"schedule {settings.schedule!r}: expected decay, cosine or warmup_cosine_epochs")
+        raise BenchmarkError(f"schedule {settings.schedule!r}: expected decay, cosine, warmup_cosine_epochs or "
+                             "warmup_cosine_steps")
     if settings.lr_step > 1:
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
     return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_gamma)
 
 
-def steps_per_step(recipe: Recipe) -> bool:
+def steps_per_step(recipe: Recipe, settings: OptimizerSettings | None = None) -> bool:
     """Whether the schedule steps after every optimiser step (warmup_cosine) rather than every epoch."""
-    return recipe.schedule == "warmup_cosine"
+    return recipe.schedule == "warmup_cosine" or (settings is not None and settings.schedule == "warmup_cosine_steps")
 
 
 def seed_everything(seed: int) -> None:
@@ -282,7 +285,7 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
     mixstyle.insert(model, recipe.mixstyle, recipe.mixstyle_p, recipe.mixstyle_alpha)
     total_steps = math.ceil((recipe.samples_per_epoch or len(data)) / recipe.batch_size) * recipe.epochs
     optimizer, scheduler = optimizer_for(method.param_groups(), settings, recipe, device, model, total_steps)
-    per_step = steps_per_step(recipe)
+    per_step = steps_per_step(recipe, settings)
     sam = SharpnessAware(optimizer, recipe.sam_rho, recipe.sam_adaptive) if recipe.sam_rho else None
     swad = None
     if recipe.swad:
@@ -333,7 +336,7 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
                 with running_stats_frozen(model), execution.autocast():
                     method.training_step(batch)[0].backward()
                 sam.descend()
-            finetune.clip_gradients(optimizer, recipe)
+            finetune.clip_gradients(optimizer, recipe.grad_clip_norm or settings.grad_clip_norm)
             optimizer.step()
             if per_step:
                 scheduler.step()
