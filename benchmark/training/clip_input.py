@@ -38,10 +38,12 @@ def tower_size(clip_model) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
-def random_resized_crop(x: torch.Tensor, size: tuple[int, int], scale: tuple[float, float]) -> torch.Tensor:
+def random_resized_crop(x: torch.Tensor, size: tuple[int, int], scale: tuple[float, float],
+                        policy: str = "clip") -> torch.Tensor:
     """torchvision's RandomResizedCrop (ratio 3/4-4/3, bicubic, antialiased), one box per sample,
     drawn from torch's global generator as torchvision draws it, on an ImageNet-normalised batch;
-    returned in CLIP's normalisation at `size` (the CLIP methods' training transform)."""
+    returned at `size` in CLIP's normalisation (the CLIP methods' training transform), or in the
+    ImageNet one for `policy="paper"`."""
     from torchvision.transforms import RandomResizedCrop
 
     x = x * channel_constants(IMAGENET_STD, x) + channel_constants(IMAGENET_MEAN, x)
@@ -51,4 +53,6 @@ def random_resized_crop(x: torch.Tensor, size: tuple[int, int], scale: tuple[flo
         crop = image[None, :, top:top + height, left:left + width]
         out.append(F.interpolate(crop, size=size, mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1))
     x = torch.cat(out)
+    if policy == "paper":
+        return (x - channel_constants(IMAGENET_MEAN, x)) / channel_constants(IMAGENET_STD, x)
     return (x - channel_constants(CLIP_MEAN, x)) / channel_constants(CLIP_STD, x)
