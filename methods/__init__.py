@@ -3,4 +3,4 @@ interface (benchmark.api). The harness loads this package through the `benchmark
 entry point, as it loads any outside package's methods."""
 
 from . import (cafe, clip_adapter, clip_ft, clip_probe, clip_zeroshot, eac, erm, ofer, rul, scn,  # noqa: F401
-               coop, lp_ft, tip_adapter, wise_ft)  # (registration)
+               cafe_classmask, coop, lp_ft, tip_adapter, wise_ft)  # (registration)
