@@ -51,10 +51,14 @@ def test_the_method_list_read_from_source_matches_the_imported_registry(tmp_path
 
     methods = load_plugins()
     yes = {True: "yes", False: "no"}
-    assert method_index.method_index() == [(n, yes[methods.get(n).cls.fuses], methods.get(n).description)
-                                           for n in methods.names()]
-    assert {n for n, fuses, _ in method_index.method_index() if fuses == "yes"} >= {
+    assert method_index.method_index() == [
+        (n, yes[methods.get(n).cls.fuses], method_index.needs(methods.get(n).cls.needs_encoder,
+                                                              methods.get(n).cls.needs_text_tower),
+         methods.get(n).description) for n in methods.names()]
+    assert {n for n, fuses, _, _ in method_index.method_index() if fuses == "yes"} >= {
         "erm", "cafe", "cafe_mask", "cafe_mask_sep", "cafe_nosigmoid", "clip_ft", "eac"}
+    assert {n for n, _, need, _ in method_index.method_index() if need == "CLIP with its text tower"} == {
+        "clip_zeroshot", "clip_adapter", "tip_adapter", "tip_adapter_f", "coop", "wise_ft"}
 
     plugin = tmp_path / "computed_plugin.py"
     plugin.write_text("from benchmark.api import register_method\nNAME = 'computed'\n"

@@ -12,7 +12,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
     from ..training.plugins import method_index
 
-    print(tabulate(method_index(), headers=["method", "fuses", "what it is"]))
+    print(tabulate(method_index(), headers=["method", "fuses", "needs", "what it is"]))
     return 0
 
 

@@ -79,7 +79,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
     if args.table == "sweep":
         return _sweep_table(args, store, protocol_name, datasets)
     lodo = tables.default_table(sources) == "lodo"  # the leave-one-out layout only for such grids
-    names = ([name for name, layout in tables.layouts().items() if lodo or layout.kind != "leave_one_out"]
+    names = ([name for name, layout in tables.layouts().items() if _belongs_to_all(layout, lodo, present)]
              if args.table == "all" else [args.table])
     outputs = []
     for name in names:
@@ -103,6 +103,18 @@ def _cmd_table(args: argparse.Namespace) -> int:
     for _, text in outputs:
         print(header + text)
     return 0
+
+
+def _belongs_to_all(layout, lodo: bool, present: list[str]) -> bool:
+    """Whether `--table all` writes this table: leave-one-out only for such grids, the adaptation
+    table when one of its methods ran, the recipes table when a method wore a recipe."""
+    if layout.kind == "leave_one_out":
+        return lodo
+    if layout.kind == "adaptation":
+        return any(m in layout.methods for m in present)
+    if layout.kind == "recipes":
+        return any("+" in m for m in present)
+    return True
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -135,7 +147,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     table = sub.add_parser("table", help="build the paper's tables (markdown, LaTeX, CSV) from MLflow runs")
     table.add_argument("--protocol", help="experiment to read (default: the most recent with finished runs)")
-    table.add_argument("--table", help="table1..table5, perclass, lodo, fair (methods x backbones), recipes (methods x DG recipes), all, or sweep (accuracy against swept "
+    table.add_argument("--table", help="table1..table5, perclass, lodo, fair (methods x backbones), recipes (methods x DG recipes), adaptation (the ways of adapting CLIP), all, or sweep (accuracy against swept "
                        "values, the paper's Fig. 3; default table1, lodo for a leave-one-domain-out protocol)")
     table.add_argument("--out", help="write here (with --table all: one file per table beside it) plus the figures")
     table.add_argument("--format", choices=["md", "latex", "csv"], default="md")

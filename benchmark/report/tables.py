@@ -32,7 +32,7 @@ from ..core.sources import held_out, parts as source_parts, seen_mask
 MISSING = "–"
 TIED = "†"  # not distinguishable from the column's best (see ties)
 
-LAYOUT_KINDS = ("per_source", "single_source", "backbones", "perclass", "leave_one_out", "fair", "recipes")
+LAYOUT_KINDS = ("per_source", "single_source", "backbones", "perclass", "leave_one_out", "fair", "recipes", "adaptation")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,8 @@ class TableLayout:
     delta: tuple[str, str] | None = None
     bold: bool = True
     paper_backbone_names: dict[str, str] = field(default_factory=dict)
+    row_labels: dict[str, str] = field(default_factory=dict)  # method -> the row's name (adaptation)
+    paper_tables: tuple[str, ...] = ()  # where --compare paper looks the rows up (adaptation)
 
 
 @lru_cache(maxsize=1)
@@ -69,6 +71,7 @@ def layouts() -> dict[str, TableLayout]:
             raise BenchmarkError(f"paper_layouts.toml: tables.{name}: unknown key(s) {', '.join(sorted(unknown))} "
                                  f"or kind {spec.get('kind')!r} (kinds: {', '.join(LAYOUT_KINDS)})")
         spec["methods"] = tuple(spec.get("methods", ()))
+        spec["paper_tables"] = tuple(spec.get("paper_tables", ()))
         if "delta" in spec:
             spec["delta"] = tuple(spec["delta"])
         out[name] = TableLayout(name=name, **spec)
@@ -302,6 +305,43 @@ def single_source_table(layout: TableLayout, acc: pd.DataFrame, source: str, dat
     table = Table(layout.title.format(source=display(source)), [display(t) for t in targets] + ["Mean"], rows,
                   bold=layout.bold, delta_row=layout.delta)
     table.paper = _paper_lookup(layout.name, source, methods, targets, layout.paper_mean)
+    if missing:
+        _missing_note(table)
+    return table
+
+
+def adaptation_table(layout: TableLayout, acc: pd.DataFrame, source: str, datasets: list[str]) -> Table:
+    """One source: a row per way of adapting CLIP (the layout's methods, in its order, named by its
+    row_labels), columns in-domain, mean unseen, then each unseen target; a method not in the
+    store keeps its row, empty. The paper's numbers come from the layout's paper_tables."""
+    acc = acc[acc["source"] == source]
+    targets = ordered_targets(source, datasets)
+    own, unseen = targets[0], targets[1:]
+    rows, absent, missing = [], [], False
+    for method in layout.methods:
+        frame = acc[acc["method"] == method]
+        if frame.empty:
+            absent.append(layout.row_labels.get(method, method))
+        cells, m = _cells(frame, [own, *unseen], unseen)
+        rows.append((layout.row_labels.get(method, method), [cells[0], cells[-1], *cells[1:-1]]))
+        missing |= m and not frame.empty
+    columns = [f"{display(own)} (in-domain)", "Mean unseen", *(display(t) for t in unseen)]
+    table = Table(layout.title.format(source=display(source)), columns, rows, bold=layout.bold)
+    paper = paper_numbers()
+    paper = paper[paper["table"].isin(layout.paper_tables) & (paper["source"] == source)]
+    for rec in paper.itertuples():
+        label = layout.row_labels.get(rec.method)
+        if label is None or rec.method not in layout.methods:
+            continue
+        if rec.target == own:
+            table.paper[(label, columns[0])] = float(rec.accuracy)
+        elif rec.target in unseen:
+            table.paper[(label, display(rec.target))] = float(rec.accuracy)
+        elif rec.target == "mean4":
+            table.paper[(label, "Mean unseen")] = float(rec.accuracy)
+    if absent:
+        table.notes.append(f"Not in this store (not run, or not applicable with the grid's encoder: its run log says "
+                           f"which): {', '.join(absent)}.")
     if missing:
         _missing_note(table)
     return table
@@ -598,6 +638,8 @@ def _build(name: str, results: pd.DataFrame, metric: str, sources: list[str], da
     source = layout.source if layout.source in sources else sources[0]
     if layout.kind == "backbones":
         return [backbones_table(layout, acc, source, datasets)]
+    if layout.kind == "adaptation":
+        return [adaptation_table(layout, acc, s, datasets) for s in sources]
     return [single_source_table(layout, acc, source, datasets)]
 
 

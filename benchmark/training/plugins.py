@@ -52,11 +52,12 @@ def _module_files(module: str) -> list[Path] | None:
 _BASES_THAT_DO_NOT_FUSE = {"TrainedMethod", "Method"}
 
 
-def _fuses(cls: ast.ClassDef, path: Path) -> bool:
-    """The class's `fuses` flag: a literal in its body, else False when it derives only from the
-    contract's bases; anything else (inherited from another class) is read by importing."""
+def _flag(cls: ast.ClassDef, path: Path, flag: str = "fuses") -> bool:
+    """A boolean class flag (`fuses`, `needs_encoder`, `needs_text_tower`): a literal in its body,
+    else False when it derives only from the contract's bases; anything else (inherited from
+    another class) is read by importing."""
     for node in cls.body:
-        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "fuses" for t in node.targets)
+        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == flag for t in node.targets)
                 and isinstance(node.value, ast.Constant) and isinstance(node.value.value, bool)):
             return node.value.value
     bases = {b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else "" for b in cls.bases}
@@ -65,8 +66,8 @@ def _fuses(cls: ast.ClassDef, path: Path) -> bool:
     raise _NotLiteral(f"{path}:{cls.lineno}")
 
 
-def _registrations(path: Path) -> list[tuple[str, str, bool]]:
-    """(name, description, fuses) of each `@register_method(...)` decorator in the file."""
+def _registrations(path: Path) -> list[tuple[str, str, bool, str]]:
+    """(name, description, fuses, needs) of each `@register_method(...)` decorator in the file."""
     found, decorating = [], {}
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     for node in ast.walk(tree):
@@ -85,13 +86,20 @@ def _registrations(path: Path) -> list[tuple[str, str, bool]]:
             raise _NotLiteral(f"{path}:{node.lineno}")
         if id(node) not in decorating:  # registered by a call, not as a class decorator
             raise _NotLiteral(f"{path}:{node.lineno}")
-        found.append((args[0].value, args[1].value, _fuses(decorating[id(node)], path)))
+        cls = decorating[id(node)]
+        found.append((args[0].value, args[1].value, _flag(cls, path),
+                      needs(_flag(cls, path, "needs_encoder"), _flag(cls, path, "needs_text_tower"))))
     return found
 
 
-def method_index() -> list[tuple[str, str, str]]:
-    """(name, "yes"/"no" whether its jobs fuse, description) of every registered method, sorted by
-    name, as `load_plugins` would register them."""
+def needs(encoder: bool, text_tower: bool) -> str:
+    """What a method needs beyond the protocol's backbone, as `benchmark methods` says it."""
+    return "CLIP with its text tower" if text_tower else "a frozen encoder" if encoder else "-"
+
+
+def method_index() -> list[tuple[str, str, str, str]]:
+    """(name, "yes"/"no" whether its jobs fuse, what it needs, description) of every registered
+    method, sorted by name, as `load_plugins` would register them."""
     rows: dict[str, tuple[str, str]] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         module, _, attr = ep.value.partition(":")
@@ -102,12 +110,13 @@ def method_index() -> list[tuple[str, str, str]]:
             found = None
         if not found:  # not readable from source: import it (loads every plugin once)
             methods = load_plugins()
-            return [(name, _yes(methods.get(name).cls.fuses), methods.get(name).description)
-                    for name in methods.names()]
-        rows.update({name: (_yes(fuses), description) for name, description, fuses in found})
+            return [(name, _yes(methods.get(name).cls.fuses),
+                     needs(methods.get(name).cls.needs_encoder, methods.get(name).cls.needs_text_tower),
+                     methods.get(name).description) for name in methods.names()]
+        rows.update({name: (_yes(fuses), need, description) for name, description, fuses, need in found})
     if not rows:
         load_plugins()  # raises the error that names the missing entry point
-    return [(name, fuses, description) for name, (fuses, description) in sorted(rows.items())]
+    return [(name, fuses, need, description) for name, (fuses, need, description) in sorted(rows.items())]
 
 
 def _yes(flag: bool) -> str:
