@@ -83,6 +83,22 @@ def drop_mask(width: int, drops: int, rng) -> torch.Tensor:
     return torch.tensor(rows)
 
 
+def separation_and_diversity(groups: torch.Tensor, y: torch.Tensor, drop: torch.Tensor | None, hparams: CafeHparams,
+                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """sep_weight l_sep + div_weight l_div over the (B, 7, g) channel groups (each term as the
+    hyperparameters switch it on) and the parts to log."""
+    total, parts = torch.zeros((), device=groups.device, dtype=groups.dtype), {}
+    if hparams.use_sep:
+        sep = F.cross_entropy((groups * drop.to(groups.dtype)).amax(-1), y)
+        total = total + hparams.sep_weight * sep
+        parts["sep"] = sep.detach()
+    if hparams.use_div:
+        div = diverse_loss(groups.amax(-1), groups.shape[-1], hparams.div_norm)
+        total = total + hparams.div_weight * div
+        parts["div"] = div.detach()
+    return total, parts
+
+
 def diverse_loss(group_max: torch.Tensor, g: int, norm: str) -> torch.Tensor:
     """1 - sum of group maxima / normaliser; "code" averages over batch and classes, "paper" over batch only."""
     if norm == "code":
@@ -141,20 +157,10 @@ class Cafe(TrainedMethod):
         clip_feat = self.encoder_features(batch) if self.hparams.use_mask else None
         ft = self.masked_feature(clip_feat, x)
         ce = F.cross_entropy(self.model["fc"](ft), y)
-        parts = {"ce": ce.detach()}
-        loss = ce
-        if self.hparams.use_sep or self.hparams.use_div:
-            groups = grouped(ft)
-            if self.hparams.use_sep:
-                drop = batch.extra["drop"].to(ft.dtype)
-                sep = F.cross_entropy((groups * drop).amax(-1), y)
-                loss = loss + self.hparams.sep_weight * sep
-                parts["sep"] = sep.detach()
-            if self.hparams.use_div:
-                div = diverse_loss(groups.amax(-1), groups.shape[-1], self.hparams.div_norm)
-                loss = loss + self.hparams.div_weight * div
-                parts["div"] = div.detach()
-        return loss, parts
+        if not (self.hparams.use_sep or self.hparams.use_div):
+            return ce, {"ce": ce.detach()}
+        extra, parts = separation_and_diversity(grouped(ft), y, batch.extra.get("drop"), self.hparams)
+        return ce + extra, {"ce": ce.detach(), **parts}
 
     def logits(self, x, rows, data) -> torch.Tensor:
         clip_feat = self.cached_features(data, rows) if self.hparams.use_mask else None

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from benchmark.api import Batch, BenchmarkError, NUM_CLASSES, TrainedMethod, check_clip_features, register_method
 
-from .cafe import CafeHparams, diverse_loss, drop_mask, group_size
+from .cafe import CafeHparams, drop_mask, group_size, separation_and_diversity
 
 
 def class_groups(ft: torch.Tensor) -> torch.Tensor:
@@ -73,17 +73,8 @@ class CafeClassMask(TrainedMethod):
         y = batch.labels
         ft = self.masked(self.encoder_features(batch))
         ce = F.cross_entropy(self.class_logits(ft), y)
-        loss, parts = ce, {"ce": ce.detach()}
-        groups = class_groups(ft)
-        if self.hparams.use_sep:
-            sep = F.cross_entropy((groups * batch.extra["drop"].to(ft.dtype)).amax(-1), y)
-            loss = loss + self.hparams.sep_weight * sep
-            parts["sep"] = sep.detach()
-        if self.hparams.use_div:
-            div = diverse_loss(groups.amax(-1), groups.shape[-1], self.hparams.div_norm)
-            loss = loss + self.hparams.div_weight * div
-            parts["div"] = div.detach()
-        return loss, parts
+        extra, parts = separation_and_diversity(class_groups(ft), y, batch.extra.get("drop"), self.hparams)
+        return ce + extra, {"ce": ce.detach(), **parts}
 
     def logits(self, x, rows, data) -> torch.Tensor:
         return self.class_logits(self.masked(self.cached_features(data, rows)))

@@ -17,7 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from benchmark.api import BenchmarkError, Execution, Method, register_method
-from benchmark.models.clip_text import TEMPLATES, NotApplicable, zero_shot_weights
+from benchmark.models.clip_text import TEMPLATES, require_clip_encoder, zero_shot_weights
 
 
 @dataclass
@@ -35,9 +35,7 @@ class ClipZeroShot(Method):
 
     def __init__(self, hparams, components, name=""):
         super().__init__(hparams, components, name)
-        if components.encoder.clip_model is None:
-            raise NotApplicable(f"{self.name} is not applicable with encoder {components.encoder.id}: it has no "
-                                "text tower (use an openclip:<model>:<pretrained> encoder)")
+        require_clip_encoder(self.name, components.encoder)
         self.text: torch.Tensor | None = None
 
     @torch.no_grad()

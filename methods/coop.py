@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from benchmark.api import AugmentSpec, Batch, BenchmarkError, OptimizerSettings, TrainedMethod, check_range, register_method
-from benchmark.models.clip_text import CLASS_NAMES, NotApplicable, tokenizer
+from benchmark.models.clip_text import CLASS_NAMES, require_clip_encoder, tokenizer
 from benchmark.training.clip_input import random_resized_crop, tower_size
 
 FLIP_ONLY = AugmentSpec(noise_p=0.0, flip_p=0.5, erase_p=0.0)
@@ -113,9 +113,7 @@ class Coop(TrainedMethod):
 
     def __init__(self, hparams, components, name=""):
         super().__init__(hparams, components, name)
-        if components.encoder is not None and not components.encoder.is_clip:
-            raise NotApplicable(f"{self.name} is not applicable with encoder {components.encoder.id}: it has no text "
-                                "tower (use an openclip:<model>:<pretrained> encoder)")
+        require_clip_encoder(self.name, components.encoder)
         if hparams.ctx_init and hparams.csc:
             raise BenchmarkError(f"{self.name}: ctx_init = {hparams.ctx_init!r} makes the context unified (as upstream); "
                                  "csc = true takes a random init")

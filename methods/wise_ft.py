@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from benchmark.api import AugmentSpec, Batch, OptimizerSettings, TrainedMethod, check_range, register_method
-from benchmark.models.clip_text import TEMPLATES, NotApplicable, zero_shot_weights
+from benchmark.models.clip_text import TEMPLATES, require_clip_encoder, zero_shot_weights
 from benchmark.store import schema
 from benchmark.training.clip_input import random_resized_crop, to_clip_input, tower_size
 
@@ -98,9 +98,7 @@ class WiseFt(TrainedMethod):
 
     def __init__(self, hparams, components, name=""):
         super().__init__(hparams, components, name)
-        if components.encoder is not None and not components.encoder.is_clip:
-            raise NotApplicable(f"{self.name} is not applicable with encoder {components.encoder.id}: it has no text "
-                                "tower (use an openclip:<model>:<pretrained> encoder)")
+        require_clip_encoder(self.name, components.encoder)
         self.zero_shot_state: dict[str, torch.Tensor] | None = None
 
     def make_model(self) -> nn.Module:

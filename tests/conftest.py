@@ -60,3 +60,24 @@ def components(tmp_path_factory):
     encoder = build_encoder(EncoderSpec("torchvision:mobilenet_v2:imagenet"))
     return Components(BackboneSpec("mobilenet_v2", "imagenet"), encoder,
                       FeatureCache(tmp_path_factory.mktemp("features")))
+
+
+@pytest.fixture(scope="session")
+def clip_components(tmp_path_factory):
+    """Components around the tiny random open_clip model with a text tower (tests/clip_tiny.py)
+    and a feature cache of their own."""
+    from benchmark.training.features import FeatureCache
+    from benchmark.training.method import Components
+
+    from . import clip_tiny
+
+    return Components(encoder=clip_tiny.encoder(), features=FeatureCache(tmp_path_factory.mktemp("clip-features")))
+
+
+@pytest.fixture(scope="session")
+def studio_val32(tmp_path_factory):
+    """synth5/studio's validation split at 10%, decoded at 32 px (the tiny CLIP's input size)."""
+    from benchmark.data import DATASETS, decode_split
+
+    return decode_split(DATASETS.get("synth5/studio").load(None, "val", scale=0.1), 32,
+                        cache_dir=tmp_path_factory.mktemp("studio-val32"))

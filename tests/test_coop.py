@@ -21,18 +21,13 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def components(tmp_path_factory):
-    from benchmark.training.features import FeatureCache
-
-    return Components(encoder=clip_tiny.encoder(), features=FeatureCache(tmp_path_factory.mktemp("features")))
+def components(clip_components):
+    return clip_components
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from benchmark.data import DATASETS, decode_split
-
-    return decode_split(DATASETS.get("synth5/studio").load(None, "val", scale=0.1), 32,
-                        cache_dir=tmp_path_factory.mktemp("decoded"))
+def data(studio_val32):
+    return studio_val32
 
 
 def built(components, **hparams):

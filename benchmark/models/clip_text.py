@@ -39,6 +39,13 @@ def require_text_tower(method: str, encoder: EncoderSpec) -> None:
                             "(use an openclip:<model>:<pretrained> encoder, e.g. openclip:ViT-B-32:openai)")
 
 
+def require_clip_encoder(method: str, encoder) -> None:
+    """A method built with an encoder (a FrozenEncoder) that is not CLIP with its text tower stops
+    here, before any work (a grid already skipped such jobs: jobs.plan.not_applicable)."""
+    if encoder is not None and not encoder.is_clip:
+        require_text_tower(method, encoder.spec)
+
+
 def tokenizer(encoder_id: str):
     """open_clip's tokenizer for the encoder's model."""
     import open_clip
