@@ -7,8 +7,12 @@ rest of `benchmark` moves; docs/adding-a-method.md walks through a plugin that u
 
 from .core.errors import BenchmarkError
 from .core.labels import CLASSES, NUM_CLASSES
-from .training.augment import AugmentSpec, normalize
-from .training.execution import Execution
+from .models.clip_text import (CLASS_NAMES, TEMPLATES, NotApplicable, require_clip_encoder, tokenizer,
+                               zero_shot_weights)
+from .training.augment import AugmentSpec, augment, normalize
+from .training.clip_input import CLIP_MEAN, CLIP_POLICY, CLIP_STD, random_resized_crop, to_clip_input, tower_size
+from .training.evaluator import in_domain_and_unseen
+from .training.execution import Execution, to_device_batch
 from .training.method import (BaseHparams, Batch, Components, Method, OptimizerSettings, Relabel, RunLog, check_range,
                               register_method)
 from .training.trained_method import ONE_OF_FLIP_NOISE, EncoderHparams, TrainedMethod, check_clip_features
@@ -19,5 +23,9 @@ __all__ = [
     # methods trained by the shared loop
     "TrainedMethod", "EncoderHparams", "Batch", "Relabel", "OptimizerSettings", "check_clip_features",
     # helpers
-    "AugmentSpec", "ONE_OF_FLIP_NOISE", "normalize", "Execution", "BenchmarkError", "CLASSES", "NUM_CLASSES",
+    "AugmentSpec", "ONE_OF_FLIP_NOISE", "augment", "normalize", "Execution", "to_device_batch", "BenchmarkError",
+    "CLASSES", "NUM_CLASSES", "in_domain_and_unseen",
+    # CLIP's text tower and input policy, for the methods that adapt CLIP
+    "CLASS_NAMES", "TEMPLATES", "NotApplicable", "require_clip_encoder", "tokenizer", "zero_shot_weights",
+    "CLIP_MEAN", "CLIP_STD", "CLIP_POLICY", "random_resized_crop", "to_clip_input", "tower_size",
 ]

@@ -24,9 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.api import AugmentSpec, Batch, CLASSES, OptimizerSettings, TrainedMethod, check_range, register_method
-from benchmark.models.clip_text import CLASS_NAMES, require_clip_encoder, zero_shot_weights
-from benchmark.training.clip_input import random_resized_crop, tower_size
+from benchmark.api import (CLASS_NAMES, CLASSES, AugmentSpec, Batch, OptimizerSettings, TrainedMethod, check_range,
+                           random_resized_crop, register_method, require_clip_encoder, tower_size, zero_shot_weights)
 
 FLIP_ONLY = AugmentSpec(noise_p=0.0, flip_p=0.5, erase_p=0.0)
 

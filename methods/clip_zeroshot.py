@@ -16,8 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from benchmark.api import BenchmarkError, Execution, Method, register_method
-from benchmark.models.clip_text import TEMPLATES, require_clip_encoder, zero_shot_weights
+from benchmark.api import TEMPLATES, BenchmarkError, Execution, Method, register_method, require_clip_encoder, zero_shot_weights
 
 
 @dataclass

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.api import AugmentSpec, Batch, BenchmarkError, OptimizerSettings, TrainedMethod, check_range, register_method
-from benchmark.models.clip_text import CLASS_NAMES, require_clip_encoder, tokenizer
-from benchmark.training.clip_input import random_resized_crop, tower_size
+from benchmark.api import (CLASS_NAMES, AugmentSpec, Batch, BenchmarkError, OptimizerSettings, TrainedMethod,
+                           check_range, random_resized_crop, register_method, require_clip_encoder, tokenizer,
+                           tower_size)
 
 FLIP_ONLY = AugmentSpec(noise_p=0.0, flip_p=0.5, erase_p=0.0)
 PRECISIONS = ("auto", "fp32")

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.api import AugmentSpec, Batch, NUM_CLASSES, OptimizerSettings, TrainedMethod, check_range, register_method
-from benchmark.training.clip_input import random_resized_crop, to_clip_input
+from benchmark.api import (AugmentSpec, Batch, NUM_CLASSES, OptimizerSettings, TrainedMethod, augment, check_range,
+                           normalize, random_resized_crop, register_method, to_clip_input, to_device_batch)
 
 FLIP_ONLY = AugmentSpec(noise_p=0.0, flip_p=0.5, erase_p=0.0)
 NO_AUGMENT = AugmentSpec(noise_p=0.0, flip_p=0.0, erase_p=0.0)
@@ -154,9 +154,6 @@ class LpFt(TrainedMethod):
 
     @torch.no_grad()
     def _features(self, data, augmented: bool, seed: int) -> np.ndarray:
-        from benchmark.training.augment import augment, normalize
-        from benchmark.training.execution import to_device_batch
-
         self.model.eval()
         gen = torch.Generator(device=self.device).manual_seed(seed)
         out = []

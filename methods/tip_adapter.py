@@ -34,9 +34,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from benchmark.api import BenchmarkError, Execution, Method, NUM_CLASSES, check_range, register_method
-from benchmark.models.clip_text import TEMPLATES, zero_shot_weights
-from benchmark.training.clip_input import CLIP_MEAN, CLIP_STD, tower_size
+from benchmark.api import (CLIP_MEAN, CLIP_STD, TEMPLATES, BenchmarkError, Execution, Method, NUM_CLASSES, check_range,
+                           register_method, tower_size, zero_shot_weights)
 
 ZERO_SHOT_SCALE = 100.0  # upstream's constant in front of the zero-shot logits
 

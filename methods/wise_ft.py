@@ -29,10 +29,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.api import AugmentSpec, Batch, OptimizerSettings, TrainedMethod, check_range, register_method
-from benchmark.models.clip_text import TEMPLATES, require_clip_encoder, zero_shot_weights
-from benchmark.store import schema
-from benchmark.training.clip_input import random_resized_crop, to_clip_input, tower_size
+from benchmark.api import (TEMPLATES, AugmentSpec, Batch, OptimizerSettings, TrainedMethod, check_range,
+                           in_domain_and_unseen, random_resized_crop, register_method, require_clip_encoder,
+                           to_clip_input, tower_size, zero_shot_weights)
 
 NO_AUGMENT = AugmentSpec(noise_p=0.0, flip_p=0.0, erase_p=0.0)
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -139,15 +138,6 @@ class WiseFt(TrainedMethod):
                 curve.append((alpha, *in_domain_and_unseen(metrics, train_data.dataset)))
         if len(curve) > 1:
             log.figure("wise_ft_alphas.png", alpha_figure(sorted(curve)))
-
-
-def in_domain_and_unseen(metrics: dict[str, float], source: str) -> tuple[float, float]:
-    """The source's own test accuracy and the mean accuracy of the other targets in `metrics`."""
-    accs = {target: v for key, v in metrics.items()
-            if (parsed := schema.parse_test_metric(key)) and parsed[1] == "acc" for target in [parsed[0]]}
-    own = schema.safe_name(source)
-    unseen = [v for t, v in accs.items() if t != own]
-    return accs.get(own, float("nan")), (sum(unseen) / len(unseen) if unseen else float("nan"))
 
 
 def alpha_figure(curve: list[tuple[float, float, float]]):

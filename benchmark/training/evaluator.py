@@ -51,3 +51,12 @@ class Evaluator:
         `default_epoch`); after fit, the last evaluation is of the trained model."""
         if self.epoch is None:
             self.epoch_end(default_epoch)
+
+
+def in_domain_and_unseen(metrics: dict[str, float], source: str) -> tuple[float, float]:
+    """The source's own test accuracy and the mean accuracy of the other targets in `metrics`."""
+    accs = {target: v for key, v in metrics.items()
+            if (parsed := schema.parse_test_metric(key)) and parsed[1] == "acc" for target in [parsed[0]]}
+    own = schema.safe_name(source)
+    unseen = [v for t, v in accs.items() if t != own]
+    return accs.get(own, float("nan")), (sum(unseen) / len(unseen) if unseen else float("nan"))
