@@ -229,3 +229,41 @@ def test_a_sweep_of_each_recipe_on_erm_and_cafe_ends_in_the_recipes_table(tmp_pa
             assert f"{method}+{recipe} − {method} (2 (source, seed) units): in-domain" in text
     assert main(["compare", "cafe+swad", "cafe", "--protocol", "tiny", "--tracking-uri", uri]) == 0
     assert "cafe+swad vs cafe" in capsys.readouterr().out
+
+
+def test_a_stopped_swad_job_resumes_to_the_same_average(tmp_path):
+    """SWAD's segments and windows travel in the epoch checkpoint: stopped after epoch 1 and
+    resumed, the averaged weights and the valley equal an uninterrupted run's."""
+    from benchmark.data import DATASETS, decode_split
+    from benchmark.models.backbones import BackboneSpec
+    from benchmark.training.method import Components, MemoryLog
+    from benchmark.training.plugins import build_method
+    from benchmark.training.resume import EpochCheckpoint
+
+    from .test_resume import StopDuring
+
+    data = decode_split(DATASETS.get("synth5/studio").load(None, "test", scale=0.02), 32)
+    validation = decode_split(DATASETS.get("synth5/studio").load(None, "val", scale=0.05), 32)
+    recipe = Recipe(epochs=3, batch_size=8, input_size=32, seed=3, progress=False, prefetch=0, swad=True,
+                    swad_eval_steps=1, swad_n_tolerance=4)
+    components = Components(BackboneSpec("mobilenet_v2", "none"))
+
+    def fit(log, resume=None):
+        method = build_method("erm", {"lr": 3e-2}, components)
+        method.fit(data, recipe=recipe, device=torch.device("cpu"), log=log, resume=resume, validation=validation)
+        return method
+
+    plain_log = MemoryLog()
+    plain = fit(plain_log)
+    with pytest.raises(SystemExit):
+        fit(StopDuring(2), EpochCheckpoint.open(tmp_path, "job", "run-1"))
+    resumed_log = MemoryLog()
+    resumed = fit(resumed_log, EpochCheckpoint.open(tmp_path, "job", "run-2"))
+    def summary(log):
+        values = next(v for _, v in log.history if "swad/evaluations" in v)
+        return {k: str(v) for k, v in values.items() if k.startswith("swad/")}  # str: nan equals nan
+
+    assert summary(resumed_log) == summary(plain_log)
+    assert summary(plain_log)["swad/converge_step"] != "nan"  # converged after the stop, on segments saved before it
+    for key, value in plain.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
