@@ -107,11 +107,15 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
 def _belongs_to_all(layout, lodo: bool, present: list[str]) -> bool:
     """Whether `--table all` writes this table: leave-one-out only for such grids, the adaptation
-    table when one of its methods ran, the recipes table when a method wore a recipe."""
+    table when one of its rows beyond the paper's own ran, the recipes table when a method wore
+    a recipe."""
+    from ..report.tables import paper_numbers
+
     if layout.kind == "leave_one_out":
         return lodo
     if layout.kind == "adaptation":
-        return any(m in layout.methods for m in present)
+        in_paper = set(paper_numbers()["method"])
+        return any(m in layout.methods and m not in in_paper for m in present)
     if layout.kind == "recipes":
         return any("+" in m for m in present)
     return True
