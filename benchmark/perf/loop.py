@@ -133,12 +133,12 @@ def timed_fit(spec: LoopSpec, encoder=None, barrier=None) -> dict:
             raise next(e for e in errors if e is not None)
     else:
         recipe = spec.recipe()
-    validation = None
-    if recipe.swad:  # SWAD reads a validation split's loss: synth5/studio's own
-        validation = decode_split(DATASETS.get("synth5/studio").load(None, "val", scale=spec.scale), spec.size,
-                                  cache_dir=Path(spec.cache_dir))
-    build_method(spec.method, components=components).fit(data, recipe=recipe, device=device, log=log,
-                                                         **({"validation": validation} if validation else {}))
+        validation = None
+        if recipe.swad:  # SWAD reads a validation split's loss: synth5/studio's own
+            validation = decode_split(DATASETS.get("synth5/studio").load(None, "val", scale=spec.scale), spec.size,
+                                      cache_dir=Path(spec.cache_dir))
+        build_method(spec.method, components=components).fit(data, recipe=recipe, device=device, log=log,
+                                                             **({"validation": validation} if validation else {}))
     images = spec.steps * spec.batch_size * spec.fuse
     return {"images_per_s": images / log.epoch_seconds[-1], "epoch_s": log.epoch_seconds[-1],
             "warmup_epoch_s": log.epoch_seconds[0], "images": images,
