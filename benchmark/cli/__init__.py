@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 
+from ..core import interrupt
 from ..core.errors import BenchmarkError
 from . import evaluate, explain, listing, perf, run, table, ui
 
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # per checkpoint read back
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    interrupt.install()
     try:
         return int(args.func(args) or 0)
     except BenchmarkError as exc:

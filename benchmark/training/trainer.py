@@ -23,6 +23,7 @@ from torch.utils.data import RandomSampler, WeightedRandomSampler
 from . import finetune
 from .augment import AugmentSpec, augment, normalize
 from ..data.cache import DecodedSplit
+from ..core import interrupt
 from ..core.errors import BenchmarkError
 from .execution import Execution, host_batch, to_device_batch
 from .method import Batch, EpochEnd, OptimizerSettings, Relabel, RunLog
@@ -344,6 +345,7 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
             if change is not None:
                 train_labels[change.rows] = change.labels
             monitor.add(step, loss, parts)
+            interrupt.check()  # a Ctrl-C swallowed by a garbage-collection callback stops the job here
             if swad is not None:
                 swad.after_step(step)
                 if swad.due(step):
