@@ -11,6 +11,7 @@ again there, at the next step.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 _pending = False
@@ -29,6 +30,17 @@ def install() -> None:
     _pending = False
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
+        sys.unraisablehook = _quiet_dropped_interrupt
+
+
+_default_unraisablehook = sys.unraisablehook
+
+
+def _quiet_dropped_interrupt(unraisable) -> None:
+    """A KeyboardInterrupt Python had to drop is not printed as a traceback: `check()` raises it."""
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+        return
+    _default_unraisablehook(unraisable)
 
 
 def check() -> None:
