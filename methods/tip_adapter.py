@@ -159,7 +159,7 @@ class TipAdapter(Method):
                                 NUM_CLASSES).float()
         metrics = {"tip/cache_size": float(len(rows))}
         if self.finetune:
-            metrics.update(self._train_keys(train_data, rows, log))
+            metrics.update(self._train_keys(train_data, rows, log, recipe.seed))
         self.alpha, self.beta = self.hparams.init_alpha, self.hparams.init_beta
         if self.hparams.search and validation is not None and len(validation):
             self.alpha, self.beta, metrics["tip/val_acc"] = self._search(validation)
@@ -169,14 +169,14 @@ class TipAdapter(Method):
         if epoch_end is not None:
             epoch_end(self.hparams.train_epoch if self.finetune else 1)
 
-    def _train_keys(self, train_data, rows: np.ndarray, log) -> dict[str, float]:
+    def _train_keys(self, train_data, rows: np.ndarray, log, seed: int) -> dict[str, float]:
         keys = torch.nn.Parameter(self.keys.clone())
         optimizer = torch.optim.AdamW([keys], lr=self.hparams.lr, eps=self.hparams.eps,
                                       weight_decay=self.hparams.weight_decay)
         batches = -(-len(rows) // self.hparams.batch_size)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.hparams.train_epoch * batches)
         labels = torch.as_tensor(np.asarray(train_data.labels), device=self.device)
-        order_gen = torch.Generator().manual_seed(int(rows.sum()) % 2**31)
+        order_gen = torch.Generator().manual_seed(seed)  # the shuffled batches
         loss = torch.zeros(())
         for epoch in range(1, self.hparams.train_epoch + 1):
             order = rows[torch.randperm(len(rows), generator=order_gen).numpy()]

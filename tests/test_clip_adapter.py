@@ -14,11 +14,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from benchmark.core.labels import CLASSES
-from benchmark.training.method import Batch, Components, MemoryLog
+from benchmark.training.method import Batch, MemoryLog
 from benchmark.training.plugins import build_method
 from benchmark.training.recipe import Recipe
 
-from . import clip_tiny
 
 CPU = torch.device("cpu")
 

@@ -11,11 +11,10 @@ import torch
 from torch.nn import functional as F
 
 from benchmark.core.errors import BenchmarkError
-from benchmark.training.method import Components, MemoryLog
+from benchmark.training.method import MemoryLog
 from benchmark.training.plugins import build_method
 from benchmark.training.recipe import Recipe
 
-from . import clip_tiny
 
 CPU = torch.device("cpu")
 

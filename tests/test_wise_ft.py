@@ -11,11 +11,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from benchmark.training.method import Components, MemoryLog
+from benchmark.training.method import MemoryLog
 from benchmark.training.plugins import build_method
 from benchmark.training.recipe import Recipe
 
-from . import clip_tiny
 from methods.wise_ft import ClassificationHead, merge
 
 CPU = torch.device("cpu")
