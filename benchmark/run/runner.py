@@ -355,9 +355,6 @@ def _finish(p: _Prepared, ctx: RunContext) -> None:
 
             plt.close(fig)
             log.artifacts(Path(tmp), "evaluation")
-        with tempfile.TemporaryDirectory() as tmp:  # the trained method, for `benchmark evaluate --run`
-            checkpoint.write(Path(tmp), method, job)
-            log.artifacts(Path(tmp), checkpoint.FOLDER)
         if collapsed:
             result.collapsed = "; ".join(collapsed)
             log.tags({schema.COLLAPSED: result.collapsed})
@@ -368,6 +365,14 @@ def _finish(p: _Prepared, ctx: RunContext) -> None:
         result.mean_unseen_acc = float(np.mean(unseen)) if unseen else None
         log.metrics({schema.MEAN_ACC: result.mean_target_acc, schema.JOB_SECONDS: time.perf_counter() - p.start,
                      **({schema.MEAN_UNSEEN_ACC: result.mean_unseen_acc} if unseen else {})}, step=evaluator.epoch)
+        with tempfile.TemporaryDirectory() as tmp:  # the trained method: an MLflow model, else the run's model/
+            checkpoint.write(Path(tmp) / "checkpoint", method, job)
+            if ctx.store.has_models:
+                from ..deploy import logged_model  # MLflow's pyfunc: imported by a job that logs one
+
+                logged_model.log(ctx.store, log.run_id, Path(tmp) / "checkpoint", evaluator.epoch)
+            else:
+                log.artifacts(Path(tmp) / "checkpoint", checkpoint.FOLDER)
         result.status = "FINISHED"
         p.closed = True
         log.finish("FINISHED")

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from ..core.errors import BenchmarkError
 from . import schema
 from .liveness import Heartbeat, process_alive, process_tags, run_alive
 
@@ -29,6 +30,26 @@ ABANDONED = "abandoned: its process ended without finishing"
 RESULT_COLUMNS = ["method", "backbone", "source", "seed", "target", "metric", "value", "env", "sweep", "collapsed"]
 HISTORY_COLUMNS = ["job_hash", "method", "backbone", "source", "seed", "target", "metric", "epoch", "value", "env",
                    "sweep", "collapsed"]
+
+
+@dataclass
+class ModelRecord:
+    """A trained model as the store holds it (an MLflow LoggedModel): metrics by (key, dataset
+    name), the dataset "" for a metric linked to none."""
+
+    model_id: str
+    name: str
+    run_id: str
+    status: str
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[tuple[str, str], float] = field(default_factory=dict)
+    version: str | None = None  # the registered version it was found by, when it was
+    artifact_location: str = ""
+
+    def metric(self, key: str) -> float | None:
+        """The value of `key` whatever dataset it is linked to (keys name their target already)."""
+        return next((v for (k, _), v in self.metrics.items() if k == key), None)
 
 
 @dataclass
@@ -141,6 +162,46 @@ class ResultStore(abc.ABC):
     @abc.abstractmethod
     def artifact_paths(self, run_id: str, folder: str) -> list[str]:
         """Paths of the files a run holds below `folder` (relative to the run's artifact root)."""
+
+    # -- trained models: MLflow's LoggedModels and registry (the JSON-lines store has neither) --
+    has_models = False
+
+    def no_models(self, what: str) -> BenchmarkError:
+        return BenchmarkError(f"{self.uri}: a JSON-lines store has no MLflow models or model registry, so it cannot "
+                              f"{what}; run the grid with an MLflow tracking URI (the default, "
+                              "sqlite:///results/mlflow.db) for that. Its runs' trained methods stay under model/ and "
+                              "`benchmark evaluate` and `benchmark predict --model <run id>` read them")
+
+    def log_model(self, run_id: str, name: str, params: dict[str, str], tags: dict[str, str],
+                  build: Callable[[Path, str, str], None], step: int) -> str:
+        """A LoggedModel of run `run_id`: `build(folder, model_id, artifact_location)` writes its
+        files, which are uploaded once; the model is READY, or FAILED if `build` raised. Its id."""
+        raise self.no_models("log a trained model")
+
+    def link_model_metrics(self, run_id: str, model_id: str, step: int) -> int:
+        """The run's metrics of `step` logged again against the model (a test target's against that
+        target's dataset, as read from the run's inputs); how many."""
+        raise self.no_models("link metrics to a model")
+
+    def model_of_run(self, run_id: str) -> ModelRecord | None:
+        """The READY LoggedModel run `run_id` made, if any."""
+        return None
+
+    def models(self, experiment_id: str, filter_string: str = "", order_by: list[dict] | None = None) -> list[ModelRecord]:
+        raise self.no_models("list models")
+
+    def resolve_model(self, reference: str) -> ModelRecord:
+        """A model by reference: models:/<name>@<alias>, models:/<name>/<version>, models:/<model id>,
+        a model id (m-...)."""
+        raise self.no_models(f"find the model {reference!r}")
+
+    def download_model(self, model_id: str, path: str, destination: Path) -> Path:
+        raise self.no_models("read a model's files")
+
+    def register(self, name: str, model: ModelRecord, alias: str, description: str) -> tuple[str, bool]:
+        """Version of registered model `name` holding `model`, with `alias` set to it; made only when
+        no version holds it yet. (version, whether it was made now)."""
+        raise self.no_models("register a model")
 
     # -- the grid's operations, the same for every backend ------------------------------------
     def job_states(self, jobs: list, experiment_id: str) -> list[JobState]:

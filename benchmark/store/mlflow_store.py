@@ -17,7 +17,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.tracking import MlflowClient
 
 from . import schema
-from .base import ResultStore, RunLog, RunRecord
+from .base import ModelRecord, ResultStore, RunLog, RunRecord
 
 T = TypeVar("T")
 _READY_STORES: set[str] = set()  # SQLite stores this process has opened (created and migrated)
@@ -240,3 +240,141 @@ class MlflowStore(ResultStore):
             out.extend(self.artifact_paths(run_id, item.path) if item.is_dir else [item.path])
         return out
 
+
+    # -- trained models ----------------------------------------------------------------------------
+    has_models = True
+
+    def log_model(self, run_id, name, params, tags, build, step):
+        import tempfile
+
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+        experiment_id = retry(lambda: self.client.get_run(run_id)).info.experiment_id
+        model = retry(lambda: self.client.create_logged_model(
+            experiment_id, name=name, source_run_id=run_id, params={k: str(v) for k, v in params.items()},
+            tags={k: str(v) for k, v in tags.items()}, model_type=MODEL_TYPE))
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = Path(tmp) / "model"
+                build(folder, model.model_id, model.artifact_location)
+                retry(lambda: self.client.log_model_artifacts(model.model_id, str(folder)))
+            # The run's page lists the model, at the step its weights are from.
+            retry(lambda: self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)]))
+        except BaseException:
+            retry(lambda: self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED))
+            raise
+        retry(lambda: self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY))
+        return model.model_id
+
+    def link_model_metrics(self, run_id, model_id, step):
+        run = retry(lambda: self.client.get_run(run_id))
+        # A target's metrics name it (test/<target>/acc); its dataset is the test split the run read.
+        datasets = {}
+        for entry in run.inputs.dataset_inputs if run.inputs else []:
+            context = next((t.value for t in entry.tags if t.key == "mlflow.data.context"), "")
+            dataset, _, split = entry.dataset.name.rpartition(":")
+            if context == "test":
+                datasets[schema.target_prefix(dataset) + "/"] = entry.dataset
+            elif context == "validation" and split:
+                datasets.setdefault(schema.SOURCE_VAL + "/", entry.dataset)  # one source: its validation split
+        linked = []
+        for key in run.data.metrics:
+            if key.startswith("system/"):
+                continue
+            dataset = next((d for prefix, d in datasets.items() if key.startswith(prefix)), None)
+            for m in retry(lambda: self.client.get_metric_history(run_id, key)):
+                if m.step == step:  # the same timestamp: the run's history gains no point (MLflow's own way)
+                    linked.append(Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id,
+                                         dataset_name=dataset.name if dataset else None,
+                                         dataset_digest=dataset.digest if dataset else None))
+        for start in range(0, len(linked), 1000):
+            retry(lambda: self.client.log_batch(run_id, metrics=linked[start:start + 1000]))
+        return len(linked)
+
+    def model_of_run(self, run_id):
+        experiment_id = retry(lambda: self.client.get_run(run_id)).info.experiment_id
+        found = retry(lambda: self.client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'"))
+        ready = [_model_record(m) for m in found if _model_record(m).status == "READY"]  # (a status filter finds none)
+        return ready[0] if ready else None
+
+    def models(self, experiment_id, filter_string="", order_by=None):
+        out, token = [], None
+        while True:
+            page = retry(lambda: self.client.search_logged_models([experiment_id], filter_string=filter_string or None,
+                                                                 order_by=order_by, max_results=100,
+                                                                 page_token=token))
+            out.extend(_model_record(m) for m in page)
+            token = page.token
+            if not token:
+                return out
+
+    def resolve_model(self, reference):
+        from ..core.errors import BenchmarkError
+
+        version = None
+        try:
+            if reference.startswith("models:/"):
+                rest = reference[len("models:/"):]
+                if "@" in rest:
+                    name, alias = rest.split("@", 1)
+                    found = retry(lambda: self.client.get_model_version_by_alias(name, alias))
+                    model_id, version = _version_model_id(found), found.version
+                elif "/" in rest:
+                    name, number = rest.split("/", 1)
+                    found = retry(lambda: self.client.get_model_version(name, number))
+                    model_id, version = _version_model_id(found), found.version
+                else:
+                    model_id = rest
+            else:
+                model_id = reference
+            record = _model_record(retry(lambda: self.client.get_logged_model(model_id)))
+        except Exception as exc:  # noqa: BLE001 - MLflow says "not found" in its own exception types
+            raise BenchmarkError(f"no model {reference!r} in {self.uri} ({str(exc).splitlines()[0][:200]})") from None
+        record.version = version
+        return record
+
+    def download_model(self, model_id, path, destination):
+        from mlflow.artifacts import download_artifacts
+
+        destination.mkdir(parents=True, exist_ok=True)
+        location = retry(lambda: self.client.get_logged_model(model_id)).artifact_location
+        return Path(retry(lambda: download_artifacts(artifact_uri=f"{location.rstrip('/')}/{path}",
+                                                     dst_path=str(destination), tracking_uri=self.uri)))
+
+    def register(self, name, model, alias, description):
+        try:
+            retry(lambda: self.client.create_registered_model(name))
+        except Exception as exc:  # noqa: BLE001 - it exists already (RESOURCE_ALREADY_EXISTS)
+            if "already exists" not in str(exc).lower():
+                raise
+        versions = retry(lambda: self.client.search_model_versions(f"name = '{name}'"))
+        held = next((v for v in versions if _version_model_id(v) == model.model_id), None)
+        made = held is None
+        if made:
+            from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+            # MLflow's SQL registry resolves models:/<id> through the process's default tracking
+            # URI, not the client's (its own TODO): this store's, for the call.
+            with _use_tracking_uri(self.uri):
+                held = retry(lambda: self.client.create_model_version(name, f"models:/{model.model_id}",
+                                                                      run_id=model.run_id, description=description,
+                                                                      model_id=model.model_id))
+        elif held.description != description:
+            retry(lambda: self.client.update_model_version(name, held.version, description=description))
+        retry(lambda: self.client.set_registered_model_alias(name, alias, held.version))
+        return str(held.version), made
+
+
+def _version_model_id(version) -> str:
+    """The LoggedModel a registered version holds (MLflow's SQL registry keeps it only in the source)."""
+    return version.model_id or version.source.removeprefix("models:/")
+
+
+MODEL_TYPE = "benchmark"  # the model_type of every LoggedModel a job makes
+
+
+def _model_record(model) -> ModelRecord:
+    return ModelRecord(model.model_id, model.name, model.source_run_id or "", str(getattr(model.status, "value", model.status)),
+                       dict(model.params),
+                       dict(model.tags), {(m.key, m.dataset_name or ""): m.value for m in model.metrics or []},
+                       artifact_location=model.artifact_location)
