@@ -417,14 +417,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_healthy(url: str, proc: subprocess.Popen, what: str) -> None:
-    """Poll `url`/health until it answers; fail if `proc` ends or 90 s pass first."""
+def wait_until_healthy(url: str, proc: subprocess.Popen, what: str, path: str = "/health") -> None:
+    """Poll `url` + `path` until it answers; fail if `proc` ends or 90 s pass first."""
     import urllib.request
 
     deadline = time.time() + 90
     while True:
         try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
+            urllib.request.urlopen(f"{url}{path}", timeout=2)
             return
         except OSError:
             assert time.time() < deadline and proc.poll() is None, f"{what} did not start"

@@ -33,10 +33,10 @@ def chromium() -> str:
     return found
 
 
-def rendered_page(browser: str, url: str, wait_ms: int = 15000) -> str:
+def rendered_page(browser: str, url: str, wait_ms: int = 15000, width: int = 1600) -> str:
     """The DOM of `url` after its scripts ran for `wait_ms` of virtual time."""
     proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                           f"--virtual-time-budget={wait_ms}", "--window-size=1600,1000", "--dump-dom", url],
+                           f"--virtual-time-budget={wait_ms}", f"--window-size={width},1000", "--dump-dom", url],
                           capture_output=True, text=True, timeout=120)
     return proc.stdout
 
@@ -83,20 +83,38 @@ def test_the_ui_opens_on_the_job_runs_with_their_accuracies(tmp_path):
                           str(run.metrics["test/mean_acc"])):
                 assert value in text, value
         assert "erm" in text and "collapsed" in text  # the collapse tag's column
+
+        # The Models view: each job's model by name, with its accuracies under each test dataset.
+        models_url = re.search(r"http://\S+", ui.stdout.readline()).group(0)
+        assert models_url.endswith("/models?workflowType=machine_learning")
+        model_names = [f"erm-{r.tags['source'].replace('/', '-')}-seed0" for r in runs]
+        for budget in (15000, 45000):
+            page = rendered_page(browser, models_url, budget, width=2400)  # room for the metric columns
+            if all(f">{name}<" in page for name in model_names) and "test/synth5.film/acc" in page:
+                break
+        body = page[page.find("<body"):]
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<style.*?</style>", " ", body, flags=re.S)))
+        assert all(name in text for name in model_names), text[:2000]
+        assert "Dataset: synth5/" in text and "test/synth5.film/acc" in text
+        for run in runs:
+            assert str(run.metrics["test/synth5.film/acc"]) in text
         stop_and_check_nothing_is_left(ui, port)
     finally:
         if ui.poll() is None:
             os.killpg(ui.pid, signal.SIGKILL)
 
 
-def stop_and_check_nothing_is_left(ui: subprocess.Popen, port: int) -> None:
-    """SIGTERM (what `kill <pid>` sends) to `benchmark ui`: it and MLflow's server processes end
-    and the port stops answering."""
+def stop_and_check_nothing_is_left(ui: subprocess.Popen, port: int, group: bool = False, path: str = "/health") -> None:
+    """SIGTERM (what `kill <pid>` sends) to `benchmark ui` (or, `group`, `kill -- -<pid>` to the
+    process group a server leads): it and its server processes end and the port stops answering."""
     import psutil
 
     family = [ui.pid] + [c.pid for c in psutil.Process(ui.pid).children(recursive=True)]
     assert len(family) > 1  # mlflow's own server processes
-    os.kill(ui.pid, signal.SIGTERM)
+    if group:
+        os.killpg(ui.pid, signal.SIGTERM)
+    else:
+        os.kill(ui.pid, signal.SIGTERM)
     ui.wait(timeout=30)
 
     def alive(pid: int) -> bool:
@@ -110,4 +128,4 @@ def stop_and_check_nothing_is_left(ui: subprocess.Popen, port: int) -> None:
         assert time.time() < deadline, "processes of the UI outlived it"
         time.sleep(0.2)
     with pytest.raises(OSError):
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+        urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2)

@@ -18,16 +18,20 @@ def _cmd_ui(args: argparse.Namespace) -> int:
                              "of text files to read as they are)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
                "--port", str(args.port)]
-    link = f"http://{args.host}:{args.port}"
+    link = models = f"http://{args.host}:{args.port}"
     try:  # the runs of the protocol with the newest finished job, if any
         from ..store import open_store, schema
 
         store = open_store(uri)
         # (an experiment made by an older version gets its view tags here)
-        link += f"/#/experiments/{store.experiment(store.latest_protocol())}/runs?{schema.UI_RUNS_QUERY}"
+        experiment = store.experiment(store.latest_protocol())
+        link += f"/#/experiments/{experiment}/runs?{schema.UI_RUNS_QUERY}"
+        models += f"/#/experiments/{experiment}/models?{schema.UI_MODELS_QUERY}"
     except BenchmarkError:
-        pass
+        models = ""
     print(f"MLflow UI on {link} for {uri}", flush=True)
+    if models:
+        print(f"its trained models, with their metrics per dataset: {models}", flush=True)
     # Become the MLflow process (no child in between): `kill <pid>` and Ctrl-C reach it, and it
     # passes them on to its server, so nothing is left holding the port.
     os.execv(sys.executable, command)

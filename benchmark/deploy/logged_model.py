@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import warnings
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -27,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
+from ..core.errors import BenchmarkError
 from ..core.labels import CLASSES
 from ..store import ResultStore, RunRecord, schema
 from ..store.base import method_label
@@ -92,13 +94,16 @@ def save(folder: Path, checkpoint_folder: Path, *, model_id: str | None = None, 
         encoder = encoder_spec(checkpoint_folder, spec)  # checks the digest
         path = encoder_weights_file(encoder) if encoder is not None else None
         if path is None:
-            raise ValueError("this model has no frozen encoder weights to bundle")
+            raise BenchmarkError(f"--bundle-encoder: the model ({spec['method']}) has no frozen encoder weights to bundle")
         shutil.copyfile(path, checkpoint_folder / ENCODER_FILE)
-    mlflow.pyfunc.save_model(
-        path=str(folder), python_model=str(Path(__file__).with_name("model_code.py")), artifacts={CHECKPOINT: str(checkpoint_folder)},
-        signature=signature(), input_example=pd.DataFrame({INPUT_COLUMN: [example_image(int(spec["input_size"]))]}),
-        pip_requirements=requirements(),
-        mlflow_model=Model(artifact_path=artifact_location, run_id=run_id, model_id=model_id, model_uuid=model_id))
+    with warnings.catch_warnings():  # MLflow's own use of a pandas API pandas 4 deprecates, not ours
+        warnings.filterwarnings("ignore", message="Operation with range is deprecated")
+        mlflow.pyfunc.save_model(
+            path=str(folder), python_model=str(Path(__file__).with_name("model_code.py")),
+            artifacts={CHECKPOINT: str(checkpoint_folder)}, signature=signature(),
+            input_example=pd.DataFrame({INPUT_COLUMN: [example_image(int(spec["input_size"]))]}),
+            pip_requirements=requirements(),
+            mlflow_model=Model(artifact_path=artifact_location, run_id=run_id, model_id=model_id, model_uuid=model_id))
     return folder
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from ..core.errors import BenchmarkError
 from ..core.sources import parts as source_parts
 from ..store import ModelRecord, ResultStore, schema
-from .logged_model import log, model_name
 
 # rule -> what it reads, in words; every one reads the source's own data only
 RULES = {
@@ -82,6 +81,8 @@ def choose(models: list[ModelRecord], rule: str) -> list[Choice]:
 def register(store: ResultStore, protocol: str, method: str, source: str | None, rule: str,
              alias: str = DEFAULT_ALIAS) -> list[tuple[Choice, str, str, bool]]:
     """(choice, registered name, version, made now) per (method, source) of the protocol."""
+    if not store.has_models:
+        raise store.no_models("register models")
     experiment = store.experiment(protocol, create=False)
     if experiment is None:
         raise BenchmarkError(f"no experiment {protocol!r} in {store.uri}")
@@ -93,6 +94,8 @@ def register(store: ResultStore, protocol: str, method: str, source: str | None,
         raise BenchmarkError(f"no model of method {method!r}{f' trained on {source!r}' if source else ''} in protocol "
                              f"{protocol!r} of {store.uri} (grids run before models were logged: "
                              "`benchmark register --backfill` first)")
+    from .logged_model import model_name  # (torch and MLflow's pyfunc: not for `register --help`)
+
     out = []
     for choice in choose(models, rule):
         name = model_name(protocol, choice.method, choice.source)
@@ -105,9 +108,13 @@ def backfill(store: ResultStore, protocol: str) -> tuple[int, int]:
     """A LoggedModel for every FINISHED job run of the protocol that has none, from the run's
     `model/` checkpoint (the weights are then kept twice: the run's copy is left as it was).
     (made, already had one)."""
+    if not store.has_models:
+        raise store.no_models("log models for its runs")
     experiment = store.experiment(protocol, create=False)
     if experiment is None:
         raise BenchmarkError(f"no experiment {protocol!r} in {store.uri}")
+    from .logged_model import log
+
     made = had = 0
     for run in store.runs(experiment, jobs_only=True):
         if run.status != "FINISHED":

@@ -330,7 +330,7 @@ class MlflowStore(ResultStore):
             record = _model_record(retry(lambda: self.client.get_logged_model(model_id)))
         except Exception as exc:  # noqa: BLE001 - MLflow says "not found" in its own exception types
             raise BenchmarkError(f"no model {reference!r} in {self.uri} ({str(exc).splitlines()[0][:200]})") from None
-        record.version = version
+        record.version = None if version is None else str(version)
         return record
 
     def download_model(self, model_id, path, destination):

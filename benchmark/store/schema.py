@@ -33,6 +33,7 @@ EXPERIMENT_KIND, TRAINING_RUNS = "mlflow.experimentKind", "custom_model_developm
 # browser's stored choice, GenAI by default): `benchmark ui` links to both.
 SHARED_VIEW_PREFIX, JOBS_VIEW = "mlflow.sharedViewState.", "jobs"
 UI_RUNS_QUERY = f"workflowType=machine_learning&viewStateShareKey={JOBS_VIEW}"
+UI_MODELS_QUERY = "workflowType=machine_learning"  # the Models tab: its metric columns, grouped by dataset
 # Who owns a RUNNING run (benchmark.store.liveness).
 HOST, PID, PID_STARTED, HEARTBEAT = "host", "pid", "pid_started", "heartbeat"
 
