@@ -253,6 +253,7 @@ def test_register_is_idempotent_and_serve_answers_as_predict_does(grid, images, 
     studio = [store.model_of_run(r.run_id) for r in runs if r.tags["source"] == SOURCE]
     best = max(studio, key=lambda m: (m.metric(SOURCE_VAL), -int(m.params["seed"])))
     assert picked.model_id == best.model_id and picked.version == "1"
+    assert json.loads(picked.tags["mlflow.modelVersions"]) == [{"name": name, "version": "1"}]  # the UI's column
     import mlflow
 
     version = mlflow.MlflowClient(uri).get_model_version(name, "1")

@@ -359,6 +359,12 @@ class MlflowStore(ResultStore):
                 held = retry(lambda: self.client.create_model_version(name, f"models:/{model.model_id}",
                                                                       run_id=model.run_id, description=description,
                                                                       model_id=model.model_id))
+            # The model's page and the Models view list its versions from this tag, as mlflow.register_model sets it.
+            from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+            listed = json.loads(model.tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
+            listed.append({"name": name, "version": str(held.version)})
+            retry(lambda: self.client.set_logged_model_tags(model.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(listed)}))
         elif held.description != description:
             retry(lambda: self.client.update_model_version(name, held.version, description=description))
         retry(lambda: self.client.set_registered_model_alias(name, alias, held.version))
