@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.core.errors import BenchmarkError
 from benchmark.data import DATASETS, decode_split
 from benchmark.models.backbones import BackboneSpec
 from benchmark.training.method import Components, MemoryLog
@@ -91,11 +90,28 @@ def test_the_last_epoch_saves_nothing_and_a_checkpoint_is_written_whole(data, tm
     assert [p.name for p in tmp_path.iterdir()] == ["job.pt"]  # no partial file left beside it
 
 
-def test_an_unreadable_or_foreign_checkpoint_is_named_not_trained_from(tmp_path):
-    (tmp_path / "job.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(BenchmarkError, match="job.pt: not a training checkpoint"):
-        EpochCheckpoint.open(tmp_path, "job", "run-2")
-    EpochCheckpoint(tmp_path / "other.pt", "other", "run-1").save({"epoch": 1})
-    (tmp_path / "other.pt").rename(tmp_path / "job.pt")
-    with pytest.raises(BenchmarkError, match="saved by job other, not job"):
-        EpochCheckpoint.open(tmp_path, "job", "run-2")
+@pytest.mark.parametrize("case", ["corrupt", "truncated", "foreign", "old layout", "not a dict"])
+def test_a_checkpoint_that_cannot_be_resumed_is_set_aside_and_named(case, tmp_path):
+    path = tmp_path / "job.pt"
+    if case == "corrupt":
+        path.write_bytes(b"not a checkpoint")
+    elif case == "truncated":  # a copy cut short (a full disk, a partial rsync)
+        EpochCheckpoint(path, "job", "run-1").save({"epoch": 1, "weights": torch.ones(1000)})
+        path.write_bytes(path.read_bytes()[:-900])
+    elif case == "foreign":
+        EpochCheckpoint(tmp_path / "other.pt", "other", "run-1").save({"epoch": 1})
+        (tmp_path / "other.pt").rename(path)
+    elif case == "old layout":
+        torch.save({"epoch": 1, "job_hash": "job", "run_id": "run-1"}, path)
+    else:
+        torch.save([1, 2], path)
+    content = path.read_bytes()
+    opened = EpochCheckpoint.open(tmp_path, "job", "run-2")
+    assert opened.state is None and opened.epoch == 0  # trained from its first epoch
+    why = {"corrupt": "unreadable", "truncated": "unreadable", "foreign": "saved by job other, not job",
+           "old layout": "state layout unversioned, this version reads 1", "not a dict": "not a training checkpoint"}
+    assert opened.warning.startswith(f"{path}: {why[case]}") and "set aside as job.pt.set-aside-" in opened.warning
+    (aside,) = tmp_path.glob("job.pt.set-aside-*")
+    assert aside.read_bytes() == content and not path.exists()  # kept, not deleted
+    opened.save({"epoch": 1})  # the new try writes its own beside it
+    assert EpochCheckpoint.open(tmp_path, "job", "run-3").epoch == 1

@@ -70,7 +70,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = ExecutorOptions(args.workers, args.jobs_per_gpu, args.ray_address, args.fuse, slurm)
     return run_grid(protocol, methods, plan, store=open_store(args.tracking_uri), executor=args.executor,
                     options=options, dry_run=args.dry_run, device=args.device, command=" ".join(sys.argv),
-                    threads=args.threads, system_metrics_s=args.system_metrics_every)
+                    threads=args.threads, system_metrics_s=args.system_metrics_every, resume=not args.no_resume,
+                    resume_dir=args.resume_dir)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -114,5 +115,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      help="sample CPU, memory, disk, network and GPU use into each job's run (MLflow system/ "
                      "metrics) every SECONDS; 0: off (default 10)")
     run.add_argument("--device", help="torch device for local jobs (default cuda when present, else cpu)")
+    run.add_argument("--resume-dir", metavar="DIR",
+                     help="folder for the jobs' epoch checkpoints, readable by every worker (default: resume/ beside a "
+                     "local store, else results/resume; Slurm: its shared folder)")
+    run.add_argument("--no-resume", action="store_true",
+                     help="save no epoch checkpoints: a stopped job trains again from its first epoch")
     run.add_argument("--dry-run", action="store_true", help="list the jobs and whether each is FINISHED; run nothing")
     run.set_defaults(func=_cmd_run)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from tabulate import tabulate
 
 from ..core.environment import default_threads
 from ..core.errors import BenchmarkError
+from ..core.paths import results_dir
 from ..jobs.plan import DataPlan, Job, expand, not_applicable
 from ..jobs.protocol import Protocol
 from .executors import EXECUTORS, ExecutorOptions
@@ -104,10 +106,29 @@ def jobs_at_once(executor: str, options: ExecutorOptions, device: str | None) ->
     return options.jobs_per_gpu if executor == "ray" else 1
 
 
+def resume_folder(store: ResultStore, executor: str, named: str | None) -> Path:
+    """Where the grid's jobs keep their epoch checkpoints: the folder named, else `resume/` beside
+    a store on this machine, else this machine's results folder (said, for executors whose jobs
+    may run on other hosts). The Slurm executor keeps them in its shared folder unless named."""
+    if named:
+        return Path(named).resolve()
+    folder = store.local_folder()
+    if folder is not None:
+        return (folder / "resume").resolve()
+    if executor == "ray":
+        print(f"[resume] the store is a tracking server: epoch checkpoints go to {results_dir() / 'resume'} on this "
+              "host; name a shared folder with --resume-dir for jobs on other hosts to resume", flush=True)
+    return (results_dir() / "resume").resolve()
+
+
 def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: ResultStore, executor: str = "local",
              options: ExecutorOptions = ExecutorOptions(), dry_run: bool = False, device: str | None = None,
-             command: str = "", threads: int | None = None, system_metrics_s: float | None = None) -> int:
+             command: str = "", threads: int | None = None, system_metrics_s: float | None = None,
+             resume: bool = True, resume_dir: str | None = None) -> int:
     """Run (or list) the grid; returns the process exit code (1 when any job failed).
+
+    `resume`: each job saves its training state after every epoch in `resume_dir` (default
+    resume_folder(store, executor)), and a later try of a stopped job goes on from there.
 
     `threads`: torch threads per job, pinned in every executor so that Ray and local runs of a
     job compute alike (default: this machine's cores divided among the jobs run at once here)."""
@@ -153,8 +174,14 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: R
                        "workers": options.workers or ""})
     parent_log.text("protocol.json", json.dumps({**protocol.to_dict(), "not_applicable": skipped_methods}, indent=1,
                                                 default=str))
+    checkpoints = resume_folder(store, executor, resume_dir) if resume else None
+    if checkpoints is None:
+        print("[resume] off (--no-resume): no epoch checkpoints; a stopped job trains again from its first epoch",
+              flush=True)
+    parent_log.params({"resume_dir": str(checkpoints) if checkpoints else "off"})
     ctx = RunContext(store, experiment, parent_log.run_id, plan, device, threads,
-                     **({} if system_metrics_s is None else {"system_metrics_s": system_metrics_s}))
+                     **({} if system_metrics_s is None else {"system_metrics_s": system_metrics_s}),
+                     resume_dir=str(checkpoints) if checkpoints else None, resume_named=resume_dir is not None)
     started = time.perf_counter()
     progress = Progress(len(todo))
     try:

@@ -13,6 +13,7 @@ import getpass
 import inspect
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -53,8 +54,9 @@ class RunContext:
     threads: int | None = None  # torch threads per job (benchmark.core.environment.default_threads)
     system_metrics_s: float = 10.0  # seconds between samples of the machine's load (MLflow system/ metrics); 0: off
     # Where a job's training state is saved after each epoch, so that a later try of a stopped job
-    # resumes there (benchmark.training.resume); the Slurm executor sets it. None: no saving.
+    # resumes there (benchmark.training.resume; run_grid's resume_folder). None: no saving.
     resume_dir: str | None = None
+    resume_named: bool = False  # the user named resume_dir (else Slurm uses its shared folder)
 
 
 @dataclass
@@ -173,6 +175,8 @@ def _resume_point(p: _Prepared, ctx: RunContext):
     from ..training.resume import EpochCheckpoint
 
     resume = EpochCheckpoint.open(ctx.resume_dir, p.job.hash, p.log.run_id)
+    if resume.warning:
+        print(f"[resume] warning: {p.job.label}: {resume.warning}", file=sys.stderr, flush=True)
     if resume.state is not None:
         previous, copied = resume.previous_run_id, ""
         try:
@@ -187,6 +191,8 @@ def _resume_point(p: _Prepared, ctx: RunContext):
         for step in sorted(by_step):
             p.log.metrics(by_step[step], step=step)
         p.log.tags({schema.RESUMED_FROM: f"epoch {resume.epoch} of run {previous}{copied}"})
+        print(f"[resume] {p.job.label}: resuming at epoch {resume.epoch + 1} from {resume.path} (epochs 1-{resume.epoch} "
+              f"of run {previous}{copied}), in run {p.log.run_id}", flush=True)
     p.resume = resume
     return resume
 

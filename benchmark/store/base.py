@@ -163,6 +163,11 @@ class ResultStore(abc.ABC):
     def artifact_paths(self, run_id: str, folder: str) -> list[str]:
         """Paths of the files a run holds below `folder` (relative to the run's artifact root)."""
 
+    def local_folder(self) -> Path | None:
+        """The folder this store lives in when it is on this machine's file system (None for a
+        tracking server): jobs keep their epoch checkpoints beside it."""
+        return None
+
     # -- trained models: MLflow's LoggedModels and registry (the JSON-lines store has neither) --
     has_models = False
 

@@ -75,6 +75,9 @@ class JsonlStore(ResultStore):
         self.folder = Path(folder)
         self.uri = f"{PREFIX}{self.folder}"
 
+    def local_folder(self) -> Path:
+        return self.folder
+
     @property
     def events_path(self) -> Path:
         return self.folder / "runs.jsonl"

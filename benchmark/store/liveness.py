@@ -36,6 +36,8 @@ def process_alive(tags: dict[str, str]) -> bool | None:
         return None
     try:
         proc = psutil.Process(int(tags.get(schema.PID, "-1")))
+        if proc.status() == psutil.STATUS_ZOMBIE:  # killed, not yet reaped (its parent died too, and no init reaps)
+            return False
         return abs(proc.create_time() - float(tags.get(schema.PID_STARTED, "0"))) < 1.0
     except (psutil.NoSuchProcess, ValueError):
         return False

@@ -129,6 +129,13 @@ class MlflowStore(ResultStore):
     def __getstate__(self) -> dict:  # shipped to workers without its connection
         return {"uri": self.uri, "_client": None}
 
+    def local_folder(self) -> Path | None:
+        for prefix in ("sqlite:///", "file://"):  # a database file, or MLflow's file store folder
+            if self.uri.startswith(prefix):
+                path = Path(self.uri[len(prefix):].split("?")[0])  # sqlite:////abs or sqlite:///relative
+                return path.parent if prefix == "sqlite:///" else path
+        return None
+
     @property
     def client(self) -> MlflowClient:
         if self._client is None:

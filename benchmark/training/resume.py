@@ -10,13 +10,16 @@ on the same machine type and thread count its numbers equal an uninterrupted run
 
 The file is `<folder>/<job hash>.pt`, written whole and then renamed over the old one (a stop
 mid-write leaves the previous epoch's), read with `torch.load(weights_only=True)`, and deleted
-when the job ends (FINISHED or FAILED): only a stopped job leaves one.
+when the job ends (FINISHED or FAILED): only a stopped job leaves one. A file that cannot be
+resumed from (truncated, corrupt, another job's, another state layout's) is renamed aside with a
+warning and the job trains from its first epoch.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.errors import BenchmarkError
+
+# The state's layout: a file written with another is set aside, not read (its keys may differ).
+LAYOUT = 1
 
 
 @dataclass
@@ -33,21 +38,33 @@ class EpochCheckpoint:
     job_hash: str
     run_id: str  # the run this try writes (the next try copies its history from it)
     state: dict[str, Any] | None = None  # what an earlier try saved: resume after state["epoch"]
+    warning: str = ""  # why a file found was set aside instead of resumed from
 
     @classmethod
     def open(cls, folder: str | Path, job_hash: str, run_id: str) -> "EpochCheckpoint":
-        """The job's checkpoint in `folder`, with what an earlier try saved there (if anything)."""
+        """The job's checkpoint in `folder`, with what an earlier try saved there (if anything).
+        A file that cannot be resumed from (unreadable or truncated, another job's, another
+        layout's) is renamed aside, kept for a look, and named in `warning`: the job trains from
+        its first epoch instead of failing or resuming the wrong state."""
         path = Path(folder) / f"{job_hash}.pt"
-        state = None
-        if path.is_file():
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # noqa: BLE001 - unreadable: say which file, train from the start
-                raise BenchmarkError(f"{path}: not a training checkpoint this harness can read ({exc}); "
-                                     "delete it to train the job from its first epoch") from None
-            if state.get("job_hash") != job_hash:
-                raise BenchmarkError(f"{path}: saved by job {state.get('job_hash')}, not {job_hash}")
-        return cls(path, job_hash, run_id, state)
+        if not path.is_file():
+            return cls(path, job_hash, run_id)
+        why = ""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - truncated, corrupt or not torch's: never fatal to the grid
+            state, why = None, f"unreadable ({str(exc).splitlines()[0][:200]})"
+        if state is not None and not isinstance(state, dict):
+            why = f"not a training checkpoint (a {type(state).__name__})"
+        elif state is not None and state.get("job_hash") != job_hash:
+            why = f"saved by job {state.get('job_hash')}, not {job_hash}"
+        elif state is not None and state.get("layout") != LAYOUT:
+            why = f"state layout {state.get('layout', 'unversioned')}, this version reads {LAYOUT}"
+        if not why:
+            return cls(path, job_hash, run_id, state)
+        aside = path.with_name(f"{path.name}.set-aside-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        os.replace(path, aside)
+        return cls(path, job_hash, run_id, None, f"{path}: {why}; set aside as {aside.name}, training from epoch 1")
 
     @property
     def epoch(self) -> int:
@@ -61,7 +78,7 @@ class EpochCheckpoint:
     def save(self, state: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.partial")
-        torch.save({**state, "job_hash": self.job_hash, "run_id": self.run_id}, partial)
+        torch.save({**state, "job_hash": self.job_hash, "run_id": self.run_id, "layout": LAYOUT}, partial)
         os.replace(partial, self.path)
 
     def clear(self) -> None:

@@ -219,7 +219,9 @@ def run_slurm(jobs, ctx, options, announce, report):
     if slurm.gpus_per_task:
         params["gpus_per_task"] = slurm.gpus_per_task
     executor.update_parameters(**params)
-    shipped = dataclasses.replace(for_workers(ctx), resume_dir=str(folder / "resume"))
+    # Epoch checkpoints in the shared folder every node reads, unless resume is off or a folder was named.
+    resume_dir = ctx.resume_dir if ctx.resume_dir is None or ctx.resume_named else str(folder / "resume")
+    shipped = dataclasses.replace(for_workers(ctx), resume_dir=resume_dir)
     for task in tasks:
         for group in task:
             for job in group:
