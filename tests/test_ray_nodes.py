@@ -1,7 +1,7 @@
 """`--executor ray` on a Ray cluster of two nodes started with `ray start` on this machine: the
 grid's jobs land on both and train at once, each writing its run into the driver's store; the
-second node is killed mid-job, and its job is resubmitted, trained once more by a try that claims
-it at once, and the grid ends with one FINISHED run per job."""
+second node is killed mid-job, and its job is resubmitted to a try that claims it at once and
+resumes it from its last epoch checkpoint, and the grid ends with one FINISHED run per job."""
 
 from __future__ import annotations
 
@@ -107,8 +107,8 @@ def test_a_node_killed_mid_job_has_its_job_resubmitted_and_trained_once(two_node
         runs = [r for r in store.runs(store.experiment("tiny"), jobs_only=True) if r.status == "RUNNING"] \
             if (tmp_path / "store.db").exists() and store.experiment("tiny", create=False) else []
         victims = [r for r in runs if r.tags["host"] == SECOND_HOST]
-        if len(runs) == 2 and victims and "train/loss" in store.run(victims[0].run_id).metrics:
-            break
+        if len(runs) == 2 and victims and (tmp_path / "resume" / f"{victims[0].tags['job_hash']}.pt").exists():
+            break  # its first epoch checkpoint is written
         time.sleep(0.5)
     for proc in processes_below(raylet):  # the node dies: its raylet and its workers, no warning
         proc.send_signal(signal.SIGKILL)
@@ -127,3 +127,12 @@ def test_a_node_killed_mid_job_has_its_job_resubmitted_and_trained_once(two_node
     (_, survivor) = sorted([lost, *[r for r in finished if r.tags["job_hash"] != lost.tags["job_hash"]]],
                            key=lambda r: r.start_time)
     assert survivor.start_time < lost.end_time  # the two nodes' jobs trained at once
+    # The retry went on from the lost try's epoch checkpoint (beside the store, which both nodes
+    # see here): it trained only the epochs after it, so no more than one epoch was trained twice.
+    (retry,) = [r for r in finished if r.tags["job_hash"] == lost.tags["job_hash"]]
+    resumed_at = int(retry.tags["resumed_from"].split()[1])
+    assert retry.tags["resumed_from"] == f"epoch {resumed_at} of run {lost.run_id}" and resumed_at >= 1
+    assert f"resuming at epoch {resumed_at + 1} from " in out and f"in run {retry.run_id}" in out
+    lost_epochs = len(store.metric_history(lost.run_id, "train/loss"))
+    assert lost_epochs + (8 - resumed_at) <= 8 + 1
+    assert [step for step, _ in store.metric_history(retry.run_id, "train/loss")] == list(range(1, 9))

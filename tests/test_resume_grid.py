@@ -124,6 +124,54 @@ def test_a_job_killed_after_epoch_3_resumes_at_4_and_ends_as_an_uninterrupted_on
     assert not checkpoint.exists()  # deleted when the job ended
 
 
+def fused_args(protocol_file: Path, uri: str) -> list[str]:
+    return ["run", "--protocol", str(protocol_file), "--tracking-uri", uri, "--methods", "erm", "--sources",
+            "synth5/studio", "--seeds", "0,1", "--threads", "1", "--fuse", "2"]
+
+
+@pytest.mark.slow
+def test_a_fused_group_killed_after_epoch_3_resumes_as_one_and_ends_as_uninterrupted(tmp_path, capfd):
+    plain_uri = f"sqlite:///{tmp_path / 'plain' / 'store.db'}"
+    (tmp_path / "plain").mkdir()
+    assert main(fused_args(protocol(tmp_path / "plain"), plain_uri)) == 0
+    plain_store, plain_runs = finished(plain_uri)
+    assert len(plain_runs) == 2 and all(r.params[schema.FUSED] == "2" for r in plain_runs)
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    args = fused_args(protocol(tmp_path), uri)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    first = subprocess.Popen([sys.executable, "-m", "benchmark", *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not (found := list((tmp_path / "resume").glob("fused-*.pt"))) or saved_epoch(found[0]) < 3:
+            assert first.poll() is None and time.time() < deadline, "the group ended or stalled before epoch 3"
+            time.sleep(0.05)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    stopped_at = saved_epoch(found[0])
+    assert 3 <= stopped_at < EPOCHS
+
+    capfd.readouterr()
+    assert main(args) == 0
+    out = capfd.readouterr().out
+    assert out.count(f"resuming at epoch {stopped_at + 1} from {found[0]}") == 2, out[-3000:]
+    store, runs = finished(uri)
+    assert len(runs) == 2
+    by_seed = {r.tags["seed"]: r for r in plain_runs}
+    for run in runs:
+        plain = by_seed[run.tags["seed"]]
+        steps = [step for step, _ in store.metric_history(run.run_id, "train/loss")]
+        assert steps == list(range(1, EPOCHS + 1))
+        assert store.metric_history(run.run_id, "train/loss") == plain_store.metric_history(plain.run_id, "train/loss")
+        key = schema.target_metric("synth5/film", "acc")
+        assert run.metrics[key] == plain.metrics[key] and run.metrics["test/mean_acc"] == plain.metrics["test/mean_acc"]
+        mine, theirs = weights(store, run.run_id, tmp_path), weights(plain_store, plain.run_id, tmp_path / "plain")
+        assert all(torch.equal(mine[k], v) if isinstance(v, torch.Tensor) else mine[k] == v for k, v in theirs.items())
+    assert not list((tmp_path / "resume").glob("fused-*.pt"))
+
+
 @pytest.mark.slow
 def test_no_resume_saves_nothing_and_says_so(tmp_path, capfd):
     uri = f"sqlite:///{tmp_path / 'store.db'}"

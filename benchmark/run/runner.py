@@ -178,23 +178,48 @@ def _resume_point(p: _Prepared, ctx: RunContext):
     if resume.warning:
         print(f"[resume] warning: {p.job.label}: {resume.warning}", file=sys.stderr, flush=True)
     if resume.state is not None:
-        previous, copied = resume.previous_run_id, ""
-        try:
-            keys = [k for k in ctx.store.run(previous).metrics if not k.startswith("system/")]
-        except BenchmarkError:  # another store than the earlier try's: train on, say so
-            keys, copied = [], " (its history is not in this store)"
-        by_step: dict[int, dict[str, float]] = {}
-        for key, history in ctx.store.histories([previous], lambda key: True, {previous: keys})[previous].items():
-            for step, value in history:
-                if step <= resume.epoch:
-                    by_step.setdefault(step, {})[key] = value
-        for step in sorted(by_step):
-            p.log.metrics(by_step[step], step=step)
-        p.log.tags({schema.RESUMED_FROM: f"epoch {resume.epoch} of run {previous}{copied}"})
-        print(f"[resume] {p.job.label}: resuming at epoch {resume.epoch + 1} from {resume.path} (epochs 1-{resume.epoch} "
-              f"of run {previous}{copied}), in run {p.log.run_id}", flush=True)
+        _continue_history(p, ctx, resume, resume.previous_run_id)
     p.resume = resume
     return resume
+
+
+def _group_resume_point(group: list[_Prepared], ctx: RunContext):
+    """A fused group's epoch checkpoint, one file for its K jobs in their order (a later try that
+    groups the same pending jobs the same way resumes it; another grouping starts over)."""
+    import hashlib
+
+    from ..training.resume import EpochCheckpoint
+
+    key = hashlib.sha256("|".join(p.job.hash for p in group).encode()).hexdigest()[:16]
+    resume = EpochCheckpoint.open(ctx.resume_dir, f"fused-{key}", ",".join(p.log.run_id for p in group))
+    if resume.warning:
+        print(f"[resume] warning: fused group of {len(group)}: {resume.warning}", file=sys.stderr, flush=True)
+    if resume.state is not None:
+        for p, previous in zip(group, resume.previous_run_id.split(",")):
+            _continue_history(p, ctx, resume, previous)
+    for p in group:
+        p.resume = resume
+    return resume
+
+
+def _continue_history(p: _Prepared, ctx: RunContext, resume, previous: str) -> None:
+    """Copy run `previous`'s history up to the checkpoint's epoch into the job's run, tag it and
+    say so in one line."""
+    copied = ""
+    try:
+        keys = [k for k in ctx.store.run(previous).metrics if not k.startswith("system/")]
+    except BenchmarkError:  # another store than the earlier try's: train on, say so
+        keys, copied = [], " (its history is not in this store)"
+    by_step: dict[int, dict[str, float]] = {}
+    for key, history in ctx.store.histories([previous], lambda key: True, {previous: keys})[previous].items():
+        for step, value in history:
+            if step <= resume.epoch:
+                by_step.setdefault(step, {})[key] = value
+    for step in sorted(by_step):
+        p.log.metrics(by_step[step], step=step)
+    p.log.tags({schema.RESUMED_FROM: f"epoch {resume.epoch} of run {previous}{copied}"})
+    print(f"[resume] {p.job.label}: resuming at epoch {resume.epoch + 1} from {resume.path} (epochs 1-{resume.epoch} "
+          f"of run {previous}{copied}), in run {p.log.run_id}", flush=True)
 
 
 def _fail(p: _Prepared, exc: BaseException) -> None:
@@ -260,9 +285,10 @@ def _train_group(claimed: list[_Prepared], ctx: RunContext) -> None:
             _finish(p, ctx)
             continue
         try:
+            resume = _group_resume_point(group, ctx) if ctx.resume_dir is not None else None
             errors = fit_fused([p.method for p in group], [p.train for p in group],
                                recipes=[p.job.recipe for p in group], device=device, logs=[p.log for p in group],
-                               epoch_ends=[p.evaluator.epoch_end for p in group])
+                               epoch_ends=[p.evaluator.epoch_end for p in group], resume=resume)
         except Exception as exc:  # noqa: BLE001 - the group's training failed: each of its jobs did
             errors = [exc] * len(group)
         for p, error in zip(group, errors):

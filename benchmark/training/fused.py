@@ -37,6 +37,7 @@ from ..data.cache import DecodedSplit
 from .execution import Execution, to_device_batch
 from .method import Batch, EpochEnd, RunLog
 from .recipe import Recipe
+from .resume import EpochCheckpoint, random_state, set_random_state
 from .trained_method import TrainedMethod
 from .trainer import (StepMonitor, TrainingDiverged, epoch_batches, epoch_sampler, evaluates_after, optimizer_for,
                       resident_split, seed_everything)
@@ -138,12 +139,13 @@ def _encoder_features(methods: Sequence[TrainedMethod], batches: Sequence[Batch]
 
 def fit_fused(methods: Sequence[TrainedMethod], datas: Sequence[DecodedSplit], *, recipes: Sequence[Recipe],
               device: torch.device, logs: Sequence[RunLog],
-              epoch_ends: Sequence[EpochEnd | None]) -> list[BaseException | None]:
+              epoch_ends: Sequence[EpochEnd | None], resume: EpochCheckpoint | None = None) -> list[BaseException | None]:
     """Train the K jobs together; job k as `methods[k].fit(datas[k], recipe=recipes[k], ...)` would.
 
     Returns each job's error (None: trained). A job whose loss became non-finite, or whose
     `epoch_end` raised, stops there (its error returned); the others go on. Any other error
-    stops the whole group and is raised.
+    stops the whole group and is raised. With `resume`, the group's state is saved after every
+    epoch but the last while all K train, and a group an earlier try saved goes on from there.
     """
     check_fusable(methods, datas, recipes)
     recipe = recipes[0]
@@ -159,13 +161,21 @@ def fit_fused(methods: Sequence[TrainedMethod], datas: Sequence[DecodedSplit], *
                                torch.Generator(device="cpu").manual_seed(job_recipe.seed),
                                torch.Generator(device=device).manual_seed(job_recipe.seed + 1),
                                resident_split(data, job_recipe, device)))
+    saved = resume.state if resume is not None else None
+    if saved is not None:  # each job's modules and draws, before they are stacked
+        for method, state in zip(methods, saved["methods"]):
+            method.load_training_state(state)
+        for stream, state in zip(streams, saved["streams"]):
+            stream.gen.set_state(state["order_rng"])
+            stream.aug_gen.set_state(state["augment_rng"])
+            stream.labels[:] = state["labels"].numpy()
     with contextlib.ExitStack() as features:
         for method, stream in zip(methods, streams):
             features.enter_context(method.training_features(stream.data, stream.recipe, device))
-        return _train(methods, streams, recipe, execution, device, logs, epoch_ends)
+        return _train(methods, streams, recipe, execution, device, logs, epoch_ends, resume)
 
 
-def _train(methods, streams, recipe, execution, device, logs, epoch_ends) -> list[BaseException | None]:
+def _train(methods, streams, recipe, execution, device, logs, epoch_ends, resume) -> list[BaseException | None]:
     fused = FusedModels(methods)
     settings = methods[0].optimizer_settings()
     optimizer, scheduler = optimizer_for(fused.param_groups, settings, recipe, device)
@@ -180,8 +190,14 @@ def _train(methods, streams, recipe, execution, device, logs, epoch_ends) -> lis
                 errors[k] = TrainingDiverged(f"{methods[k].name}: loss is {loss} at epoch {epoch}, step {step}")
                 alive[k] = False
 
-    step = 0
-    for epoch in range(1, recipe.epochs + 1):
+    step, first_epoch = 0, 1
+    if resume is not None and resume.state is not None:
+        saved = resume.state
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        set_random_state(saved["global_rng"])
+        step, first_epoch = int(saved["step"]), int(saved["epoch"]) + 1
+    for epoch in range(first_epoch, recipe.epochs + 1):
         methods[0].train_mode(True)  # the template's modules run every job's step
         start = time.perf_counter()
         batch_streams = []
@@ -230,5 +246,12 @@ def _train(methods, streams, recipe, execution, device, logs, epoch_ends) -> lis
                     alive[k] = False
         if not alive.any():
             break
+        if resume is not None and epoch < recipe.epochs and all(e is None for e in errors):
+            fused.write_back()  # each job's weights into its method, whose training_state holds them
+            resume.save({"epoch": epoch, "step": step, "methods": [m.training_state() for m in methods],
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "streams": [{"order_rng": s.gen.get_state(), "augment_rng": s.aug_gen.get_state(),
+                                      "labels": torch.from_numpy(s.labels.copy())} for s in streams],
+                         "global_rng": random_state()})
     fused.write_back()
     return errors
