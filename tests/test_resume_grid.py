@@ -43,9 +43,7 @@ def finished(uri: str):
 
 
 def weights(store, run_id: str, tmp: Path) -> dict:
-    from benchmark.deploy.logged_model import checkpoint_of
-
-    folder = checkpoint_of(store, run_id, tmp / run_id)
+    folder = store.checkpoint(run_id, tmp / run_id)
     return flat(torch.load(folder / "state_dict.pt", weights_only=True))
 
 

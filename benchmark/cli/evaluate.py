@@ -14,7 +14,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from tabulate import tabulate
 
-    from ..deploy import logged_model
     from ..training import checkpoint
     from ..data import decode_split
     from ..data.roots import parse_assignments
@@ -29,7 +28,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise BenchmarkError(f"run {args.run} is {run.status}: only a FINISHED job run holds a trained method")
     device = pick_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:  # the run's model's checkpoint, or the run's own (older stores)
-        method, spec = checkpoint.load(logged_model.checkpoint_of(store, args.run, Path(tmp)), device)
+        method, spec = checkpoint.load(store.checkpoint(args.run, Path(tmp)), device)
     plan = DataPlan(args.data_root, parse_assignments(args.dataset_path, "--dataset-path"),
                     {args.dataset: parse_assignments(args.option, "--option")})
     data = decode_split(plan.samples(args.dataset, args.split), spec["input_size"])

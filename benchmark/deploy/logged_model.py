@@ -37,7 +37,7 @@ from .classifier import ENCODER_FILE, ImageClassifier
 
 PACKAGE = "fer-benchmark"
 INPUT_COLUMN = "image"
-CHECKPOINT = "checkpoint"  # the artifact key: the checkpoint lies under artifacts/checkpoint/
+CHECKPOINT = schema.MODEL_CHECKPOINT.rpartition("/")[2]  # the artifact key: the files lie under artifacts/checkpoint/
 
 
 class PyfuncModel(mlflow.pyfunc.PythonModel):
@@ -133,12 +133,3 @@ def log(store: ResultStore, run_id: str, checkpoint_folder: Path, step: int) -> 
         folder, checkpoint_folder, model_id=model_id, run_id=run_id, artifact_location=location), step)
     store.link_model_metrics(run_id, model_id, step)
     return model_id
-
-
-def checkpoint_of(store: ResultStore, run_id: str, destination: Path) -> Path:
-    """A local copy of a job run's checkpoint folder: its LoggedModel's, or for runs made before
-    them (and in the JSON-lines store) the run's own `model/`."""
-    model = store.model_of_run(run_id)
-    if model is not None:
-        return store.download_model(model.model_id, f"artifacts/{CHECKPOINT}", destination)
-    return store.download(run_id, checkpoint.FOLDER, destination)

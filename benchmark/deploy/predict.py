@@ -11,9 +11,8 @@ import pandas as pd
 
 from ..core.errors import BenchmarkError
 from ..core.labels import CLASSES
-from ..store import ResultStore
+from ..store import ResultStore, schema
 from .classifier import ImageClassifier, NotAnImage, decode
-from .logged_model import CHECKPOINT, checkpoint_of
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 BATCH = 64
@@ -22,13 +21,13 @@ BATCH = 64
 def checkpoint_folder(store: ResultStore, reference: str, destination: Path) -> tuple[Path, str]:
     """A local copy of the checkpoint `reference` names, and a line saying what it is."""
     if RUN_ID.fullmatch(reference):
-        return checkpoint_of(store, reference, destination), f"run {reference}"
+        return store.checkpoint(reference, destination), f"run {reference}"
     if not (reference.startswith("models:/") or reference.startswith("m-")):
         raise BenchmarkError(f"--model {reference!r}: expected models:/<name>@<alias>, models:/<name>/<version>, "
                              "models:/<model id>, a model id (m-...) or a job's run id (32 hex digits)")
     model = store.resolve_model(reference)
     what = f"model {model.model_id} ({model.name}{f', version {model.version}' if model.version else ''})"
-    return store.download_model(model.model_id, f"artifacts/{CHECKPOINT}", destination), what
+    return store.download_model(model.model_id, schema.MODEL_CHECKPOINT, destination), what
 
 
 def image_files(paths: list[Path]) -> list[Path]:

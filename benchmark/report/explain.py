@@ -107,7 +107,7 @@ def explain_runs(store: ResultStore, experiment: str, methods: list[str], source
     panels, rows = [], None
     for name, run in zip(methods, runs):
         with tempfile.TemporaryDirectory() as tmp:
-            method, spec = checkpoint.load(store.download(run.run_id, checkpoint.FOLDER, Path(tmp)), device)
+            method, spec = checkpoint.load(store.checkpoint(run.run_id, Path(tmp)), device)
         data = decode_split(samples, spec["input_size"], skip_bad=skip_bad)
         rows = pick_images(len(data), n_images, image_seed) if rows is None else rows
         maps, predicted = gradcam_maps(method, data, rows, explain)

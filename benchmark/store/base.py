@@ -192,6 +192,14 @@ class ResultStore(abc.ABC):
         """The READY LoggedModel run `run_id` made, if any."""
         return None
 
+    def checkpoint(self, run_id: str, destination: Path) -> Path:
+        """A local copy of a FINISHED job run's trained-method folder: its LoggedModel's, or for
+        runs made before models (and in the JSON-lines store) the run's own `model/`."""
+        model = self.model_of_run(run_id)
+        if model is not None:
+            return self.download_model(model.model_id, schema.MODEL_CHECKPOINT, destination)
+        return self.download(run_id, schema.RUN_CHECKPOINT, destination)
+
     def models(self, experiment_id: str, filter_string: str = "", order_by: list[dict] | None = None) -> list[ModelRecord]:
         raise self.no_models("list models")
 

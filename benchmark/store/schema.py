@@ -110,3 +110,9 @@ def dg_label_of(values: dict) -> str:
     names = {"swad": on("swad"), "sam": on("sam_rho") and not on("sam_adaptive"),
              "asam": on("sam_rho") and on("sam_adaptive"), "mixstyle": on("mixstyle")}
     return "+".join(name for name in DG_RECIPES if names[name])
+
+# Where a FINISHED job's trained method (state_dict.pt, method.json) lies: in its run's LoggedModel
+# (benchmark.deploy.logged_model), or, in the JSON-lines store and in stores written before models
+# were, under the run's own artifacts.
+MODEL_CHECKPOINT = "artifacts/checkpoint"
+RUN_CHECKPOINT = "model"

@@ -20,8 +20,9 @@ import torch
 from ..models.backbones import BackboneSpec
 from ..models.encoders import EncoderSpec
 from ..core.errors import BenchmarkError
+from ..store import schema
 
-FOLDER = "model"
+FOLDER = schema.RUN_CHECKPOINT
 STATE = "state_dict.pt"
 SPEC = "method.json"
 
