@@ -98,7 +98,7 @@ def test_a_node_killed_mid_job_has_its_job_resubmitted_and_trained_once(two_node
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     grid = subprocess.Popen([sys.executable, "-m", "benchmark", "run", "--protocol", str(protocol), "--tracking-uri",
                              uri, "--methods", "erm", "--executor", "ray", "--ray-address", address, "--threads", "1",
-                             "--system-metrics-every", "0"],
+                             "--system-metrics-every", "0", "--resume-every", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     store = open_store(uri)
     deadline = time.time() + 180

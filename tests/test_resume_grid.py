@@ -33,7 +33,8 @@ def protocol(tmp: Path) -> Path:
 
 def run_args(protocol_file: Path, uri: str, executor: str) -> list[str]:
     return ["run", "--protocol", str(protocol_file), "--tracking-uri", uri, "--methods", "erm", "--sources",
-            "synth5/studio", "--threads", "1", "--executor", executor, *(["--workers", "1"] if executor == "pool" else [])]
+            "synth5/studio", "--threads", "1", "--executor", executor, *(["--workers", "1"] if executor == "pool" else []),
+            "--resume-every", "0"]  # epochs of a second: saved all the same
 
 
 def finished(uri: str):
@@ -124,7 +125,7 @@ def test_a_job_killed_after_epoch_3_resumes_at_4_and_ends_as_an_uninterrupted_on
 
 def fused_args(protocol_file: Path, uri: str) -> list[str]:
     return ["run", "--protocol", str(protocol_file), "--tracking-uri", uri, "--methods", "erm", "--sources",
-            "synth5/studio", "--seeds", "0,1", "--threads", "1", "--fuse", "2"]
+            "synth5/studio", "--seeds", "0,1", "--threads", "1", "--fuse", "2", "--resume-every", "0"]
 
 
 @pytest.mark.slow
@@ -171,7 +172,7 @@ def test_a_fused_group_killed_after_epoch_3_resumes_as_one_and_ends_as_uninterru
 
 
 @pytest.mark.slow
-def test_no_resume_saves_nothing_and_says_so(tmp_path, capfd):
+def test_no_resume_saves_nothing_and_the_default_interval_skips_short_epochs(tmp_path, capfd):
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     tiny = protocol(tmp_path)
     tiny.write_text(tiny.read_text().replace(f"epochs = {EPOCHS}", "epochs = 2"))
@@ -188,6 +189,10 @@ def test_no_resume_saves_nothing_and_says_so(tmp_path, capfd):
         assert grid.params["resume_dir"] == "off"
         assert main(run_args(tiny, uri, "local") + ["--seeds", "3"]) == 0
         assert len(saved) == 1 and saved[0].parent == (tmp_path / "resume").resolve()
+        # By default an epoch is written only a minute after the last write: these take a second.
+        assert main(run_args(tiny, uri, "local")[:-2] + ["--seeds", "4"]) == 0
+        assert len(saved) == 1
+        assert main(run_args(tiny, uri, "local")[:-2] + ["--seeds", "5", "--resume-every", "-1"]) == 2
     finally:
         resume.EpochCheckpoint.save = original
 

@@ -54,7 +54,7 @@ def time_limit_scenario(slurm_env, tmp_path_factory):
 def command(protocol: Path, tmp_path: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "benchmark", "run", "--protocol", str(protocol), "--tracking-uri",
             f"jsonl:{tmp_path}/runs", "--executor", "slurm", "--threads", "1", "--slurm", f"folder={tmp_path}/slurm",
-            *extra]
+            "--resume-every", "0", *extra]
 
 
 def own_ids(tmp_path: Path) -> list[str]:

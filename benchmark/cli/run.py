@@ -71,7 +71,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_grid(protocol, methods, plan, store=open_store(args.tracking_uri), executor=args.executor,
                     options=options, dry_run=args.dry_run, device=args.device, command=" ".join(sys.argv),
                     threads=args.threads, system_metrics_s=args.system_metrics_every, resume=not args.no_resume,
-                    resume_dir=args.resume_dir)
+                    resume_dir=args.resume_dir, resume_every_s=args.resume_every)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -118,6 +118,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--resume-dir", metavar="DIR",
                      help="folder for the jobs' epoch checkpoints, readable by every worker (default: resume/ beside a "
                      "local store, else results/resume; Slurm: its shared folder)")
+    run.add_argument("--resume-every", type=float, metavar="SECONDS",
+                     help="write a job's epoch checkpoint only when SECONDS have passed since its last one (default "
+                     "60: epochs of seconds are not worth writing; 0: after every epoch)")
     run.add_argument("--no-resume", action="store_true",
                      help="save no epoch checkpoints: a stopped job trains again from its first epoch")
     run.add_argument("--dry-run", action="store_true", help="list the jobs and whether each is FINISHED; run nothing")

@@ -124,7 +124,7 @@ def resume_folder(store: ResultStore, executor: str, named: str | None) -> Path:
 def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: ResultStore, executor: str = "local",
              options: ExecutorOptions = ExecutorOptions(), dry_run: bool = False, device: str | None = None,
              command: str = "", threads: int | None = None, system_metrics_s: float | None = None,
-             resume: bool = True, resume_dir: str | None = None) -> int:
+             resume: bool = True, resume_dir: str | None = None, resume_every_s: float | None = None) -> int:
     """Run (or list) the grid; returns the process exit code (1 when any job failed).
 
     `resume`: each job saves its training state after every epoch in `resume_dir` (default
@@ -174,14 +174,18 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: R
                        "workers": options.workers or ""})
     parent_log.text("protocol.json", json.dumps({**protocol.to_dict(), "not_applicable": skipped_methods}, indent=1,
                                                 default=str))
+    if resume_every_s is not None and resume_every_s < 0:
+        raise BenchmarkError(f"--resume-every {resume_every_s}: must be 0 (every epoch) or more seconds")
     checkpoints = resume_folder(store, executor, resume_dir) if resume else None
     if checkpoints is None:
         print("[resume] off (--no-resume): no epoch checkpoints; a stopped job trains again from its first epoch",
               flush=True)
-    parent_log.params({"resume_dir": str(checkpoints) if checkpoints else "off"})
+    parent_log.params({"resume_dir": str(checkpoints) if checkpoints else "off",
+                       "resume_every_s": resume_every_s if resume_every_s is not None else RunContext.resume_every_s})
     ctx = RunContext(store, experiment, parent_log.run_id, plan, device, threads,
                      **({} if system_metrics_s is None else {"system_metrics_s": system_metrics_s}),
-                     resume_dir=str(checkpoints) if checkpoints else None, resume_named=resume_dir is not None)
+                     resume_dir=str(checkpoints) if checkpoints else None, resume_named=resume_dir is not None,
+                     **({} if resume_every_s is None else {"resume_every_s": resume_every_s}))
     started = time.perf_counter()
     progress = Progress(len(todo))
     try:

@@ -57,6 +57,7 @@ class RunContext:
     # resumes there (benchmark.training.resume; run_grid's resume_folder). None: no saving.
     resume_dir: str | None = None
     resume_named: bool = False  # the user named resume_dir (else Slurm uses its shared folder)
+    resume_every_s: float = 60.0  # at most one epoch checkpoint per this many seconds (0: every epoch)
 
 
 @dataclass
@@ -174,7 +175,7 @@ def _resume_point(p: _Prepared, ctx: RunContext):
     the saved epoch is copied into this run (the FINISHED run shows every epoch) and tagged."""
     from ..training.resume import EpochCheckpoint
 
-    resume = EpochCheckpoint.open(ctx.resume_dir, p.job.hash, p.log.run_id)
+    resume = EpochCheckpoint.open(ctx.resume_dir, p.job.hash, p.log.run_id, ctx.resume_every_s)
     if resume.warning:
         print(f"[resume] warning: {p.job.label}: {resume.warning}", file=sys.stderr, flush=True)
     if resume.state is not None:
@@ -191,7 +192,8 @@ def _group_resume_point(group: list[_Prepared], ctx: RunContext):
     from ..training.resume import EpochCheckpoint
 
     key = hashlib.sha256("|".join(p.job.hash for p in group).encode()).hexdigest()[:16]
-    resume = EpochCheckpoint.open(ctx.resume_dir, f"fused-{key}", ",".join(p.log.run_id for p in group))
+    resume = EpochCheckpoint.open(ctx.resume_dir, f"fused-{key}", ",".join(p.log.run_id for p in group),
+                                  ctx.resume_every_s)
     if resume.warning:
         print(f"[resume] warning: fused group of {len(group)}: {resume.warning}", file=sys.stderr, flush=True)
     if resume.state is not None:

@@ -246,7 +246,7 @@ def _train(methods, streams, recipe, execution, device, logs, epoch_ends, resume
                     alive[k] = False
         if not alive.any():
             break
-        if resume is not None and epoch < recipe.epochs and all(e is None for e in errors):
+        if resume is not None and epoch < recipe.epochs and all(e is None for e in errors) and resume.due():
             fused.write_back()  # each job's weights into its method, whose training_state holds them
             resume.save({"epoch": epoch, "step": step, "methods": [m.training_state() for m in methods],
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +39,20 @@ class EpochCheckpoint:
     run_id: str  # the run this try writes (the next try copies its history from it)
     state: dict[str, Any] | None = None  # what an earlier try saved: resume after state["epoch"]
     warning: str = ""  # why a file found was set aside instead of resumed from
+    # An epoch's state is written only when this many seconds have passed since the last write
+    # (or the start): where epochs take seconds, writing each costs more than a stop could lose.
+    every_s: float = 0.0
+    _last: float = field(default_factory=time.monotonic, repr=False)
 
     @classmethod
-    def open(cls, folder: str | Path, job_hash: str, run_id: str) -> "EpochCheckpoint":
+    def open(cls, folder: str | Path, job_hash: str, run_id: str, every_s: float = 0.0) -> "EpochCheckpoint":
         """The job's checkpoint in `folder`, with what an earlier try saved there (if anything).
         A file that cannot be resumed from (unreadable or truncated, another job's, another
         layout's) is renamed aside, kept for a look, and named in `warning`: the job trains from
         its first epoch instead of failing or resuming the wrong state."""
         path = Path(folder) / f"{job_hash}.pt"
         if not path.is_file():
-            return cls(path, job_hash, run_id)
+            return cls(path, job_hash, run_id, every_s=every_s)
         why = ""
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -61,10 +65,11 @@ class EpochCheckpoint:
         elif state is not None and state.get("layout") != LAYOUT:
             why = f"state layout {state.get('layout', 'unversioned')}, this version reads {LAYOUT}"
         if not why:
-            return cls(path, job_hash, run_id, state)
+            return cls(path, job_hash, run_id, state, every_s=every_s)
         aside = path.with_name(f"{path.name}.set-aside-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
         os.replace(path, aside)
-        return cls(path, job_hash, run_id, None, f"{path}: {why}; set aside as {aside.name}, training from epoch 1")
+        return cls(path, job_hash, run_id, None, f"{path}: {why}; set aside as {aside.name}, training from epoch 1",
+                   every_s=every_s)
 
     @property
     def epoch(self) -> int:
@@ -75,7 +80,12 @@ class EpochCheckpoint:
     def previous_run_id(self) -> str | None:
         return self.state["run_id"] if self.state else None
 
+    def due(self) -> bool:
+        """Whether the epoch just ended is to be written (`every_s` has passed since the last)."""
+        return time.monotonic() - self._last >= self.every_s
+
     def save(self, state: dict[str, Any]) -> None:
+        self._last = time.monotonic()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.partial")
         torch.save({**state, "job_hash": self.job_hash, "run_id": self.run_id, "layout": LAYOUT}, partial)

@@ -373,7 +373,7 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
         log.metrics(metrics, step=epoch)
         if epoch_end is not None and (evaluates_after(epoch, recipe) or stopped):
             epoch_end(epoch)
-        if resume is not None and not last:
+        if resume is not None and not last and resume.due():
             resume.save({"epoch": epoch, "step": step, "method": method.training_state(),
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "order_rng": gen.get_state(), "augment_rng": aug_gen.get_state(),
