@@ -1,9 +1,9 @@
-"""A job's training state after each epoch, so a job stopped between epochs trains on from the
-next one instead of from its first (a Slurm task warned before preemption or its time limit is
-requeued: benchmark.run.executors.slurm).
+"""A job's training state after an epoch, so a job stopped (killed, preempted, its node lost)
+trains on from the next one instead of from its first, whichever executor runs its next try.
 
-After every epoch but the last the loop saves what the next epoch depends on: the trainable
-modules and the method's own random draws, the optimiser and its schedule, every generator the
+After an epoch (never the last, and only when `every_s` seconds have passed since the last
+write: the runner's `--resume-every`, 60 by default) the loop saves what the next epoch
+depends on: the trainable modules and the method's own random draws, the optimiser and its schedule, every generator the
 loop draws from (order, augmentation, torch's, NumPy's and Python's global ones), the training
 labels (SCN relabels them) and the step count. A later try of the same job loads it and goes on:
 on the same machine type and thread count its numbers equal an uninterrupted run's, bit for bit.
