@@ -340,3 +340,41 @@ def test_a_store_from_before_models_is_backfilled_and_still_evaluates(tmp_path, 
     assert "0 models logged" in capsys.readouterr().out and len(store.models(store.experiment("tiny"))) == 1
     assert main(evaluate) == 0  # now from the model's checkpoint: the same numbers
     assert capsys.readouterr().out == before
+
+
+def test_a_missing_or_different_frozen_encoder_is_named_with_its_digest(tmp_path):
+    from benchmark.deploy.classifier import ENCODER_FILE, encoder_spec
+
+    absent = {"encoder": {"id": "openclip:ViT-B-32:openai", "path": None}, "encoder_digest": "abc123"}
+    with pytest.raises(BenchmarkError, match=r"needs the frozen encoder openclip:ViT-B-32:openai \(digest abc123\), "
+                                             r"not bundled with it and not found here"):
+        encoder_spec(tmp_path, absent)
+    other = {"encoder": {"id": "torchvision:mobilenet_v2:imagenet", "path": None}, "encoder_digest": "0" * 64}
+    with pytest.raises(BenchmarkError, match=r"encoder torchvision:mobilenet_v2:imagenet has digest \w+, the model "
+                                             r"was trained with 0{64}"):
+        encoder_spec(tmp_path, other)
+    (tmp_path / ENCODER_FILE).write_bytes(b"weights")  # a model exported with --bundle-encoder
+    assert encoder_spec(tmp_path, absent).path == str(tmp_path / ENCODER_FILE)
+
+
+@pytest.mark.slow
+def test_an_exported_model_loads_alone_and_bundling_needs_an_encoder(grid, images, tmp_path, capsys):
+    import mlflow
+
+    uri, tmp, _ = grid
+    store, runs = job_runs(uri)
+    model = store.model_of_run(runs[0].run_id)
+    frame, _ = predict_csv(capsys, uri, model.model_id, [images], tmp_path / "pred.csv")
+    assert main(["export", "--model", model.model_id, "--out", str(tmp_path / "exported"), "--tracking-uri", uri]) == 0
+    assert "mlflow models serve -m" in capsys.readouterr().out
+    loaded = mlflow.pyfunc.load_model(str(tmp_path / "exported"))
+    out = loaded.predict(pd.DataFrame({"image": [Path(p).read_bytes() for p in frame.path]}))
+    assert np.abs(out.to_numpy() - frame[[f"p_{c}" for c in CLASSES]].to_numpy()).max() < 1e-6
+    requirements = (tmp_path / "exported" / "requirements.txt").read_text()
+    assert "fer-benchmark==" in requirements and "torch==2.14.1" in requirements
+    assert main(["export", "--model", model.model_id, "--out", str(tmp_path / "exported"), "--tracking-uri", uri]) == 2
+    assert "exists; export writes a new folder" in capsys.readouterr().err
+    assert main(["export", "--model", model.model_id, "--out", str(tmp_path / "bundled"), "--bundle-encoder",
+                 "--tracking-uri", uri]) == 2  # erm trains its own backbone: no frozen encoder
+    assert "--bundle-encoder: the model (erm) has no frozen encoder weights to bundle" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "pred.csv"]  # nothing staged beside them

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -83,27 +84,31 @@ def save(folder: Path, checkpoint_folder: Path, *, model_id: str | None = None, 
     from mlflow.models import Model
 
     spec = checkpoint.read_spec(checkpoint_folder)
-    if checkpoint_folder.name != CHECKPOINT:  # MLflow names the artifact by its folder's name
-        staged = folder.parent / f"{folder.name}-staging" / CHECKPOINT
-        shutil.copytree(checkpoint_folder, staged)
-        checkpoint_folder = staged
-    if bundle_encoder:
-        from .classifier import encoder_spec
-        from ..models.encoders import encoder_weights_file
+    with tempfile.TemporaryDirectory() as staging:
+        # MLflow names the artifact by its folder's name; a bundled encoder joins a copy, never the source.
+        if checkpoint_folder.name != CHECKPOINT or bundle_encoder:
+            staged = Path(staging) / CHECKPOINT
+            shutil.copytree(checkpoint_folder, staged)
+            checkpoint_folder = staged
+        if bundle_encoder:
+            from .classifier import encoder_spec
+            from ..models.encoders import encoder_weights_file
 
-        encoder = encoder_spec(checkpoint_folder, spec)  # checks the digest
-        path = encoder_weights_file(encoder) if encoder is not None else None
-        if path is None:
-            raise BenchmarkError(f"--bundle-encoder: the model ({spec['method']}) has no frozen encoder weights to bundle")
-        shutil.copyfile(path, checkpoint_folder / ENCODER_FILE)
-    with warnings.catch_warnings():  # MLflow's own use of a pandas API pandas 4 deprecates, not ours
-        warnings.filterwarnings("ignore", message="Operation with range is deprecated")
-        mlflow.pyfunc.save_model(
-            path=str(folder), python_model=str(Path(__file__).with_name("model_code.py")),
-            artifacts={CHECKPOINT: str(checkpoint_folder)}, signature=signature(),
-            input_example=pd.DataFrame({INPUT_COLUMN: [example_image(int(spec["input_size"]))]}),
-            pip_requirements=requirements(),
-            mlflow_model=Model(artifact_path=artifact_location, run_id=run_id, model_id=model_id, model_uuid=model_id))
+            encoder = encoder_spec(checkpoint_folder, spec)  # checks the digest
+            path = encoder_weights_file(encoder) if encoder is not None else None
+            if path is None:
+                raise BenchmarkError(f"--bundle-encoder: the model ({spec['method']}) has no frozen encoder weights "
+                                     "to bundle")
+            shutil.copyfile(path, checkpoint_folder / ENCODER_FILE)
+        with warnings.catch_warnings():  # MLflow's own use of a pandas API pandas 4 deprecates, not ours
+            warnings.filterwarnings("ignore", message="Operation with range is deprecated")
+            mlflow.pyfunc.save_model(
+                path=str(folder), python_model=str(Path(__file__).with_name("model_code.py")),
+                artifacts={CHECKPOINT: str(checkpoint_folder)}, signature=signature(),
+                input_example=pd.DataFrame({INPUT_COLUMN: [example_image(int(spec["input_size"]))]}),
+                pip_requirements=requirements(),
+                mlflow_model=Model(artifact_path=artifact_location, run_id=run_id, model_id=model_id,
+                                   model_uuid=model_id))
     return folder
 
 
