@@ -127,14 +127,17 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: R
              resume: bool = True, resume_dir: str | None = None, resume_every_s: float | None = None) -> int:
     """Run (or list) the grid; returns the process exit code (1 when any job failed).
 
-    `resume`: each job saves its training state after every epoch in `resume_dir` (default
-    resume_folder(store, executor)), and a later try of a stopped job goes on from there.
+    `resume`: each job saves its training state after an epoch, at most once per `resume_every_s`
+    (default RunContext's), in `resume_dir` (default resume_folder(store, executor, None)), and a
+    later try of a stopped job goes on from there.
 
     `threads`: torch threads per job, pinned in every executor so that Ray and local runs of a
     job compute alike (default: this machine's cores divided among the jobs run at once here)."""
     run_jobs = EXECUTORS.get(executor)  # a typo fails before any work
     if threads is not None and threads < 1:
         raise BenchmarkError(f"--threads {threads}: must be 1 or more")
+    if resume_every_s is not None and resume_every_s < 0:
+        raise BenchmarkError(f"--resume-every {resume_every_s}: must be 0 (every epoch) or more seconds")
     if threads is None and executor == "slurm" and options.slurm is not None and options.slurm.cpus_per_task:
         threads = max(1, options.slurm.cpus_per_task // options.jobs_per_gpu)  # the compute node's, not this one's
     threads = threads or default_threads(jobs_at_once(executor, options, device))
@@ -174,8 +177,6 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: R
                        "workers": options.workers or ""})
     parent_log.text("protocol.json", json.dumps({**protocol.to_dict(), "not_applicable": skipped_methods}, indent=1,
                                                 default=str))
-    if resume_every_s is not None and resume_every_s < 0:
-        raise BenchmarkError(f"--resume-every {resume_every_s}: must be 0 (every epoch) or more seconds")
     checkpoints = resume_folder(store, executor, resume_dir) if resume else None
     if checkpoints is None:
         print("[resume] off (--no-resume): no epoch checkpoints; a stopped job trains again from its first epoch",
