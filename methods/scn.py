@@ -109,6 +109,14 @@ class Scn(TrainedMethod):
         self._relabelled += int(really.sum())
         return Relabel(batch.index[really], new[really])
 
+    def training_state(self) -> dict:
+        # The epoch's count so far: a checkpoint written inside an epoch goes on counting from it.
+        return {**super().training_state(), "relabelled": self._relabelled}
+
+    def load_training_state(self, state: dict) -> None:
+        super().load_training_state(state)
+        self._relabelled = int(state.get("relabelled", 0))
+
     def epoch_metrics(self) -> dict[str, float]:
         changed, self._relabelled = self._relabelled, 0
         return {"train/relabelled": float(changed)}

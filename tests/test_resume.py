@@ -78,6 +78,66 @@ def test_a_stopped_job_resumed_from_its_epoch_ends_where_an_uninterrupted_one_do
         assert sum(resumed_log.series("train/relabelled")) > 0  # the relabelling ran on both sides of the stop
 
 
+class StopInEpoch(Exception):
+    """The stop, raised where the checkpoint after batch `batch` of epoch `epoch` would be written."""
+
+
+@pytest.mark.parametrize("name, hparams", [("cafe", {}),
+                                           pytest.param("scn", {"relabel_epoch": 1, "margin_2": 0.0}, marks=pytest.mark.slow)])
+def test_a_job_stopped_inside_an_epoch_goes_on_from_the_next_batch_and_ends_as_an_uninterrupted_one(
+        name, hparams, data, tmp_path):
+    """Written between batches (`mid_epoch_s` = 0: after every batch but an epoch's last): the try
+    stops during epoch 2's second batch, after its training, so the file holds epoch 1 and one
+    batch of epoch 2; the next try trains batch 2 again from there."""
+    train, test = data
+    components = Components(BackboneSpec("resnet18", "none"), linear_encoder())
+    plain = build_method(name, hparams, components)
+    plain_log = MemoryLog()
+    plain.fit(train, recipe=recipe(), device=torch.device("cpu"), log=plain_log)
+
+    first = EpochCheckpoint.open(tmp_path, "job", "run-1", every_s=0, mid_epoch_s=0)
+    written = []
+    save = first.save
+
+    def save_or_stop(state):
+        where = (state["epoch"], state["in_epoch"]["batches"] if "in_epoch" in state else None)
+        if where == (1, 2):
+            raise StopInEpoch
+        written.append(where)
+        save(state)
+
+    first.save = save_or_stop
+    with pytest.raises(StopInEpoch):
+        build_method(name, hparams, components).fit(train, recipe=recipe(), device=torch.device("cpu"),
+                                                    log=MemoryLog(), resume=first)
+    assert written == [(0, 1), (0, 2), (1, None), (1, 1)]  # never after an epoch's last batch
+    again = EpochCheckpoint.open(tmp_path, "job", "run-2", every_s=0, mid_epoch_s=0)
+    assert again.resumes_at() == "epoch 2 at batch 2 of 3" and again.saved_through() == "epoch 1 + 1 of 3 batches of epoch 2"
+    resumed = build_method(name, hparams, components)
+    resumed_log = MemoryLog()
+    resumed.fit(train, recipe=recipe(), device=torch.device("cpu"), log=resumed_log, resume=again)
+
+    # Epoch 2's mean loss sums batch 1 (first try) and batches 2-3 (this one): equal all the same.
+    assert resumed_log.series("train/loss") == plain_log.series("train/loss")[1:]
+    if name == "scn":
+        assert resumed_log.series("train/relabelled") == plain_log.series("train/relabelled")[1:]
+    for key, value in plain.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    np.testing.assert_array_equal(plain.predict(test), resumed.predict(test))
+
+
+def test_inside_an_epoch_nothing_is_written_before_its_interval_or_when_off(data, tmp_path):
+    train, _ = data
+    for mid_epoch_s in (None, 3600.0):
+        resume = EpochCheckpoint.open(tmp_path, f"job-{mid_epoch_s}", "run-1", every_s=0, mid_epoch_s=mid_epoch_s)
+        saved = []
+        save = resume.save
+        resume.save = lambda state, save=save: (saved.append("in_epoch" in state), save(state))
+        build_method("erm", {}, Components(BackboneSpec("resnet18", "none"))).fit(
+            train, recipe=recipe(), device=torch.device("cpu"), log=MemoryLog(), resume=resume)
+        assert saved == [False, False], mid_epoch_s  # the two epoch ends only
+
+
 def test_the_last_epoch_saves_nothing_and_a_checkpoint_is_written_whole(data, tmp_path):
     train, _ = data
     method = build_method("erm", {}, Components(BackboneSpec("resnet18", "none")))

@@ -1,8 +1,8 @@
 """Resume on the executors, end to end: a grid's job killed with SIGKILL after its third of six
-epochs (a power cut: no handler runs) is run again by the same command; the new try goes on from
-the epoch checkpoint beside the store, says so in one line, and ends bit for bit where an
-uninterrupted run of the job ends (same machine, same threads), with one FINISHED run whose
-history has every epoch once."""
+epochs (a power cut: no handler runs; on the local executor inside the fourth, with checkpoints
+between batches) is run again by the same command; the new try goes on from the checkpoint
+beside the store, says so in one line, and ends bit for bit where an uninterrupted run of the
+job ends (same machine, same threads), with one FINISHED run whose history has every epoch once."""
 
 from __future__ import annotations
 
@@ -11,14 +11,18 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
 
 from benchmark.cli import main
 from benchmark.store import open_store, schema
+from benchmark.training.resume import EpochCheckpoint
 
 from .test_runner import TINY
 
@@ -31,10 +35,15 @@ def protocol(tmp: Path) -> Path:
     return path
 
 
-def run_args(protocol_file: Path, uri: str, executor: str) -> list[str]:
+def run_args(protocol_file: Path, uri: str, executor: str, *extra: str) -> list[str]:
     return ["run", "--protocol", str(protocol_file), "--tracking-uri", uri, "--methods", "erm", "--sources",
             "synth5/studio", "--threads", "1", "--executor", executor, *(["--workers", "1"] if executor == "pool" else []),
-            "--resume-every", "0"]  # epochs of a second: saved all the same
+            "--resume-every", "0", *extra]  # epochs of a second: saved all the same
+
+
+def fused_args(protocol_file: Path, uri: str) -> list[str]:
+    return ["run", "--protocol", str(protocol_file), "--tracking-uri", uri, "--methods", "erm", "--sources",
+            "synth5/studio", "--seeds", "0,1", "--threads", "1", "--fuse", "2", "--resume-every", "0"]
 
 
 def finished(uri: str):
@@ -58,55 +67,134 @@ def flat(tree, prefix: str = "") -> dict:
     return out
 
 
-def saved_epoch(path: Path) -> int:
-    try:
-        return int(torch.load(path, weights_only=True)["epoch"])
-    except Exception:  # noqa: BLE001 - not there yet, or being replaced
-        return 0
+def saved(folder: Path, pattern: str) -> tuple[Path | None, dict]:
+    """The checkpoint matching `pattern` in `folder` and its state ({} when none is readable yet)."""
+    for path in folder.glob(pattern):
+        try:
+            return path, torch.load(path, weights_only=True)
+        except Exception:  # noqa: BLE001 - being replaced
+            pass
+    return None, {}
+
+
+@dataclass
+class FirstTry:
+    """A scenario's first try: its store, command, and what its checkpoint held when it was killed."""
+
+    tmp: Path
+    uri: str
+    args: list[str]
+    pattern: str  # its checkpoint's file name
+    ready: Callable[[dict], bool]  # killed once its checkpoint's state satisfies this
+    process: subprocess.Popen | None = None
+    path: Path | None = None
+    state: dict | None = None
+    why: str = ""  # why it was not killed as planned
+
+
+def watch(tries: list[FirstTry]) -> None:
+    """SIGKILL each try's process group (the run and a pool's worker: a power cut, no handler
+    runs) once its checkpoint is ready. Each new write is read with the group stopped (SIGSTOP),
+    so what the kill leaves is exactly the state read: if it is not ready, the group goes on."""
+    deadline = time.time() + 300
+    seen: dict[Path, float] = {}
+    waiting = list(tries)
+    while waiting:
+        for first in list(waiting):
+            group, ended = first.process.pid, first.process.poll() is not None
+            path = next((first.tmp / "resume").glob(first.pattern), None)
+            if not ended and time.time() < deadline:
+                try:
+                    written = path.stat().st_mtime_ns if path else None
+                except FileNotFoundError:
+                    written = None
+                if written is None or seen.get(first.tmp) == written:
+                    continue
+                seen[first.tmp] = written
+                os.killpg(group, signal.SIGSTOP)
+                path, state = saved(first.tmp / "resume", first.pattern)
+                if not (state and first.ready(state)):
+                    os.killpg(group, signal.SIGCONT)
+                    continue
+                first.path, first.state = path, state
+            else:
+                first.why = "it ended before being killed" if ended else "it stalled"
+            os.killpg(group, signal.SIGKILL)
+            first.process.wait()
+            waiting.remove(first)
+        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("plain")
-    uri = f"sqlite:///{tmp / 'store.db'}"
-    assert main(run_args(protocol(tmp), uri, "local")) == 0
-    store, (run,) = finished(uri)
-    return run, weights(store, run.run_id, tmp), store
+def scenarios(tmp_path_factory):
+    """Every scenario's first try, started at once (most of each one's time is its process's
+    start) and killed by a watcher thread, while this process trains the uninterrupted runs.
+
+    local: killed inside epoch 4 (`--resume-mid-epoch 0` writes between batches) after 3 epochs;
+    pool and a fused group of 2: killed once epoch 3's checkpoint is written."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    tries = {}
+    for name in ("local", "pool", "fused"):
+        tmp = tmp_path_factory.mktemp(name)
+        uri = f"sqlite:///{tmp / 'store.db'}"
+        if name == "fused":
+            tries[name] = FirstTry(tmp, uri, fused_args(protocol(tmp), uri), "fused-*.pt",
+                                   lambda state: state["epoch"] >= 3)
+        elif name == "local":
+            tries[name] = FirstTry(tmp, uri, run_args(protocol(tmp), uri, name, "--resume-mid-epoch", "0"), "*.pt",
+                                   lambda state: state["epoch"] >= 3 and "in_epoch" in state)
+        else:
+            tries[name] = FirstTry(tmp, uri, run_args(protocol(tmp), uri, name), "*.pt",
+                                   lambda state: state["epoch"] >= 3)
+    for first in tries.values():
+        first.process = subprocess.Popen([sys.executable, "-m", "benchmark", *first.args], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    watcher = threading.Thread(target=watch, args=(list(tries.values()),))
+    watcher.start()
+    try:
+        plain = tmp_path_factory.mktemp("plain")
+        uri = f"sqlite:///{plain / 'store.db'}"
+        assert main(run_args(protocol(plain), uri, "local")) == 0
+        store, (run,) = finished(uri)
+        single = (run, weights(store, run.run_id, plain), store)
+        fused_plain = tmp_path_factory.mktemp("fused_plain")
+        uri = f"sqlite:///{fused_plain / 'store.db'}"
+        assert main(fused_args(protocol(fused_plain), uri)) == 0
+        store, runs = finished(uri)
+        assert len(runs) == 2 and all(r.params[schema.FUSED] == "2" for r in runs)
+        fused = (runs, store, fused_plain)
+    finally:
+        watcher.join()
+    return tries, single, fused
+
+
+def resumed_line(out: str, first: FirstTry, times: int = 1) -> str:
+    """The one line (per job) that says where the second try goes on, as the checkpoint says."""
+    at = EpochCheckpoint(first.path, first.state["job_hash"], "probe", first.state).resumes_at()
+    lines = [line for line in out.splitlines() if "resuming at" in line]
+    assert len(lines) == times and all(f"resuming at {at} from {first.path}" in line for line in lines), out[-3000:]
+    return lines[0]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("executor", ["local", "pool"])
-def test_a_job_killed_after_epoch_3_resumes_at_4_and_ends_as_an_uninterrupted_one(executor, uninterrupted, tmp_path,
-                                                                                   capfd):
-    plain, plain_weights, plain_store = uninterrupted
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
-    args = run_args(protocol(tmp_path), uri, executor)
-    checkpoint = tmp_path / "resume" / f"{plain.tags[schema.JOB_HASH]}.pt"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    first = subprocess.Popen([sys.executable, "-m", "benchmark", *args], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while saved_epoch(checkpoint) < 3:
-            assert first.poll() is None and time.time() < deadline, "the job ended or stalled before epoch 3"
-            time.sleep(0.05)
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)  # the run and, for the pool, its worker
-        first.wait()
-    stopped_at = saved_epoch(checkpoint)
-    assert 3 <= stopped_at < EPOCHS
+def test_a_job_killed_after_epoch_3_resumes_at_4_and_ends_as_an_uninterrupted_one(executor, scenarios, capfd):
+    tries, (plain, plain_weights, plain_store), _ = scenarios
+    first = tries[executor]
+    assert not first.why, first.why
+    stopped_at = int(first.state["epoch"])
+    assert 3 <= stopped_at < EPOCHS and first.path.name == f"{plain.tags[schema.JOB_HASH]}.pt"
+    assert ("in_epoch" in first.state) == (executor == "local")  # local: killed inside epoch 4
 
     capfd.readouterr()
-    assert main(args) == 0
-    out = capfd.readouterr().out
-    lines = [line for line in out.splitlines() if "resuming at epoch" in line]
-    assert len(lines) == 1 and f"resuming at epoch {stopped_at + 1} from {checkpoint}" in lines[0], out[-3000:]
+    assert main(first.args) == 0
+    line = resumed_line(capfd.readouterr().out, first)
 
-    store, runs = finished(uri)
+    store, runs = finished(first.uri)
     assert len(runs) == 1
     (run,) = runs
-    assert lines[0].endswith(f"in run {run.run_id}")
-    assert run.tags[schema.RESUMED_FROM].startswith(f"epoch {stopped_at} of run ")
+    assert line.endswith(f"in run {run.run_id}")
+    assert run.tags[schema.RESUMED_FROM].startswith(f"epoch {stopped_at} ")
     for key in ("train/loss", schema.target_metric("synth5/film", "acc")):
         steps = [step for step, _ in store.metric_history(run.run_id, key)]
         assert steps == list(range(1, EPOCHS + 1)), (key, steps)
@@ -115,48 +203,26 @@ def test_a_job_killed_after_epoch_3_resumes_at_4_and_ends_as_an_uninterrupted_on
         return {k: v for k, v in metrics.items() if not k.startswith("system/") and "seconds" not in k}
 
     assert numbers(run.metrics) == numbers(plain.metrics) and len(numbers(run.metrics)) > 20
-    resumed_weights = weights(store, run.run_id, tmp_path)
+    resumed_weights = weights(store, run.run_id, first.tmp)
     assert resumed_weights.keys() == plain_weights.keys() and len(plain_weights) > 10
     for key, value in plain_weights.items():
         assert torch.equal(resumed_weights[key], value) if isinstance(value, torch.Tensor) else \
             resumed_weights[key] == value, key
-    assert not checkpoint.exists()  # deleted when the job ended
-
-
-def fused_args(protocol_file: Path, uri: str) -> list[str]:
-    return ["run", "--protocol", str(protocol_file), "--tracking-uri", uri, "--methods", "erm", "--sources",
-            "synth5/studio", "--seeds", "0,1", "--threads", "1", "--fuse", "2", "--resume-every", "0"]
+    assert not first.path.exists()  # deleted when the job ended
 
 
 @pytest.mark.slow
-def test_a_fused_group_killed_after_epoch_3_resumes_as_one_and_ends_as_uninterrupted(tmp_path, capfd):
-    plain_uri = f"sqlite:///{tmp_path / 'plain' / 'store.db'}"
-    (tmp_path / "plain").mkdir()
-    assert main(fused_args(protocol(tmp_path / "plain"), plain_uri)) == 0
-    plain_store, plain_runs = finished(plain_uri)
-    assert len(plain_runs) == 2 and all(r.params[schema.FUSED] == "2" for r in plain_runs)
-
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
-    args = fused_args(protocol(tmp_path), uri)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    first = subprocess.Popen([sys.executable, "-m", "benchmark", *args], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while not (found := list((tmp_path / "resume").glob("fused-*.pt"))) or saved_epoch(found[0]) < 3:
-            assert first.poll() is None and time.time() < deadline, "the group ended or stalled before epoch 3"
-            time.sleep(0.05)
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-    stopped_at = saved_epoch(found[0])
+def test_a_fused_group_killed_after_epoch_3_resumes_as_one_and_ends_as_uninterrupted(scenarios, capfd):
+    tries, _, (plain_runs, plain_store, plain_tmp) = scenarios
+    first = tries["fused"]
+    assert not first.why, first.why
+    stopped_at = int(first.state["epoch"])
     assert 3 <= stopped_at < EPOCHS
 
     capfd.readouterr()
-    assert main(args) == 0
-    out = capfd.readouterr().out
-    assert out.count(f"resuming at epoch {stopped_at + 1} from {found[0]}") == 2, out[-3000:]
-    store, runs = finished(uri)
+    assert main(first.args) == 0
+    resumed_line(capfd.readouterr().out, first, times=2)
+    store, runs = finished(first.uri)
     assert len(runs) == 2
     by_seed = {r.tags["seed"]: r for r in plain_runs}
     for run in runs:
@@ -166,9 +232,9 @@ def test_a_fused_group_killed_after_epoch_3_resumes_as_one_and_ends_as_uninterru
         assert store.metric_history(run.run_id, "train/loss") == plain_store.metric_history(plain.run_id, "train/loss")
         key = schema.target_metric("synth5/film", "acc")
         assert run.metrics[key] == plain.metrics[key] and run.metrics["test/mean_acc"] == plain.metrics["test/mean_acc"]
-        mine, theirs = weights(store, run.run_id, tmp_path), weights(plain_store, plain.run_id, tmp_path / "plain")
+        mine, theirs = weights(store, run.run_id, first.tmp), weights(plain_store, plain.run_id, plain_tmp)
         assert all(torch.equal(mine[k], v) if isinstance(v, torch.Tensor) else mine[k] == v for k, v in theirs.items())
-    assert not list((tmp_path / "resume").glob("fused-*.pt"))
+    assert not first.path.exists()
 
 
 @pytest.mark.slow
@@ -176,23 +242,24 @@ def test_no_resume_saves_nothing_and_the_default_interval_skips_short_epochs(tmp
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     tiny = protocol(tmp_path)
     tiny.write_text(tiny.read_text().replace(f"epochs = {EPOCHS}", "epochs = 2"))
-    saved = []
+    writes = []
     from benchmark.training import resume
 
     original = resume.EpochCheckpoint.save
-    resume.EpochCheckpoint.save = lambda self, state: (saved.append(self.path), original(self, state))
+    resume.EpochCheckpoint.save = lambda self, state: (writes.append(self.path), original(self, state))
     try:
         assert main(run_args(tiny, uri, "local") + ["--no-resume"]) == 0
-        assert saved == [] and "[resume] off (--no-resume)" in capfd.readouterr().out
-        store = open_store(uri)
-        (grid,) = store.runs(store.experiment("tiny"), kind="grid")
-        assert grid.params["resume_dir"] == "off"
-        assert main(run_args(tiny, uri, "local") + ["--seeds", "3"]) == 0
-        assert len(saved) == 1 and saved[0].parent == (tmp_path / "resume").resolve()
+        assert writes == [] and "[resume] off (--no-resume)" in capfd.readouterr().out
         # By default an epoch is written only a minute after the last write: these take a second.
         assert main(run_args(tiny, uri, "local")[:-2] + ["--seeds", "4"]) == 0
-        assert len(saved) == 1
-        assert main(run_args(tiny, uri, "local")[:-2] + ["--seeds", "5", "--resume-every", "-1"]) == 2
+        assert writes == []
+        store = open_store(uri)
+        grids = {g.params["resume_dir"]: g for g in store.runs(store.experiment("tiny"), kind="grid")}
+        assert grids.keys() == {"off", str((tmp_path / "resume").resolve())}  # beside the store by default
+        assert all(g.params["resume_mid_epoch_s"] == "off" for g in grids.values())
+        for bad in (["--resume-every", "-1"], ["--resume-mid-epoch", "-1"], ["--no-resume", "--resume-mid-epoch", "60"]):
+            assert main(run_args(tiny, uri, "local")[:-2] + ["--seeds", "5", *bad]) == 2, bad
+        assert len(store.runs(store.experiment("tiny"), kind="grid")) == 2  # refused before any run was opened
     finally:
         resume.EpochCheckpoint.save = original
 

@@ -41,7 +41,7 @@ def with_sweep(protocol, assignment: str):
 def _cmd_run(args: argparse.Namespace) -> int:
     from ..data.roots import parse_assignments
     from ..run.executors import ExecutorOptions
-    from ..run.grid import run_grid
+    from ..run.grid import ResumeOptions, run_grid
     from ..jobs.plan import plan_from
     from ..jobs.protocol import load_protocol
     from ..store import open_store
@@ -70,8 +70,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = ExecutorOptions(args.workers, args.jobs_per_gpu, args.ray_address, args.fuse, slurm)
     return run_grid(protocol, methods, plan, store=open_store(args.tracking_uri), executor=args.executor,
                     options=options, dry_run=args.dry_run, device=args.device, command=" ".join(sys.argv),
-                    threads=args.threads, system_metrics_s=args.system_metrics_every, resume=not args.no_resume,
-                    resume_dir=args.resume_dir, resume_every_s=args.resume_every)
+                    threads=args.threads, system_metrics_s=args.system_metrics_every,
+                    resume=ResumeOptions(not args.no_resume, args.resume_dir, mid_epoch_s=args.resume_mid_epoch,
+                                         **({} if args.resume_every is None else {"every_s": args.resume_every})))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -121,6 +122,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--resume-every", type=float, metavar="SECONDS",
                      help="write a job's epoch checkpoint only when SECONDS have passed since its last one (default "
                      "60: epochs of seconds are not worth writing; 0: after every epoch)")
+    run.add_argument("--resume-mid-epoch", type=float, metavar="SECONDS",
+                     help="for long epochs: also write it between two batches once SECONDS have passed since the "
+                     "last write (e.g. 900: every 15 minutes); a later try goes on from the next batch (default: off)")
     run.add_argument("--no-resume", action="store_true",
                      help="save no epoch checkpoints: a stopped job trains again from its first epoch")
     run.add_argument("--dry-run", action="store_true", help="list the jobs and whether each is FINISHED; run nothing")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tabulate import tabulate
@@ -106,6 +107,25 @@ def jobs_at_once(executor: str, options: ExecutorOptions, device: str | None) ->
     return options.jobs_per_gpu if executor == "ray" else 1
 
 
+@dataclass(frozen=True)
+class ResumeOptions:
+    """How the grid's jobs save their training state (benchmark.training.resume): `benchmark run`'s
+    --no-resume, --resume-dir, --resume-every and --resume-mid-epoch."""
+
+    on: bool = True
+    folder: str | None = None  # None: resume_folder's default
+    every_s: float = RunContext.resume_every_s  # at epoch ends, at most once per this many seconds
+    mid_epoch_s: float | None = None  # also between batches, once this many seconds passed (None: off)
+
+    def check(self) -> None:
+        if self.every_s < 0:
+            raise BenchmarkError(f"--resume-every {self.every_s}: must be 0 (every epoch) or more seconds")
+        if self.mid_epoch_s is not None and self.mid_epoch_s < 0:
+            raise BenchmarkError(f"--resume-mid-epoch {self.mid_epoch_s}: must be 0 (every batch) or more seconds")
+        if not self.on and self.mid_epoch_s is not None:
+            raise BenchmarkError("--resume-mid-epoch with --no-resume: nothing would be saved; give one of them")
+
+
 def resume_folder(store: ResultStore, executor: str, named: str | None) -> Path:
     """Where the grid's jobs keep their epoch checkpoints: the folder named, else `resume/` beside
     a store on this machine, else this machine's results folder (said, for executors whose jobs
@@ -124,20 +144,19 @@ def resume_folder(store: ResultStore, executor: str, named: str | None) -> Path:
 def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: ResultStore, executor: str = "local",
              options: ExecutorOptions = ExecutorOptions(), dry_run: bool = False, device: str | None = None,
              command: str = "", threads: int | None = None, system_metrics_s: float | None = None,
-             resume: bool = True, resume_dir: str | None = None, resume_every_s: float | None = None) -> int:
+             resume: ResumeOptions = ResumeOptions()) -> int:
     """Run (or list) the grid; returns the process exit code (1 when any job failed).
 
-    `resume`: each job saves its training state after an epoch, at most once per `resume_every_s`
-    (default RunContext's), in `resume_dir` (default resume_folder(store, executor, None)), and a
-    later try of a stopped job goes on from there.
+    `resume`: each job saves its training state after an epoch, at most once per `resume.every_s`
+    (and inside epochs with `resume.mid_epoch_s`), in `resume.folder` (default
+    resume_folder(store, executor, None)), and a later try of a stopped job goes on from there.
 
     `threads`: torch threads per job, pinned in every executor so that Ray and local runs of a
     job compute alike (default: this machine's cores divided among the jobs run at once here)."""
     run_jobs = EXECUTORS.get(executor)  # a typo fails before any work
     if threads is not None and threads < 1:
         raise BenchmarkError(f"--threads {threads}: must be 1 or more")
-    if resume_every_s is not None and resume_every_s < 0:
-        raise BenchmarkError(f"--resume-every {resume_every_s}: must be 0 (every epoch) or more seconds")
+    resume.check()
     if threads is None and executor == "slurm" and options.slurm is not None and options.slurm.cpus_per_task:
         threads = max(1, options.slurm.cpus_per_task // options.jobs_per_gpu)  # the compute node's, not this one's
     threads = threads or default_threads(jobs_at_once(executor, options, device))
@@ -177,16 +196,16 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: R
                        "workers": options.workers or ""})
     parent_log.text("protocol.json", json.dumps({**protocol.to_dict(), "not_applicable": skipped_methods}, indent=1,
                                                 default=str))
-    checkpoints = resume_folder(store, executor, resume_dir) if resume else None
+    checkpoints = resume_folder(store, executor, resume.folder) if resume.on else None
     if checkpoints is None:
         print("[resume] off (--no-resume): no epoch checkpoints; a stopped job trains again from its first epoch",
               flush=True)
-    parent_log.params({"resume_dir": str(checkpoints) if checkpoints else "off",
-                       "resume_every_s": resume_every_s if resume_every_s is not None else RunContext.resume_every_s})
+    parent_log.params({"resume_dir": str(checkpoints) if checkpoints else "off", "resume_every_s": resume.every_s,
+                       "resume_mid_epoch_s": "off" if resume.mid_epoch_s is None else resume.mid_epoch_s})
     ctx = RunContext(store, experiment, parent_log.run_id, plan, device, threads,
                      **({} if system_metrics_s is None else {"system_metrics_s": system_metrics_s}),
-                     resume_dir=str(checkpoints) if checkpoints else None, resume_named=resume_dir is not None,
-                     **({} if resume_every_s is None else {"resume_every_s": resume_every_s}))
+                     resume_dir=str(checkpoints) if checkpoints else None, resume_named=resume.folder is not None,
+                     resume_every_s=resume.every_s, resume_mid_epoch_s=resume.mid_epoch_s)
     started = time.perf_counter()
     progress = Progress(len(todo))
     try:

@@ -58,6 +58,7 @@ class RunContext:
     resume_dir: str | None = None
     resume_named: bool = False  # the user named resume_dir (else Slurm uses its shared folder)
     resume_every_s: float = 60.0  # at most one epoch checkpoint per this many seconds (0: every epoch)
+    resume_mid_epoch_s: float | None = None  # also between batches once this many seconds passed (None: off)
 
 
 @dataclass
@@ -175,7 +176,11 @@ def _resume_point(p: _Prepared, ctx: RunContext):
     the saved epoch is copied into this run (the FINISHED run shows every epoch) and tagged."""
     from ..training.resume import EpochCheckpoint
 
-    resume = EpochCheckpoint.open(ctx.resume_dir, p.job.hash, p.log.run_id, ctx.resume_every_s)
+    resume = EpochCheckpoint.open(ctx.resume_dir, p.job.hash, p.log.run_id, ctx.resume_every_s,
+                                  ctx.resume_mid_epoch_s)
+    if ctx.resume_mid_epoch_s is not None and p.job.recipe.data_path == "per_sample":
+        print(f"[resume] {p.job.label}: the per-sample data path draws its augmentation in loader workers; "
+              "checkpoints at epoch ends only", flush=True)
     if resume.warning:
         print(f"[resume] warning: {p.job.label}: {resume.warning}", file=sys.stderr, flush=True)
     if resume.state is not None:
@@ -194,6 +199,9 @@ def _group_resume_point(group: list[_Prepared], ctx: RunContext):
     key = hashlib.sha256("|".join(p.job.hash for p in group).encode()).hexdigest()[:16]
     resume = EpochCheckpoint.open(ctx.resume_dir, f"fused-{key}", ",".join(p.log.run_id for p in group),
                                   ctx.resume_every_s)
+    if ctx.resume_mid_epoch_s is not None:
+        print(f"[resume] fused group of {len(group)}: checkpoints at epoch ends only (--resume-mid-epoch is for "
+              "single jobs)", flush=True)
     if resume.warning:
         print(f"[resume] warning: fused group of {len(group)}: {resume.warning}", file=sys.stderr, flush=True)
     if resume.state is not None:
@@ -219,9 +227,10 @@ def _continue_history(p: _Prepared, ctx: RunContext, resume, previous: str) -> N
                 by_step.setdefault(step, {})[key] = value
     for step in sorted(by_step):
         p.log.metrics(by_step[step], step=step)
-    p.log.tags({schema.RESUMED_FROM: f"epoch {resume.epoch} of run {previous}{copied}"})
-    print(f"[resume] {p.job.label}: resuming at epoch {resume.epoch + 1} from {resume.path} (epochs 1-{resume.epoch} "
-          f"of run {previous}{copied}), in run {p.log.run_id}", flush=True)
+    p.log.tags({schema.RESUMED_FROM: f"{resume.saved_through()} of run {previous}{copied}"})
+    history = f"epochs 1-{resume.epoch} of run {previous}" if resume.epoch else f"no epoch ended in run {previous}"
+    print(f"[resume] {p.job.label}: resuming at {resume.resumes_at()} from {resume.path} ({history}{copied}), "
+          f"in run {p.log.run_id}", flush=True)
 
 
 def _fail(p: _Prepared, exc: BaseException) -> None:

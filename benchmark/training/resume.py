@@ -8,6 +8,13 @@ loop draws from (order, augmentation, torch's, NumPy's and Python's global ones)
 labels (SCN relabels them) and the step count. A later try of the same job loads it and goes on:
 on the same machine type and thread count its numbers equal an uninterrupted run's, bit for bit.
 
+Where one epoch is long (AffectNet's 280k images), `mid_epoch_s` (the runner's
+`--resume-mid-epoch`) also writes the state between two batches once that many seconds have
+passed since the last write. It holds, besides the above, where the epoch stands (`in_epoch`):
+its row order, how many batches are done and the epoch's loss sums so far. The order generator
+is not drawn from inside an epoch and the augmentation generator is drawn batch by batch as the
+loop takes each batch, so a later try skips the batches done and goes on with the same draws.
+
 The file is `<folder>/<job hash>.pt`, written whole and then renamed over the old one (a stop
 mid-write leaves the previous epoch's), read with `torch.load(weights_only=True)`, and deleted
 when the job ends (FINISHED or FAILED): only a stopped job leaves one. A file that cannot be
@@ -42,17 +49,22 @@ class EpochCheckpoint:
     # An epoch's state is written only when this many seconds have passed since the last write
     # (or the start): where epochs take seconds, writing each costs more than a stop could lose.
     every_s: float = 0.0
+    # Inside an epoch, between two batches, when this many seconds have passed since the last
+    # write (None: at epoch ends only).
+    mid_epoch_s: float | None = None
     _last: float = field(default_factory=time.monotonic, repr=False)
 
     @classmethod
-    def open(cls, folder: str | Path, job_hash: str, run_id: str, every_s: float = 0.0) -> "EpochCheckpoint":
+    def open(cls, folder: str | Path, job_hash: str, run_id: str, every_s: float = 0.0,
+             mid_epoch_s: float | None = None) -> "EpochCheckpoint":
         """The job's checkpoint in `folder`, with what an earlier try saved there (if anything).
         A file that cannot be resumed from (unreadable or truncated, another job's, another
         layout's) is renamed aside, kept for a look, and named in `warning`: the job trains from
         its first epoch instead of failing or resuming the wrong state."""
         path = Path(folder) / f"{job_hash}.pt"
+        when = {"every_s": every_s, "mid_epoch_s": mid_epoch_s}
         if not path.is_file():
-            return cls(path, job_hash, run_id, every_s=every_s)
+            return cls(path, job_hash, run_id, **when)
         why = ""
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -65,16 +77,35 @@ class EpochCheckpoint:
         elif state is not None and state.get("layout") != LAYOUT:
             why = f"state layout {state.get('layout', 'unversioned')}, this version reads {LAYOUT}"
         if not why:
-            return cls(path, job_hash, run_id, state, every_s=every_s)
+            return cls(path, job_hash, run_id, state, **when)
         aside = path.with_name(f"{path.name}.set-aside-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
         os.replace(path, aside)
         return cls(path, job_hash, run_id, None, f"{path}: {why}; set aside as {aside.name}, training from epoch 1",
-                   every_s=every_s)
+                   **when)
 
     @property
     def epoch(self) -> int:
         """The last epoch an earlier try completed (0: none)."""
         return int(self.state["epoch"]) if self.state else 0
+
+    @property
+    def in_epoch(self) -> dict[str, Any] | None:
+        """Where the epoch after `epoch` stood, when the state was written inside it."""
+        return self.state.get("in_epoch") if self.state else None
+
+    def saved_through(self) -> str:
+        """What the earlier try completed, in words: "epoch 3", or "epoch 3 + 2 of 8 batches of epoch 4"."""
+        inside = self.in_epoch
+        if inside is None:
+            return f"epoch {self.epoch}"
+        return f"epoch {self.epoch} + {int(inside['batches'])} of {int(inside['of'])} batches of epoch {self.epoch + 1}"
+
+    def resumes_at(self) -> str:
+        """Where the next try goes on, in words: "epoch 4", or "epoch 4 at batch 3 of 8"."""
+        inside = self.in_epoch
+        if inside is None:
+            return f"epoch {self.epoch + 1}"
+        return f"epoch {self.epoch + 1} at batch {int(inside['batches']) + 1} of {int(inside['of'])}"
 
     @property
     def previous_run_id(self) -> str | None:
@@ -83,6 +114,10 @@ class EpochCheckpoint:
     def due(self) -> bool:
         """Whether the epoch just ended is to be written (`every_s` has passed since the last)."""
         return time.monotonic() - self._last >= self.every_s
+
+    def due_in_epoch(self) -> bool:
+        """Whether to write now, between two batches (`mid_epoch_s` has passed since the last)."""
+        return self.mid_epoch_s is not None and time.monotonic() - self._last >= self.mid_epoch_s
 
     def save(self, state: dict[str, Any]) -> None:
         self._last = time.monotonic()

@@ -246,6 +246,16 @@ class StepMonitor:
         first, loss = self._first_bad.cpu(), self._bad_loss.cpu()
         return {k: (int(first[k]), float(loss[k])) for k in torch.nonzero(first >= 0).flatten().tolist()}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch's sums so far (a checkpoint written inside an epoch: benchmark.training.resume)."""
+        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "batches": self.batches,
+                "first_bad": self._first_bad.cpu(), "bad_loss": self._bad_loss.cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums = {k: v.to(self.device) for k, v in state["sums"].items()}
+        self.batches = int(state["batches"])
+        self._first_bad, self._bad_loss = state["first_bad"].to(self.device), state["bad_loss"].to(self.device)
+
     def mean_loss(self) -> float:
         return float(self.sums["loss"].mean()) / max(1, self.batches)
 
@@ -304,9 +314,11 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
 
         bar = tqdm(total=total_steps, desc=f"{method.name} on {data.dataset}", unit="step", leave=False)
     monitor = StepMonitor(device)
-    step, first_epoch = 0, 1
+    step, first_epoch, in_epoch = 0, 1, None
+    mid_epoch = resume is not None and resume.mid_epoch_s is not None and recipe.data_path != "per_sample"
     if resume is not None and resume.state is not None:
         saved = resume.state
+        in_epoch = resume.in_epoch
         method.load_training_state(saved["method"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -319,12 +331,30 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
             swad.load_state_dict(saved["swad"])
         if bar is not None:
             bar.update(step)
+    def state(epoch_done: int) -> dict[str, Any]:
+        """What the next try needs to go on after epoch `epoch_done` (and the batches of the next
+        that `in_epoch`, when written inside it, says are done)."""
+        return {"epoch": epoch_done, "step": step, "method": method.training_state(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "order_rng": gen.get_state(), "augment_rng": aug_gen.get_state(),
+                "global_rng": random_state(), "train_labels": torch.from_numpy(train_labels.copy()),
+                **({"swad": swad.state_dict()} if swad is not None else {})}
+
     stopped = False  # SWAD's loss valley ended before the last epoch
     for epoch in range(first_epoch, recipe.epochs + 1):
         method.train_mode(True)
         start = time.perf_counter()
-        order = np.fromiter(epoch_sampler(data.labels, recipe, gen, data.domains), dtype=np.int64)
-        for index, x, flips in epoch_batches(method, data, order, recipe, device, gen, aug_gen, resident):
+        if in_epoch is not None:  # written inside this epoch: its order, and the batches done skipped
+            order, done = in_epoch["order"].numpy(), int(in_epoch["batches"])
+            monitor.load_state_dict(in_epoch["losses"])
+            start -= float(in_epoch["seconds"])
+            in_epoch = None
+        else:
+            order = np.fromiter(epoch_sampler(data.labels, recipe, gen, data.domains), dtype=np.int64)
+            done = 0
+        batches = math.ceil(len(order) / recipe.batch_size)
+        for index, x, flips in epoch_batches(method, data, order[done * recipe.batch_size:], recipe, device, gen,
+                                             aug_gen, resident):
             domains = None if data.domains is None else to_device_batch(data.domains[index], device)
             batch = method.with_extras(Batch(execution.layout(x), to_device_batch(train_labels[index], device), index,
                                              flips, domains))
@@ -359,6 +389,11 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
                 bar.update(1)
             if stopped:
                 break
+            done += 1
+            if mid_epoch and done < batches and resume.due_in_epoch():
+                resume.save({**state(epoch - 1), "in_epoch": {
+                    "batches": done, "of": batches, "order": torch.from_numpy(order), "losses": monitor.state_dict(),
+                    "seconds": time.perf_counter() - start}})
         monitor.check(method.name, epoch)
         metrics = monitor.epoch_means()
         metrics["lr"] = optimizer.param_groups[0]["lr"]
@@ -374,11 +409,7 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
         if epoch_end is not None and (evaluates_after(epoch, recipe) or stopped):
             epoch_end(epoch)
         if resume is not None and not last and resume.due():
-            resume.save({"epoch": epoch, "step": step, "method": method.training_state(),
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "order_rng": gen.get_state(), "augment_rng": aug_gen.get_state(),
-                         "global_rng": random_state(), "train_labels": torch.from_numpy(train_labels.copy()),
-                         **({"swad": swad.state_dict()} if swad is not None else {})})
+            resume.save(state(epoch))
         if stopped:
             break
     if bar is not None:
