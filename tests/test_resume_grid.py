@@ -6,6 +6,7 @@ job ends (same machine, same threads), with one FINISHED run whose history has e
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -69,7 +70,7 @@ def flat(tree, prefix: str = "") -> dict:
 
 def saved(folder: Path, pattern: str) -> tuple[Path | None, dict]:
     """The checkpoint matching `pattern` in `folder` and its state ({} when none is readable yet)."""
-    for path in folder.glob(pattern):
+    for path in sorted(folder.glob(pattern), reverse=True):  # a tracking server's: the newest write first
         try:
             return path, torch.load(path, weights_only=True)
         except Exception:  # noqa: BLE001 - being replaced
@@ -90,6 +91,10 @@ class FirstTry:
     path: Path | None = None
     state: dict | None = None
     why: str = ""  # why it was not killed as planned
+    folder: Path | None = None  # where its checkpoint appears (default: resume/ beside its store)
+
+    def __post_init__(self):
+        self.folder = self.folder or self.tmp / "resume"
 
 
 def watch(tries: list[FirstTry]) -> None:
@@ -102,7 +107,7 @@ def watch(tries: list[FirstTry]) -> None:
     while waiting:
         for first in list(waiting):
             group, ended = first.process.pid, first.process.poll() is not None
-            path = next((first.tmp / "resume").glob(first.pattern), None)
+            path = next(first.folder.glob(first.pattern), None)
             if not ended and time.time() < deadline:
                 try:
                     written = path.stat().st_mtime_ns if path else None
@@ -112,14 +117,15 @@ def watch(tries: list[FirstTry]) -> None:
                     continue
                 seen[first.tmp] = written
                 os.killpg(group, signal.SIGSTOP)
-                path, state = saved(first.tmp / "resume", first.pattern)
+                path, state = saved(first.folder, first.pattern)
                 if not (state and first.ready(state)):
                     os.killpg(group, signal.SIGCONT)
                     continue
                 first.path, first.state = path, state
             else:
                 first.why = "it ended before being killed" if ended else "it stalled"
-            os.killpg(group, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # ended: its group may be gone
+                os.killpg(group, signal.SIGKILL)
             first.process.wait()
             waiting.remove(first)
         time.sleep(0.02)
@@ -282,3 +288,25 @@ def test_a_killed_claimant_not_yet_reaped_is_dead():
         time.sleep(0.05)
     assert process_alive(tags) is False
     child.wait()
+
+
+def test_the_checkpoints_place_follows_the_store(tmp_path, capsys):
+    """Beside a store on this machine; for a tracking server, under its experiment's artifact
+    location (a folder there when it is a path, else its URI); a folder or URI the user names wins."""
+    from benchmark.core.paths import results_dir
+    from benchmark.run.grid import resume_place
+    def Server(location):  # a tracking server (never reached) whose experiments keep artifacts at `location`
+        store = open_store("http://127.0.0.1:9")
+        store.artifact_location = lambda experiment_id: f"{location}/{experiment_id}" if location else None
+        return store
+
+    assert resume_place(open_store(f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}"), "1", "local", None) == \
+        str(tmp_path / "db" / "resume")
+    assert resume_place(Server(f"file://{tmp_path}/art"), "7", "ray", None) == str(tmp_path / "art" / "7" / "resume")
+    assert resume_place(Server(str(tmp_path / "art")), "7", "ray", None) == str(tmp_path / "art" / "7" / "resume")
+    assert resume_place(Server("s3://bucket/mlruns"), "7", "ray", None) == "s3://bucket/mlruns/7/resume"
+    assert resume_place(Server("mlflow-artifacts:"), "7", "pool", None) == "mlflow-artifacts:/7/resume"
+    assert resume_place(Server(None), "7", "ray", None) == str((results_dir() / "resume").resolve())
+    assert "--resume-dir" in capsys.readouterr().out  # said: other hosts cannot see this one's folder
+    assert resume_place(Server("s3://bucket/mlruns"), "7", "ray", str(tmp_path / "shared")) == str(tmp_path / "shared")
+    assert resume_place(Server(None), "7", "ray", "s3://other/ckpt") == "s3://other/ckpt"

@@ -6,6 +6,8 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from tabulate import tabulate
 
@@ -17,6 +19,7 @@ from ..jobs.protocol import Protocol
 from .executors import EXECUTORS, ExecutorOptions
 from .runner import JobResult, RunContext
 from ..store import JobState, ResultStore, default_uri, schema
+from ..store.remote_folder import is_remote
 
 
 def dry_run_table(states: list[JobState]) -> str:
@@ -113,7 +116,7 @@ class ResumeOptions:
     --no-resume, --resume-dir, --resume-every and --resume-mid-epoch."""
 
     on: bool = True
-    folder: str | None = None  # None: resume_folder's default
+    folder: str | None = None  # a folder or an artifact URI; None: resume_place's default
     every_s: float = RunContext.resume_every_s  # at epoch ends, at most once per this many seconds
     mid_epoch_s: float | None = None  # also between batches, once this many seconds passed (None: off)
 
@@ -126,19 +129,26 @@ class ResumeOptions:
             raise BenchmarkError("--resume-mid-epoch with --no-resume: nothing would be saved; give one of them")
 
 
-def resume_folder(store: ResultStore, executor: str, named: str | None) -> Path:
-    """Where the grid's jobs keep their epoch checkpoints: the folder named, else `resume/` beside
-    a store on this machine, else this machine's results folder (said, for executors whose jobs
-    may run on other hosts). The Slurm executor keeps them in its shared folder unless named."""
+def resume_place(store: ResultStore, experiment_id: str, executor: str, named: str | None) -> str:
+    """Where the grid's jobs keep their epoch checkpoints: the folder (or artifact URI) named,
+    else `resume/` beside a store on this machine, else under the experiment's artifact location
+    (a tracking server's: every worker that logs artifacts can reach it), else this machine's
+    results folder (said, for executors whose jobs may run on other hosts). The Slurm executor
+    keeps them in its shared folder unless named."""
     if named:
-        return Path(named).resolve()
+        return named if is_remote(named) else str(Path(named).resolve())
     folder = store.local_folder()
     if folder is not None:
-        return (folder / "resume").resolve()
+        return str((folder / "resume").resolve())
+    location = store.artifact_location(experiment_id)
+    if location:
+        if is_remote(location):
+            return f"{location.rstrip('/')}/resume"
+        return str(Path(url2pathname(urlparse(location).path) if location.startswith("file:") else location) / "resume")
     if executor == "ray":
-        print(f"[resume] the store is a tracking server: epoch checkpoints go to {results_dir() / 'resume'} on this "
-              "host; name a shared folder with --resume-dir for jobs on other hosts to resume", flush=True)
-    return (results_dir() / "resume").resolve()
+        print(f"[resume] the store has no artifact location: epoch checkpoints go to {results_dir() / 'resume'} on "
+              "this host; name a shared folder with --resume-dir for jobs on other hosts to resume", flush=True)
+    return str((results_dir() / "resume").resolve())
 
 
 def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: ResultStore, executor: str = "local",
@@ -149,7 +159,7 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: R
 
     `resume`: each job saves its training state after an epoch, at most once per `resume.every_s`
     (and inside epochs with `resume.mid_epoch_s`), in `resume.folder` (default
-    resume_folder(store, executor, None)), and a later try of a stopped job goes on from there.
+    resume_place(store, experiment, executor, None)), and a later try of a stopped job goes on from there.
 
     `threads`: torch threads per job, pinned in every executor so that Ray and local runs of a
     job compute alike (default: this machine's cores divided among the jobs run at once here)."""
@@ -196,7 +206,7 @@ def run_grid(protocol: Protocol, methods: list[str], plan: DataPlan, *, store: R
                        "workers": options.workers or ""})
     parent_log.text("protocol.json", json.dumps({**protocol.to_dict(), "not_applicable": skipped_methods}, indent=1,
                                                 default=str))
-    checkpoints = resume_folder(store, executor, resume.folder) if resume.on else None
+    checkpoints = resume_place(store, experiment, executor, resume.folder) if resume.on else None
     if checkpoints is None:
         print("[resume] off (--no-resume): no epoch checkpoints; a stopped job trains again from its first epoch",
               flush=True)

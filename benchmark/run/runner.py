@@ -31,6 +31,7 @@ from ..data.union import union_split
 from ..data.samples import printable_id
 from ..core.environment import default_threads
 from ..core.errors import BenchmarkError
+from ..core.paths import results_dir
 from ..jobs.plan import DataPlan, Job
 from ..core.labels import CLASSES
 from ..core.sources import parts as source_parts, seen
@@ -171,13 +172,24 @@ def run_group(jobs: list[Job], ctx: RunContext) -> list[JobResult]:
     return [results[job.hash] for job in jobs]
 
 
+def _checkpoint_place(ctx: RunContext) -> tuple[Path, Any]:
+    """The folder the job's checkpoints are in, and the artifact folder they are uploaded to
+    when ctx.resume_dir is a tracking server's (the folder then stages local copies)."""
+    from ..store.remote_folder import RemoteFolder, is_remote
+
+    if is_remote(ctx.resume_dir):
+        return results_dir() / "resume-staging", RemoteFolder(ctx.resume_dir, ctx.store.uri)
+    return Path(ctx.resume_dir), None
+
+
 def _resume_point(p: _Prepared, ctx: RunContext):
     """The job's epoch checkpoint; when an earlier try of it saved one, that try's history up to
     the saved epoch is copied into this run (the FINISHED run shows every epoch) and tagged."""
     from ..training.resume import EpochCheckpoint
 
-    resume = EpochCheckpoint.open(ctx.resume_dir, p.job.hash, p.log.run_id, ctx.resume_every_s,
-                                  ctx.resume_mid_epoch_s)
+    folder, remote = _checkpoint_place(ctx)
+    resume = EpochCheckpoint.open(folder, p.job.hash, p.log.run_id, ctx.resume_every_s, ctx.resume_mid_epoch_s,
+                                  remote=remote)
     if ctx.resume_mid_epoch_s is not None and p.job.recipe.data_path == "per_sample":
         print(f"[resume] {p.job.label}: the per-sample data path draws its augmentation in loader workers; "
               "checkpoints at epoch ends only", flush=True)
@@ -197,8 +209,9 @@ def _group_resume_point(group: list[_Prepared], ctx: RunContext):
     from ..training.resume import EpochCheckpoint
 
     key = hashlib.sha256("|".join(p.job.hash for p in group).encode()).hexdigest()[:16]
-    resume = EpochCheckpoint.open(ctx.resume_dir, f"fused-{key}", ",".join(p.log.run_id for p in group),
-                                  ctx.resume_every_s)
+    folder, remote = _checkpoint_place(ctx)
+    resume = EpochCheckpoint.open(folder, f"fused-{key}", ",".join(p.log.run_id for p in group),
+                                  ctx.resume_every_s, remote=remote)
     if ctx.resume_mid_epoch_s is not None:
         print(f"[resume] fused group of {len(group)}: checkpoints at epoch ends only (--resume-mid-epoch is for "
               "single jobs)", flush=True)
@@ -229,7 +242,7 @@ def _continue_history(p: _Prepared, ctx: RunContext, resume, previous: str) -> N
         p.log.metrics(by_step[step], step=step)
     p.log.tags({schema.RESUMED_FROM: f"{resume.saved_through()} of run {previous}{copied}"})
     history = f"epochs 1-{resume.epoch} of run {previous}" if resume.epoch else f"no epoch ended in run {previous}"
-    print(f"[resume] {p.job.label}: resuming at {resume.resumes_at()} from {resume.path} ({history}{copied}), "
+    print(f"[resume] {p.job.label}: resuming at {resume.resumes_at()} from {resume.where} ({history}{copied}), "
           f"in run {p.log.run_id}", flush=True)
 
 

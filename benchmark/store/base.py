@@ -168,6 +168,11 @@ class ResultStore(abc.ABC):
         tracking server): jobs keep their epoch checkpoints beside it."""
         return None
 
+    def artifact_location(self, experiment_id: str) -> str | None:
+        """Where the experiment's artifacts go (a folder, or a URI such as s3:// or
+        mlflow-artifacts:/), which every worker of a tracking server's grid can write."""
+        return None
+
     # -- trained models: MLflow's LoggedModels and registry (the JSON-lines store has neither) --
     has_models = False
 

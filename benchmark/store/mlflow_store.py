@@ -136,6 +136,9 @@ class MlflowStore(ResultStore):
                 return path.parent if prefix == "sqlite:///" else path
         return None
 
+    def artifact_location(self, experiment_id: str) -> str | None:
+        return retry(lambda: self.client.get_experiment(experiment_id)).artifact_location
+
     @property
     def client(self) -> MlflowClient:
         if self._client is None:

@@ -20,6 +20,12 @@ mid-write leaves the previous epoch's), read with `torch.load(weights_only=True)
 when the job ends (FINISHED or FAILED): only a stopped job leaves one. A file that cannot be
 resumed from (truncated, corrupt, another job's, another state layout's) is renamed aside with a
 warning and the job trains from its first epoch.
+
+When the store is a tracking server, the folder may be its artifact location (s3:,
+mlflow-artifacts:, ...: a RemoteFolder), where nothing can be renamed: each write is then a new
+file `<job hash>/<n>.pt`, uploaded from a local copy, and the one before is deleted only once it
+is up, so a stop mid-upload leaves the previous state to resume from. A bad file there is kept
+locally, set aside, and deleted from the store.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..store.remote_folder import RemoteFolder
+
 
 # The state's layout: a file written with another is set aside, not read (its keys may differ).
 LAYOUT = 1
@@ -41,7 +49,7 @@ LAYOUT = 1
 
 @dataclass
 class EpochCheckpoint:
-    path: Path
+    path: Path  # the file (for a remote folder: this try's local copy of its newest write)
     job_hash: str
     run_id: str  # the run this try writes (the next try copies its history from it)
     state: dict[str, Any] | None = None  # what an earlier try saved: resume after state["epoch"]
@@ -52,36 +60,50 @@ class EpochCheckpoint:
     # Inside an epoch, between two batches, when this many seconds have passed since the last
     # write (None: at epoch ends only).
     mid_epoch_s: float | None = None
+    # A tracking server's artifact folder (benchmark.store.remote_folder) the file lives in;
+    # `path` is then under a local staging folder and every write is uploaded.
+    remote: RemoteFolder | None = None
+    _uploaded: list[str] = field(default_factory=list, repr=False)  # the remote's files of this job, oldest first
     _last: float = field(default_factory=time.monotonic, repr=False)
 
     @classmethod
     def open(cls, folder: str | Path, job_hash: str, run_id: str, every_s: float = 0.0,
-             mid_epoch_s: float | None = None) -> "EpochCheckpoint":
-        """The job's checkpoint in `folder`, with what an earlier try saved there (if anything).
+             mid_epoch_s: float | None = None, remote: RemoteFolder | None = None) -> "EpochCheckpoint":
+        """The job's checkpoint in `folder` (with `remote`: in that artifact folder, `folder`
+        staging its local copies), with what an earlier try saved there (if anything).
         A file that cannot be resumed from (unreadable or truncated, another job's, another
         layout's) is renamed aside, kept for a look, and named in `warning`: the job trains from
-        its first epoch instead of failing or resuming the wrong state."""
-        path = Path(folder) / f"{job_hash}.pt"
-        when = {"every_s": every_s, "mid_epoch_s": mid_epoch_s}
-        if not path.is_file():
-            return cls(path, job_hash, run_id, **when)
-        why = ""
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - truncated, corrupt or not torch's: never fatal to the grid
-            state, why = None, f"unreadable ({str(exc).splitlines()[0][:200]})"
-        if state is not None and not isinstance(state, dict):
-            why = f"not a training checkpoint (a {type(state).__name__})"
-        elif state is not None and state.get("job_hash") != job_hash:
-            why = f"saved by job {state.get('job_hash')}, not {job_hash}"
-        elif state is not None and state.get("layout") != LAYOUT:
-            why = f"state layout {state.get('layout', 'unversioned')}, this version reads {LAYOUT}"
-        if not why:
-            return cls(path, job_hash, run_id, state, **when)
-        aside = path.with_name(f"{path.name}.set-aside-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-        os.replace(path, aside)
-        return cls(path, job_hash, run_id, None, f"{path}: {why}; set aside as {aside.name}, training from epoch 1",
-                   **when)
+        the last good state before it, else from its first epoch, instead of failing or resuming
+        the wrong state."""
+        when = {"every_s": every_s, "mid_epoch_s": mid_epoch_s, "remote": remote}
+        if remote is None:
+            path = Path(folder) / f"{job_hash}.pt"
+            found: list[tuple[Any, str]] = [(path, str(path))] if path.is_file() else []
+            uploaded = []
+        else:  # newest first: <job hash>/<write number>.pt
+            uploaded = [n for n in remote.names(job_hash) if n.endswith(".pt")]
+            path = Path(folder) / job_hash / (Path(uploaded[-1]).name if uploaded else f"{0:08d}.pt")
+            found = [(name, f"{remote.uri}/{name}") for name in reversed(uploaded)]
+        notes = []
+        for local, where in found:
+            if remote is not None:  # downloaded one by one: the newest readable one is all it takes
+                local = remote.get(local, Path(folder))
+            state, why = _read(local, job_hash)
+            if not why:
+                warning = "; ".join(notes) + (f"; resuming from {where}" if notes else "")
+                return cls(local, job_hash, run_id, state, warning, _uploaded=list(uploaded), **when)
+            aside = local.with_name(f"{local.name}.set-aside-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+            os.replace(local, aside)
+            if remote is not None:  # kept here; the next write must not be hidden behind it
+                remote.delete(uploaded.pop())  # the newest left: they are read newest first
+            notes.append(f"{where}: {why}; set aside as {aside if remote is not None else aside.name}")
+        warning = "; ".join(notes) + (", training from epoch 1" if notes else "")
+        return cls(path, job_hash, run_id, None, warning, _uploaded=list(uploaded), **when)
+
+    @property
+    def where(self) -> str:
+        """The file, as a user would look for it (the remote's URI when there is one)."""
+        return f"{self.remote.uri}/{self._uploaded[-1]}" if self.remote is not None and self._uploaded else str(self.path)
 
     @property
     def epoch(self) -> int:
@@ -121,13 +143,45 @@ class EpochCheckpoint:
 
     def save(self, state: dict[str, Any]) -> None:
         self._last = time.monotonic()
+        if self.remote is not None:  # a new file each time: the older is deleted once this one is up
+            number = int(Path(self._uploaded[-1]).stem) + 1 if self._uploaded else 1
+            self.path = self.path.with_name(f"{number:08d}.pt")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.partial")
         torch.save({**state, "job_hash": self.job_hash, "run_id": self.run_id, "layout": LAYOUT}, partial)
         os.replace(partial, self.path)
+        if self.remote is not None:
+            self._uploaded.append(self.remote.put(self.path, self.job_hash))
+            for older in self._uploaded[:-1]:
+                self.remote.delete(older)
+                self.path.with_name(Path(older).name).unlink(missing_ok=True)
+            del self._uploaded[:-1]
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+        if self.remote is not None:
+            for name in self._uploaded:
+                self.remote.delete(name)
+            self._uploaded.clear()
+            # This job's local copies, with any an earlier try on this host left when it was
+            # stopped (set-aside files stay).
+            for left in [*self.path.parent.glob("*.pt"), *self.path.parent.glob("*.partial")]:
+                left.unlink(missing_ok=True)
+
+
+def _read(path: Path, job_hash: str) -> tuple[dict[str, Any] | None, str]:
+    """The state in `path` and "" , or None and why it cannot be resumed from."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, corrupt or not torch's: never fatal to the grid
+        return None, f"unreadable ({str(exc).splitlines()[0][:200]})"
+    if not isinstance(state, dict):
+        return None, f"not a training checkpoint (a {type(state).__name__})"
+    if state.get("job_hash") != job_hash:
+        return None, f"saved by job {state.get('job_hash')}, not {job_hash}"
+    if state.get("layout") != LAYOUT:
+        return None, f"state layout {state.get('layout', 'unversioned')}, this version reads {LAYOUT}"
+    return state, ""
 
 
 def random_state() -> dict[str, Any]:
