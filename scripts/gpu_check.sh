@@ -98,8 +98,8 @@ if (( DRY_RUN )); then
     FUSE_GRID=(--methods cafe --sources synth5/studio --seeds 0,1 "${SMALL[@]}")
     FUSE_K=2
     # The same family's plumbing on the CPU: the smaller ViT-S/32 tower, erm alone.
-    VIT=(--quick --loop-only --variant-methods erm --backbone openclip:ViT-S-32:none --size 224
-         --batch-size 4 --loop-steps 2 --precisions bf16 --device cpu)
+    VIT=(--quick --loop-only --variant-methods erm --loop-variants default --backbone openclip:ViT-S-32:none
+         --size 224 --batch-size 4 --loop-steps 2 --precisions bf16 --device cpu)
     LIMITS=(300 300 200 100 300 0 300 0 300 300)
 else
     TESTS=()

@@ -53,6 +53,8 @@ def test_gpu_check_dry_run_runs_every_stage_and_writes_its_reports(tmp_path):
         summary = json.loads((out / f"fuse_grid_{name}.json").read_text())
         assert summary["one_finished_run_per_job"] and summary["jobs"] == 2, name
         assert summary["grid_runs"][0]["seconds"] > 0
+    vit = json.loads((out / "vit.json").read_text())["loop"]
+    assert list(vit["variants"]["erm"]) == ["default"] and vit["variants"]["erm"]["default"]["images_per_s"] > 0
     with tarfile.open(bundle) as tar:  # packed after the last stage: holds every stage's files
         names = {Path(n).name for n in tar.getnames()}
     assert {"stages.jsonl", "perf.json", "lodo_table.md", "gradcam.png"} <= names

@@ -26,3 +26,5 @@ def test_bad_pack_options_are_named_before_any_timing(capsys):
     assert "--pack 'four'" in capsys.readouterr().err
     assert main(["perf", "--quick", "--pack", "2", "--pack-variants", "fastest"]) == 2
     assert "--pack-variants: unknown fastest (known: sync_every_step" in capsys.readouterr().err
+    assert main(["perf", "--quick", "--loop-variants", "default,fastest"]) == 2
+    assert "--loop-variants: unknown fastest (known: sync_every_step" in capsys.readouterr().err

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from benchmark.cli import main
-from benchmark.store import open_store, schema
+from benchmark.store import ABANDONED, open_store, schema
 from benchmark.training.resume import EpochCheckpoint
 
 from .test_runner import TINY
@@ -86,7 +86,7 @@ class FirstTry:
     uri: str
     args: list[str]
     pattern: str  # its checkpoint's file name
-    ready: Callable[[dict], bool]  # killed once its checkpoint's state satisfies this
+    ready: Callable[[Path, dict], bool]  # killed once its checkpoint (file, state) satisfies this
     process: subprocess.Popen | None = None
     path: Path | None = None
     state: dict | None = None
@@ -118,7 +118,7 @@ def watch(tries: list[FirstTry]) -> None:
                 seen[first.tmp] = written
                 os.killpg(group, signal.SIGSTOP)
                 path, state = saved(first.folder, first.pattern)
-                if not (state and first.ready(state)):
+                if not (state and first.ready(path, state)):
                     os.killpg(group, signal.SIGCONT)
                     continue
                 first.path, first.state = path, state
@@ -131,13 +131,26 @@ def watch(tries: list[FirstTry]) -> None:
         time.sleep(0.02)
 
 
+def second_job_inside_epoch_4() -> Callable[[Path, dict], bool]:
+    """Ready once the grid's second job (its checkpoint a file other than the first one seen)
+    has a state written inside its fourth epoch."""
+    first_file: list[str] = []
+
+    def ready(path: Path, state: dict) -> bool:
+        first_file[:] = first_file or [path.name]
+        return path.name != first_file[0] and state["epoch"] >= 3 and "in_epoch" in state
+
+    return ready
+
+
 @pytest.fixture(scope="module")
 def scenarios(tmp_path_factory):
     """Every scenario's first try, started at once (most of each one's time is its process's
     start) and killed by a watcher thread, while this process trains the uninterrupted runs.
 
-    local: killed inside epoch 4 (`--resume-mid-epoch 0` writes between batches) after 3 epochs;
-    pool and a fused group of 2: killed once epoch 3's checkpoint is written."""
+    local: a grid of two jobs, killed after the first FINISHED, inside the second's epoch 4
+    (`--resume-mid-epoch 0` writes between batches); pool and a fused group of 2: killed once
+    epoch 3's checkpoint is written."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     tries = {}
     for name in ("local", "pool", "fused"):
@@ -145,13 +158,13 @@ def scenarios(tmp_path_factory):
         uri = f"sqlite:///{tmp / 'store.db'}"
         if name == "fused":
             tries[name] = FirstTry(tmp, uri, fused_args(protocol(tmp), uri), "fused-*.pt",
-                                   lambda state: state["epoch"] >= 3)
-        elif name == "local":
-            tries[name] = FirstTry(tmp, uri, run_args(protocol(tmp), uri, name, "--resume-mid-epoch", "0"), "*.pt",
-                                   lambda state: state["epoch"] >= 3 and "in_epoch" in state)
+                                   lambda path, state: state["epoch"] >= 3)
+        elif name == "local":  # two jobs: seed 1 ends, seed 0 is killed
+            tries[name] = FirstTry(tmp, uri, run_args(protocol(tmp), uri, name, "--seeds", "1,0", "--resume-mid-epoch",
+                                                      "0"), "*.pt", second_job_inside_epoch_4())
         else:
             tries[name] = FirstTry(tmp, uri, run_args(protocol(tmp), uri, name), "*.pt",
-                                   lambda state: state["epoch"] >= 3)
+                                   lambda path, state: state["epoch"] >= 3)
     for first in tries.values():
         first.process = subprocess.Popen([sys.executable, "-m", "benchmark", *first.args], stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -194,12 +207,22 @@ def test_a_job_killed_after_epoch_3_resumes_at_4_and_ends_as_an_uninterrupted_on
 
     capfd.readouterr()
     assert main(first.args) == 0
-    line = resumed_line(capfd.readouterr().out, first)
+    out = capfd.readouterr().out
+    line = resumed_line(out, first)
 
     store, runs = finished(first.uri)
-    assert len(runs) == 1
-    (run,) = runs
+    resumed = [r for r in runs if r.tags[schema.JOB_HASH] == plain.tags[schema.JOB_HASH]]
+    assert len(resumed) == 1
+    (run,) = resumed
     assert line.endswith(f"in run {run.run_id}")
+    if executor == "local":  # the job that ended before the kill is not trained again
+        (other,) = [r for r in runs if r is not run]
+        assert other.tags["seed"] == "1" and "[skip] erm on synth5/studio (seed 1): FINISHED already" in out
+        grids = store.runs(store.experiment("tiny"), kind="grid")  # the killed invocation's, closed
+        assert sorted(g.status for g in grids) == ["FINISHED", "KILLED"]
+        assert [g.tags["error"] for g in grids if g.status == "KILLED"] == [ABANDONED]
+    else:
+        assert len(runs) == 1
     assert run.tags[schema.RESUMED_FROM].startswith(f"epoch {stopped_at} ")
     for key in ("train/loss", schema.target_metric("synth5/film", "acc")):
         steps = [step for step, _ in store.metric_history(run.run_id, key)]

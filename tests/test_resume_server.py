@@ -85,7 +85,7 @@ def test_a_job_killed_on_a_tracking_server_resumes_from_its_artifact_location(se
     store = open_store(uri)
     location = store.artifact_location(store.experiment("tiny"))
     folder = proxied / location.removeprefix("mlflow-artifacts:/") / "resume"
-    first = FirstTry(tmp_path, uri, run_args(protocol, uri, "local"), "*/*.pt", lambda state: state["epoch"] >= 2,
+    first = FirstTry(tmp_path, uri, run_args(protocol, uri, "local"), "*/*.pt", lambda path, state: state["epoch"] >= 2,
                      folder=folder)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     first.process = subprocess.Popen([sys.executable, "-m", "benchmark", *first.args], stdout=subprocess.DEVNULL,

@@ -17,7 +17,7 @@ import pytest
 from benchmark.cli import main
 from benchmark.core.errors import BenchmarkError
 from benchmark.jobs.protocol import ProtocolError, load_protocol
-from benchmark.store import ABANDONED, RunRecord, open_store
+from benchmark.store import RunRecord, open_store
 
 from .fsdata import write_image
 
@@ -128,49 +128,6 @@ def test_tiny_grid_logs_every_metric_and_dry_run_lists_jobs(tmp_path, capsys, ur
     out = capsys.readouterr().out
     assert out.count("[skip]") == 4 and "4 jobs, all FINISHED already or running elsewhere; nothing to run." in out
     assert len(finished_runs(uri)) == 4 and len(grid_runs(uri)) == 1  # no empty parent run for it
-
-
-def run_cli(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.Popen:
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "benchmark", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def accuracies(uri: str) -> dict[str, dict[str, float]]:
-    return {r.tags["job_hash"]: {k: v for k, v in r.metrics.items() if k.startswith("test/")}
-            for r in finished_runs(uri) if r.status == "FINISHED"}
-
-
-@pytest.mark.slow
-def test_killed_grid_resumes_without_duplicates_and_matches_uninterrupted(tmp_path):
-    protocol = write_protocol(tmp_path, epochs=1)
-    killed_uri = f"sqlite:///{tmp_path / 'killed.db'}"
-    proc = run_cli(["run", "--protocol", str(protocol), "--tracking-uri", killed_uri])
-    # Kill it as soon as it reports its first finished job, mid-way through the grid. (Watching
-    # its output, not the store: opening a store that another process is still creating races
-    # on MLflow's schema migration.)
-    for line in proc.stdout:
-        if line.startswith("[done]"):
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    states = [r.status for r in finished_runs(killed_uri)]
-    assert "FINISHED" in states and len([s for s in states if s == "FINISHED"]) < 4
-
-    resumed = run_cli(["run", "--protocol", str(protocol), "--tracking-uri", killed_uri])
-    out = resumed.communicate(timeout=300)[0]
-    assert resumed.returncode == 0, out
-    runs = finished_runs(killed_uri)
-    finished = [r.tags["job_hash"] for r in runs if r.status == "FINISHED"]
-    assert len(finished) == 4 and len(set(finished)) == 4  # every job once, none twice
-    assert all(r.status in ("FINISHED", "FAILED") for r in runs)  # the killed run is closed
-    grids = grid_runs(killed_uri)  # the killed invocation's parent run too, as KILLED
-    assert sorted(r.status for r in grids) == ["FINISHED", "KILLED"]
-    assert [r.tags["error"] for r in grids if r.status == "KILLED"] == [ABANDONED]
-
-    clean_uri = f"jsonl:{tmp_path / 'clean'}"  # the same grid uninterrupted, in this process
-    assert main(["run", "--protocol", str(protocol), "--tracking-uri", clean_uri]) == 0
-    assert accuracies(killed_uri) == accuracies(clean_uri)
 
 
 def test_running_job_on_another_host_is_judged_by_its_heartbeat(tmp_path, capsys):

@@ -44,16 +44,24 @@ def _cmd_perf(args: argparse.Namespace) -> int:
     if args.loop_only:
         overrides["loop_only"] = True
     if args.pack_variants:
-        from ..perf.loop import LOOP_VARIANTS
-
-        overrides["pack_variants"] = [v.strip() for v in args.pack_variants.split(",")]
-        unknown = [v for v in overrides["pack_variants"] if v not in LOOP_VARIANTS]
-        if unknown:
-            raise BenchmarkError(f"--pack-variants: unknown {', '.join(unknown)} (known: {', '.join(LOOP_VARIANTS)})")
+        overrides["pack_variants"] = loop_variants("--pack-variants", args.pack_variants)
+    if args.loop_variants:
+        overrides["loop_variants"] = loop_variants("--loop-variants", args.loop_variants)
     for key in ("size", "batch_size", "steps", "backbone", "encoder", "loop_steps", "workers", "matmul_n"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     return main_perf(args.quick, overrides, args.device, args.json, args.scale_images)
+
+
+def loop_variants(flag: str, value: str) -> list[str]:
+    """The names in `value`, each a training-loop variant (benchmark.perf.loop.LOOP_VARIANTS)."""
+    from ..perf.loop import LOOP_VARIANTS
+
+    names = [v.strip() for v in value.split(",")]
+    unknown = [v for v in names if v not in LOOP_VARIANTS]
+    if unknown:
+        raise BenchmarkError(f"{flag}: unknown {', '.join(unknown)} (known: {', '.join(LOOP_VARIANTS)})")
+    return names
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -87,6 +95,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     perf.add_argument("--pack-fuse", type=int, metavar="K", help="jobs fused in each packed process (default 1)")
     perf.add_argument("--pack-variants", metavar="NAME,...", help="recipe variants of the packed runs "
                       "(benchmark.perf.loop.LOOP_VARIANTS; default: default)")
+    perf.add_argument("--loop-variants", metavar="NAME,...", help="the training-loop variants timed for each of "
+                      "--variant-methods (benchmark.perf.loop.LOOP_VARIANTS; default: all)")
     perf.add_argument("--variant-methods", metavar="NAME,...", help="methods whose training-loop variants are "
                       "timed (default cafe; empty for none)")
     perf.add_argument("--loop-only", action="store_true", help="only the training-loop variants and packing")

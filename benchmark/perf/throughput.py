@@ -68,6 +68,7 @@ class PerfConfig:
     # processes packed on the device (each fitting `pack_method`).
     loop_steps: int = 100
     variant_methods: list[str] = field(default_factory=lambda: ["cafe"])
+    loop_variants: list[str] | None = None  # names in LOOP_VARIANTS timed for each of them (None: all)
     compile: bool = False
     recipes: bool = False  # also time the DG recipes (SAM, MixStyle, SWAD) as loop variants
     pack: list[int] = field(default_factory=list)
@@ -299,8 +300,8 @@ def time_loop(config: PerfConfig, encoder, device: torch.device, work: Path) -> 
         for p in config.precisions:
             row[p]["speedup_vs_per_sample"] = row[p]["images_per_s"] / row["per_sample"]["images_per_s"]
         out["methods"][method] = row
-    variants = {**LOOP_VARIANTS, **(COMPILED_VARIANTS if config.compile else {}),
-                **(RECIPE_VARIANTS if config.recipes else {})}
+    chosen = LOOP_VARIANTS if config.loop_variants is None else {v: LOOP_VARIANTS[v] for v in config.loop_variants}
+    variants = {**chosen, **(COMPILED_VARIANTS if config.compile else {}), **(RECIPE_VARIANTS if config.recipes else {})}
     for method in config.variant_methods:
         out["variants"][method] = {v: attempt(spec(method, config.precisions[0], **changes))
                                    for v, changes in variants.items()}
