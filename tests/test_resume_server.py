@@ -8,7 +8,6 @@ new one is up: a stop mid-upload leaves the previous state."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from benchmark.store.remote_folder import RemoteFolder
 from benchmark.training.resume import EpochCheckpoint
 
 from .test_resume_grid import FirstTry, run_args, watch
-from .test_runner import free_port, wait_until_healthy, write_protocol
+from .test_runner import free_port, mlflow_server, stop_server, wait_until_healthy, write_protocol
 
 pytestmark = pytest.mark.slow
 EPOCHS = 4
@@ -35,17 +34,13 @@ def server(tmp_path_factory):
     artifact location is mlflow-artifacts:/<id>."""
     root = tmp_path_factory.mktemp("server")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-                             "--artifacts-destination", str(root / "proxied"), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = mlflow_server(port, root, "--artifacts-destination", str(root / "proxied"))
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(uri, proc, "mlflow server")
         yield uri, root / "proxied"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        stop_server(proc)
 
 
 def test_writes_replace_each_other_and_a_bad_newest_falls_back_to_the_one_before(server, tmp_path):

@@ -379,6 +379,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def mlflow_server(port: int, root: Path, *artifacts: str) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:`port`, its database in `root`; artifacts under root/artifacts
+    unless `artifacts` gives the options (e.g. --artifacts-destination DIR: served by it)."""
+    artifacts = artifacts or ("--default-artifact-root", str(root / "artifacts"))
+    return subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{root / 'server.db'}", *artifacts, "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
 def wait_until_healthy(url: str, proc: subprocess.Popen, what: str, path: str = "/health") -> None:
     """Poll `url` + `path` until it answers; fail if `proc` ends or 90 s pass first."""
     import urllib.request
@@ -425,18 +439,14 @@ def test_two_invocations_started_together_train_each_job_once(tmp_path):
 @pytest.mark.slow
 def test_two_invocations_through_an_mlflow_server_train_each_job_once(tmp_path):
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                               "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = mlflow_server(port, tmp_path)
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(uri, server, "mlflow server")
         outputs = two_invocations_at_once(write_protocol(tmp_path), uri, tmp_path)
         assert_each_job_trained_once(uri, outputs)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop_server(server)
 
 
 @pytest.mark.parametrize("setting, message", [

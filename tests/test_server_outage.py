@@ -4,30 +4,15 @@ RUNNING."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from benchmark.store import open_store
 
-from .test_runner import free_port, wait_until_healthy, write_protocol
-
-
-def mlflow_server(port: int, root: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-                             "--default-artifact-root", str(root / "artifacts"), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-def stop(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
+from .test_runner import free_port, mlflow_server, stop_server as stop, wait_until_healthy, write_protocol
 
 
 @pytest.mark.slow

@@ -331,6 +331,7 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
             swad.load_state_dict(saved["swad"])
         if bar is not None:
             bar.update(step)
+
     def state(epoch_done: int) -> dict[str, Any]:
         """What the next try needs to go on after epoch `epoch_done` (and the batches of the next
         that `in_epoch`, when written inside it, says are done)."""
