@@ -114,6 +114,7 @@ def diverse_loss(group_max: torch.Tensor, g: int, norm: str) -> torch.Tensor:
 @register_method("cafe_nosigmoid", "CAFE without the sigmoid: Ft = F * M (Table 5)", use_sigmoid=False)
 class Cafe(TrainedMethod):
     Hparams = CafeHparams
+    training_logits = True
     needs_encoder = True
     fuses = True
 
@@ -156,7 +157,7 @@ class Cafe(TrainedMethod):
         x, y = batch.images, batch.labels
         clip_feat = self.encoder_features(batch) if self.hparams.use_mask else None
         ft = self.masked_feature(clip_feat, x)
-        ce = F.cross_entropy(self.model["fc"](ft), y)
+        ce = F.cross_entropy(batch.record_logits(self.model["fc"](ft)), y)
         if not (self.hparams.use_sep or self.hparams.use_div):
             return ce, {"ce": ce.detach()}
         extra, parts = separation_and_diversity(grouped(ft), y, batch.extra.get("drop"), self.hparams)

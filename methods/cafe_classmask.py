@@ -37,6 +37,7 @@ def class_groups(ft: torch.Tensor) -> torch.Tensor:
                  "question; no backbone)")
 class CafeClassMask(TrainedMethod):
     Hparams = CafeHparams
+    training_logits = True
     needs_encoder = True
 
     def __init__(self, hparams, components, name=""):
@@ -72,7 +73,7 @@ class CafeClassMask(TrainedMethod):
     def training_step(self, batch: Batch):
         y = batch.labels
         ft = self.masked(self.encoder_features(batch))
-        ce = F.cross_entropy(self.class_logits(ft), y)
+        ce = F.cross_entropy(batch.record_logits(self.class_logits(ft)), y)
         extra, parts = separation_and_diversity(class_groups(ft), y, batch.extra.get("drop"), self.hparams)
         return ce + extra, {"ce": ce.detach(), **parts}
 

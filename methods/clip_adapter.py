@@ -66,6 +66,7 @@ class Adapter(nn.Module):
                  "classifier (CLIP frozen)")
 class ClipAdapter(TrainedMethod):
     Hparams = ClipAdapterHparams
+    training_logits = True
     needs_encoder = True
     needs_text_tower = True
     augment_spec = FLIP_ONLY
@@ -95,7 +96,7 @@ class ClipAdapter(TrainedMethod):
     def training_step(self, batch: Batch):
         encoder = self.placed_encoder()
         x = random_resized_crop(batch.images, tower_size(encoder.clip_model), (self.hparams.crop_scale_min, 1.0))
-        loss = F.cross_entropy(self.classify(encoder(x)), batch.labels)
+        loss = F.cross_entropy(batch.record_logits(self.classify(encoder(x))), batch.labels)
         return loss, {"ce": loss.detach()}
 
     def logits(self, x, rows, data) -> torch.Tensor:

@@ -18,6 +18,7 @@ from benchmark.api import (Batch, EncoderHparams, NUM_CLASSES, TrainedMethod, ch
 @register_method("clip_ft", "frozen CLIP feature ‖ backbone feature -> one linear layer (Table 4 'CLIP+Finetune')")
 class ClipFinetune(TrainedMethod):
     Hparams = EncoderHparams
+    training_logits = True
     fuses = True
     needs_encoder = True
 
@@ -36,7 +37,7 @@ class ClipFinetune(TrainedMethod):
 
     def training_step(self, batch: Batch):
         x, y = batch.images, batch.labels
-        loss = F.cross_entropy(self._logits(self.encoder_features(batch), x), y)
+        loss = F.cross_entropy(batch.record_logits(self._logits(self.encoder_features(batch), x)), y)
         return loss, {"ce": loss.detach()}
 
     def logits(self, x, rows, data) -> torch.Tensor:

@@ -107,6 +107,7 @@ def encode_prompts(clip, prompts: torch.Tensor, tokenized: torch.Tensor) -> torc
                  "tower (class token at the end)")
 class Coop(TrainedMethod):
     Hparams = CoopHparams
+    training_logits = True
     needs_encoder = True
     needs_text_tower = True
     augment_spec = FLIP_ONLY
@@ -141,7 +142,7 @@ class Coop(TrainedMethod):
     def training_step(self, batch: Batch):
         encoder = self.encoder()
         x = random_resized_crop(batch.images, tower_size(encoder.clip_model), (self.hparams.crop_scale_min, 1.0))
-        loss = F.cross_entropy(self.classify(encoder(x), self.text_features()).float(), batch.labels)
+        loss = F.cross_entropy(batch.record_logits(self.classify(encoder(x), self.text_features()).float()), batch.labels)
         return loss, {"ce": loss.detach()}
 
     def logits(self, x, rows, data) -> torch.Tensor:

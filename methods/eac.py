@@ -43,6 +43,7 @@ def consistency_loss(maps: torch.Tensor, flipped_view_maps: torch.Tensor) -> tor
 @register_method("eac", "EAC (ECCV 2022): flip-consistent class activation maps of an erased image, CE + 5 MSE")
 class Eac(TrainedMethod):
     Hparams = EacHparams
+    training_logits = True
     fuses = True
     augment_spec = AugmentSpec(flip_p=0.0)  # the flip is the second view, not an augmentation
 
@@ -55,7 +56,7 @@ class Eac(TrainedMethod):
         backbone, fc = self.model["backbone"], self.model["fc"]
         feat1 = backbone.feature_map(x)
         feat2 = backbone.feature_map(x.flip(-1))
-        ce = F.cross_entropy(fc(feat1.mean(dim=(2, 3))), y)
+        ce = F.cross_entropy(batch.record_logits(fc(feat1.mean(dim=(2, 3)))), y)
         consistency = consistency_loss(attention_maps(feat1, fc.weight), attention_maps(feat2, fc.weight))
         return ce + self.hparams.lam * consistency, {"ce": ce.detach(), "consistency": consistency.detach()}
 

@@ -15,6 +15,7 @@ from benchmark.api import BaseHparams, Batch, NUM_CLASSES, TrainedMethod, regist
 @register_method("erm", "backbone + linear classifier, cross-entropy only (Table 2 baseline)")
 class Erm(TrainedMethod):
     Hparams = BaseHparams
+    training_logits = True
     fuses = True
 
     def make_model(self) -> nn.Module:
@@ -23,7 +24,7 @@ class Erm(TrainedMethod):
 
     def training_step(self, batch: Batch):
         x, y = batch.images, batch.labels
-        loss = F.cross_entropy(self.model["fc"](self.model["backbone"](x)), y)
+        loss = F.cross_entropy(batch.record_logits(self.model["fc"](self.model["backbone"](x))), y)
         return loss, {"ce": loss.detach()}
 
     def logits(self, x, rows, data) -> torch.Tensor:

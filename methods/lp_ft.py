@@ -102,6 +102,7 @@ def warm_started_probe(train_x, train_y, val_x, val_y, num: int, max_iter: int, 
                  "fine-tuned from its head (SGD, cosine, network in eval mode)")
 class LpFt(TrainedMethod):
     Hparams = LpFtHparams
+    training_logits = True
 
     def __init__(self, hparams, components, name=""):
         super().__init__(hparams, components, name)
@@ -132,7 +133,7 @@ class LpFt(TrainedMethod):
 
     def training_step(self, batch: Batch):
         x = self.inputs(batch.images, train=True)
-        loss = F.cross_entropy(self.model["head"](self.model["backbone"](x)), batch.labels)
+        loss = F.cross_entropy(batch.record_logits(self.model["head"](self.model["backbone"](x))), batch.labels)
         return loss, {"ce": loss.detach()}
 
     def logits(self, x, rows, data) -> torch.Tensor:

@@ -148,6 +148,7 @@ class OferNet(nn.Module):
 @register_method("ofer", "Latent-OFER (ICCV 2023): attention heads on ResNet-18 + MAE latents of the face (released classifier)")
 class Ofer(TrainedMethod):
     Hparams = OferHparams
+    training_logits = True
     needs_encoder = True
     default_encoder = "mae:vit_large_patch16:visualize"
     # Not fused: each job's 400M-parameter latent layer would be stacked K times, and its latents
@@ -181,7 +182,7 @@ class Ofer(TrainedMethod):
             raise BenchmarkError(f"{self.name}: training_step outside fit (the training latents are computed there)")
         index = torch.from_numpy(batch.index).to(self._latents.device, non_blocking=True)
         logits = self.model(batch.images, self._latents[index].to(batch.images.device))
-        loss = F.cross_entropy(logits, batch.labels)
+        loss = F.cross_entropy(batch.record_logits(logits), batch.labels)
         return loss, {"ce": loss.detach()}
 
     def logits(self, x, rows, data) -> torch.Tensor:

@@ -55,6 +55,7 @@ def mix(mu: torch.Tensor, logvar: torch.Tensor, perm: torch.Tensor) -> torch.Ten
 @register_method("rul", "RUL (NeurIPS 2021): uncertainty-weighted mixing of sample pairs, add-up loss")
 class Rul(TrainedMethod):
     Hparams = RulHparams
+    training_logits = True
     augment_spec = ONE_OF_FLIP_NOISE  # as SCN: one of {flip, noise} with p = 0.5
     # 2: the one-of augmentation, and the feature-map probe no longer updates the backbone's
     # BatchNorm running statistics (1 ran it in training mode).
@@ -85,7 +86,7 @@ class Rul(TrainedMethod):
         feat = self.model["backbone"].feature_map(x)
         mu, logvar = self.model["mu"](feat), self.model["logvar"](feat)
         perm = torch.randperm(len(y), device=y.device)
-        logits = self.model["fc"](mix(mu, logvar, perm))
+        logits = batch.record_logits(self.model["fc"](mix(mu, logvar, perm)))
         loss = 0.5 * F.cross_entropy(logits, y) + 0.5 * F.cross_entropy(logits, y[perm])
         return loss, {"addup": loss.detach()}
 

@@ -67,6 +67,7 @@ def relabel(logits: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor, mar
 @register_method("scn", "SCN (CVPR 2020): attention-weighted logits, rank regularisation, relabelling from epoch 10")
 class Scn(TrainedMethod):
     Hparams = ScnHparams
+    training_logits = True
     # The authors' augmentation: with p = 0.5 one of {flip, Gaussian noise}, never both; no other flip.
     augment_spec = ONE_OF_FLIP_NOISE
     version = 2  # 2: the one-of augmentation (1 used CAFE's independent flip and noise)
@@ -92,7 +93,7 @@ class Scn(TrainedMethod):
     def training_step(self, batch: Batch):
         x, y = batch.images, batch.labels
         logits, alpha = self.forward(x)
-        ce = F.cross_entropy(logits, y)
+        ce = F.cross_entropy(batch.record_logits(logits), y)
         rr = rank_regularisation(alpha, self.hparams.beta, self.hparams.margin_1)
         self._last = (logits.detach().float(), y, alpha.detach())
         return ce + rr, {"ce": ce.detach(), "rr": rr.detach()}

@@ -91,6 +91,7 @@ def merge(zero_shot: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor]
                  "with the zero-shot model (every alpha evaluated, 0.5 reported)")
 class WiseFt(TrainedMethod):
     Hparams = WiseFtHparams
+    training_logits = True
     needs_encoder = True
     needs_text_tower = True
     augment_spec = NO_AUGMENT
@@ -116,7 +117,7 @@ class WiseFt(TrainedMethod):
     def training_step(self, batch: Batch):
         size = tower_size(self.components.encoder.clip_model)
         x = random_resized_crop(batch.images, size, (self.hparams.crop_scale_min, 1.0))
-        loss = F.cross_entropy(self.forward(x.to(batch.images.dtype)), batch.labels)
+        loss = F.cross_entropy(batch.record_logits(self.forward(x.to(batch.images.dtype))), batch.labels)
         return loss, {"ce": loss.detach()}
 
     def logits(self, x, rows, data) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The fine-tuning recipe options (benchmark.training.finetune): off by default with every job hash as
+"""The fine-tuning recipe options (benchmark.training.extensions.finetune): off by default with every job hash as
 it was; AdamW, warmup + cosine per step, a backbone rate, no decay on norms/biases/embeddings, gradient
 clipping and activation checkpointing, for any method through the shared loop."""
 
@@ -12,16 +12,29 @@ import torch
 
 from benchmark.core.errors import BenchmarkError
 from benchmark.models.backbones import BackboneSpec
-from benchmark.training import finetune
+from benchmark.training.extensions import finetune
 from benchmark.training.method import Components, MemoryLog
+from benchmark.training.optimization import clip_gradients, optimizer_for
 from benchmark.training.plugins import build_method
 from benchmark.training.recipe import Recipe
-from benchmark.training.trainer import optimizer_for
 
 from .test_backbones import register_tiny_models
 
 register_tiny_models()
 VIT = BackboneSpec("timm:test_vit_micro", "none")
+
+
+def split(method, recipe):
+    settings = method.optimizer_settings()
+    return finetune.split_groups(method.param_groups(), method.model, settings.lr, settings.weight_decay,
+                                 recipe.backbone_lr_scale, recipe.no_decay_norms)
+
+
+def tuned_optimizer(method, recipe, total_steps):
+    """The optimiser as the loop builds it under the recipe's fine-tuning options."""
+    settings = finetune.FineTuning(recipe).optimizer_settings(None, method.optimizer_settings())
+    return optimizer_for(split(method, recipe), settings, recipe.adam_impl, torch.device("cpu"), recipe.epochs,
+                         total_steps)
 
 
 def built(name: str, spec: BackboneSpec = VIT, **hparams):
@@ -33,7 +46,7 @@ def built(name: str, spec: BackboneSpec = VIT, **hparams):
 def test_groups_split_by_backbone_and_decay_keep_each_groups_rate():
     method = built("rul", lr=1e-3, weight_decay=0.05)  # RUL: its classifier at 10x the rate
     recipe = Recipe(backbone_lr_scale=0.1, no_decay_norms=True)
-    groups = finetune.split_groups(method.param_groups(), method.model, method.optimizer_settings(), recipe)
+    groups = split(method, recipe)
     names = {id(p): n for n, p in method.model.named_parameters()}
     by_name = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
     assert len(by_name) == len(list(method.model.parameters()))  # every parameter once
@@ -43,15 +56,14 @@ def test_groups_split_by_backbone_and_decay_keep_each_groups_rate():
         assert by_name[name] == pytest.approx((1e-4, 0.0)), name
     assert by_name["fc.weight"] == pytest.approx((1e-2, 0.05)) and by_name["fc.bias"] == pytest.approx((1e-2, 0.0))
     assert by_name["mu.3.weight"] == pytest.approx((1e-3, 0.05))
-    unchanged = finetune.split_groups(method.param_groups(), method.model, method.optimizer_settings(), Recipe())
+    unchanged = split(method, Recipe())
     assert unchanged == method.param_groups()
 
 
 def test_adamw_and_warmup_cosine_replace_the_methods_own():
     method = built("erm", lr=1e-3, weight_decay=0.05)
     recipe = Recipe(optimizer="adamw", schedule="warmup_cosine", warmup_steps=4)
-    optimizer, scheduler = optimizer_for(method.param_groups(), method.optimizer_settings(), recipe,
-                                         torch.device("cpu"), method.model, total_steps=20)
+    optimizer, scheduler = tuned_optimizer(method, recipe, total_steps=20)
     assert type(optimizer) is torch.optim.AdamW and optimizer.param_groups[0]["weight_decay"] == 0.05
     rates = []
     for _ in range(20):
@@ -62,15 +74,14 @@ def test_adamw_and_warmup_cosine_replace_the_methods_own():
                                                          for k in range(4, 20)]
     assert rates == pytest.approx(expected)
     with pytest.raises(BenchmarkError, match="warmup_steps = 20: must be fewer than the job's 20 steps"):
-        optimizer_for(method.param_groups(), method.optimizer_settings(), dataclasses.replace(recipe, warmup_steps=20),
-                      torch.device("cpu"), method.model, total_steps=20)
+        tuned_optimizer(method, dataclasses.replace(recipe, warmup_steps=20), total_steps=20)
 
 
 def test_adamw_replaces_adam_only():
     from benchmark.training.method import OptimizerSettings
 
     with pytest.raises(BenchmarkError, match="trains with sgd"):
-        finetune.adamw([{"params": [torch.nn.Parameter(torch.zeros(2))]}], OptimizerSettings(0.1, 0, 1, "sgd"), {})
+        finetune.FineTuning(Recipe(optimizer="adamw")).optimizer_settings(None, OptimizerSettings(0.1, 0, 1, "sgd"))
 
 
 def test_gradients_are_clipped_to_the_norm():
@@ -78,7 +89,7 @@ def test_gradients_are_clipped_to_the_norm():
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     torch.nn.functional.cross_entropy(method.logits(x, None, None), y).mul(1e4).backward()
     optimizer = torch.optim.SGD(method.model.parameters(), lr=0.1)
-    finetune.clip_gradients(optimizer, Recipe(grad_clip_norm=0.5).grad_clip_norm)
+    clip_gradients(optimizer, Recipe(grad_clip_norm=0.5).grad_clip_norm)
     norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in method.model.parameters() if p.grad is not None]))
     assert norm == pytest.approx(0.5, rel=1e-4)
 

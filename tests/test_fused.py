@@ -113,7 +113,7 @@ def test_fused_step_equals_each_jobs_own_step_in_float64(name, three_batches):
         for n, p in method.model.named_parameters():
             p.grad = grads[n]
         torch.optim.Adam(method.model.parameters(), lr=1e-3, weight_decay=1e-4).step()
-    torch.optim.Adam(fused.param_groups, lr=1e-3, weight_decay=1e-4).step()
+    torch.optim.Adam(fused.param_groups(), lr=1e-3, weight_decay=1e-4).step()
     for k, method in enumerate(jobs):
         for n, p in method.model.named_parameters():
             sure = alone[k][1][n].abs() > 1e-9 * alone[k][1][n].abs().max()

@@ -34,6 +34,8 @@ def test_each_contract_fails_on_the_import_it_forbids(tmp_path):
         fh.write("\nfrom . import errors as _errors  # noqa\n")
     with open(tmp_path / "benchmark" / "core" / "errors.py", "a") as fh:
         fh.write("\nfrom . import registry as _registry  # noqa\n")
+    with open(tmp_path / "benchmark" / "training" / "extensions" / "mixstyle.py", "a") as fh:  # one extension on another
+        fh.write("\nfrom . import sam as _sam  # noqa\n")
     with open(tmp_path / "methods" / "erm.py", "a") as fh:  # a method past benchmark.api
         fh.write("\nfrom benchmark.training.trainer import fit as _fit  # noqa\n")
     proc = lint(tmp_path)
@@ -43,3 +45,4 @@ def test_each_contract_fails_on_the_import_it_forbids(tmp_path):
     assert "no import circle between modules or packages, at any depth BROKEN" in out
     assert "methods see benchmark only through benchmark.api BROKEN" in out and "methods.erm -> benchmark.training" in out
     assert "inside the runner: the grid drives executors, executors run one job KEPT" in out
+    assert "training extensions never import each other" in out and "extensions.mixstyle -> " in out

@@ -1,4 +1,4 @@
-"""MixStyle (benchmark/training/recipes/mixstyle.py) against a transcription of Dassl's
+"""MixStyle (benchmark.training.extensions.mixstyle.py) against a transcription of Dassl's
 `MixStyle.forward` (random mixing) with seeded Python and torch generators; where it is placed
 (after ResNet's layer1-3, once per stage per forward, never in evaluation); the recipe switch."""
 
@@ -13,7 +13,7 @@ from torch import nn
 from benchmark.core.errors import BenchmarkError
 from benchmark.models.backbones import BackboneSpec, build_backbone
 from benchmark.training.recipe import Recipe
-from benchmark.training.recipes.mixstyle import MixStyle, insert
+from benchmark.training.extensions.mixstyle import MixStyle, insert
 
 
 def dassl_forward(x: torch.Tensor, p: float, alpha: float, eps: float = 1e-6) -> torch.Tensor:

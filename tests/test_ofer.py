@@ -22,7 +22,7 @@ from benchmark.training.augment import AugmentSpec, augment, rotate_and_shift
 from benchmark.training.method import Batch, Components
 from benchmark.training.plugins import build_method
 from benchmark.training.recipe import Recipe
-from benchmark.training.trainer import optimizer_for
+from benchmark.training.optimization import optimizer_for
 
 from .mae_checkpoint import mae_state, reference_decoder_tokens, write_mae_checkpoint
 
@@ -199,8 +199,8 @@ def test_ofer_forward_loss_and_one_sgd_step_equal_the_released_module(mae_file):
     loss_ours, loss_theirs = F.cross_entropy(ours, y), torch.nn.CrossEntropyLoss()(theirs, y)
     assert abs(loss_ours.item() - loss_theirs.item()) < 1e-12
 
-    optimizer, _ = optimizer_for([{"params": list(net.parameters())}], method.optimizer_settings(), Recipe(),
-                                 torch.device("cpu"))
+    optimizer, _ = optimizer_for([{"params": list(net.parameters())}], method.optimizer_settings(), "auto",
+                                 torch.device("cpu"), Recipe().epochs)
     reference = torch.optim.SGD(list(released.parameters()), lr=0.1, weight_decay=1e-4, momentum=0.9)
     for opt, loss in ((optimizer, loss_ours), (reference, loss_theirs)):
         opt.zero_grad()
@@ -247,7 +247,7 @@ def test_ofer_defaults_are_the_released_ones():
     assert shapes == [(10000, 39936), (5000, 10000), (1024, 5000), (256, 1024), (256, 768), (128, 256), (7, 128)]
     # StepLR(10, 0.1): the rate drops tenfold after epochs 10, 20, ...
     param = nn.Parameter(torch.zeros(1))
-    optimizer, scheduler = optimizer_for([{"params": [param]}], settings, Recipe(), torch.device("cpu"))
+    optimizer, scheduler = optimizer_for([{"params": [param]}], settings, "auto", torch.device("cpu"), Recipe().epochs)
     rates = []
     for _ in range(25):
         rates.append(optimizer.param_groups[0]["lr"])

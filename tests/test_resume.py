@@ -19,7 +19,7 @@ from benchmark.models.backbones import BackboneSpec
 from benchmark.training.method import Components, MemoryLog
 from benchmark.training.plugins import build_method
 from benchmark.training.recipe import Recipe
-from benchmark.training.resume import EpochCheckpoint
+from benchmark.training.resume import ResumePoint
 
 from .test_cafe import linear_encoder
 
@@ -63,10 +63,10 @@ def test_a_stopped_job_resumed_from_its_epoch_ends_where_an_uninterrupted_one_do
     plain.fit(train, recipe=recipe(), device=torch.device("cpu"), log=plain_log)
 
     stopped = build_method(name, hparams, components)
-    first = EpochCheckpoint.open(tmp_path, "job", "run-1")
+    first = ResumePoint.open(tmp_path, "job", "run-1")
     with pytest.raises(SystemExit):
         stopped.fit(train, recipe=recipe(), device=torch.device("cpu"), log=StopDuring(2), resume=first)
-    again = EpochCheckpoint.open(tmp_path, "job", "run-2")
+    again = ResumePoint.open(tmp_path, "job", "run-2")
     assert again.epoch == 1 and again.previous_run_id == "run-1"
     resumed = build_method(name, hparams, components)
     resumed_log = MemoryLog()
@@ -80,7 +80,7 @@ def test_a_stopped_job_resumed_from_its_epoch_ends_where_an_uninterrupted_one_do
         assert sum(resumed_log.series("train/relabelled")) > 0  # the relabelling ran on both sides of the stop
 
 
-class StopInEpoch(Exception):
+class StopInEpoch(BaseException):  # a kill: nothing inside the loop may catch it
     """The stop, raised where the checkpoint after batch `batch` of epoch `epoch` would be written."""
 
 
@@ -97,7 +97,7 @@ def test_a_job_stopped_inside_an_epoch_goes_on_from_the_next_batch_and_ends_as_a
     plain_log = MemoryLog()
     plain.fit(train, recipe=recipe(), device=torch.device("cpu"), log=plain_log)
 
-    first = EpochCheckpoint.open(tmp_path, "job", "run-1", every_s=0, mid_epoch_s=0)
+    first = ResumePoint.open(tmp_path, "job", "run-1", every_s=0, mid_epoch_s=0)
     written = []
     save = first.save
 
@@ -113,7 +113,7 @@ def test_a_job_stopped_inside_an_epoch_goes_on_from_the_next_batch_and_ends_as_a
         build_method(name, hparams, components).fit(train, recipe=recipe(), device=torch.device("cpu"),
                                                     log=MemoryLog(), resume=first)
     assert written == [(0, 1), (0, 2), (1, None), (1, 1)]  # never after an epoch's last batch
-    again = EpochCheckpoint.open(tmp_path, "job", "run-2", every_s=0, mid_epoch_s=0)
+    again = ResumePoint.open(tmp_path, "job", "run-2", every_s=0, mid_epoch_s=0)
     assert again.resumes_at() == "epoch 2 at batch 2 of 3" and again.saved_through() == "epoch 1 + 1 of 3 batches of epoch 2"
     resumed = build_method(name, hparams, components)
     resumed_log = MemoryLog()
@@ -130,10 +130,10 @@ def test_a_job_stopped_inside_an_epoch_goes_on_from_the_next_batch_and_ends_as_a
 
 def test_inside_an_epoch_a_write_is_due_only_once_its_interval_passed(tmp_path):
     """(Off, None, is covered by the test below: its epoch-end writes are all there are.)"""
-    assert EpochCheckpoint(tmp_path / "a.pt", "a", "r", mid_epoch_s=0).due_in_epoch()
-    assert not EpochCheckpoint(tmp_path / "a.pt", "a", "r", mid_epoch_s=3600).due_in_epoch()
-    assert not EpochCheckpoint(tmp_path / "a.pt", "a", "r").due_in_epoch()
-    late = EpochCheckpoint(tmp_path / "a.pt", "a", "r", mid_epoch_s=0.2)
+    assert ResumePoint(tmp_path / "a.pt", "a", "r", mid_epoch_s=0).due_in_epoch()
+    assert not ResumePoint(tmp_path / "a.pt", "a", "r", mid_epoch_s=3600).due_in_epoch()
+    assert not ResumePoint(tmp_path / "a.pt", "a", "r").due_in_epoch()
+    late = ResumePoint(tmp_path / "a.pt", "a", "r", mid_epoch_s=0.2)
     time.sleep(0.25)
     assert late.due_in_epoch()
     late.save({"epoch": 0})  # a write starts the interval again
@@ -143,7 +143,7 @@ def test_inside_an_epoch_a_write_is_due_only_once_its_interval_passed(tmp_path):
 def test_the_last_epoch_saves_nothing_and_a_checkpoint_is_written_whole(data, tmp_path):
     train, _ = data
     method = build_method("erm", {}, Components(BackboneSpec("resnet18", "none")))
-    resume = EpochCheckpoint.open(tmp_path, "job", "run-1")
+    resume = ResumePoint.open(tmp_path, "job", "run-1")
     saved = []
     save = resume.save
     resume.save = lambda state: (saved.append(state["epoch"]), save(state))
@@ -158,22 +158,22 @@ def test_a_checkpoint_that_cannot_be_resumed_is_set_aside_and_named(case, tmp_pa
     if case == "corrupt":
         path.write_bytes(b"not a checkpoint")
     elif case == "truncated":  # a copy cut short (a full disk, a partial rsync)
-        EpochCheckpoint(path, "job", "run-1").save({"epoch": 1, "weights": torch.ones(1000)})
+        ResumePoint(path, "job", "run-1").save({"epoch": 1, "weights": torch.ones(1000)})
         path.write_bytes(path.read_bytes()[:-900])
     elif case == "foreign":
-        EpochCheckpoint(tmp_path / "other.pt", "other", "run-1").save({"epoch": 1})
+        ResumePoint(tmp_path / "other.pt", "other", "run-1").save({"epoch": 1})
         (tmp_path / "other.pt").rename(path)
     elif case == "old layout":
         torch.save({"epoch": 1, "job_hash": "job", "run_id": "run-1"}, path)
     else:
         torch.save([1, 2], path)
     content = path.read_bytes()
-    opened = EpochCheckpoint.open(tmp_path, "job", "run-2")
+    opened = ResumePoint.open(tmp_path, "job", "run-2")
     assert opened.state is None and opened.epoch == 0  # trained from its first epoch
     why = {"corrupt": "unreadable", "truncated": "unreadable", "foreign": "saved by job other, not job",
-           "old layout": "state layout unversioned, this version reads 1", "not a dict": "not a training checkpoint"}
+           "old layout": "state layout unversioned, this version reads 2", "not a dict": "not a training checkpoint"}
     assert opened.warning.startswith(f"{path}: {why[case]}") and "set aside as job.pt.set-aside-" in opened.warning
     (aside,) = tmp_path.glob("job.pt.set-aside-*")
     assert aside.read_bytes() == content and not path.exists()  # kept, not deleted
     opened.save({"epoch": 1})  # the new try writes its own beside it
-    assert EpochCheckpoint.open(tmp_path, "job", "run-3").epoch == 1
+    assert ResumePoint.open(tmp_path, "job", "run-3").epoch == 1

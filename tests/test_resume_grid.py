@@ -23,7 +23,7 @@ import torch
 
 from benchmark.cli import main
 from benchmark.store import ABANDONED, open_store, schema
-from benchmark.training.resume import EpochCheckpoint
+from benchmark.training.resume import ResumePoint
 
 from .test_runner import TINY
 
@@ -189,7 +189,7 @@ def scenarios(tmp_path_factory):
 
 def resumed_line(out: str, first: FirstTry, times: int = 1) -> str:
     """The one line (per job) that says where the second try goes on, as the checkpoint says."""
-    at = EpochCheckpoint(first.path, first.state["job_hash"], "probe", first.state).resumes_at()
+    at = ResumePoint(first.path, first.state["job_hash"], "probe", first.state).resumes_at()
     lines = [line for line in out.splitlines() if "resuming at" in line]
     assert len(lines) == times and all(f"resuming at {at} from {first.path}" in line for line in lines), out[-3000:]
     return lines[0]
@@ -274,8 +274,8 @@ def test_no_resume_saves_nothing_and_the_default_interval_skips_short_epochs(tmp
     writes = []
     from benchmark.training import resume
 
-    original = resume.EpochCheckpoint.save
-    resume.EpochCheckpoint.save = lambda self, state: (writes.append(self.path), original(self, state))
+    original = resume.ResumePoint.save
+    resume.ResumePoint.save = lambda self, state: (writes.append(self.path), original(self, state))
     try:
         assert main(run_args(tiny, uri, "local") + ["--no-resume"]) == 0
         assert writes == [] and "[resume] off (--no-resume)" in capfd.readouterr().out
@@ -290,7 +290,7 @@ def test_no_resume_saves_nothing_and_the_default_interval_skips_short_epochs(tmp
             assert main(run_args(tiny, uri, "local")[:-2] + ["--seeds", "5", *bad]) == 2, bad
         assert len(store.runs(store.experiment("tiny"), kind="grid")) == 2  # refused before any run was opened
     finally:
-        resume.EpochCheckpoint.save = original
+        resume.ResumePoint.save = original
 
 
 def test_a_killed_claimant_not_yet_reaped_is_dead():

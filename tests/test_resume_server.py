@@ -19,7 +19,7 @@ from benchmark.cli import main
 from benchmark.core.paths import results_dir
 from benchmark.store import open_store, schema
 from benchmark.store.remote_folder import RemoteFolder
-from benchmark.training.resume import EpochCheckpoint
+from benchmark.training.resume import ResumePoint
 
 from .test_resume_grid import FirstTry, run_args, watch
 from .test_runner import free_port, mlflow_server, stop_server, wait_until_healthy, write_protocol
@@ -49,7 +49,7 @@ def test_writes_replace_each_other_and_a_bad_newest_falls_back_to_the_one_before
     location = store.artifact_location(store.experiment("remote-unit"))
     assert location.startswith("mlflow-artifacts:/")
     remote = RemoteFolder(f"{location}/resume", uri)
-    first = EpochCheckpoint.open(tmp_path / "a", "job", "run-1", remote=remote)
+    first = ResumePoint.open(tmp_path / "a", "job", "run-1", remote=remote)
     first.save({"epoch": 1, "weights": torch.arange(5.0)})
     first.save({"epoch": 2, "weights": torch.arange(5.0) * 2})
     assert remote.names("job") == ["job/00000002.pt"]  # the first deleted once the second was up
@@ -60,7 +60,7 @@ def test_writes_replace_each_other_and_a_bad_newest_falls_back_to_the_one_before
     bad.parent.mkdir()
     bad.write_bytes(b"cut short")
     remote.put(bad, "job")
-    again = EpochCheckpoint.open(tmp_path / "b", "job", "run-2", remote=remote)
+    again = ResumePoint.open(tmp_path / "b", "job", "run-2", remote=remote)
     assert again.epoch == 2 and torch.equal(again.state["weights"], torch.arange(5.0) * 2)
     assert again.warning.startswith(f"{location}/resume/job/00000003.pt: unreadable")
     assert again.warning.endswith(f"resuming from {location}/resume/job/00000002.pt")

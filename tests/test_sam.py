@@ -1,4 +1,4 @@
-"""SAM and ASAM (benchmark/training/recipes/sam.py) against a transcription of davda54/sam's
+"""SAM and ASAM (benchmark.training.extensions.sam.py) against a transcription of davda54/sam's
 `first_step`, `second_step` and `_grad_norm`, with two parameter groups and a frozen parameter;
 BatchNorm statistics from the first pass only (its example's `disable_running_stats`); the recipe
 switch through the shared loop."""
@@ -11,7 +11,7 @@ from torch import nn
 
 from benchmark.core.errors import BenchmarkError
 from benchmark.training.recipe import Recipe
-from benchmark.training.recipes.sam import SharpnessAware, running_stats_frozen
+from benchmark.training.extensions.sam import SharpnessAware, running_stats_frozen
 
 
 def toy() -> tuple[nn.Module, list[dict]]:

@@ -1,4 +1,4 @@
-"""SWAD (benchmark/training/recipes/swad.py): the LossValley rule against khanrc/swad's on scripted
+"""SWAD (benchmark.training.extensions.swad.py): the LossValley rule against khanrc/swad's on scripted
 validation-loss sequences (the member lists below were derived by running upstream's
 `LossValley.update_and_evaluate` and `get_final_model` by hand, quirks included), the clean rule,
 the averaged weights against the mean of the iterates, the BatchNorm recomputation, resume, and the
@@ -14,7 +14,7 @@ from torch import nn
 
 from benchmark.core.errors import BenchmarkError
 from benchmark.training.recipe import Recipe
-from benchmark.training.recipes.swad import Average, LossValley, Swad, recompute_bn
+from benchmark.training.extensions.swad import Average, LossValley, Swad, recompute_bn
 
 # Upstream's quirk d: converged at the third evaluation, before Qs (6) is full.
 EARLY = [1.0, 1.1, 1.2, 1.0, 0.9, 0.95, 1.0]
@@ -190,11 +190,11 @@ def test_methods_the_loop_does_not_train_and_jobs_without_validation_are_refused
     (job,) = jobs(["erm"], **{"recipe.swad": "true"})  # synth5 has a validation split
     assert job.recipe.swad
     monkeypatch.setattr(DataPlan, "has_split", lambda self, dataset, split: split != "val")
-    with pytest.raises(BenchmarkError, match="erm on synth5/studio has no validation split"):
+    with pytest.raises(BenchmarkError, match=r"recipe.swad: erm has no validation split.*\(erm on synth5/studio\)"):
         jobs(["erm"], **{"recipe.swad": "true"})
     (job,) = jobs(["erm"], **{"recipe.swad": "true", "recipe.val_fraction": "0.2"})
     assert job.recipe.swad
-    with pytest.raises(BenchmarkError, match="clip_probe is not trained by the shared loop.*recipe.sam_rho"):
+    with pytest.raises(BenchmarkError, match="recipe.sam_rho: method clip_probe is not trained by the shared loop"):
         jobs(["clip_probe"], **{"recipe.sam_rho": "0.05"})
 
 
@@ -219,7 +219,7 @@ def test_a_sweep_of_each_recipe_on_erm_and_cafe_ends_in_the_recipes_table(tmp_pa
     assert main(["table", "--protocol", "tiny", "--tracking-uri", uri, "--table", "recipes", "--out", str(out)]) == 0
     text = out.read_text()
     md = markdown_rows(text)
-    assert md[0] == ["Method", *(f"{r} {k}" for r in ("none", "swad", "sam", "mixstyle", "swad+sam")
+    assert md[0] == ["Method", *(f"{r} {k}" for r in ("none", "mixstyle", "sam", "swad", "swad+sam")
                                   for k in ("unseen", "in-domain"))]
     body = {r[0]: r[1:] for r in md[2:] if r[0] in ("erm", "cafe")}
     assert set(body) == {"erm", "cafe"}
@@ -238,7 +238,7 @@ def test_a_stopped_swad_job_resumes_to_the_same_average(tmp_path):
     from benchmark.models.backbones import BackboneSpec
     from benchmark.training.method import Components, MemoryLog
     from benchmark.training.plugins import build_method
-    from benchmark.training.resume import EpochCheckpoint
+    from benchmark.training.resume import ResumePoint
 
     from .test_resume import StopDuring
 
@@ -256,9 +256,9 @@ def test_a_stopped_swad_job_resumes_to_the_same_average(tmp_path):
     plain_log = MemoryLog()
     plain = fit(plain_log)
     with pytest.raises(SystemExit):
-        fit(StopDuring(2), EpochCheckpoint.open(tmp_path, "job", "run-1"))
+        fit(StopDuring(2), ResumePoint.open(tmp_path, "job", "run-1"))
     resumed_log = MemoryLog()
-    resumed = fit(resumed_log, EpochCheckpoint.open(tmp_path, "job", "run-2"))
+    resumed = fit(resumed_log, ResumePoint.open(tmp_path, "job", "run-2"))
     def summary(log):
         values = next(v for _, v in log.history if "swad/evaluations" in v)
         return {k: str(v) for k, v in values.items() if k.startswith("swad/")}  # str: nan equals nan

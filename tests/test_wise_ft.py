@@ -89,7 +89,7 @@ def test_head_normalises_its_input_and_folds_the_scale():
 
 
 def test_per_step_warmup_cosine_equals_cosine_lr():
-    from benchmark.training import finetune
+    from benchmark.training.optimization import warmup_cosine
 
     def cosine_lr(step, base, warmup, steps):  # wise-ft src/models/utils.py, transcribed
         if step < warmup:
@@ -100,7 +100,7 @@ def test_per_step_warmup_cosine_equals_cosine_lr():
 
     base, warmup, total = 3e-5, 5, 20
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=base)
-    schedule = finetune.warmup_cosine(optimizer, warmup, total)
+    schedule = warmup_cosine(optimizer, warmup, total)
     for step in range(total):
         assert optimizer.param_groups[0]["lr"] == pytest.approx(cosine_lr(step, base, warmup, total), rel=1e-12)
         optimizer.step()
@@ -112,8 +112,7 @@ def test_one_step_equals_wise_ft_finetune_in_float64(components):
     norm 1) against the shared loop's optimiser, schedule and clipping for the method's settings."""
     import copy
 
-    from benchmark.training import finetune
-    from benchmark.training.trainer import optimizer_for
+    from benchmark.training.optimization import clip_gradients, optimizer_for
 
     method = build_method("wise_ft", {"warmup_steps": 2}, components)
     method.build(CPU, 32)
@@ -122,10 +121,10 @@ def test_one_step_equals_wise_ft_finetune_in_float64(components):
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 1, 2, 3])
     settings = method.optimizer_settings()
-    optimizer, schedule = optimizer_for(method.param_groups(), settings, Recipe(epochs=1), CPU, method.model, 10)
+    optimizer, schedule = optimizer_for(method.param_groups(), settings, "auto", CPU, 1, 10)
     ours_loss = F.cross_entropy(method.forward(x), y)
     ours_loss.backward()
-    finetune.clip_gradients(optimizer, settings.grad_clip_norm)
+    clip_gradients(optimizer, settings.grad_clip_norm)
     optimizer.step()
     params = [p for p in reference.parameters() if p.requires_grad]
     upstream = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)

@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 
 from ..training.augment import AUGMENT_VERSION
-from ..models.backbones import BackboneSpec, backbone_weights_digest
+from ..models.backbones import BackboneSpec, backbone_weights_digest, traits as backbone_traits
 from ..data.cache import DECODE_RECIPE
 from ..data import DATASETS, Samples
 from ..data.roots import dataset_root
 from ..models.encoders import EncoderSpec, encoder_weights_digest
 from ..core.errors import BenchmarkError
 from .protocol import Protocol
+from ..training.extensions import JobFacts, TrainingExtension
 from ..training.recipe import Recipe
 from ..core.sources import parts as source_parts
 from ..store.schema import sweep_label
@@ -173,12 +174,7 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
         for (backbone, backbone_digest), source in ((b, s) for b in backbones for s in protocol.sources):
             for seed in protocol.seeds:
                 recipe = variant.recipe_for(source, seed, method)
-                _check_recipe_fits(recipe, backbone)
-                _check_method_takes(recipe, method, entry.cls.trained_by_loop)
-                if recipe.swad and recipe.val_fraction <= 0 and not all(plan.has_split(part, "val")
-                                                                         for part in source_parts(source)):
-                    raise BenchmarkError(f"recipe.swad: {method} on {source} has no validation split to find SWAD's "
-                                         "loss valley on; set recipe.val_fraction (e.g. 0.2, upstream's hold-out)")
+                _check_extensions(recipe, method, entry.cls, backbone, source, plan)
                 prints = dict(test_prints)
                 for part in source_parts(source):  # one dataset, or each of a multi-source job's
                     prints[f"{part}:train"] = plan.samples(part, "train").fingerprint
@@ -205,15 +201,25 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
     return jobs
 
 
-def _check_recipe_fits(recipe: Recipe, backbone: BackboneSpec) -> None:
-    """Recipe options a backbone cannot take, refused before any job trains (by its name alone:
-    a timm transformer under MixStyle is refused when its job builds the model)."""
-    if recipe.mixstyle and backbone.name.startswith("openclip:"):
-        raise BenchmarkError(f"recipe.mixstyle: backbone {backbone.id} is a transformer; MixStyle mixes CNN feature "
-                             "maps between stages")
-    if recipe.grad_checkpointing and not backbone.name.startswith(("timm:", "openclip:")):
-        raise BenchmarkError(f"recipe.grad_checkpointing: backbone {backbone.id} offers none (timm and open_clip "
-                             "backbones do)")
+def _check_extensions(recipe: Recipe, method: str, cls: type, backbone: BackboneSpec, source: str,
+                      plan: DataPlan) -> None:
+    """Every training extension the recipe turns on may refuse the job, before any job trains
+    (by the backbone's name alone: a timm transformer under MixStyle is refused when its job
+    builds the model)."""
+    extensions = [e for e in recipe.extensions() if e.refuse.__func__ is not TrainingExtension.refuse.__func__]
+    if not extensions:
+        return
+    family = backbone_traits(backbone)
+    facts = JobFacts(method=method, backbone_id=backbone.id, backbone_family=family.family,
+                     backbone_feature_maps=family.feature_maps, backbone_grad_checkpointing=family.grad_checkpointing,
+                     trained_by_loop=cls.trained_by_loop, training_logits=getattr(cls, "training_logits", False),
+                     has_validation=recipe.val_fraction > 0 or all(plan.has_split(part, "val")
+                                                                    for part in source_parts(source)))
+    for extension in extensions:
+        why = extension.refuse(recipe, facts)
+        if why:
+            options = ", ".join(f"recipe.{k}" for k, v in extension.defaults().items() if getattr(recipe, k) != v)
+            raise BenchmarkError(f"{options}: {why} ({method} on {source})")
 
 
 def not_applicable(protocol: Protocol, methods: list[str]) -> dict[str, str]:
@@ -231,18 +237,6 @@ def not_applicable(protocol: Protocol, methods: list[str]) -> dict[str, str]:
             except NotApplicable as exc:
                 out[method] = str(exc)
     return out
-
-
-def _check_method_takes(recipe: Recipe, method: str, trained_by_loop: bool) -> None:
-    """The loop's options (fine-tuning, SWAD, SAM, MixStyle) refused for a method the shared loop
-    does not train (zero-shot CLIP, a scikit-learn probe), naming each option set."""
-    if trained_by_loop:
-        return
-    defaults = Recipe()
-    options = [k for k in Recipe.ONE_MODEL_ONLY if getattr(recipe, k) != getattr(defaults, k)]
-    if options:
-        raise BenchmarkError(f"method {method} is not trained by the shared loop, so it cannot take "
-                             f"{', '.join('recipe.' + k for k in options)}")
 
 
 def plan_from(protocol: Protocol, data_root: str | Path | None, dataset_paths: dict[str, str] | None) -> DataPlan:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from .backbone import OPENCLIP_PREFIX, TIMM_PREFIX, Backbone
@@ -35,9 +36,23 @@ def backbone_weights_digest(spec: BackboneSpec) -> str:
     return "none" if path is None else file_digest(str(path.resolve()))
 
 
+@dataclass(frozen=True)
+class BackboneTraits:
+    """What a backbone's family offers, from its name alone (training extensions refuse by it)."""
+
+    family: str
+    feature_maps: bool | None  # CNN feature maps between stages; None: only the built model tells
+    grad_checkpointing: bool
+
+
+def traits(spec: BackboneSpec) -> BackboneTraits:
+    family = _family(spec)
+    return BackboneTraits(family.FAMILY, family.FEATURE_MAPS, family.GRAD_CHECKPOINTING)
+
+
 def build_backbone(spec: BackboneSpec) -> Backbone:
     """A fresh backbone with its weights loaded (strictly) as the spec says."""
     return _family(spec).build(spec)
 
 
-__all__ = ["Backbone", "BackboneSpec", "backbone_weights_digest", "backbone_weights_file", "build_backbone"]
+__all__ = ["Backbone", "BackboneSpec", "BackboneTraits", "traits", "backbone_weights_digest", "backbone_weights_file", "build_backbone"]

@@ -22,6 +22,12 @@ from .specs import BackboneSpec
 from .weights import file_digest, load_state_dict, load_strict
 
 
+
+# What the family offers, known from a backbone's name alone (benchmark.models.backbones.traits):
+FAMILY = "openclip"
+FEATURE_MAPS: bool | None = False  # CNN feature maps between stages (None: only the built model tells)
+GRAD_CHECKPOINTING = True  # activation checkpointing (set_grad_checkpointing)
+
 def model_name(spec: BackboneSpec) -> str:
     import open_clip
 

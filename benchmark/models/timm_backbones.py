@@ -19,6 +19,12 @@ from .backbone import TIMM_PREFIX, Backbone, known_name
 from .specs import BackboneSpec
 from .weights import WeightsError, file_digest, load_state_dict, load_strict
 
+
+# What the family offers, known from a backbone's name alone (benchmark.models.backbones.traits):
+FAMILY = "timm"
+FEATURE_MAPS: bool | None = None  # CNN feature maps between stages (None: only the built model tells)
+GRAD_CHECKPOINTING = True  # activation checkpointing (set_grad_checkpointing)
+
 WEIGHTS = ("none", "file", "pretrained")
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 

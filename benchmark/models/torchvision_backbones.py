@@ -19,6 +19,12 @@ from .backbone import Backbone
 from .specs import BackboneSpec
 from .weights import WeightsError, file_digest, load_state_dict, load_strict, torchvision_weights_file
 
+
+# What the family offers, known from a backbone's name alone (benchmark.models.backbones.traits):
+FAMILY = "torchvision"
+FEATURE_MAPS: bool | None = True  # CNN feature maps between stages (None: only the built model tells)
+GRAD_CHECKPOINTING = False  # activation checkpointing (set_grad_checkpointing)
+
 BACKBONES = ("resnet18", "resnet50", "mobilenet_v2")
 WEIGHTS = ("msceleb", "imagenet", "none")
 MSCELEB_FILE = "resnet18_msceleb.pth"

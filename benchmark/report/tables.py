@@ -429,16 +429,13 @@ def recipes_table(layout: TableLayout, results: pd.DataFrame, metric: str, sourc
     in-domain (as the fair table), and in the notes the paired comparison (`benchmark compare`)
     of each recipe against none for the same method."""
     from . import compare as comparisons
-    from ..store.schema import DG_RECIPES
-
     acc = results[(results["metric"] == metric) & results["source"].isin(sources) & results["target"].isin(datasets)]
     if acc.empty:
         raise BenchmarkError("no results to build the recipes table from")
     seen = seen_mask(acc)
     split = acc["method"].map(split_recipe)
     base, recipe = split.str[0], split.str[1]
-    rank = {name: k for k, name in enumerate(("", *DG_RECIPES))}
-    recipes = sorted(recipe.unique(), key=lambda r: (r.count("+"), rank.get(r, len(rank)), r))
+    recipes = sorted(recipe.unique(), key=lambda r: (r.count("+"), r != "", r))
     order = list(dict.fromkeys(split_recipe(m)[0] for m in methods))
     rows, missing, notes = [], False, []
     for method in order:

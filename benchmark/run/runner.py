@@ -129,7 +129,7 @@ class _Prepared:
     train: Any = None
     tests: dict = field(default_factory=dict)
     evaluator: Any = None
-    resume: Any = None  # its EpochCheckpoint, when ctx.resume_dir is set
+    resume: Any = None  # its ResumePoint, when ctx.resume_dir is set
     closed: bool = False  # its run is closed (FINISHED or FAILED)
 
 
@@ -185,10 +185,10 @@ def _checkpoint_place(ctx: RunContext) -> tuple[Path, Any]:
 def _resume_point(p: _Prepared, ctx: RunContext):
     """The job's epoch checkpoint; when an earlier try of it saved one, that try's history up to
     the saved epoch is copied into this run (the FINISHED run shows every epoch) and tagged."""
-    from ..training.resume import EpochCheckpoint
+    from ..training.resume import ResumePoint
 
     folder, remote = _checkpoint_place(ctx)
-    resume = EpochCheckpoint.open(folder, p.job.hash, p.log.run_id, ctx.resume_every_s, ctx.resume_mid_epoch_s,
+    resume = ResumePoint.open(folder, p.job.hash, p.log.run_id, ctx.resume_every_s, ctx.resume_mid_epoch_s,
                                   remote=remote)
     if ctx.resume_mid_epoch_s is not None and p.job.recipe.data_path == "per_sample":
         print(f"[resume] {p.job.label}: the per-sample data path draws its augmentation in loader workers; "
@@ -206,11 +206,11 @@ def _group_resume_point(group: list[_Prepared], ctx: RunContext):
     groups the same pending jobs the same way resumes it; another grouping starts over)."""
     import hashlib
 
-    from ..training.resume import EpochCheckpoint
+    from ..training.resume import ResumePoint
 
     key = hashlib.sha256("|".join(p.job.hash for p in group).encode()).hexdigest()[:16]
     folder, remote = _checkpoint_place(ctx)
-    resume = EpochCheckpoint.open(folder, f"fused-{key}", ",".join(p.log.run_id for p in group),
+    resume = ResumePoint.open(folder, f"fused-{key}", ",".join(p.log.run_id for p in group),
                                   ctx.resume_every_s, remote=remote)
     if ctx.resume_mid_epoch_s is not None:
         print(f"[resume] fused group of {len(group)}: checkpoints at epoch ends only (--resume-mid-epoch is for "
@@ -331,7 +331,7 @@ def _prepare(p: _Prepared, ctx: RunContext, device) -> None:
 
     from ..core.environment import environment
     from ..training.execution import Execution
-    from ..training.trainer import adam_kernels
+    from ..training.optimization import adam_kernels
 
     job, log = p.job, p.log
     if device.type == "cuda":  # before the environment is recorded (trainer.fit sets it too)

@@ -283,6 +283,7 @@ class ResultStore(abc.ABC):
         """A job's run, RUNNING and owned by this process (claim it before training)."""
         tags = {schema.JOB_HASH: job.hash, schema.METHOD: job.method, schema.SOURCE: job.source,
                 schema.SEED: str(job.seed), schema.PROTOCOL: job.protocol, schema.PARENT: parent_run_id,
+                **({schema.DG_RECIPES: job.recipe.dg_label()} if hasattr(job, "recipe") else {}),
                 **{schema.SWEEP_PREFIX + k: str(v) for k, v in getattr(job, "sweep", {}).items()}, **process_tags()}
         return self.create_run(experiment_id, schema.job_run_name(job.method, job.source, job.seed), tags)
 
@@ -455,7 +456,10 @@ class ResultStore(abc.ABC):
 def method_label(run: RunRecord) -> str:
     """The method as tables name it: with the domain-generalization recipes its job wore
     ("erm+swad", "cafe+sam"), so a method with and without one are two rows, compared as two methods."""
-    label = schema.dg_label_of({k.removeprefix("recipe."): v for k, v in run.params.items() if k.startswith("recipe.")})
+    label = run.tags.get(schema.DG_RECIPES)
+    if label is None:  # logged before the tag
+        label = schema.legacy_dg_label({k.removeprefix("recipe."): v for k, v in run.params.items()
+                                        if k.startswith("recipe.")})
     return f"{run.tags[schema.METHOD]}+{label}" if label else run.tags[schema.METHOD]
 
 

@@ -43,6 +43,9 @@ METHOD = "method"
 SOURCE = "source"
 SEED = "seed"
 SWEEP_PREFIX = "sweep."  # sweep.<dotted key> = the swept value (benchmark.jobs.sweep)
+# The domain-generalization recipes the job wore, as its training extensions name them ("swad+sam";
+# "" for none): tables read "erm+swad" from it.
+DG_RECIPES = "dg_recipes"
 
 # Params read back when building tables.
 BACKBONE = "backbone"  # "<name>:<weights>"
@@ -96,20 +99,15 @@ def sweep_label(values: dict) -> str:
     return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(values.items()))
 
 
-DG_RECIPES = ("swad", "sam", "asam", "mixstyle")  # the order their names join in a label
-
-
-def dg_label_of(values: dict) -> str:
-    """"swad", "sam", "asam", "mixstyle" joined by "+" for those `values` turns on: a recipe's
-    fields, or a run's logged `recipe.*` params as strings (runs logged before a field existed
-    lack it: off)."""
+def legacy_dg_label(values: dict) -> str:
+    """The DG label of a run logged before the `dg_recipes` tag existed, from its `recipe.*` params
+    (the recipes there were then: SWAD, SAM, ASAM, MixStyle); later runs carry the tag."""
     def on(key: str) -> bool:
-        value = values.get(key, "")
-        return str(value).strip().lower() not in ("", "0", "0.0", "false", "none")
+        return str(values.get(key, "")).strip().lower() not in ("", "0", "0.0", "false", "none")
 
     names = {"swad": on("swad"), "sam": on("sam_rho") and not on("sam_adaptive"),
              "asam": on("sam_rho") and on("sam_adaptive"), "mixstyle": on("mixstyle")}
-    return "+".join(name for name in DG_RECIPES if names[name])
+    return "+".join(name for name in ("swad", "sam", "asam", "mixstyle") if names[name])
 
 # Where a FINISHED job's trained method (state_dict.pt, method.json) lies: in its run's LoggedModel
 # (benchmark.deploy.logged_model), or, in the JSON-lines store and in stores written before models

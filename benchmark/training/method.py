@@ -102,6 +102,15 @@ class Batch:
     # Tensors computed outside the trainable model for this step: the method's own random draws
     # (`TrainedMethod.step_extras`) and, when jobs are fused, the frozen encoder's features.
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    # What `training_step` reports of its forward pass for training extensions to read: "logits",
+    # the class logits its cross-entropy is taken on (methods that declare `training_logits`).
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def record_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits`, kept as this step's class logits (spectral decoupling, RandConv's consistency
+        loss read them); a method calls it on what its cross-entropy is taken on."""
+        self.outputs["logits"] = logits
+        return logits
 
 
 @dataclass
@@ -199,7 +208,7 @@ class Method(abc.ABC):
             epoch_end: EpochEnd | None = None) -> None:
         """Train. After each epoch of training (a method without epochs: once, as epoch 1) call
         `epoch_end(epoch)` when given; `predict` must work there. A method may also take
-        `resume: EpochCheckpoint | None` (benchmark.training.resume) to save its state after each
+        `resume: ResumePoint | None` (benchmark.training.resume) to save its state after each
         epoch and go on from a stopped try's; the runner passes it only to a `fit` that names it."""
 
     @abc.abstractmethod

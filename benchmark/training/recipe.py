@@ -1,27 +1,31 @@
-"""How a job trains: the recipe, its defaults (the paper's) and what of it enters a job's hash."""
+"""How a job trains: the recipe, its defaults (the paper's) and what of it enters a job's hash.
+
+The Recipe is one frozen dataclass assembled from the loop's own fields (`LoopSettings`, below)
+and the options of every registered training extension (benchmark.training.extensions: each
+declares its `Options` in its own file), so `recipe.sam_rho` and `--set recipe.swad=true` read
+as before, and adding an extension adds its fields without a change here.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any
 
 from ..core.errors import BenchmarkError
-from ..store.schema import dg_label_of
+from .extensions import load_extensions, option_index, ordered
 
 PRECISIONS = ("auto", "fp32", "bf16")
 DATA_PATHS = ("cache", "per_sample")
 DATA_ON_DEVICE = ("auto", "always", "never")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 ADAM_IMPLS = ("auto", "fused", "foreach")
-OPTIMIZERS = ("method", "adamw")
-SCHEDULES = ("method", "warmup_cosine")
 SAMPLERS = ("uniform", "balanced", "domain_balanced")
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """How a job trains; defaults are the paper's (CAFE's train script)."""
+class LoopSettings:
+    """The loop's own fields; defaults are the paper's (CAFE's train script)."""
 
     epochs: int = 60
     batch_size: int = 32
@@ -31,7 +35,7 @@ class Recipe:
     sampler: str = "uniform"
     samples_per_epoch: int = 0  # 0 = the split's size
     seed: int = 3407
-    precision: str = "auto"  # "auto" | "fp32" | "bf16": see benchmark.training.execution
+    precision: str = "auto"  # "auto" | "fp32" | "bf16": see benchmark.training.device_settings
     channels_last: bool = True
     compile: bool = False  # torch.compile the trainable backbone
     compile_mode: str = "default"  # torch.compile's mode: "default", "reduce-overhead" (CUDA graphs), ...
@@ -43,11 +47,9 @@ class Recipe:
     # benchmark.training.per_sample), with `loader_workers` worker processes.
     data_path: str = "cache"
     loader_workers: int = 2
-    progress: bool = True
     # How the cache path feeds the device; none of these changes a number (not in the job hash):
     prefetch: int = 2  # batches read ahead in a background thread (0: read in the loop)
     data_on_device: str = "auto"  # hold the decoded split on the GPU: "auto" (when it fits), "always", "never"
-    sync_every: int = 50  # steps between the host's looks at the loss (non-finite check, progress bar)
     # Evaluate every target (and the source's validation split) after every eval_every-th epoch
     # and after the last, logged with step = epoch: the history the selection rules choose from.
     # It changes no trained number (0: only after the last epoch).
@@ -55,107 +57,20 @@ class Recipe:
     # A seeded, class-stratified share of the training split held out as the source's validation
     # split, for sources without one (0: none, the paper's protocol trains on the whole split).
     val_fraction: float = 0.0
-    # Fine-tuning options for large pretrained backbones, off by default (benchmark.training.finetune):
-    optimizer: str = "method"  # "method" (the method's own Adam or SGD) or "adamw" (decoupled decay)
-    schedule: str = "method"  # "method" (its per-epoch decay) or "warmup_cosine" (per step)
-    warmup_steps: int = 0  # warmup_cosine's linear warmup
-    backbone_lr_scale: float = 1.0  # the backbone's rate relative to the rest (the heads)
-    no_decay_norms: bool = False  # no weight decay on norms, biases and embeddings
-    grad_clip_norm: float = 0.0  # clip gradients to this global L2 norm (0: no clipping)
-    grad_checkpointing: bool = False  # timm's / open_clip's activation checkpointing (memory, not numbers)
-    # Domain-generalization recipes (benchmark.training.recipes), off by default:
-    sam_rho: float = 0.0  # SAM's neighbourhood radius (0: off; 0.05 the usual; ASAM about 10x that)
-    sam_adaptive: bool = False  # ASAM: the perturbation scaled by |w|
-    mixstyle: str = ""  # MixStyle after these stages past the stem, e.g. "1,2,3" (ResNet's layer1-3); "" off
-    mixstyle_p: float = 0.5
-    mixstyle_alpha: float = 0.1
-    # SWAD (benchmark.training.recipes.swad): weights averaged over the loss valley found on the
-    # source's validation split, evaluated every swad_eval_steps optimiser steps; upstream's
-    # LossValley windows and ratio, its BN handling (no recomputation: swad_bn_batches = 0) and its
-    # quirks (swad_quirks = False: every segment of the valley counted once).
-    swad: bool = False
-    swad_eval_steps: int = 100
-    swad_n_converge: int = 3
-    swad_n_tolerance: int = 6
-    swad_tolerance_ratio: float = 0.3
-    swad_bn_batches: int = 0
-    swad_quirks: bool = True
 
     # Fields that change how fast a job runs, never what it computes (left out of the job hash).
-    EXECUTION_ONLY: ClassVar[tuple[str, ...]] = ("progress", "prefetch", "data_on_device", "sync_every", "eval_every",
-                                                 "grad_checkpointing")
+    EXECUTION_ONLY = ("prefetch", "data_on_device", "eval_every")
     # Fields added after jobs were first hashed: they enter a job's identity only when set away
     # from their default, so the jobs hashed before them keep their hash.
-    HASHED_WHEN_CHANGED: ClassVar[tuple[str, ...]] = ("compile_mode", "adam_impl", "cudnn_benchmark", "val_fraction",
-                                                      "optimizer", "schedule", "warmup_steps", "backbone_lr_scale",
-                                                      "no_decay_norms", "grad_clip_norm", "sam_rho", "sam_adaptive",
-                                                      "mixstyle", "mixstyle_p", "mixstyle_alpha", "swad", "swad_eval_steps",
-                                                      "swad_n_converge", "swad_n_tolerance", "swad_tolerance_ratio",
-                                                      "swad_bn_batches", "swad_quirks")
+    HASHED_WHEN_CHANGED = ("compile_mode", "adam_impl", "cudnn_benchmark", "val_fraction")
 
-    # Fields that act on one model's parameter groups, steps or modules (fine-tuning options, SAM,
-    # MixStyle): jobs that set any of them train alone, never in a fused group.
-    ONE_MODEL_ONLY: ClassVar[tuple[str, ...]] = ("optimizer", "schedule", "warmup_steps", "backbone_lr_scale",
-                                                 "no_decay_norms", "grad_clip_norm", "grad_checkpointing",
-                                                 "sam_rho", "sam_adaptive", "mixstyle", "swad")
-
-    def trains_alone(self) -> bool:
-        """Whether a field of ONE_MODEL_ONLY is set away from its default."""
-        defaults = Recipe()
-        return any(getattr(self, k) != getattr(defaults, k) for k in self.ONE_MODEL_ONLY)
-
-    def dg_label(self) -> str:
-        """The domain-generalization recipes this recipe wears, as tables name them ("sam+swad";
-        "" for none): see `dg_label_of`."""
-        return dg_label_of({k: getattr(self, k) for k in ("swad", "sam_rho", "sam_adaptive", "mixstyle")})
-
-    def identity(self) -> dict:
-        """The recipe's part of a job's identity (benchmark.jobs.plan)."""
-        defaults = Recipe()
-        return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in self.EXECUTION_ONLY
-                and not (k in self.HASHED_WHEN_CHANGED and v == getattr(defaults, k))}
-
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise BenchmarkError(f"recipe.sampler = {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
-        if self.data_path not in DATA_PATHS:
-            raise BenchmarkError(f"recipe.data_path = {self.data_path!r}; expected one of {', '.join(DATA_PATHS)}")
-        if self.precision not in PRECISIONS:
-            raise BenchmarkError(f"recipe.precision = {self.precision!r}; expected one of {', '.join(PRECISIONS)}")
-        if self.compile_mode not in COMPILE_MODES:
-            raise BenchmarkError(f"recipe.compile_mode = {self.compile_mode!r}; expected one of {', '.join(COMPILE_MODES)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise BenchmarkError(f"recipe.optimizer = {self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise BenchmarkError(f"recipe.schedule = {self.schedule!r}; expected one of {', '.join(SCHEDULES)}")
-        if self.warmup_steps < 0 or (self.warmup_steps and self.schedule != "warmup_cosine"):
-            raise BenchmarkError(f"recipe.warmup_steps = {self.warmup_steps}; must be 0 or more, and is "
-                                 "schedule = \"warmup_cosine\"'s")
-        if self.backbone_lr_scale <= 0:
-            raise BenchmarkError(f"recipe.backbone_lr_scale = {self.backbone_lr_scale}; must be positive")
-        if self.sam_rho < 0 or (self.sam_adaptive and not self.sam_rho):
-            raise BenchmarkError(f"recipe.sam_rho = {self.sam_rho}; must be 0 (off) or positive, and positive "
-                                 "for recipe.sam_adaptive")
-        if self.mixstyle:
-            mixstyle_stages(self.mixstyle)
-        if not 0 <= self.mixstyle_p <= 1 or self.mixstyle_alpha <= 0:
-            raise BenchmarkError(f"recipe.mixstyle_p = {self.mixstyle_p}, mixstyle_alpha = {self.mixstyle_alpha}: "
-                                 "p must be in [0, 1] and alpha positive")
-        if self.swad_eval_steps < 1 or self.swad_n_converge < 1 or self.swad_n_tolerance < 1 or self.swad_bn_batches < 0:
-            raise BenchmarkError(f"recipe.swad_eval_steps = {self.swad_eval_steps}, swad_n_converge = "
-                                 f"{self.swad_n_converge}, swad_n_tolerance = {self.swad_n_tolerance}: each must be 1 "
-                                 f"or more; swad_bn_batches = {self.swad_bn_batches}: 0 (keep) or more")
-        if self.swad_tolerance_ratio < 0:
-            raise BenchmarkError(f"recipe.swad_tolerance_ratio = {self.swad_tolerance_ratio}; must be 0 or more")
-        if self.grad_clip_norm < 0:
-            raise BenchmarkError(f"recipe.grad_clip_norm = {self.grad_clip_norm}; must be 0 (off) or positive")
-        if self.adam_impl not in ADAM_IMPLS:
-            raise BenchmarkError(f"recipe.adam_impl = {self.adam_impl!r}; expected one of {', '.join(ADAM_IMPLS)}")
-        if self.data_on_device not in DATA_ON_DEVICE:
-            raise BenchmarkError(f"recipe.data_on_device = {self.data_on_device!r}; expected one of "
-                                 f"{', '.join(DATA_ON_DEVICE)}")
-        for key in ("epochs", "batch_size", "input_size", "sync_every"):
+    def check_loop_settings(self) -> None:
+        for key, allowed in (("sampler", SAMPLERS), ("data_path", DATA_PATHS), ("precision", PRECISIONS),
+                             ("compile_mode", COMPILE_MODES), ("adam_impl", ADAM_IMPLS),
+                             ("data_on_device", DATA_ON_DEVICE)):
+            if getattr(self, key) not in allowed:
+                raise BenchmarkError(f"recipe.{key} = {getattr(self, key)!r}; expected one of {', '.join(allowed)}")
+        for key in ("epochs", "batch_size", "input_size"):
             if getattr(self, key) <= 0:
                 raise BenchmarkError(f"recipe.{key} = {getattr(self, key)}; must be positive")
         if self.eval_every < 0:
@@ -169,14 +84,69 @@ class Recipe:
                                  "training process) or more")
 
 
-def mixstyle_stages(text: str) -> list[int]:
-    """`recipe.mixstyle` ("1,2,3") as stage numbers; an error names what it expected."""
-    try:
-        stages = [int(part) for part in text.split(",")]
-    except ValueError:
-        stages = []
-    if not stages or sorted(set(stages)) != stages or stages[0] < 1:
-        raise BenchmarkError(f"recipe.mixstyle = {text!r}: expected stage numbers in increasing order, e.g. "
-                             "\"1,2,3\" (after ResNet's layer1, layer2, layer3) or \"1,2\"")
-    return stages
+def _extensions() -> list[type]:
+    load_extensions()
+    return ordered()
 
+
+class RecipeMethods:
+    """What a Recipe answers about itself, through its extensions (imported on first use: a
+    recipe is built and checked without torch while it sets no extension's option)."""
+
+    def extensions(self) -> list[type]:
+        """The training extensions this recipe turns on, in the order the loop calls them."""
+        return [cls for cls in _extensions() if cls.is_active(self)]
+
+    def trains_alone(self) -> bool:
+        """Whether an extension it turns on cannot fuse (its jobs then train alone)."""
+        return any(not cls.fuses for cls in self.extensions())
+
+    def dg_label(self) -> str:
+        """The domain-generalization recipes this recipe wears, as tables name them ("sam+swad";
+        "" for none): each extension's label, in the loop's order."""
+        return label_of(dataclasses.asdict(self))
+
+    def identity(self) -> dict:
+        """The recipe's part of a job's identity (benchmark.jobs.plan)."""
+        defaults = LoopSettings()
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(LoopSettings)
+               if f.name not in LoopSettings.EXECUTION_ONLY
+               and not (f.name in LoopSettings.HASHED_WHEN_CHANGED and getattr(self, f.name) == getattr(defaults, f.name))}
+        for cls in _extensions():
+            own.update(cls.identity(self))
+        return own
+
+    def __post_init__(self) -> None:
+        self.check_loop_settings()
+        changed = [entry.name for entry in option_index()
+                   if any(getattr(self, name) != default for name, _, default in entry.fields)]
+        if changed:  # defaults are valid: only an extension whose options are set checks them
+            load_extensions()
+            for cls in ordered():
+                if cls.name in changed:
+                    cls.validate(self)
+
+
+def label_of(values: dict[str, Any]) -> str:
+    """The row label of a recipe's fields, or of a run's logged `recipe.*` params as strings."""
+    return "+".join(part for part in (cls.label(values) for cls in _extensions()) if part)
+
+
+def _assemble() -> type:
+    fields: list[tuple[str, Any, dataclasses.Field]] = []
+    owner: dict[str, str] = {f.name: "the loop" for f in dataclasses.fields(LoopSettings)}
+    for entry in option_index():
+        for name, annotation, default in entry.fields:
+            if name in owner:
+                raise ValueError(f"recipe.{name}: declared by {owner[name]} and by extension {entry.name}")
+            owner[name] = f"extension {entry.name}"
+            fields.append((name, annotation, dataclasses.field(default=default)))
+    recipe = dataclasses.make_dataclass("Recipe", fields, bases=(RecipeMethods, LoopSettings), frozen=True)
+    recipe.__module__ = __name__
+    recipe.__doc__ = ("How a job trains: the loop's own settings (LoopSettings) and every training "
+                      "extension's options; defaults are the paper's.")
+    recipe.OWNER = owner
+    return recipe
+
+
+Recipe = _assemble()

@@ -1,4 +1,4 @@
-"""A job's training state after an epoch, so a job stopped (killed, preempted, its node lost)
+"""Resume points: a job's training state after an epoch, so a job stopped (killed, preempted, its node lost)
 trains on from the next one instead of from its first, whichever executor runs its next try.
 
 After an epoch (never the last, and only when `every_s` seconds have passed since the last
@@ -44,11 +44,12 @@ from ..store.remote_folder import RemoteFolder
 
 
 # The state's layout: a file written with another is set aside, not read (its keys may differ).
-LAYOUT = 1
+# 2: one layout for one job and a fused group (a list of jobs), extensions' states by name.
+LAYOUT = 2
 
 
 @dataclass
-class EpochCheckpoint:
+class ResumePoint:
     path: Path  # the file (for a remote folder: this try's local copy of its newest write)
     job_hash: str
     run_id: str  # the run this try writes (the next try copies its history from it)
@@ -68,7 +69,7 @@ class EpochCheckpoint:
 
     @classmethod
     def open(cls, folder: str | Path, job_hash: str, run_id: str, every_s: float = 0.0,
-             mid_epoch_s: float | None = None, remote: RemoteFolder | None = None) -> "EpochCheckpoint":
+             mid_epoch_s: float | None = None, remote: RemoteFolder | None = None) -> "ResumePoint":
         """The job's checkpoint in `folder` (with `remote`: in that artifact folder, `folder`
         staging its local copies), with what an earlier try saved there (if anything).
         A file that cannot be resumed from (unreadable or truncated, another job's, another
@@ -167,6 +168,8 @@ class EpochCheckpoint:
             # stopped (set-aside files stay).
             for left in [*self.path.parent.glob("*.pt"), *self.path.parent.glob("*.partial")]:
                 left.unlink(missing_ok=True)
+
+
 
 
 def _read(path: Path, job_hash: str) -> tuple[dict[str, Any] | None, str]:

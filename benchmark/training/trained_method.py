@@ -35,7 +35,7 @@ from ..core.errors import BenchmarkError
 from .execution import Execution
 from .method import BaseHparams, Batch, Components, EpochEnd, Method, OptimizerSettings, Relabel, RunLog
 from .recipe import Recipe
-from .resume import EpochCheckpoint
+from .resume import ResumePoint
 from .trainer import fit as train_loop, predict_batches
 
 # SCN's and RUL's released code: with p = 0.5 apply one of {horizontal flip, Gaussian noise}.
@@ -61,6 +61,9 @@ class TrainedMethod(Method):
     augment_spec: ClassVar[AugmentSpec] = PAPER
     eval_batch_size: ClassVar[int] = 128
     trained_by_loop: ClassVar[bool] = True
+    # Whether `training_step` records its class logits (`batch.record_logits`), which training
+    # extensions that act on logits need (spectral decoupling, RandConv's consistency loss).
+    training_logits: ClassVar[bool] = False
 
     def __init__(self, hparams: Any, components: Components, name: str = ""):
         super().__init__(hparams, components, name)
@@ -146,7 +149,7 @@ class TrainedMethod(Method):
         self.model.train(training)
 
     def fit(self, train_data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
-            epoch_end: EpochEnd | None = None, resume: EpochCheckpoint | None = None,
+            epoch_end: EpochEnd | None = None, resume: ResumePoint | None = None,
             validation: DecodedSplit | None = None) -> None:
         with self.training_features(train_data, recipe, device):
             train_loop(self, train_data, recipe=recipe, device=device, log=log, epoch_end=epoch_end, resume=resume,

@@ -1,12 +1,22 @@
-"""The training loop every trained method shares: the paper's recipe, seeding, batching, logging.
+"""The training loop every trained method shares: one loop for one job or a fused group of jobs.
 
-The recipe (benchmark.training.recipe): Adam with L2 weight decay, ExponentialLR stepped once per epoch, the paper's
-augmentations (benchmark.training.augment), shuffled batches or a class-balanced sampler with a fixed
-number of samples per epoch. All randomness (weights init, order, augmentation, CAFE's drop
-masks) comes from the job's seed, so the same job on CPU gives identical numbers.
+The loop body is the steps of training and nothing else: draw each job's epoch order, feed its
+batches, take the loss, step the optimiser, log each epoch's means, evaluate, and call every
+training extension's hooks in between (benchmark.training.extensions: SAM, SWAD, MixStyle, the
+fine-tuning options, the step monitor, the progress bar and resume points each live in one file
+and own their options, checks and saved state). It never names an extension, a method or a
+backbone.
 
-The loop sees a method only through `Trainable`; it owns the training labels (a copy of the
-split's) and hands each step a `Batch`.
+What trains is a `Learner`: `SingleModel` (one job: its method's own `training_step`) or
+`benchmark.training.fused.FusedModels` (K jobs of one method stacked and vmapped). Each job of
+the loop keeps its own seed, split, sampler, augmentation stream and training labels (`LoopJob`),
+so a fused job computes what it would alone, up to the last bits of batched kernels.
+
+The paper's recipe (benchmark.training.recipe): Adam with L2 weight decay, ExponentialLR stepped
+once per epoch, the paper's augmentations (benchmark.training.augment), shuffled batches or a
+class-balanced sampler with a fixed number of samples per epoch. All randomness (weights init,
+order, augmentation, CAFE's drop masks) comes from the job's seed, so the same job on CPU gives
+identical numbers.
 """
 
 from __future__ import annotations
@@ -14,26 +24,28 @@ from __future__ import annotations
 import math
 import random
 import time
-from typing import Any, Callable, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
-from . import finetune
 from .augment import AugmentSpec, augment, normalize
 from ..data.cache import DecodedSplit
 from ..core import interrupt
 from ..core.errors import BenchmarkError
 from .execution import Execution, host_batch, to_device_batch
+from .extensions.step_monitor import TrainingDiverged
 from .method import Batch, EpochEnd, OptimizerSettings, Relabel, RunLog
+from .optimization import clip_gradients, optimizer_for, steps_per_step
 from .per_sample import check_per_sample, per_sample_batches
 from .prefetch import prefetched
 from .recipe import Recipe
-from .recipes import mixstyle
-from .recipes.sam import SharpnessAware, running_stats_frozen
-from .recipes.swad import LossValley, Swad, recompute_bn, valley_figure
-from .resume import EpochCheckpoint, random_state, set_random_state
+from .resume import ResumePoint, random_state, set_random_state
+
+__all__ = ["Loop", "LoopJob", "SingleModel", "Trainable", "TrainingDiverged", "epoch_batches", "epoch_sampler",
+           "evaluates_after", "fit", "pick_device", "predict_batches", "resident_split", "run_loop", "seed_everything"]
 
 
 class Trainable(Protocol):
@@ -65,10 +77,6 @@ class Trainable(Protocol):
     def predict(self, data: DecodedSplit) -> np.ndarray: ...
 
 
-class TrainingDiverged(BenchmarkError):
-    """The loss became NaN or infinite: the job stops instead of training on garbage."""
-
-
 # recipe.data_on_device = "auto" holds the decoded split on the GPU when it takes at most this
 # share of the GPU's free memory (the rest is left to the models and to jobs packed beside it).
 RESIDENT_SHARE = 0.25
@@ -80,67 +88,12 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def adam_kernels(impl: str, device: torch.device) -> dict:
-    """torch.optim.Adam's keyword for `recipe.adam_impl`: "auto" fuses the update into one kernel
-    on CUDA (one launch instead of several per parameter group) and leaves torch's default elsewhere."""
-    if impl == "fused" or (impl == "auto" and device.type == "cuda"):
-        return {"fused": True}
-    if impl == "foreach":
-        return {"foreach": True}
-    return {}
-
-
-def optimizer_for(param_groups: list[dict[str, Any]], settings: OptimizerSettings, recipe: Recipe,
-                  device: torch.device, model: torch.nn.Module | None = None,
-                  total_steps: int = 0) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """The method's optimiser (Adam, or SGD with momentum, with L2 weight decay) and its schedule,
-    stepped once per epoch: ExponentialLR, or StepLR when the rate drops every `lr_step` epochs.
-    The recipe's fine-tuning options (benchmark.training.finetune) change them where set: AdamW,
-    a per-step warmup + cosine schedule (see `steps_per_step`), groups split by backbone and decay."""
-    param_groups = finetune.split_groups(param_groups, model, settings, recipe)
-    if recipe.optimizer == "adamw" or settings.optimizer == "adamw":
-        optimizer = finetune.adamw(param_groups, settings, adam_kernels(recipe.adam_impl, device))
-        return optimizer, _schedule(optimizer, settings, recipe, total_steps)
-    if settings.optimizer == "sgd":
-        optimizer = torch.optim.SGD(param_groups, lr=settings.lr, momentum=settings.momentum,
-                                    weight_decay=settings.weight_decay)
-    elif settings.optimizer == "adam":
-        optimizer = torch.optim.Adam(param_groups, lr=settings.lr, weight_decay=settings.weight_decay,
-                                     **adam_kernels(recipe.adam_impl, device))
-    else:
-        raise BenchmarkError(f"optimizer {settings.optimizer!r}: expected adam or sgd")
-    return optimizer, _schedule(optimizer, settings, recipe, total_steps)
-
-
-def _schedule(optimizer: torch.optim.Optimizer, settings: OptimizerSettings, recipe: Recipe,
-              total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    if recipe.schedule == "warmup_cosine":
-        return finetune.warmup_cosine(optimizer, recipe.warmup_steps, total_steps)
-    if settings.schedule == "warmup_cosine_steps":
-        return finetune.warmup_cosine(optimizer, settings.warmup_steps, total_steps)
-    if settings.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs)
-    if settings.schedule == "warmup_cosine_epochs":
-        epochs, warm = recipe.epochs, settings.warmup_lr / settings.lr
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda e: warm if e == 0 else 0.5 * (1 + math.cos(math.pi * (e - 1) / epochs)))
-    if settings.schedule != "decay":
-        raise BenchmarkError(f"schedule {settings.schedule!r}: expected decay, cosine, warmup_cosine_epochs or "
-                             "warmup_cosine_steps")
-    if settings.lr_step > 1:
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
-    return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=settings.lr_gamma)
-
-
-def steps_per_step(recipe: Recipe, settings: OptimizerSettings | None = None) -> bool:
-    """Whether the schedule steps after every optimiser step (warmup_cosine) rather than every epoch."""
-    return recipe.schedule == "warmup_cosine" or (settings is not None and settings.schedule == "warmup_cosine_steps")
-
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
 
 
 def epoch_sampler(labels: np.ndarray, recipe: Recipe, gen: torch.Generator, domains: np.ndarray | None = None):
@@ -156,6 +109,7 @@ def epoch_sampler(labels: np.ndarray, recipe: Recipe, gen: torch.Generator, doma
         return WeightedRandomSampler(torch.from_numpy(weights), num_samples=size, replacement=True, generator=gen)
     # A fixed epoch size larger than the split repeats whole permutations.
     return RandomSampler(range(n), num_samples=size, generator=gen)
+
 
 
 def resident_split(data: DecodedSplit, recipe: Recipe, device: torch.device) -> torch.Tensor | None:
@@ -175,6 +129,7 @@ def resident_split(data: DecodedSplit, recipe: Recipe, device: torch.device) -> 
         rows = slice(begin, min(len(data), begin + chunk))
         images[rows] = to_device_batch(data.read(rows), device)
     return images
+
 
 
 def epoch_batches(method: Trainable, data: DecodedSplit, order: np.ndarray, recipe: Recipe,
@@ -204,262 +159,312 @@ def epoch_batches(method: Trainable, data: DecodedSplit, order: np.ndarray, reci
         yield index, x, flips
 
 
-class StepMonitor:
-    """The per-epoch loss sums and the non-finite check, kept on the device.
 
-    Reading a loss on the host (`float(loss)`, `if not isfinite(loss)`) makes the CPU wait for the
-    GPU every step, so the next batch cannot be queued behind the current one. Here the sums and
-    the first non-finite step stay device tensors; the host looks every `sync_every` steps and at
-    the end of the epoch, so a diverged job still stops within the epoch, naming the step where
-    the loss first became non-finite.
 
-    Fused jobs (benchmark.training.fused) keep one monitor for all `models`: the losses are then
-    vectors, one entry per job, and `diverged` / `epoch_means_per_model` read them per job.
-    """
 
-    def __init__(self, device: torch.device, models: int | None = None):
-        self.device = device
-        self.sums: dict[str, torch.Tensor] = {}
-        self.batches = 0
-        shape = () if models is None else (models,)
-        self._first_bad = torch.full(shape, -1, dtype=torch.long, device=device)
-        self._bad_loss = torch.zeros(shape, dtype=torch.float64, device=device)
+@dataclass
+class LoopJob:
+    """One job in the loop: its method, data and recipe, where its numbers go, and its own stream
+    (training labels, order and augmentation generators, device-resident split)."""
 
-    def add(self, step: int, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
-        loss = loss.detach()
-        first = (self._first_bad < 0) & ~torch.isfinite(loss)
-        self._first_bad = torch.where(first, step, self._first_bad)
-        self._bad_loss = torch.where(first, loss.double(), self._bad_loss)
-        for key, value in {"loss": loss, **parts}.items():
-            value = torch.as_tensor(value, device=self.device).detach().double()
-            self.sums[key] = self.sums[key] + value if key in self.sums else value
-        self.batches += 1
+    method: Trainable
+    data: DecodedSplit
+    recipe: Recipe
+    log: RunLog
+    epoch_end: EpochEnd | None = None
+    labels: np.ndarray = field(default=None)  # a private copy: methods may relabel, the cache never changes
+    gen: torch.Generator | None = None
+    aug_gen: torch.Generator | None = None
+    resident: torch.Tensor | None = None
+    error: BaseException | None = None
 
-    def check(self, name: str, epoch: int) -> None:
-        """Raise TrainingDiverged if any loss so far was NaN or infinite (one host sync)."""
-        first = int(self._first_bad)
-        if first >= 0:
-            raise TrainingDiverged(f"{name}: loss is {float(self._bad_loss)} at epoch {epoch}, step {first}")
 
-    def diverged(self) -> dict[int, tuple[int, float]]:
-        """Fused jobs: {job's position: (first non-finite step, its loss)} (one host sync)."""
-        first, loss = self._first_bad.cpu(), self._bad_loss.cpu()
-        return {k: (int(first[k]), float(loss[k])) for k in torch.nonzero(first >= 0).flatten().tolist()}
+class SingleModel:
+    """One job's method as the loop's learner: its own parameter groups and `training_step`, with
+    every extension's loss term added."""
 
-    def state_dict(self) -> dict[str, Any]:
-        """The epoch's sums so far (a checkpoint written inside an epoch: benchmark.training.resume)."""
-        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "batches": self.batches,
-                "first_bad": self._first_bad.cpu(), "bad_loss": self._bad_loss.cpu()}
+    def __init__(self, loop: "Loop"):
+        self.loop = loop
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sums = {k: v.to(self.device) for k, v in state["sums"].items()}
-        self.batches = int(state["batches"])
-        self._first_bad, self._bad_loss = state["first_bad"].to(self.device), state["bad_loss"].to(self.device)
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.loop.method.param_groups()
 
-    def mean_loss(self) -> float:
-        return float(self.sums["loss"].mean()) / max(1, self.batches)
+    def step(self, batches: Sequence[Batch]) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """(1,) losses, {part: value} and the objective to differentiate."""
+        loss, parts = self.loop.step_loss_parts(batches[0])
+        return loss.detach().reshape(1), parts, loss
 
-    def epoch_means(self) -> dict[str, float]:
-        """The epoch's mean of each loss part (one host sync), and a fresh start for the next."""
-        means = {f"train/{k}": float(v) / max(1, self.batches) for k, v in self.sums.items()}
-        self.sums, self.batches = {}, 0
-        return means
+    def write_back(self) -> None:
+        """Nothing to do: the method's model is what trains."""
 
-    def epoch_means_per_model(self) -> list[dict[str, float]]:
-        """Fused jobs: epoch_means of each job, in the group's order (one host sync)."""
-        sums = {k: (v.cpu() / max(1, self.batches)).tolist() for k, v in self.sums.items()}
-        models = len(self._first_bad)
-        self.sums, self.batches = {}, 0
-        return [{f"train/{k}": v[m] for k, v in sums.items()} for m in range(models)]
+
+@dataclass
+class Loop:
+    """The training state every hook sees: the jobs, the device, the optimiser, where training stands."""
+
+    jobs: list[LoopJob]
+    recipe: Recipe
+    device: torch.device
+    execution: Execution
+    total_steps: int
+    resume: ResumePoint | None = None
+    validation: DecodedSplit | None = None
+    extensions: list[Any] = field(default_factory=list)
+    settings: OptimizerSettings | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    learner: Any = None
+    step: int = 0  # optimiser steps taken
+    epoch: int = 0
+    batches_done: int = 0  # in the current epoch
+    batches_in_epoch: int = 0
+    epoch_started: float = 0.0
+    orders: list[np.ndarray] = field(default_factory=list)
+    stop: bool = False  # set by an extension: training ends after this step (SWAD's dead valley)
+    last_epoch: bool = False
+
+    # -- what extensions read ----------------------------------------------------------------------
+    @property
+    def method(self) -> Trainable:
+        return self.jobs[0].method
+
+    @property
+    def model(self) -> torch.nn.Module | None:
+        return getattr(self.method, "model", None)
+
+    @property
+    def data(self) -> DecodedSplit:
+        return self.jobs[0].data
+
+    @property
+    def log(self) -> RunLog:
+        return self.jobs[0].log
+
+    def alive(self) -> list[bool]:
+        return [job.error is None for job in self.jobs]
+
+    def all_alive(self) -> bool:
+        return all(self.alive())
+
+    def fail(self, k: int, error: BaseException) -> None:
+        """Job k stops here with `error`; the others of its group go on."""
+        if self.jobs[k].error is None:
+            self.jobs[k].error = error
+
+    def epoch_order(self) -> torch.Tensor:
+        return torch.from_numpy(np.stack(self.orders))
+
+    def step_loss_parts(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One job's loss on `batch` (the method's, with every extension's term) and its parts."""
+        with self.execution.autocast():
+            loss, parts = self.method.training_step(batch)
+            for ext in self.extensions:
+                loss = ext.loss(self, batch, loss, parts)
+        return loss, parts
+
+    def step_loss(self, batch: Batch) -> torch.Tensor:
+        return self.step_loss_parts(batch)[0]
+
+    def batch(self, job: LoopJob, index: np.ndarray, x: torch.Tensor, flips: torch.Tensor | None,
+              labels: np.ndarray | None = None) -> Batch:
+        domains = None if job.data.domains is None else to_device_batch(job.data.domains[index], self.device)
+        labels = job.labels if labels is None else labels
+        return job.method.with_extras(Batch(self.execution.layout(x), to_device_batch(labels[index], self.device),
+                                            index, flips, domains))
+
+    def fresh_batches(self, count: int):
+        """`count` more training batches of the first job (new epochs drawn as needed, the split's
+        own labels), with the step's extras: for statistics re-estimated after training."""
+        job, drawn = self.jobs[0], 0
+        while True:
+            order = np.fromiter(epoch_sampler(job.data.labels, job.recipe, job.gen, job.data.domains), dtype=np.int64)
+            for index, x, flips in epoch_batches(job.method, job.data, order, job.recipe, self.device, job.gen,
+                                                 job.aug_gen):
+                if drawn == count:
+                    return
+                drawn += 1
+                yield self.batch(job, index, x, flips, labels=np.asarray(job.data.labels))
+
+    def resume_state(self, in_epoch: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What the next try needs to go on after this epoch (or, `in_epoch`, after the batches of
+        the current one it says are done): every job's method and stream, the optimiser, the
+        global generators and each extension's state by name."""
+        self.learner.write_back()  # fused: each job's weights into its method, whose training_state holds them
+        return {"epoch": self.epoch if in_epoch is None else self.epoch - 1, "step": self.step,
+                "jobs": [{"method": job.method.training_state(), "order_rng": job.gen.get_state(),
+                          "augment_rng": job.aug_gen.get_state(), "labels": torch.from_numpy(job.labels.copy())}
+                         for job in self.jobs],
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "global_rng": random_state(),
+                "extensions": {ext.name: state for ext in self.extensions if (state := ext.state_dict()) is not None},
+                **({"in_epoch": in_epoch} if in_epoch is not None else {})}
+
+    def hook(self, name: str, *args: Any) -> list[Any]:
+        return [getattr(ext, name)(self, *args) for ext in self.extensions]
 
 
 def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
-        epoch_end: EpochEnd | None = None, resume: EpochCheckpoint | None = None,
+        epoch_end: EpochEnd | None = None, resume: ResumePoint | None = None,
         validation: DecodedSplit | None = None) -> None:
     """Train `method` on `data` for `recipe.epochs` epochs, calling `epoch_end(epoch)` after every
     `recipe.eval_every`-th epoch and after the last (the runner evaluates there). With `resume`,
-    the state after each epoch but the last is saved there, and training goes on from the epoch
-    after the one an earlier try saved (benchmark.training.resume). `validation`: the source's
-    validation split, which SWAD (recipe.swad) reads its loss on; SWAD may end training early,
-    and the model evaluated after the last epoch is then its average."""
-    seed_everything(recipe.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = recipe.cudnn_benchmark  # process-wide: jobs in a process run one by one
-    execution = Execution.from_recipe(device, recipe)
-    method.build(device, recipe.input_size, execution, recipe.seed)
-    train_labels = np.array(data.labels)  # a private copy: methods may relabel, the cache never changes
+    the loop's state is saved there, and training goes on from where an earlier try saved it
+    (benchmark.training.resume). `validation`: the source's validation split (SWAD reads its loss
+    there). Raises what stopped the job (TrainingDiverged, an evaluation's error)."""
     if recipe.data_path == "per_sample":
         check_per_sample(data, method.augment_spec, method.name)
-    settings = method.optimizer_settings()
-    model = getattr(method, "model", None)
-    finetune.enable_checkpointing(model, recipe)
-    mixstyle.insert(model, recipe.mixstyle, recipe.mixstyle_p, recipe.mixstyle_alpha)
-    total_steps = math.ceil((recipe.samples_per_epoch or len(data)) / recipe.batch_size) * recipe.epochs
-    optimizer, scheduler = optimizer_for(method.param_groups(), settings, recipe, device, model, total_steps)
-    per_step = steps_per_step(recipe, settings)
-    sam = SharpnessAware(optimizer, recipe.sam_rho, recipe.sam_adaptive) if recipe.sam_rho else None
-    swad = None
-    if recipe.swad:
-        if validation is None:
-            raise BenchmarkError(f"{method.name}: recipe.swad finds its averaging window on the source's validation "
-                                 "split, and this job has none: set recipe.val_fraction (e.g. 0.2, upstream's hold-out)")
-        swad = Swad(model, recipe.swad_eval_steps, LossValley(recipe.swad_n_converge, recipe.swad_n_tolerance,
-                                                              recipe.swad_tolerance_ratio, recipe.swad_quirks))
-    gen = torch.Generator(device="cpu").manual_seed(recipe.seed)
-    aug_gen = torch.Generator(device=device).manual_seed(recipe.seed + 1)
-    resident = resident_split(data, recipe, device)
-    bar = None
-    if recipe.progress:
-        from tqdm import tqdm
+    job = LoopJob(method, data, recipe, log, epoch_end)
+    run_loop([job], recipe, device, SingleModel, resume=resume, validation=validation,
+             execution=Execution.from_recipe(device, recipe))
+    if job.error is not None:
+        raise job.error
 
-        bar = tqdm(total=total_steps, desc=f"{method.name} on {data.dataset}", unit="step", leave=False)
-    monitor = StepMonitor(device)
-    step, first_epoch, in_epoch = 0, 1, None
-    mid_epoch = resume is not None and resume.mid_epoch_s is not None and recipe.data_path != "per_sample"
-    if resume is not None and resume.state is not None:
-        saved = resume.state
-        in_epoch = resume.in_epoch
-        method.load_training_state(saved["method"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        gen.set_state(saved["order_rng"])
-        aug_gen.set_state(saved["augment_rng"])
+
+def run_loop(jobs: list[LoopJob], recipe: Recipe, device: torch.device, learner: Callable[[Loop], Any], *,
+             execution: Execution, resume: ResumePoint | None = None,
+             validation: DecodedSplit | None = None) -> list[BaseException | None]:
+    """Train `jobs` (one, or a fused group sharing `recipe` but the seed) with `learner`; each
+    job's error or None. A job whose loss diverged or whose evaluation failed stops alone."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = recipe.cudnn_benchmark  # process-wide: jobs in a process run one by one
+    for job in jobs:
+        seed_everything(job.recipe.seed)  # each model initialised exactly as its job alone
+        job.method.build(device, job.recipe.input_size, execution, job.recipe.seed)
+        job.labels = np.array(job.data.labels)
+        job.gen = torch.Generator(device="cpu").manual_seed(job.recipe.seed)
+        job.aug_gen = torch.Generator(device=device).manual_seed(job.recipe.seed + 1)
+        job.resident = resident_split(job.data, job.recipe, device)
+    batches_per_epoch = math.ceil((recipe.samples_per_epoch or len(jobs[0].data)) / recipe.batch_size)
+    loop = Loop(jobs, recipe, device, execution, batches_per_epoch * recipe.epochs, resume, validation)
+    loop.extensions = [cls(recipe) for cls in recipe.extensions()]
+    if len(jobs) > 1:
+        alone = [ext.name for ext in loop.extensions if not ext.fuses]
+        if alone:
+            raise BenchmarkError(f"fused jobs cannot wear {', '.join(alone)}: its jobs train alone")
+    try:
+        _train(loop, learner)
+    finally:
+        loop.hook("close")
+    return [job.error for job in jobs]
+
+
+def _train(loop: Loop, make_learner: Callable[[Loop], Any]) -> None:
+    jobs, recipe = loop.jobs, loop.recipe
+    loop.hook("setup")
+    saved = loop.resume.state if loop.resume is not None else None
+    if saved is not None:  # each job's modules and draws, before a fused group stacks them
+        for job, state in zip(jobs, saved["jobs"]):
+            job.method.load_training_state(state["method"])
+            job.gen.set_state(state["order_rng"])
+            job.aug_gen.set_state(state["augment_rng"])
+            job.labels[:] = state["labels"].numpy()
+    loop.learner = make_learner(loop)
+    settings = loop.method.optimizer_settings()
+    for ext in loop.extensions:
+        settings = ext.optimizer_settings(loop, settings)
+    loop.settings = settings
+    groups = loop.learner.param_groups()
+    for ext in loop.extensions:
+        groups = ext.param_groups(loop, groups)
+    loop.optimizer, loop.scheduler = optimizer_for(groups, settings, recipe.adam_impl, loop.device, recipe.epochs,
+                                                   loop.total_steps)
+    per_step = steps_per_step(settings)
+    first_epoch, in_epoch = 1, None
+    if saved is not None:
+        loop.optimizer.load_state_dict(saved["optimizer"])
+        loop.scheduler.load_state_dict(saved["scheduler"])
         set_random_state(saved["global_rng"])
-        train_labels[:] = saved["train_labels"].numpy()
-        step, first_epoch = int(saved["step"]), int(saved["epoch"]) + 1
-        if swad is not None:
-            swad.load_state_dict(saved["swad"])
-        if bar is not None:
-            bar.update(step)
-
-    def state(epoch_done: int) -> dict[str, Any]:
-        """What the next try needs to go on after epoch `epoch_done` (and the batches of the next
-        that `in_epoch`, when written inside it, says are done)."""
-        return {"epoch": epoch_done, "step": step, "method": method.training_state(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "order_rng": gen.get_state(), "augment_rng": aug_gen.get_state(),
-                "global_rng": random_state(), "train_labels": torch.from_numpy(train_labels.copy()),
-                **({"swad": swad.state_dict()} if swad is not None else {})}
-
-    stopped = False  # SWAD's loss valley ended before the last epoch
+        loop.step, first_epoch, in_epoch = int(saved["step"]), int(saved["epoch"]) + 1, saved.get("in_epoch")
+        for ext in loop.extensions:
+            if ext.name in saved["extensions"]:
+                ext.load_state_dict(saved["extensions"][ext.name])
+    loop.hook("start")
     for epoch in range(first_epoch, recipe.epochs + 1):
-        method.train_mode(True)
-        start = time.perf_counter()
+        loop.epoch = epoch
+        for job in jobs:
+            job.method.train_mode(True)
+        loop.hook("epoch_start")
+        loop.epoch_started = time.perf_counter()
         if in_epoch is not None:  # written inside this epoch: its order, and the batches done skipped
-            order, done = in_epoch["order"].numpy(), int(in_epoch["batches"])
-            monitor.load_state_dict(in_epoch["losses"])
-            start -= float(in_epoch["seconds"])
+            loop.orders = list(in_epoch["order"].numpy())
+            loop.batches_done = int(in_epoch["batches"])
+            loop.epoch_started -= float(in_epoch["seconds"])
             in_epoch = None
         else:
-            order = np.fromiter(epoch_sampler(data.labels, recipe, gen, data.domains), dtype=np.int64)
-            done = 0
-        batches = math.ceil(len(order) / recipe.batch_size)
-        for index, x, flips in epoch_batches(method, data, order[done * recipe.batch_size:], recipe, device, gen,
-                                             aug_gen, resident):
-            domains = None if data.domains is None else to_device_batch(data.domains[index], device)
-            batch = method.with_extras(Batch(execution.layout(x), to_device_batch(train_labels[index], device), index,
-                                             flips, domains))
-            with execution.autocast():
-                loss, parts = method.training_step(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if sam is not None:  # the second pass at w + e; the step below uses its gradient at w
-                sam.ascend()
-                with running_stats_frozen(model), execution.autocast():
-                    method.training_step(batch)[0].backward()
-                sam.descend()
-            finetune.clip_gradients(optimizer, recipe.grad_clip_norm or settings.grad_clip_norm)
-            optimizer.step()
+            loop.orders = [np.fromiter(epoch_sampler(job.data.labels, job.recipe, job.gen, job.data.domains),
+                                       dtype=np.int64) for job in jobs]
+            loop.batches_done = 0
+        loop.batches_in_epoch = math.ceil(len(loop.orders[0]) / recipe.batch_size)
+        skip = loop.batches_done * recipe.batch_size
+        streams = [epoch_batches(job.method, job.data, order[skip:], job.recipe, loop.device, job.gen, job.aug_gen,
+                                 job.resident) for job, order in zip(jobs, loop.orders)]
+        for step_batches in zip(*streams):
+            batches = [loop.batch(job, index, x, flips) for job, (index, x, flips) in zip(jobs, step_batches)]
+            for ext in loop.extensions:
+                batches = [ext.transform_batch(loop, batch) for batch in batches]
+            losses, parts, objective = loop.learner.step(batches)
+            loop.optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            loop.hook("after_backward", batches[0])
+            clip_gradients(loop.optimizer, settings.grad_clip_norm)
+            loop.optimizer.step()
             if per_step:
-                scheduler.step()
-            change = method.after_step(batch, epoch)
-            if change is not None:
-                train_labels[change.rows] = change.labels
-            monitor.add(step, loss, parts)
+                loop.scheduler.step()
+            for job, batch in zip(jobs, batches):
+                change = job.method.after_step(batch, epoch)
+                if change is not None:
+                    job.labels[change.rows] = change.labels
             interrupt.check()  # a Ctrl-C swallowed by a garbage-collection callback stops the job here
-            if swad is not None:
-                swad.after_step(step)
-                if swad.due(step):
-                    stopped = swad.end_segment(step, validation_loss(method, validation))
-            step += 1
-            if step % recipe.sync_every == 0:
-                monitor.check(method.name, epoch)
-                if bar is not None:
-                    bar.set_postfix(epoch=epoch, loss=f"{monitor.mean_loss():.3f}")
-            if bar is not None:
-                bar.update(1)
-            if stopped:
+            loop.step += 1
+            loop.batches_done += 1
+            loop.hook("after_step", batches[0], losses, parts)
+            if loop.stop or not any(loop.alive()):
                 break
-            done += 1
-            if mid_epoch and done < batches and resume.due_in_epoch():
-                resume.save({**state(epoch - 1), "in_epoch": {
-                    "batches": done, "of": batches, "order": torch.from_numpy(order), "losses": monitor.state_dict(),
-                    "seconds": time.perf_counter() - start}})
-        monitor.check(method.name, epoch)
-        metrics = monitor.epoch_means()
-        metrics["lr"] = optimizer.param_groups[0]["lr"]
-        metrics["train/epoch_seconds"] = time.perf_counter() - start
-        metrics.update(method.epoch_metrics())
-        if not per_step:
-            scheduler.step()
-        last = epoch == recipe.epochs or stopped
-        if swad is not None and last:
-            metrics.update(_swad_model(swad, method, data, validation, recipe, execution, device, gen, aug_gen,
-                                       step, stopped, log))
-        log.metrics(metrics, step=epoch)
-        if epoch_end is not None and (evaluates_after(epoch, recipe) or stopped):
-            epoch_end(epoch)
-        if resume is not None and not last and resume.due():
-            resume.save(state(epoch))
-        if stopped:
+        if not any(loop.alive()):
+            return
+        _end_epoch(loop, per_step)
+        if loop.stop or not any(loop.alive()):
             break
-    if bar is not None:
-        bar.close()
+    loop.learner.write_back()
 
 
-def validation_loss(method: Trainable, validation: DecodedSplit) -> float:
-    """Mean cross-entropy of the model's probabilities on the validation split (SWAD's signal)."""
-    from sklearn.metrics import log_loss
-
-    probs = method.predict(validation)
-    return float(log_loss(validation.labels, probs, labels=list(range(probs.shape[1]))))
-
-
-def _swad_model(swad: Swad, method: Trainable, data: DecodedSplit, validation: DecodedSplit, recipe: Recipe,
-                execution: Execution, device: torch.device, gen: torch.Generator, aug_gen: torch.Generator,
-                step: int, stopped: bool, log: RunLog) -> dict[str, float]:
-    """Put SWAD's averaged weights into the method's model at the end of training: the segment
-    still open closes first (its loss taken now), BatchNorm statistics are recomputed when
-    `recipe.swad_bn_batches` asks; the summary metrics, and a figure of the valley."""
-    if not stopped and swad.segment.n_averaged:
-        swad.end_segment(step - 1, validation_loss(method, validation))
-    final = swad.apply()
-    if recipe.swad_bn_batches:
-        def batches():
-            drawn = 0
-            while True:
-                order = np.fromiter(epoch_sampler(data.labels, recipe, gen, data.domains), dtype=np.int64)
-                for index, x, flips in epoch_batches(method, data, order, recipe, device, gen, aug_gen):
-                    if drawn == recipe.swad_bn_batches:
-                        return
-                    drawn += 1
-                    yield Batch(execution.layout(x), to_device_batch(data.labels[index], device), index, flips,
-                                None if data.domains is None else to_device_batch(data.domains[index], device))
-
-        def forward(batch: Batch) -> None:
-            with execution.autocast():
-                method.training_step(method.with_extras(batch))
-
-        recompute_bn(swad.model, batches(), forward)
-    summary = swad.summary(final)
-    log.figure("swad_valley.png", valley_figure(swad.trace, swad.valley, final))
-    return summary
+def _end_epoch(loop: Loop, per_step: bool) -> None:
+    """Log each job's epoch, evaluate it when due, then the extensions' epoch-end hooks."""
+    jobs, recipe, epoch = loop.jobs, loop.recipe, loop.epoch
+    per_job: list[dict[str, float]] = [{} for _ in jobs]
+    for values in loop.hook("epoch_metrics"):
+        for k, mine in enumerate(values if isinstance(values, list) else [values] * len(jobs)):
+            per_job[k].update(mine)
+    lr = loop.optimizer.param_groups[0]["lr"]
+    seconds = time.perf_counter() - loop.epoch_started  # a fused group's: the K jobs' epochs ran as one
+    if not per_step:
+        loop.scheduler.step()
+    loop.last_epoch = epoch == recipe.epochs or loop.stop
+    final: dict[str, float] = {}
+    if loop.last_epoch:
+        loop.learner.write_back()
+        for values in loop.hook("finish"):
+            final.update(values)
+    for job, values in zip(jobs, per_job):
+        if job.error is None:
+            job.log.metrics({**values, "lr": lr, "train/epoch_seconds": seconds, **job.method.epoch_metrics(), **final},
+                            step=epoch)
+    if evaluates_after(epoch, recipe) or loop.stop:
+        loop.learner.write_back()
+        for k, job in enumerate(jobs):
+            if job.error is None and job.epoch_end is not None:
+                try:
+                    job.epoch_end(epoch)
+                except Exception as exc:  # noqa: BLE001 - this job's evaluation failed; the others go on
+                    loop.fail(k, exc)
+    loop.hook("after_epoch")
 
 
 def evaluates_after(epoch: int, recipe: Recipe) -> bool:
     """Whether the model is evaluated after `epoch`: every `recipe.eval_every` epochs (0: never
     in between) and always after the last."""
     return epoch == recipe.epochs or (recipe.eval_every > 0 and epoch % recipe.eval_every == 0)
+
 
 
 @torch.no_grad()

@@ -21,13 +21,15 @@ Defaults p = 0.5, alpha = 0.1, eps = 1e-6; a single source, so only random mixin
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from ...core.errors import BenchmarkError
 from ...models.backbone import Backbone
-from ..recipe import mixstyle_stages
+from .base import TrainingExtension, check, is_off, register_extension
 
 
 class MixStyle(nn.Module):
@@ -67,3 +69,55 @@ def insert(model: nn.Module | None, stages_text: str, p: float, alpha: float) ->
         backbone.mixstyle = MixStyle(p, alpha)
         for k in stages:
             modules[k - 1].register_forward_hook(lambda module, inputs, output, ms=backbone.mixstyle: ms(output))
+
+
+def mixstyle_stages(text: str) -> list[int]:
+    """`recipe.mixstyle` ("1,2,3") as stage numbers; an error names what it expected."""
+    try:
+        stages = [int(part) for part in text.split(",")]
+    except ValueError:
+        stages = []
+    if not stages or sorted(set(stages)) != stages or stages[0] < 1:
+        raise BenchmarkError(f"recipe.mixstyle = {text!r}: expected stage numbers in increasing order, e.g. "
+                             "\"1,2,3\" (after ResNet's layer1, layer2, layer3) or \"1,2\"")
+    return stages
+
+
+@register_extension
+class MixStyleExtension(TrainingExtension):
+    name = "mixstyle"
+    fuses = False  # hooks on one model's modules
+    order = 40
+
+    @dataclass(frozen=True)
+    class Options:
+        mixstyle: str = ""  # MixStyle after these stages past the stem, e.g. "1,2,3" (ResNet's layer1-3); "" off
+        mixstyle_p: float = 0.5
+        mixstyle_alpha: float = 0.1
+
+    @classmethod
+    def validate(cls, recipe: Any) -> None:
+        if recipe.mixstyle:
+            mixstyle_stages(recipe.mixstyle)
+        check(0 <= recipe.mixstyle_p <= 1 and recipe.mixstyle_alpha > 0,
+              f"recipe.mixstyle_p = {recipe.mixstyle_p}, mixstyle_alpha = {recipe.mixstyle_alpha}: p must be in [0, 1] "
+              "and alpha positive")
+
+    @classmethod
+    def is_active(cls, recipe: Any) -> bool:
+        return bool(recipe.mixstyle)
+
+    @classmethod
+    def label(cls, values: Mapping[str, Any]) -> str:
+        return "" if is_off(values.get("mixstyle", "")) else "mixstyle"
+
+    @classmethod
+    def refuse(cls, recipe: Any, job: Any) -> str | None:
+        if not job.trained_by_loop:
+            return f"method {job.method} is not trained by the shared loop"
+        if job.backbone_feature_maps is False:
+            return f"backbone {job.backbone_id} is a transformer; MixStyle mixes CNN feature maps between stages"
+        return None
+
+    def setup(self, loop: Any) -> None:
+        insert(loop.model, self.recipe.mixstyle, self.recipe.mixstyle_p, self.recipe.mixstyle_alpha)

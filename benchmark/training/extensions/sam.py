@@ -20,10 +20,13 @@ Recipe: `sam_rho` (0: off; the paper's usual 0.05; ASAM wants about ten times mo
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
+
+from .base import TrainingExtension, check, is_off, register_extension
 
 
 class SharpnessAware:
@@ -72,3 +75,46 @@ def running_stats_frozen(model: nn.Module | None) -> Iterator[None]:
     finally:
         for m, momentum in zip(norms, saved):
             m.momentum = momentum
+
+
+@register_extension
+class Sam(TrainingExtension):
+    """SAM / ASAM around the method's optimiser: the second pass after the first backward."""
+
+    name = "sam"
+    fuses = False  # the ascent is one model's global gradient norm
+    order = 30
+
+    @dataclass(frozen=True)
+    class Options:
+        sam_rho: float = 0.0  # SAM's neighbourhood radius (0: off; 0.05 the usual; ASAM about 10x that)
+        sam_adaptive: bool = False  # ASAM: the perturbation scaled by |w|
+
+    @classmethod
+    def validate(cls, recipe: Any) -> None:
+        check(recipe.sam_rho >= 0 and (recipe.sam_rho or not recipe.sam_adaptive),
+              f"recipe.sam_rho = {recipe.sam_rho}; must be 0 (off) or positive, and positive for recipe.sam_adaptive")
+
+    @classmethod
+    def is_active(cls, recipe: Any) -> bool:
+        return recipe.sam_rho > 0
+
+    @classmethod
+    def label(cls, values: Mapping[str, Any]) -> str:
+        if is_off(values.get("sam_rho", "")):
+            return ""
+        return "sam" if is_off(values.get("sam_adaptive", "")) else "asam"
+
+    @classmethod
+    def refuse(cls, recipe: Any, job: Any) -> str | None:
+        return None if job.trained_by_loop else f"method {job.method} is not trained by the shared loop"
+
+    def start(self, loop: Any) -> None:
+        self.sam = SharpnessAware(loop.optimizer, self.recipe.sam_rho, self.recipe.sam_adaptive)
+
+    def after_backward(self, loop: Any, batch: Any) -> None:
+        """The second pass at w + e; the step that follows uses its gradient at w."""
+        self.sam.ascend()
+        with running_stats_frozen(loop.model):
+            loop.step_loss(batch).backward()
+        self.sam.descend()

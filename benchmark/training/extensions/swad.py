@@ -16,10 +16,18 @@ fresh segment starts. LossValley watches those losses through two FIFO windows, 
 - at the end: the newest segments of Qs join while the smallest remaining loss is at or below tau.
   Never converged: the last segment's average is the model.
 
-Each addition is an equal-weight running mean of segment means. Only parameters are averaged:
-BatchNorm running statistics are those of the copy the average was made from (upstream's default,
-where BN is frozen); `swad_bn_batches` > 0 recomputes them on that many training batches, as
-upstream's `update_bn` does when BN trains.
+Each addition is an equal-weight running mean of segment means. Only parameters are averaged.
+
+BatchNorm (`swad_bn`), as upstream: "freeze" (its default `freeze_bn`) keeps every BatchNorm in
+evaluation mode while training (running statistics frozen, normalising with them; the affine
+parameters train), so the average's statistics are the frozen ones; "recompute" trains BatchNorm
+as the method does and, once averaged, re-estimates the statistics on `swad_bn_batches` (500)
+training batches (upstream's `update_bn`).
+
+Upstream rounds its number of steps to a multiple of the evaluation interval plus one, so that
+the last step is an evaluation and no partial segment is ever averaged: here training stops
+after the last step that ends a segment, ⌊(T - 1) / f⌋·f (0-based) of the T the recipe plans,
+and the steps after it are not taken.
 
 Upstream's rule has quirks, kept by default (`swad_quirks = True`) and switched off for the clean
 rule (every segment from the valley's start to its end counted once):
@@ -35,11 +43,15 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
+
+from .base import TrainingExtension, check, is_off, register_extension
+
+BN_MODES = ("freeze", "recompute")
 
 
 @dataclass
@@ -241,9 +253,12 @@ class Swad:
         self.segment.update(self._params(), step=step)
 
     def due(self, step: int) -> bool:
-        """Upstream evaluates at steps 0, f, 2f, ... and its step count ends on one; here the loop
-        also ends the segment still open after the last step (trainer._swad_model)."""
+        """Upstream evaluates at steps 0, f, 2f, ... and its step count ends on one."""
         return step % self.eval_steps == 0
+
+    def last_step(self, total_steps: int) -> int:
+        """The last step (0-based) of `total_steps` that ends a segment: training stops there."""
+        return (total_steps - 1) // self.eval_steps * self.eval_steps
 
     def end_segment(self, step: int, loss: float) -> bool:
         self.trace.append((step, loss))
@@ -328,3 +343,114 @@ def valley_figure(trace: list[tuple[int, float]], valley: LossValley, final: Ave
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def batch_norms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def validation_loss(method: Any, validation: Any) -> float:
+    """Mean cross-entropy of the model's probabilities on the validation split (SWAD's signal)."""
+    from sklearn.metrics import log_loss
+
+    probs = method.predict(validation)
+    return float(log_loss(validation.labels, probs, labels=list(range(probs.shape[1]))))
+
+
+@register_extension
+class SwadExtension(TrainingExtension):
+    """SWAD around the loop: segments after every step, the valley on the source's validation loss,
+    the averaged model put in place at the end."""
+
+    name = "swad"
+    fuses = False  # one model's weights averaged, its validation loss read on the host
+    order = 20
+
+    @dataclass(frozen=True)
+    class Options:
+        swad: bool = False
+        swad_eval_steps: int = 100
+        swad_n_converge: int = 3
+        swad_n_tolerance: int = 6
+        swad_tolerance_ratio: float = 0.3
+        swad_bn: str = "freeze"  # "freeze" (upstream's freeze_bn) or "recompute" (update_bn after averaging)
+        swad_bn_batches: int = 500  # "recompute": training batches the statistics are re-estimated on
+        swad_quirks: bool = True
+
+    @classmethod
+    def validate(cls, recipe: Any) -> None:
+        check(min(recipe.swad_eval_steps, recipe.swad_n_converge, recipe.swad_n_tolerance) >= 1,
+              f"recipe.swad_eval_steps = {recipe.swad_eval_steps}, swad_n_converge = {recipe.swad_n_converge}, "
+              f"swad_n_tolerance = {recipe.swad_n_tolerance}: each must be 1 or more")
+        check(recipe.swad_tolerance_ratio >= 0, f"recipe.swad_tolerance_ratio = {recipe.swad_tolerance_ratio}; must be 0 or more")
+        check(recipe.swad_bn in BN_MODES, f"recipe.swad_bn = {recipe.swad_bn!r}; expected one of {', '.join(BN_MODES)}")
+        check(recipe.swad_bn_batches >= 1, f"recipe.swad_bn_batches = {recipe.swad_bn_batches}; must be 1 or more")
+
+    @classmethod
+    def is_active(cls, recipe: Any) -> bool:
+        return recipe.swad
+
+    @classmethod
+    def identity(cls, recipe: Any) -> dict[str, Any]:
+        """Its changed options, and while on, always its BatchNorm mode: SWAD jobs hashed before
+        BatchNorm and the last segment followed upstream computed something else."""
+        out = super().identity(recipe)
+        if recipe.swad:
+            out["swad_bn"] = recipe.swad_bn
+        return out
+
+    @classmethod
+    def label(cls, values: Mapping[str, Any]) -> str:
+        return "" if is_off(values.get("swad", "")) else "swad"
+
+    @classmethod
+    def refuse(cls, recipe: Any, job: Any) -> str | None:
+        if not job.trained_by_loop:
+            return f"method {job.method} is not trained by the shared loop"
+        if not job.has_validation:
+            return (f"{job.method} has no validation split to find SWAD's loss valley on; set recipe.val_fraction "
+                    "(e.g. 0.2, upstream's hold-out)")
+        return None
+
+    def setup(self, loop: Any) -> None:
+        if loop.validation is None:
+            raise self.refused(loop)
+        r = self.recipe
+        self.swad = Swad(loop.model, r.swad_eval_steps, LossValley(r.swad_n_converge, r.swad_n_tolerance,
+                                                                   r.swad_tolerance_ratio, r.swad_quirks))
+        self.last = self.swad.last_step(loop.total_steps)
+
+    def refused(self, loop: Any) -> Exception:
+        from ...core.errors import BenchmarkError
+
+        return BenchmarkError(f"{loop.method.name}: recipe.swad finds its averaging window on the source's validation "
+                              "split, and this job has none: set recipe.val_fraction (e.g. 0.2, upstream's hold-out)")
+
+    def _freeze(self, loop: Any) -> None:
+        if self.recipe.swad_bn == "freeze":
+            for module in batch_norms(loop.model):
+                module.eval()
+
+    def epoch_start(self, loop: Any) -> None:
+        self._freeze(loop)
+
+    def after_step(self, loop: Any, batch: Any, losses: Any, parts: Any) -> None:
+        step = loop.step - 1  # the 0-based index of the step just taken
+        self.swad.after_step(step)
+        if self.swad.due(step):
+            dead = self.swad.end_segment(step, validation_loss(loop.method, loop.validation))
+            self._freeze(loop)  # evaluating put the model back in training mode
+            loop.stop = loop.stop or dead or step >= self.last
+
+    def finish(self, loop: Any) -> dict[str, float]:
+        final = self.swad.apply()
+        if self.recipe.swad_bn == "recompute":
+            recompute_bn(self.swad.model, loop.fresh_batches(self.recipe.swad_bn_batches), loop.step_loss)
+        loop.log.figure("swad_valley.png", valley_figure(self.swad.trace, self.swad.valley, final))
+        return self.swad.summary(final)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.swad.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.swad.load_state_dict(state)

@@ -1,1 +1,0 @@
-"""Domain-generalization training recipes any method can wear, one file each: SAM, MixStyle."""
