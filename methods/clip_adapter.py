@@ -67,6 +67,7 @@ class Adapter(nn.Module):
 class ClipAdapter(TrainedMethod):
     Hparams = ClipAdapterHparams
     training_logits = True
+    clip_fp32 = True  # upstream's build_model calls clip_model.float()
     needs_encoder = True
     needs_text_tower = True
     augment_spec = FLIP_ONLY

@@ -103,6 +103,7 @@ def warm_started_probe(train_x, train_y, val_x, val_y, num: int, max_iter: int, 
 class LpFt(TrainedMethod):
     Hparams = LpFtHparams
     training_logits = True
+    clip_fp32 = True  # upstream casts CLIP's tower to fp32
 
     def __init__(self, hparams, components, name=""):
         super().__init__(hparams, components, name)

@@ -92,6 +92,7 @@ def merge(zero_shot: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor]
 class WiseFt(TrainedMethod):
     Hparams = WiseFtHparams
     training_logits = True
+    clip_fp32 = True  # upstream casts CLIP's tower to fp32
     needs_encoder = True
     needs_text_tower = True
     augment_spec = NO_AUGMENT

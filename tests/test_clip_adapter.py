@@ -124,3 +124,29 @@ def test_training_images_are_cropped_resized_bicubic_and_clip_normalised(compone
     batch = Batch(imagenet_normalize(torch.rand(2, 3, 32, 32)), torch.tensor([0, 1]), np.array([0, 1]))
     loss, parts = built(components).training_step(batch)
     assert torch.isfinite(loss) and "ce" in parts
+
+
+def test_each_clip_method_runs_clip_in_its_authors_dtype_under_auto_on_cuda():
+    """precision = "auto" is each authors' arithmetic: CLIP in fp16 on CUDA (the OpenAI package's
+    default: CAFE, CoOp, Tip-Adapter) except where the released code casts it to fp32
+    (CLIP-Adapter, WiSE-FT, LP-FT); "bf16" and "fp32" are the same for every method."""
+    import types
+
+    from benchmark.training.execution import Execution
+    from benchmark.training.method import Components
+    from benchmark.training.plugins import load_plugins
+
+    registry = load_plugins()
+    cuda = torch.device("cuda")
+    encoder = types.SimpleNamespace(is_clip=True)
+    expected_fp32 = {"clip_adapter", "wise_ft", "lp_ft"}
+    for name in ("cafe", "clip_ft", "coop", "tip_adapter", "tip_adapter_f", "clip_probe", "clip_zeroshot",
+                 "cafe_classmask", *expected_fp32):
+        method = registry.get(name).cls.__new__(registry.get(name).cls)
+        method.components = Components(encoder=encoder)
+        for precision, dtype in (("auto", torch.float32 if name in expected_fp32 else torch.float16),
+                                 ("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            method.execution = Execution.resolve(cuda, precision)
+            assert method.encoder_dtype() == dtype, (name, precision)
+        method.execution = Execution.resolve(torch.device("cpu"), "auto")
+        assert method.encoder_dtype() == torch.float32, name  # on the CPU, fp32 for all

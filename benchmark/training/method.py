@@ -184,6 +184,9 @@ class Method(abc.ABC):
     # Whether it reads CLIP's text tower (zero-shot heads, prompts): with an encoder that has none
     # its jobs are not applicable, and a grid skips them before any work (jobs.plan.not_applicable).
     needs_text_tower: ClassVar[bool] = False
+    # Under precision "auto", the frozen CLIP runs in fp16 on CUDA (the paper's code); a method
+    # whose authors cast CLIP to fp32 (CLIP-Adapter's build_model) sets this to keep to theirs.
+    clip_fp32: ClassVar[bool] = False
 
     def __init__(self, hparams: Any, components: Components, name: str = ""):
         self.hparams = hparams
@@ -198,10 +201,16 @@ class Method(abc.ABC):
         self.device = device
         self.execution = execution or Execution.resolve(device)
 
+    def encoder_dtype(self) -> torch.dtype:
+        """The frozen encoder's dtype: the execution's (CLIP in fp16 on CUDA under "auto"), but
+        fp32 under "auto" for a method whose authors' code casts CLIP to fp32 (`clip_fp32`)."""
+        if self.clip_fp32 and self.execution.precision == "auto":
+            return torch.float32
+        return self.execution.encoder_dtype_for(self.components.encoder.is_clip)
+
     def placed_encoder(self) -> FrozenEncoder:
-        """The frozen encoder on this method's device, in the dtype its execution asks for."""
-        encoder = self.components.encoder
-        return encoder.to_device(self.execution.device, self.execution.encoder_dtype_for(encoder.is_clip))
+        """The frozen encoder on this method's device, in `encoder_dtype()`."""
+        return self.components.encoder.to_device(self.execution.device, self.encoder_dtype())
 
     @abc.abstractmethod
     def fit(self, train_data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,
