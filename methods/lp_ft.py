@@ -111,7 +111,7 @@ class LpFt(TrainedMethod):
 
     @property
     def clip_backbone(self) -> bool:
-        return self.components.backbone.name.startswith("openclip:")
+        return self.components.backbone.family == "openclip"
 
     @property
     def augment_spec(self) -> AugmentSpec:

@@ -246,3 +246,17 @@ def test_unknown_names_fail_fast_naming_close_ones(spec, close):
     with pytest.raises(BenchmarkError, match=close):
         backbone_weights_digest(spec)
     assert time.time() - start < 1
+
+
+def test_a_family_name_is_never_read_as_a_backbone():
+    """`--backbones timm:resnet18` once read as torchvision backbone "timm" with weights "resnet18";
+    the error now says what was understood and the spelling to use."""
+    from benchmark.jobs.protocol import ProtocolError, load_protocol
+    from benchmark.models.specs import BackboneSpec, backbone_families
+
+    assert {"torchvision", "timm", "openclip"} <= set(backbone_families())
+    for item in ("timm:resnet18", "openclip:ViT-B-32"):
+        with pytest.raises(ProtocolError, match=f"reads as the family '{item.split(':')[0]}'.*e.g. {item}:none"):
+            load_protocol("synth5", {"backbones": f'["{item}"]'})
+    assert BackboneSpec("timm:resnet18", "none").family == "timm" and BackboneSpec("timm:resnet18").model_name == "resnet18"
+    assert BackboneSpec("resnet18").family == "torchvision" and BackboneSpec("resnet18").model_name == "resnet18"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..models.specs import BackboneSpec, EncoderSpec
+from ..models.specs import BackboneSpec, EncoderSpec, backbone_families
 from ..core.errors import BenchmarkError
 from .protocol_files import protocol_dir
 from ..training.recipe import Recipe
@@ -111,6 +111,10 @@ def backbone_spec(item: Any, default: BackboneSpec, where: str) -> BackboneSpec:
         if not sep or not name or not weights:
             raise ProtocolError(f"{where}: backbone {item!r}: expected NAME:WEIGHTS (e.g. resnet18:msceleb, "
                                 "timm:convnext_atto:none, openclip:ViT-B-32:openai)")
+        if name in backbone_families():  # "timm:resnet18": a family and a model, no weights
+            raise ProtocolError(f"{where}: backbone {item!r} reads as the family {name!r} with weights {weights!r}; "
+                                f"a backbone of a family is FAMILY:MODEL:WEIGHTS, e.g. {item}:none (random init; the weights each "
+                                "family takes are in docs/methods.md)")
         return BackboneSpec(name, weights, default.path if item == default.id else None)
     if isinstance(item, dict):
         return _build(BackboneSpec, item, where)

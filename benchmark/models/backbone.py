@@ -1,11 +1,6 @@
 """The backbone contract: what every trainable backbone gives a method, whatever library holds it.
 
-A trainable backbone is one of three families, each in its own file:
-
-    resnet18, resnet50, mobilenet_v2      torchvision (torchvision_backbones.py), the paper's
-    timm:<model>                          any model of timm's registry (timm_backbones.py)
-    openclip:<model>                      the image tower of an open_clip model (openclip_backbones.py)
-
+A trainable backbone comes from one of the families (benchmark.models.backbones lists them).
 Every one gives `feature_map(x)` (B, C, h, w) and `Backbone(x)`, the pooled feature (B, C),
 with `dim` = C. What the map and the pool are, per family:
 
@@ -38,9 +33,6 @@ from torch.nn import functional as F
 
 from ..core.errors import BenchmarkError
 from .specs import BackboneSpec
-
-TIMM_PREFIX = "timm:"
-OPENCLIP_PREFIX = "openclip:"
 
 
 class Backbone(nn.Module):

@@ -1,5 +1,6 @@
-"""A backbone built from its spec, whatever library holds it: the spec's name picks the family
-(benchmark.models.backbone states the contract every family keeps).
+"""A backbone built from its spec, whatever library holds it: the spec's name picks the family,
+one module `<family>_backbones.py` each, found by its file (benchmark.models.specs), none named
+here (benchmark.models.backbone states the contract every family keeps):
 
     resnet18, resnet50, mobilenet_v2      torchvision (torchvision_backbones.py), the paper's
     timm:<model>                          any model of timm's registry (timm_backbones.py)
@@ -8,22 +9,18 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backbone import OPENCLIP_PREFIX, TIMM_PREFIX, Backbone
+from .backbone import Backbone
 from .specs import BackboneSpec
 from .weights import file_digest
 
 
 def _family(spec: BackboneSpec):
-    if spec.name.startswith(TIMM_PREFIX):
-        from . import timm_backbones as family
-    elif spec.name.startswith(OPENCLIP_PREFIX):
-        from . import openclip_backbones as family
-    else:
-        from . import torchvision_backbones as family
-    return family
+    """The family module the spec's name picks (benchmark.models.specs.backbone_families)."""
+    return importlib.import_module(f"{__package__}.{spec.family}_backbones")
 
 
 def backbone_weights_file(spec: BackboneSpec) -> Path | None:
@@ -47,7 +44,7 @@ class BackboneTraits:
 
 def traits(spec: BackboneSpec) -> BackboneTraits:
     family = _family(spec)
-    return BackboneTraits(family.FAMILY, family.FEATURE_MAPS, family.GRAD_CHECKPOINTING)
+    return BackboneTraits(spec.family, family.FEATURE_MAPS, family.GRAD_CHECKPOINTING)
 
 
 def build_backbone(spec: BackboneSpec) -> Backbone:

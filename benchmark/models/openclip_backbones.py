@@ -17,21 +17,20 @@ import torch
 from torch import nn
 
 from ..core.errors import BenchmarkError
-from .backbone import OPENCLIP_PREFIX, Backbone, known_name
+from .backbone import Backbone, known_name
 from .specs import BackboneSpec
 from .weights import file_digest, load_state_dict, load_strict
 
 
 
 # What the family offers, known from a backbone's name alone (benchmark.models.backbones.traits):
-FAMILY = "openclip"
 FEATURE_MAPS: bool | None = False  # CNN feature maps between stages (None: only the built model tells)
 GRAD_CHECKPOINTING = True  # activation checkpointing (set_grad_checkpointing)
 
 def model_name(spec: BackboneSpec) -> str:
     import open_clip
 
-    name = spec.name[len(OPENCLIP_PREFIX):]
+    name = spec.model_name
     return known_name(spec, name, "open_clip", name in open_clip.list_models(), open_clip.list_models)
 
 

@@ -4,11 +4,23 @@ benchmark.models.encoders build the networks they name)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..core.errors import BenchmarkError
 
 PAPER_ENCODER = "openclip:ViT-B-32:openai"
+# A backbone family is a module `<family>_backbones.py` of this package (its weights, its build,
+# what it offers); a backbone name "<family>:<model>" picks it, a name without a family's prefix
+# the default one (the paper's torchvision ResNets).
+DEFAULT_FAMILY = "torchvision"
+
+
+@functools.cache
+def backbone_families() -> tuple[str, ...]:
+    """The families there are, from their files (no import)."""
+    return tuple(sorted(p.stem.removesuffix("_backbones") for p in Path(__file__).parent.glob("*_backbones.py")))
 
 
 @dataclass(frozen=True)
@@ -20,6 +32,17 @@ class BackboneSpec:
     @property
     def id(self) -> str:
         return f"{self.name}:{self.weights}"
+
+    @property
+    def family(self) -> str:
+        """The family its name picks ("timm" for "timm:convnext_atto")."""
+        prefix, sep, _ = self.name.partition(":")
+        return prefix if sep and prefix in backbone_families() else DEFAULT_FAMILY
+
+    @property
+    def model_name(self) -> str:
+        """The name within its family ("convnext_atto" for "timm:convnext_atto")."""
+        return self.name.partition(":")[2] if self.family != DEFAULT_FAMILY else self.name
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,12 @@ import torch
 from torch import nn
 
 from ..core.errors import BenchmarkError
-from .backbone import TIMM_PREFIX, Backbone, known_name
+from .backbone import Backbone, known_name
 from .specs import BackboneSpec
 from .weights import WeightsError, file_digest, load_state_dict, load_strict
 
 
 # What the family offers, known from a backbone's name alone (benchmark.models.backbones.traits):
-FAMILY = "timm"
 FEATURE_MAPS: bool | None = None  # CNN feature maps between stages (None: only the built model tells)
 GRAD_CHECKPOINTING = True  # activation checkpointing (set_grad_checkpointing)
 
@@ -33,7 +32,7 @@ def model_name(spec: BackboneSpec) -> str:
     """The timm name of a `timm:<model>` spec, checked against timm's registry (in well under a second)."""
     import timm
 
-    name = spec.name[len(TIMM_PREFIX):]
+    name = spec.model_name
     return known_name(spec, name, "timm", timm.is_model(name), timm.list_models)
 
 

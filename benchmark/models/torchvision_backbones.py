@@ -21,7 +21,6 @@ from .weights import WeightsError, file_digest, load_state_dict, load_strict, to
 
 
 # What the family offers, known from a backbone's name alone (benchmark.models.backbones.traits):
-FAMILY = "torchvision"
 FEATURE_MAPS: bool | None = True  # CNN feature maps between stages (None: only the built model tells)
 GRAD_CHECKPOINTING = False  # activation checkpointing (set_grad_checkpointing)
 
