@@ -66,6 +66,11 @@ def check_perf_report(text: str, report: dict) -> None:
                   "vs per-sample", "GFLOP per training image", "efficiency", "evaluation of 5 test sets",
                   "clip_probe", "cold/rest", "peak resident memory", "bf16"):
         assert field in text
+    import re
+
+    stages = re.findall(r"^\[perf (\d+)/(\d+)\] .*s so far", text, flags=re.M)  # progress on stderr, as it goes
+    assert stages and stages[-1][0] == stages[-1][1] and len(stages) == int(stages[0][1])
+    assert "s left)" in text
     assert set(report["methods"]) == {"erm", "cafe"}  # one without an encoder, one with
     for m in report["methods"].values():
         assert m["train_flops_per_image"] > 0

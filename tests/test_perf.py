@@ -28,3 +28,17 @@ def test_bad_pack_options_are_named_before_any_timing(capsys):
     assert "--pack-variants: unknown fastest (known: sync_every_step" in capsys.readouterr().err
     assert main(["perf", "--quick", "--loop-variants", "default,fastest"]) == 2
     assert "--loop-variants: unknown fastest (known: sync_every_step" in capsys.readouterr().err
+
+
+def test_a_long_measurement_says_each_stage_its_place_and_the_time_left():
+    import io
+
+    from benchmark.perf.throughput import Stages
+
+    out = io.StringIO()
+    stage = Stages(3, out)
+    for name in ("decoding", "matmul", "loop"):
+        stage(name)
+    lines = out.getvalue().splitlines()
+    assert [line.split("]")[0] for line in lines] == ["[perf 1/3", "[perf 2/3", "[perf 3/3"]
+    assert "left" not in lines[0] and lines[1].endswith("s left)") and "loop (" in lines[2]

@@ -85,7 +85,7 @@ class LoopSpec:
 
 
 class _TimedLog:
-    """A RunLog that notes when each epoch ends, and waits at `barrier` after the first."""
+    """A run log that notes when each epoch ends, and waits at `barrier` after the first."""
 
     def __init__(self, barrier=None):
         self.barrier = barrier

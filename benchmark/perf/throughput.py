@@ -20,6 +20,7 @@ import json
 import os
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -201,10 +202,28 @@ def time_training(method, batches, device: torch.device, steps: int, warmup: int
             "data_wait_share": timer.totals["data"] / total}
 
 
+class Stages:
+    """What a long measurement is doing, on stderr: each stage as it starts, its number among all,
+    the time so far and, from the stages done, a rough estimate of the time left."""
+
+    def __init__(self, total: int, out=None):
+        self.total, self.done, self.out = total, 0, out or sys.stderr
+        self.start = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        elapsed = time.perf_counter() - self.start
+        left = f", about {elapsed / self.done * (self.total - self.done):.0f} s left" if self.done else ""
+        self.done += 1
+        print(f"[perf {self.done}/{self.total}] {name} ({elapsed:.0f} s so far{left})", file=self.out, flush=True)
+
+
 def run_perf(config: PerfConfig, work: Path, device_name: str | None = None) -> dict:
     from ..training.method import Components
     from ..training.plugins import build_method
 
+    per_method = 1 if config.loop_only else 2 + len(config.precisions)
+    stage = Stages(3 + per_method * len(config.methods) + 1 + (0 if config.loop_only else len(config.precisions)))
+    stage("building the encoder and decoding the images")
     device = pick_device(device_name)
     torch.manual_seed(0)
     np.random.seed(0)
@@ -217,6 +236,7 @@ def run_perf(config: PerfConfig, work: Path, device_name: str | None = None) -> 
     cached = decode_split(samples, config.size, cache_dir=work / "cache")
     write_files(samples, work / "files" / "train")
     file_samples = DATASETS.get("imagefolder").load(work / "files", "train")
+    stage(f"the device's peak: a {config.matmul_n}-square matmul in fp32")
     report["flops_per_s_measured"] = matmul_flops(device, config.matmul_n)
     gen = torch.Generator(device="cpu").manual_seed(0)
     aug_gen = torch.Generator(device=device).manual_seed(1)
@@ -240,8 +260,10 @@ def run_perf(config: PerfConfig, work: Path, device_name: str | None = None) -> 
             for x, rows in loader:
                 yield x.to(device, non_blocking=True), labels[rows].to(device, non_blocking=True)
 
+    stage("the same matmul in bf16")
     report["flops_per_s_measured_bf16"] = matmul_flops(device, config.matmul_n, dtype=torch.bfloat16)
     for method_name in config.methods:
+        stage(f"{method_name}: FLOPs of one training step")
         components = Components(BackboneSpec(name, weights), encoder, FeatureCache(work / "features"))
         method = build_method(method_name, components=components)
         row: dict = {}
@@ -253,8 +275,10 @@ def run_perf(config: PerfConfig, work: Path, device_name: str | None = None) -> 
         report["methods"][method_name] = row
         if config.loop_only:
             continue
+        stage(f"{method_name}: {config.steps} steps on the per-sample data path")
         row["per_sample"] = time_training(method, per_sample_batches(), device, config.steps, config.warmup)
         for precision in config.precisions:
+            stage(f"{method_name}: {config.steps} steps on the cache path, {precision}")
             execution = Execution.resolve(device, precision, channels_last=True)
             method.build(device, config.size, execution)
             method.train_mode(True)
@@ -263,11 +287,13 @@ def run_perf(config: PerfConfig, work: Path, device_name: str | None = None) -> 
             timing["speedup_vs_per_sample"] = timing["images_per_s"] / row["per_sample"]["images_per_s"]
             timing["efficiency"] = row["train_flops_per_image"] * timing["images_per_s"] / peak
             row[f"harness_{precision}"] = timing
+    stage(f"the training loop: {', '.join(config.methods)}, {config.loop_steps} batches an epoch")
     report["loop"] = time_loop(config, encoder, device, work)
-    report["eval"] = {} if config.loop_only else {
-        precision: time_eval(config, encoder, name, weights, device, work,
-                             Execution.resolve(device, precision, channels_last=True), cached)
-        for precision in config.precisions}
+    report["eval"] = {}
+    for precision in ([] if config.loop_only else config.precisions):
+        stage(f"evaluation of five test sets, cold and warm, {precision}")
+        report["eval"][precision] = time_eval(config, encoder, name, weights, device, work,
+                                              Execution.resolve(device, precision, channels_last=True), cached)
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
 

@@ -37,7 +37,7 @@ from ..core.labels import CLASSES
 from ..core.sources import parts as source_parts, seen
 from ..training.evaluator import Evaluator
 from ..report.figures import DPI
-from ..store import DatasetRef, ResultStore, RunLog, schema
+from ..store import DatasetRef, ResultStore, RunWriter, schema
 
 _ENCODERS: dict[Any, Any] = {}  # one encoder per process, shared by its jobs
 STOPPED_FROM_OUTSIDE = ("UncompletedJobError",)  # submitit's, raised in the job at a Slurm time limit
@@ -122,7 +122,7 @@ class _Prepared:
     """A claimed job ready to train: its run, method, splits and evaluator."""
 
     job: Job
-    log: RunLog
+    log: RunWriter
     result: JobResult
     start: float
     method: Any = None

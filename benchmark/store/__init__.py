@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 
 from ..core.paths import results_dir
-from .base import (ABANDONED, HISTORY_COLUMNS, RESULT_COLUMNS, DatasetRef, JobState, ModelRecord, ResultStore, RunLog,
+from .base import (ABANDONED, HISTORY_COLUMNS, RESULT_COLUMNS, DatasetRef, JobState, ModelRecord, ResultStore, RunWriter,
                    RunRecord)
 
-__all__ = ["ABANDONED", "DatasetRef", "HISTORY_COLUMNS", "RESULT_COLUMNS", "JobState", "ModelRecord", "ResultStore", "RunLog", "RunRecord", "default_uri",
+__all__ = ["ABANDONED", "DatasetRef", "HISTORY_COLUMNS", "RESULT_COLUMNS", "JobState", "ModelRecord", "ResultStore", "RunWriter", "RunRecord", "default_uri",
            "open_store"]
 
 

@@ -23,12 +23,12 @@ from filelock import FileLock
 
 from ..core.errors import BenchmarkError
 from . import schema
-from .base import ResultStore, RunLog, RunRecord
+from .base import ResultStore, RunWriter, RunRecord
 
 PREFIX = "jsonl:"
 
 
-class JsonlRunLog(RunLog):
+class JsonlRunLog(RunWriter):
     def __init__(self, store: "JsonlStore", run_id: str):
         self.store, self.run_id = store, run_id
 
@@ -159,13 +159,13 @@ class JsonlStore(ResultStore):
     def experiment_names(self) -> list[str]:
         return list(self._state()[0])
 
-    def create_run(self, experiment_id: str, name: str, tags: dict[str, str]) -> RunLog:
+    def create_run(self, experiment_id: str, name: str, tags: dict[str, str]) -> RunWriter:
         run_id = uuid.uuid4().hex
         self._append({"op": "create", "run": run_id, "experiment": experiment_id, "name": name, "time": _now(),
                       "tags": {k: str(v) for k, v in tags.items()}})
         return JsonlRunLog(self, run_id)
 
-    def run_log(self, run_id: str) -> RunLog:
+    def run_log(self, run_id: str) -> RunWriter:
         return JsonlRunLog(self, run_id)
 
     def runs(self, experiment_id: str, *, job_hash: str | None = None, kind: str | None = None,

@@ -17,7 +17,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.tracking import MlflowClient
 
 from . import schema
-from .base import ModelRecord, ResultStore, RunLog, RunRecord
+from .base import ModelRecord, ResultStore, RunWriter, RunRecord
 
 T = TypeVar("T")
 _READY_STORES: set[str] = set()  # SQLite stores this process has opened (created and migrated)
@@ -64,7 +64,7 @@ def new_client(uri: str) -> MlflowClient:
     return client
 
 
-class MlflowRunLog(RunLog):
+class MlflowRunLog(RunWriter):
     def __init__(self, client: MlflowClient, run_id: str):
         self.client, self.run_id = client, run_id
 
@@ -186,7 +186,7 @@ class MlflowStore(ResultStore):
     def experiment_names(self) -> list[str]:
         return [e.name for e in retry(lambda: self.client.search_experiments())]
 
-    def create_run(self, experiment_id: str, name: str, tags: dict[str, str]) -> RunLog:
+    def create_run(self, experiment_id: str, name: str, tags: dict[str, str]) -> RunWriter:
         run = retry(lambda: self.client.create_run(experiment_id, tags=tags, run_name=name))
         return MlflowRunLog(self.client, run.info.run_id)
 
@@ -206,7 +206,7 @@ class MlflowStore(ResultStore):
         finally:
             monitor.finish()
 
-    def run_log(self, run_id: str) -> RunLog:
+    def run_log(self, run_id: str) -> RunWriter:
         return MlflowRunLog(new_client(self.uri), run_id)
 
     def runs(self, experiment_id: str, *, job_hash: str | None = None, kind: str | None = None,

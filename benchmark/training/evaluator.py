@@ -15,7 +15,7 @@ import numpy as np
 
 from ..data.cache import DecodedSplit
 from .metrics import Evaluation, evaluate
-from ..store import RunLog, schema
+from ..store import RunWriter, schema
 
 EVAL_SECONDS = "time/eval_seconds"  # per evaluated epoch: the cost of the history
 
@@ -24,7 +24,7 @@ EVAL_SECONDS = "time/eval_seconds"  # per evaluated epoch: the cost of the histo
 class Evaluator:
     method: object  # benchmark.training.method.Method
     targets: dict[str, DecodedSplit]  # target name -> its decoded test split
-    log: RunLog
+    log: RunWriter
     val: DecodedSplit | None = None
     epoch: int | None = None  # the last epoch evaluated
     probs: dict[str, np.ndarray] = field(default_factory=dict)  # of that epoch, by target
