@@ -322,3 +322,41 @@ def test_a_fused_grid_leaves_one_run_per_job_that_reads_as_an_unfused_one(tmp_pa
         assert main(["table", "--protocol", "fusegrid", "--tracking-uri", uri]) == 0
         tables[uri] = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     assert tables[fused_uri] == tables[plain_uri] and "erm" in tables[fused_uri]
+
+
+def test_a_fused_group_stopped_inside_an_epoch_resumes_bit_for_bit(tmp_path):
+    """One loop, one resume-point layout: a fused group writes between batches as one job does,
+    and a group stopped there ends with the weights of an uninterrupted group, each job's."""
+    from benchmark.training.resume import ResumePoint
+
+    from .test_resume import StopInEpoch
+
+    data = decode_split(DATASETS.get("synth5/studio").load(None, "test", scale=0.02), 32)
+    recipes = [Recipe(epochs=2, batch_size=2, input_size=32, seed=s, progress=False, prefetch=0) for s in (3, 4)]
+
+    def fit(resume=None):
+        methods = [build_method("erm", {"lr": 3e-3}, Components(BackboneSpec("mobilenet_v2", "none"))) for _ in recipes]
+        errors = fit_fused(methods, [data, data], recipes=recipes, device=torch.device("cpu"),
+                           logs=[MemoryLog(), MemoryLog()], epoch_ends=[None, None], resume=resume)
+        assert errors == [None, None]
+        return methods
+
+    plain = fit()
+    first = ResumePoint.open(tmp_path, "group", "run-1", mid_epoch_s=0.0)
+    save = first.save
+
+    def save_then_stop(state):
+        save(state)
+        if "in_epoch" in state and state["epoch"] == 1 and state["in_epoch"]["batches"] == 3:
+            assert state["in_epoch"]["order"].shape[0] == 2 and len(state["jobs"]) == 2  # each job's order and state
+            raise StopInEpoch
+
+    first.save = save_then_stop
+    with pytest.raises(StopInEpoch):
+        fit(first)
+    second = ResumePoint.open(tmp_path, "group", "run-2", mid_epoch_s=1e9)
+    assert second.resumes_at() == "epoch 2 at batch 4 of 5"
+    resumed = fit(second)
+    for mine, theirs in zip(resumed, plain):
+        for key, value in theirs.model.state_dict().items():
+            assert torch.equal(mine.model.state_dict()[key], value), key

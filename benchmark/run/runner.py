@@ -189,7 +189,7 @@ def _resume_point(p: _Prepared, ctx: RunContext):
 
     folder, remote = _checkpoint_place(ctx)
     resume = ResumePoint.open(folder, p.job.hash, p.log.run_id, ctx.resume_every_s, ctx.resume_mid_epoch_s,
-                                  remote=remote)
+                              remote=remote)
     if ctx.resume_mid_epoch_s is not None and p.job.recipe.data_path == "per_sample":
         print(f"[resume] {p.job.label}: the per-sample data path draws its augmentation in loader workers; "
               "checkpoints at epoch ends only", flush=True)
@@ -202,7 +202,7 @@ def _resume_point(p: _Prepared, ctx: RunContext):
 
 
 def _group_resume_point(group: list[_Prepared], ctx: RunContext):
-    """A fused group's epoch checkpoint, one file for its K jobs in their order (a later try that
+    """A fused group's resume point (after epochs, and between batches with --resume-mid-epoch), one file for its K jobs in their order (a later try that
     groups the same pending jobs the same way resumes it; another grouping starts over)."""
     import hashlib
 
@@ -211,10 +211,7 @@ def _group_resume_point(group: list[_Prepared], ctx: RunContext):
     key = hashlib.sha256("|".join(p.job.hash for p in group).encode()).hexdigest()[:16]
     folder, remote = _checkpoint_place(ctx)
     resume = ResumePoint.open(folder, f"fused-{key}", ",".join(p.log.run_id for p in group),
-                                  ctx.resume_every_s, remote=remote)
-    if ctx.resume_mid_epoch_s is not None:
-        print(f"[resume] fused group of {len(group)}: checkpoints at epoch ends only (--resume-mid-epoch is for "
-              "single jobs)", flush=True)
+                              ctx.resume_every_s, ctx.resume_mid_epoch_s, remote=remote)
     if resume.warning:
         print(f"[resume] warning: fused group of {len(group)}: {resume.warning}", file=sys.stderr, flush=True)
     if resume.state is not None:
