@@ -74,9 +74,13 @@ def test_off_by_default_in_the_hash_only_when_set_and_refused_without_training_l
         protocol = load_protocol("synth5", {"seeds": "[0]", "sources": '["synth5/studio"]', **sets})
         return expand(protocol, [method], plan_from(protocol, None, {}))
 
+    from benchmark.training.extensions import JobFacts
+
+    facts = JobFacts("outside_method", "resnet18:none", "torchvision", True, False, True, False, True)
+    assert "reports no training logits" in SpectralDecoupling.refuse(Recipe(sd_reg=0.1), facts)
     (job,) = jobs("cafe", **{"recipe.sd_reg": "0.1"})
     assert job.identity["recipe"]["sd_reg"] == 0.1
-    with pytest.raises(BenchmarkError, match="recipe.sd_reg: method clip_probe reports no training logits"):
+    with pytest.raises(BenchmarkError, match="recipe.sd_reg: method clip_probe is not trained by the shared loop"):
         jobs("clip_probe", **{"recipe.sd_reg": "0.1"})
 
 

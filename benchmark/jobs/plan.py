@@ -203,11 +203,17 @@ def expand(protocol: Protocol, methods: list[str], plan: DataPlan) -> list[Job]:
 
 def _check_extensions(recipe: Recipe, method: str, cls: type, backbone: BackboneSpec, source: str,
                       plan: DataPlan) -> None:
-    """Every training extension the recipe turns on may refuse the job, before any job trains
-    (by the backbone's name alone: a timm transformer under MixStyle is refused when its job
-    builds the model)."""
-    extensions = [e for e in recipe.extensions() if e.refuse.__func__ is not TrainingExtension.refuse.__func__]
-    if not extensions:
+    """Every training extension whose options the recipe sets may refuse the job, before any job
+    trains: all of them for a method the shared loop does not train (zero-shot CLIP, a probe),
+    else each by its own rule (by the backbone's name alone: a timm transformer under MixStyle is
+    refused when its job builds the model)."""
+    chosen = [(e, ", ".join(f"recipe.{k}" for k, v in e.defaults().items() if getattr(recipe, k) != v))
+              for e in recipe.extensions()]
+    chosen = [(e, options) for e, options in chosen if options]
+    if chosen and not cls.trained_by_loop:
+        raise BenchmarkError(f"{', '.join(o for _, o in chosen)}: method {method} is not trained by the shared loop, "
+                             "so it wears no training extension")
+    if not any(e.refuse.__func__ is not TrainingExtension.refuse.__func__ for e, _ in chosen):
         return
     family = backbone_traits(backbone)
     facts = JobFacts(method=method, backbone_id=backbone.id, backbone_family=family.family,
@@ -215,10 +221,9 @@ def _check_extensions(recipe: Recipe, method: str, cls: type, backbone: Backbone
                      trained_by_loop=cls.trained_by_loop, training_logits=getattr(cls, "training_logits", False),
                      has_validation=recipe.val_fraction > 0 or all(plan.has_split(part, "val")
                                                                     for part in source_parts(source)))
-    for extension in extensions:
+    for extension, options in chosen:
         why = extension.refuse(recipe, facts)
         if why:
-            options = ", ".join(f"recipe.{k}" for k, v in extension.defaults().items() if getattr(recipe, k) != v)
             raise BenchmarkError(f"{options}: {why} ({method} on {source})")
 
 

@@ -28,8 +28,6 @@ class ActivationCheckpointing(TrainingExtension):
 
     @classmethod
     def refuse(cls, recipe: Any, job: Any) -> str | None:
-        if not job.trained_by_loop:
-            return f"method {job.method} is not trained by the shared loop"
         if not job.backbone_grad_checkpointing:
             return f"backbone {job.backbone_id} offers none (timm and open_clip backbones do)"
         return None

@@ -113,10 +113,6 @@ class FineTuning(TrainingExtension):
         check(recipe.backbone_lr_scale > 0, f"recipe.backbone_lr_scale = {recipe.backbone_lr_scale}; must be positive")
         check(recipe.grad_clip_norm >= 0, f"recipe.grad_clip_norm = {recipe.grad_clip_norm}; must be 0 (off) or positive")
 
-    @classmethod
-    def refuse(cls, recipe: Any, job: Any) -> str | None:
-        return None if job.trained_by_loop else f"method {job.method} is not trained by the shared loop"
-
     def optimizer_settings(self, loop: Any, settings: Any) -> Any:
         r = self.recipe
         changes: dict[str, Any] = {}

@@ -113,8 +113,6 @@ class MixStyleExtension(TrainingExtension):
 
     @classmethod
     def refuse(cls, recipe: Any, job: Any) -> str | None:
-        if not job.trained_by_loop:
-            return f"method {job.method} is not trained by the shared loop"
         if job.backbone_feature_maps is False:
             return f"backbone {job.backbone_id} is a transformer; MixStyle mixes CNN feature maps between stages"
         return None

@@ -178,8 +178,6 @@ class RandConv(TrainingExtension):
 
     @classmethod
     def refuse(cls, recipe: Any, job: Any) -> str | None:
-        if not job.trained_by_loop:
-            return f"method {job.method} is not trained by the shared loop"
         if recipe.randconv_consistency and not job.training_logits:
             return f"method {job.method} reports no training logits for recipe.randconv_consistency"
         return None

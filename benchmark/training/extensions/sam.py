@@ -105,10 +105,6 @@ class Sam(TrainingExtension):
             return ""
         return "sam" if is_off(values.get("sam_adaptive", "")) else "asam"
 
-    @classmethod
-    def refuse(cls, recipe: Any, job: Any) -> str | None:
-        return None if job.trained_by_loop else f"method {job.method} is not trained by the shared loop"
-
     def start(self, loop: Any) -> None:
         self.sam = SharpnessAware(loop.optimizer, self.recipe.sam_rho, self.recipe.sam_adaptive)
 

@@ -44,7 +44,7 @@ class SpectralDecoupling(TrainingExtension):
 
     @classmethod
     def refuse(cls, recipe: Any, job: Any) -> str | None:
-        if not job.trained_by_loop or not job.training_logits:
+        if not job.training_logits:
             return f"method {job.method} reports no training logits to penalise"
         return None
 

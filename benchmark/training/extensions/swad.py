@@ -405,8 +405,6 @@ class SwadExtension(TrainingExtension):
 
     @classmethod
     def refuse(cls, recipe: Any, job: Any) -> str | None:
-        if not job.trained_by_loop:
-            return f"method {job.method} is not trained by the shared loop"
         if not job.has_validation:
             return (f"{job.method} has no validation split to find SWAD's loss valley on; set recipe.val_fraction "
                     "(e.g. 0.2, upstream's hold-out)")
