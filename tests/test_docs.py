@@ -32,11 +32,11 @@ def test_nothing_in_the_repository_cites_documents_outside_it():
 
 
 def test_listing_commands_need_no_torch():
-    """`--help`, `methods`, `protocols` and `datasets list` start fast: they import neither torch
+    """`--help`, `methods`, `recipes`, `protocols` and `datasets list` start fast: they import neither torch
     nor MLflow."""
     import sys
 
-    for command in ("['protocols']", "['datasets', 'list']", "['methods']", "['run', '--help']"):
+    for command in ("['protocols']", "['datasets', 'list']", "['methods']", "['recipes']", "['run', '--help']"):
         code = (f"import sys, contextlib; from benchmark.cli import main\n"
                 f"with contextlib.suppress(SystemExit): main({command})\n"
                 "heavy = [m for m in ('torch', 'mlflow') if m in sys.modules]; assert not heavy, heavy")

@@ -34,6 +34,17 @@ def test_every_extension_owns_its_recipe_fields_and_the_ast_index_reads_them_as_
     assert loop_fields == set(LoopSettings.__dataclass_fields__)
 
 
+def test_benchmark_recipes_lists_every_extension_with_its_options(capsys):
+    from benchmark.cli import main
+
+    load_extensions()
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    for name in EXTENSIONS.names():
+        assert f"| {name} " in out
+    assert "sd_reg = 0.0" in out and "swad_bn = 'freeze'" in out and "(always on)" in out
+
+
 def test_a_recipe_is_built_and_checked_without_torch_until_an_option_is_set():
     import subprocess
     import sys

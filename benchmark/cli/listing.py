@@ -1,5 +1,5 @@
-"""`benchmark methods`, `benchmark protocols`, `benchmark datasets list|check`: what exists, and
-what a dataset on disk holds."""
+"""`benchmark methods`, `benchmark recipes`, `benchmark protocols`, `benchmark datasets list|check`:
+what exists, and what a dataset on disk holds."""
 
 from __future__ import annotations
 
@@ -13,6 +13,18 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     from ..training.plugins import method_index
 
     print(tabulate(method_index(), headers=["method", "fuses", "needs", "what it is"]))
+    return 0
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from ..training.extensions import option_index
+
+    rows = [(e.name, "\n".join(f"{name} = {default!r}" for name, _, default in e.fields) or "(always on)",
+             e.description) for e in option_index()]
+    print(tabulate(rows, headers=["training extension", "recipe options (defaults)", "what it is"], tablefmt="grid",
+                   maxcolwidths=[None, None, 70]))
     return 0
 
 
@@ -59,6 +71,9 @@ def _cmd_datasets_check(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     methods = sub.add_parser("methods", help="list the registered methods")
     methods.set_defaults(func=_cmd_methods)
+    recipes = sub.add_parser("recipes", help="list the training extensions (DG recipes and the loop's own) and "
+                             "their recipe options, for --set recipe.NAME=VALUE")
+    recipes.set_defaults(func=_cmd_recipes)
     protocols = sub.add_parser("protocols", help="list the protocol files")
     protocols.set_defaults(func=_cmd_protocols)
     datasets = sub.add_parser("datasets", help="list dataset readers, or check a dataset on disk")

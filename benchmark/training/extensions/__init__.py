@@ -33,6 +33,7 @@ class OptionsEntry:
     name: str  # the extension's name
     module: str
     fields: tuple[tuple[str, str, Any], ...]  # (field, annotation, default)
+    description: str = ""  # the first sentence of its module's docstring
 
 
 def _modules() -> list[str]:
@@ -52,9 +53,17 @@ class _NotLiteral(Exception):
     pass
 
 
+def _first_line(doc: str | None) -> str:
+    """The docstring's first sentence, on one line."""
+    paragraph = " ".join((doc or "").strip().split("\n\n")[0].split())
+    sentence = paragraph.split(". ")[0]
+    return sentence.rstrip(".:") + "."
+
+
 def _read(path: Path, module: str) -> list[OptionsEntry]:
     out = []
-    for node in ast.parse(path.read_text()).body:
+    tree = ast.parse(path.read_text())
+    for node in tree.body:
         if not (isinstance(node, ast.ClassDef) and any(isinstance(d, ast.Name) and d.id == DECORATOR
                                                         for d in node.decorator_list)):
             continue
@@ -70,7 +79,7 @@ def _read(path: Path, module: str) -> list[OptionsEntry]:
                     raise _NotLiteral(f"{path}: {exc}") from exc
         if not isinstance(name, str):
             raise _NotLiteral(f"{path}: an extension's name is not a literal")
-        out.append(OptionsEntry(name, module, fields))
+        out.append(OptionsEntry(name, module, fields, _first_line(ast.get_docstring(tree))))
     return out
 
 
@@ -93,7 +102,10 @@ def option_index() -> tuple[OptionsEntry, ...]:
 def _imported(module: str, entry: Any = None) -> list[OptionsEntry]:
     loaded = entry.load() if entry is not None else importlib.import_module(module)
     module = getattr(loaded, "__name__", module) if entry is None else entry.module
-    return [OptionsEntry(cls.name, module, tuple((f.name, str(f.type), f.default) for f in cls.option_fields()))
+    import sys
+
+    return [OptionsEntry(cls.name, module, tuple((f.name, str(f.type), f.default) for f in cls.option_fields()),
+                         _first_line(sys.modules[cls.__module__].__doc__))
             for cls in ordered() if cls.__module__ == module]
 
 
