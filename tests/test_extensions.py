@@ -148,6 +148,7 @@ def _batch_norms(model):
     return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
+@pytest.mark.slow
 def test_swad_freezes_batchnorm_by_default_and_recomputes_it_when_asked(tiny):
     """Upstream's freeze_bn: BatchNorm normalises with its running statistics and never updates
     them while training (the affine parameters train); "recompute": BN trains, and the averaged

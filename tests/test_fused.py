@@ -324,6 +324,7 @@ def test_a_fused_grid_leaves_one_run_per_job_that_reads_as_an_unfused_one(tmp_pa
     assert tables[fused_uri] == tables[plain_uri] and "erm" in tables[fused_uri]
 
 
+@pytest.mark.slow
 def test_a_fused_group_stopped_inside_an_epoch_resumes_bit_for_bit(tmp_path):
     """One loop, one resume-point layout: a fused group writes between batches as one job does,
     and a group stopped there ends with the weights of an uninterrupted group, each job's."""

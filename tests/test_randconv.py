@@ -153,11 +153,11 @@ def test_one_training_step_equals_train_one_epoch_in_float64(augmix):
     """Upstream's step on one domain, consistency loss on (weight 10, mixing, kernels 1-7): ours
     through the extension's hooks and erm's own training_step, then one Adam step."""
     method = build_method("erm", {"lr": 1e-3, "weight_decay": 0.0}, Components(BackboneSpec("mobilenet_v2", "none")))
-    method.build(CPU, 32)
+    method.build(CPU, 16)
     method.model.double().train()
     reference = copy.deepcopy(method.model)
     net = lambda v: reference["fc"](reference["backbone"](v))  # noqa: E731
-    x = torch.randn(6, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(6, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 1, 2, 3, 4, 5])
     recipe = Recipe(randconv=True, randconv_kernel_sizes="1,3,5,7", randconv_mixing=True, randconv_consistency=True,
                     randconv_consistency_weight=10.0, randconv_augmix=augmix)
@@ -225,7 +225,7 @@ def test_options_hash_label_and_refusals():
         protocol = load_protocol("synth5", {"seeds": "[0]", "sources": '["synth5/studio"]', **sets})
         return expand(protocol, [method], plan_from(protocol, None, {}))
 
-    (job,) = jobs("cafe", **{"recipe.randconv": "true", "recipe.randconv_kernel_sizes": '"1,3,5,7"'})
+    (job,) = jobs("erm", **{"recipe.randconv": "true", "recipe.randconv_kernel_sizes": '"1,3,5,7"'})
     assert job.identity["recipe"]["randconv_kernel_sizes"] == "1,3,5,7"
     with pytest.raises(BenchmarkError, match="recipe.randconv: method clip_zeroshot is not trained by the shared loop"):
         jobs("clip_zeroshot", **{"recipe.randconv": "true"})

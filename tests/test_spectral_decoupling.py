@@ -34,11 +34,11 @@ def domainbed_sd_update(network, optimizer, x, y, sd_reg):
 
 def test_the_objective_and_one_step_equal_domainbeds_in_float64():
     method = build_method("erm", {"lr": 1e-3, "weight_decay": 0.0}, Components(BackboneSpec("mobilenet_v2", "none")))
-    method.build(CPU, 32)
+    method.build(CPU, 16)
     method.model.double().train()
     reference = copy.deepcopy(method.model)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(6, 3, 32, 32, dtype=torch.float64, generator=gen)
+    x = torch.randn(6, 3, 16, 16, dtype=torch.float64, generator=gen)
     y = torch.tensor([0, 1, 2, 3, 4, 5])
     recipe = Recipe(sd_reg=0.1)
     assert recipe.sd_reg == 0.1 and [c.name for c in recipe.extensions()][1] == "spectral_decoupling"
@@ -78,7 +78,7 @@ def test_off_by_default_in_the_hash_only_when_set_and_refused_without_training_l
 
     facts = JobFacts("outside_method", "resnet18:none", "torchvision", True, False, True, False, True)
     assert "reports no training logits" in SpectralDecoupling.refuse(Recipe(sd_reg=0.1), facts)
-    (job,) = jobs("cafe", **{"recipe.sd_reg": "0.1"})
+    (job,) = jobs("erm", **{"recipe.sd_reg": "0.1"})
     assert job.identity["recipe"]["sd_reg"] == 0.1
     with pytest.raises(BenchmarkError, match="recipe.sd_reg: method clip_probe is not trained by the shared loop"):
         jobs("clip_probe", **{"recipe.sd_reg": "0.1"})
