@@ -274,6 +274,7 @@ scale = 0.03
 """
 
 
+@pytest.mark.slow
 def test_a_fused_grid_leaves_one_run_per_job_that_reads_as_an_unfused_one(tmp_path, capsys, monkeypatch):
     """`benchmark run --fuse 4` on 4 jobs (two sources x two seeds), one of them held by another
     claimant when the group claims it: the 3 others train fused, each its own FINISHED run with
