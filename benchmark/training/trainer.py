@@ -233,10 +233,6 @@ class Loop:
         return getattr(self.method, "model", None)
 
     @property
-    def data(self) -> DecodedSplit:
-        return self.jobs[0].data
-
-    @property
     def log(self) -> RunLog:
         return self.jobs[0].log
 
