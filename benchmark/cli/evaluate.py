@@ -32,12 +32,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     plan = DataPlan(args.data_root, parse_assignments(args.dataset_path, "--dataset-path"),
                     {args.dataset: parse_assignments(args.option, "--option")})
     data = decode_split(plan.samples(args.dataset, args.split), spec["input_size"])
-    ev = evaluate(data.labels, method.predict(data).argmax(1))
+    ev = evaluate(data.labels, probs=method.predict(data))
     print(f"{spec['method']} trained on {run.tags.get(schema.SOURCE)} (seed {run.tags.get(schema.SEED)}, run {args.run}) "
           f"on {args.dataset} {args.split}, {len(data)} images:")
     print(tabulate([[k, f"{100 * v:.2f}"] for k, v in (("acc", ev.acc), ("mean_class_acc", ev.mean_class_acc),
-                                                        ("macro_f1", ev.macro_f1))],
+                                                        ("macro_f1", ev.macro_f1), ("ece", ev.calibration.ece),
+                                                        ("brier", ev.calibration.brier))],
                    headers=["metric", "%"], tablefmt="github", disable_numparse=True))
+    print(f"NLL {ev.calibration.nll:.4f} nats per image")
     if args.log:
         metrics = ev.as_metrics(schema.target_prefix(args.dataset))
         store.run_log(args.run).metrics(metrics, step=int(float(run.params.get("recipe.epochs", 0))))

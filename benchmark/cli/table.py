@@ -10,6 +10,9 @@ from pathlib import Path
 from ..core.errors import BenchmarkError
 from ..report.selection import LABELS as SELECTION_LABELS, RULES as SELECTION_RULES
 
+# What `--metric` may name: the accuracies, and the calibration of the probabilities.
+METRICS = ("acc", "mean_class_acc", "macro_f1", "ece", "nll", "brier")
+
 
 def read_results(store, protocol: str, datasets: list[str], rule: str, metric: str, per_class: bool = False):
     """The results frame at the epochs `rule` picks: the final values for `last` (no history
@@ -90,7 +93,9 @@ def _cmd_table(args: argparse.Namespace) -> int:
             outputs.append((name, pd.concat([tables.to_frame(t) for t in built]).to_csv(index=False)))
         else:
             outputs.append((name, "\n".join(tables.render(t, args.format, args.compare == "paper") for t in built)))
-    header = f"{protocol_name}: {args.metric} (%), {SELECTION_LABELS[args.selection]}\n\n" if args.format == "md" else ""
+    from ..store import schema
+
+    header = f"{protocol_name}: {args.metric} ({schema.metric_unit(args.metric)}), {SELECTION_LABELS[args.selection]}\n\n" if args.format == "md" else ""
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -156,7 +161,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     table.add_argument("--out", help="write here (with --table all: one file per table beside it) plus the figures")
     table.add_argument("--format", choices=["md", "latex", "csv"], default="md")
     table.add_argument("--compare", choices=["paper"], help="put the paper's number and the difference beside ours")
-    table.add_argument("--metric", choices=["acc", "mean_class_acc", "macro_f1"], default="acc")
+    table.add_argument("--metric", choices=METRICS, default="acc",
+                       help="acc (default), mean_class_acc, macro_f1, or calibration: ece, nll, brier (lower is better)")
     table.add_argument("--selection", choices=list(SELECTION_RULES), default="last",
                        help="the epoch each job is read at: last (default), source_val (best on the source's "
                        "validation split), source_test (best on the source's test set, as the authors' code), "

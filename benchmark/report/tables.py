@@ -28,6 +28,7 @@ from .figures import save_figure, t_half_width
 from ..core.labels import CLASSES
 from .selection import LABELS as SELECTION_LABELS
 from ..core.sources import held_out, parts as source_parts, seen_mask
+from ..store import schema
 
 MISSING = "–"
 TIED = "†"  # not distinguishable from the column's best (see ties)
@@ -151,12 +152,12 @@ class Cell:
         hw = self.half_width
         return (None, None) if hw is None else (self.mean - hw, self.mean + hw)
 
-    def text(self, with_interval: bool) -> str:
+    def text(self, with_interval: bool, scale: float = 100.0) -> str:
         if self.mean is None:
             return MISSING
-        out = f"{100 * self.mean:.2f}"
+        out = f"{scale * self.mean:.2f}"
         if with_interval and self.half_width is not None:
-            out += f" ± {100 * self.half_width:.2f}"
+            out += f" ± {scale * self.half_width:.2f}"
         return out + ("*" if self.partial else "") + (COLLAPSED if self.collapsed else "")
 
 
@@ -170,6 +171,7 @@ class Table:
     bold: bool = True
     delta_row: tuple[str, str] | None = None  # (minuend, subtrahend) rows for a Δ row
     selection: str = "last"  # the model-selection rule the cells were read with (benchmark.report.selection)
+    metric: str = "acc"  # what the cells hold: its display scale, and whether the best is the lowest
 
 
 def _cells(frame: pd.DataFrame, targets: list[str], mean_over: list[str]) -> tuple[list[Cell], bool]:
@@ -498,12 +500,13 @@ def latex_escape(text: str) -> str:
 def render(table: Table, fmt: str, compare: bool = False) -> str:
     with_std = any(c.seeds > 1 for _, cells in table.rows for c in cells)
     seeds = max((c.seeds for _, cells in table.rows for c in cells), default=0)
+    scale = schema.metric_scale(table.metric)
     best = {}
     if table.bold:
         for j in range(len(table.columns)):
             values = [cells[j].mean for _, cells in table.rows if cells[j].mean is not None]
             if len(values) >= 2:  # bold marks a winner: only where two or more values compete
-                best[j] = max(values)
+                best[j] = min(values) if table.metric in schema.LOWER_IS_BETTER else max(values)
     tied, tests = ties(table, best)
     escape = latex_escape if fmt == "latex" else (lambda text: text.replace("|", "\\|"))
     has_paper = compare and any((name, col) in table.paper for name, _ in table.rows for col in table.columns)
@@ -511,7 +514,7 @@ def render(table: Table, fmt: str, compare: bool = False) -> str:
     for name, cells in table.rows:
         line = [escape(name)]
         for j, cell in enumerate(cells):
-            text = escape(cell.text(with_std))
+            text = escape(cell.text(with_std, scale))
             if j in best and cell.mean is not None and np.isclose(cell.mean, best[j]):
                 text = f"\\textbf{{{text}}}" if fmt == "latex" else f"**{text}**"
             elif (name, j) in tied:
@@ -526,7 +529,7 @@ def render(table: Table, fmt: str, compare: bool = False) -> str:
         rows = dict(table.rows)
         a, b = rows.get(table.delta_row[0]), rows.get(table.delta_row[1])
         if a and b:
-            body.append([escape("Δ")] + [MISSING if x.mean is None or y.mean is None else f"{100 * (x.mean - y.mean):+.2f}"
+            body.append([escape("Δ")] + [MISSING if x.mean is None or y.mean is None else f"{scale * (x.mean - y.mean):+.2f}"
                                          for x, y in zip(a, b)])
     header = [escape(h) for h in ["Method", *table.columns]]
     rule = SELECTION_LABELS[table.selection]
@@ -609,6 +612,8 @@ def build_tables(name: str, results: pd.DataFrame, metric: str, sources: list[st
     tables = _build(name, results, metric, sources, datasets, methods)
     for table in tables:
         table.selection = selection
+        if name != "perclass":  # per-class tables hold per-class accuracies whatever the metric
+            table.metric = metric
     return tables
 
 

@@ -53,6 +53,19 @@ DATA_PREFIX = "data."  # data.<dataset>:<split> = the split's fingerprint, one p
 
 # Metrics.
 SOURCE_VAL = "source_val"  # metric prefix of the source's validation split: source_val/<metric>
+
+# How a metric reads: accuracy-like ones and ECE and Brier are shown in percent (points); NLL in
+# nats. ECE, NLL and Brier are better when lower.
+LOWER_IS_BETTER = frozenset({"ece", "nll", "brier"})
+DISPLAY_SCALE = {"nll": 1.0}
+
+
+def metric_scale(metric: str) -> float:
+    return DISPLAY_SCALE.get(metric, 100.0)
+
+
+def metric_unit(metric: str) -> str:
+    return "nats" if metric_scale(metric) == 1.0 else "%"
 MEAN_ACC = "test/mean_acc"  # over every target, the source's own test set included (the paper's Mean)
 MEAN_UNSEEN_ACC = "test/mean_unseen_acc"  # over the targets the job did not train on (benchmark.core.sources)
 JOB_SECONDS = "time/job_seconds"

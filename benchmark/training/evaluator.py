@@ -37,10 +37,10 @@ class Evaluator:
         metrics = {}
         for target, split in self.targets.items():
             self.probs[target] = self.method.predict(split)
-            self.evaluations[target] = evaluate(split.labels, self.probs[target].argmax(1))
+            self.evaluations[target] = evaluate(split.labels, probs=self.probs[target])
             metrics.update(self.evaluations[target].as_metrics(schema.target_prefix(target)))
         if self.val is not None:
-            metrics.update(evaluate(self.val.labels, self.method.predict(self.val).argmax(1)).as_metrics(schema.SOURCE_VAL))
+            metrics.update(evaluate(self.val.labels, probs=self.method.predict(self.val)).as_metrics(schema.SOURCE_VAL))
         metrics[EVAL_SECONDS] = time.perf_counter() - start
         self.log.metrics(metrics, step=epoch)
         self.epoch = epoch

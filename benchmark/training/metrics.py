@@ -1,5 +1,6 @@
 """Evaluation metrics, all from scikit-learn: accuracy (the paper's), mean per-class accuracy,
-macro-F1, per-class accuracy and the confusion matrix, over the seven canonical classes."""
+macro-F1, per-class accuracy and the confusion matrix, over the seven canonical classes; with the
+probabilities, their calibration (benchmark.training.calibration: ECE, NLL, Brier)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
 from ..core.labels import CLASSES
+from .calibration import Calibration, calibration
 
 LABELS = list(range(len(CLASSES)))
 
@@ -25,15 +27,22 @@ class Evaluation:
     macro_f1: float
     class_acc: dict[str, float]  # NaN for a class absent from the test set
     confusion: np.ndarray  # rows = true class, columns = predicted
+    calibration: Calibration | None = None  # when evaluated from probabilities
 
     def as_metrics(self, prefix: str) -> dict[str, float]:
         out = {f"{prefix}/acc": self.acc, f"{prefix}/mean_class_acc": self.mean_class_acc,
                f"{prefix}/macro_f1": self.macro_f1}
         out.update({f"{prefix}/acc/{name}": v for name, v in self.class_acc.items() if not np.isnan(v)})
+        if self.calibration is not None:
+            out.update(self.calibration.as_metrics(prefix))
         return out
 
 
-def evaluate(labels: np.ndarray, predictions: np.ndarray) -> Evaluation:
+def evaluate(labels: np.ndarray, predictions: np.ndarray | None = None, probs: np.ndarray | None = None) -> Evaluation:
+    """The metrics of `predictions` (class indices), or of `probs` (N, C): then the predictions
+    are their argmax and the calibration metrics come too."""
+    if probs is not None:
+        predictions = np.asarray(probs).argmax(1)
     present = sorted(set(np.asarray(labels).tolist()))
     per_class = recall_score(labels, predictions, labels=LABELS, average=None, zero_division=np.nan)
     return Evaluation(
@@ -42,6 +51,7 @@ def evaluate(labels: np.ndarray, predictions: np.ndarray) -> Evaluation:
         macro_f1=float(f1_score(labels, predictions, labels=present, average="macro", zero_division=0)),
         class_acc={name: float(per_class[k]) for k, name in enumerate(CLASSES)},
         confusion=confusion_matrix(labels, predictions, labels=LABELS),
+        calibration=None if probs is None or not len(labels) else calibration(labels, probs),
     )
 
 
