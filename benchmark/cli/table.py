@@ -26,6 +26,24 @@ def read_results(store, protocol: str, datasets: list[str], rule: str, metric: s
     return select(store.history(protocol, sorted(metrics), datasets), rule)
 
 
+def with_tta(store, results, protocol: str, datasets: list[str], rule: str):
+    """`results` and the protocol's test-time adaptation evaluations, named "<method>+<tta>" (the
+    stream without adaptation, "+none", is left out: the plain runs are that column)."""
+    import pandas as pd
+
+    if rule != "last":
+        raise BenchmarkError(f"--selection {rule}: test-time adaptation evaluates the trained (last) model only; "
+                             "use --selection last")
+    adapted = store.tta_results(protocol, datasets)
+    if adapted.empty:
+        raise BenchmarkError(f"no test-time adaptation results for protocol {protocol!r} in {store.uri} "
+                             "(benchmark adapt --tta ... makes them)")
+    adapted = adapted[~adapted["method"].str.endswith("+none")]
+    frame = pd.concat([results, adapted], ignore_index=True)
+    frame.attrs["warnings"] = results.attrs.get("warnings", [])
+    return frame
+
+
 def _sweep_table(args: argparse.Namespace, store, protocol_name: str, datasets: list[str]) -> int:
     import dataclasses
 
@@ -70,6 +88,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
     args.table = args.table or tables.default_table(sources)
     results = read_results(store, protocol_name, datasets, args.selection, args.metric,
                            per_class=args.table in ("perclass", "all"))
+    if args.table == "tta":
+        results = with_tta(store, results, protocol_name, datasets, args.selection)
     if results.empty:
         raise BenchmarkError(f"no FINISHED runs for protocol {protocol_name!r} in {store.uri}")
     for warning in results.attrs["warnings"] + tables.mixed_environments(results):
@@ -87,6 +107,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
     outputs = []
     for name in names:
         built = tables.build_tables(name, results, args.metric, sources, datasets, methods, args.selection)
+        if name == "tta" and (cost := tables.tta_cost_note(store.tta_costs(protocol_name))):
+            built[0].notes.append(cost)
         if args.format == "csv":
             import pandas as pd
 
@@ -123,6 +145,8 @@ def _belongs_to_all(layout, lodo: bool, present: list[str]) -> bool:
         return any(m in layout.methods and m not in in_paper for m in present)
     if layout.kind == "recipes":
         return any("+" in m for m in present)
+    if layout.kind == "tta":  # only on request: its results are the adaptation runs, read for it alone
+        return False
     return True
 
 
@@ -134,6 +158,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     protocol_name = args.protocol or store.latest_protocol()
     _, datasets, _ = tables.protocol_layout(protocol_name)
     results = read_results(store, protocol_name, datasets, args.selection, args.metric)
+    if args.selection == "last" and "+" in args.a + args.b:  # a test-time adaptation may be named (cafe+tent)
+        adapted = store.tta_results(protocol_name, datasets)
+        if not adapted.empty:
+            results = with_tta(store, results, protocol_name, datasets, args.selection)
     for warning in results.attrs["warnings"] + tables.mixed_environments(results):
         print(f"warning: {warning}", file=sys.stderr)
     order = tables.in_paper_order(datasets or sorted(set(results["target"])))
@@ -156,7 +184,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     table = sub.add_parser("table", help="build the paper's tables (markdown, LaTeX, CSV) from MLflow runs")
     table.add_argument("--protocol", help="experiment to read (default: the most recent with finished runs)")
-    table.add_argument("--table", help="table1..table5, perclass, lodo, fair (methods x backbones), recipes (methods x DG recipes), adaptation (the ways of adapting CLIP), all, or sweep (accuracy against swept "
+    table.add_argument("--table", help="table1..table5, perclass, lodo, fair (methods x backbones), recipes (methods x DG recipes), adaptation (the ways of adapting CLIP), tta (methods x test-time adaptations, from benchmark adapt), all, or sweep (accuracy against swept "
                        "values, the paper's Fig. 3; default table1, lodo for a leave-one-domain-out protocol)")
     table.add_argument("--out", help="write here (with --table all: one file per table beside it) plus the figures")
     table.add_argument("--format", choices=["md", "latex", "csv"], default="md")

@@ -33,7 +33,8 @@ from ..store import schema
 MISSING = "–"
 TIED = "†"  # not distinguishable from the column's best (see ties)
 
-LAYOUT_KINDS = ("per_source", "single_source", "backbones", "perclass", "leave_one_out", "fair", "recipes", "adaptation")
+LAYOUT_KINDS = ("per_source", "single_source", "backbones", "perclass", "leave_one_out", "fair", "recipes", "adaptation",
+                "tta")
 
 
 @dataclass(frozen=True)
@@ -460,12 +461,31 @@ def recipes_table(layout: TableLayout, results: pd.DataFrame, metric: str, sourc
     columns = [f"{name or 'none'} {kind}" for name in recipes for kind in ("unseen", "in-domain")]
     table = Table(layout.title.format(n=len(sources)), columns, rows, bold=layout.bold)
     if notes:
-        table.notes.append("Each recipe against none, paired over the cells both have (benchmark compare: "
+        what = "test-time adaptation" if layout.kind == "tta" else "recipe"
+        table.notes.append(f"Each {what} against none, paired over the cells both have (benchmark compare: "
                            "mean difference, 95% unit-bootstrap interval, sign-flip p):")
         table.notes += notes
     if missing:
         table.notes.append(f"{MISSING}: no FINISHED run; * mean over the sources that have one")
     return table
+
+
+def tta_cost_note(costs: pd.DataFrame) -> str:
+    """The cost line of the tta table from the evaluations' `tta/` metrics (a row per evaluation:
+    tta, seconds_per_image, forwards, backwards, batches): each method's time per test image, its
+    ratio to no adaptation's, and its network passes per batch."""
+    if costs.empty:
+        return ""
+    mean = costs.groupby("tta")[["seconds_per_image", "forwards", "backwards", "batches"]].mean()
+    mean = mean.loc[sorted(mean.index, key=lambda name: (name != "none", name))]
+    plain = mean.loc["none", "seconds_per_image"] if "none" in mean.index else None
+    parts = []
+    for name, row in mean.iterrows():
+        ratio = f", x{row.seconds_per_image / plain:.1f}" if plain else ""
+        passes = f"{row.forwards / row.batches:.3g} forward + {row.backwards / row.batches:.3g} backward per batch"
+        parts.append(f"{name} {1000 * row.seconds_per_image:.2f} ms{ratio} ({passes})")
+    return ("Cost per test image on the machine that adapted (mean over evaluations; x: relative to the same "
+            "stream without adaptation): " + "; ".join(parts) + ".")
 
 
 def perclass_table(layout: TableLayout, results: pd.DataFrame, sources: list[str], datasets: list[str],
@@ -634,7 +654,7 @@ def _build(name: str, results: pd.DataFrame, metric: str, sources: list[str], da
         return per_source_tables(layout, acc, sources, datasets, methods)
     if layout.kind == "fair":
         return [fair_table(layout, acc, sources, datasets, methods)]
-    if layout.kind == "recipes":
+    if layout.kind in ("recipes", "tta"):  # tta: the test-time adaptations in the method labels' place of recipes
         return [recipes_table(layout, results, metric, sources, datasets, methods)]
     # The layout's source when the protocol trains on it, else the protocol's first source.
     source = layout.source if layout.source in sources else sources[0]

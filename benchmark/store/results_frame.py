@@ -109,6 +109,43 @@ class ResultsFrame:
         frame.attrs["warnings"] = warnings
         return frame
 
+    def tta_results(self, protocol: str, datasets: list[str] | None = None) -> pd.DataFrame:
+        """The results frame of the protocol's FINISHED test-time adaptation evaluations
+        (`benchmark adapt`): a row per (evaluation, metric), the method named as the trained
+        method and its adaptation ("cafe+tent"), one run counted per evaluation hash."""
+        experiment = self.experiment(protocol, create=False)
+        runs = [] if experiment is None else [r for r in self.runs(experiment, kind=schema.TTA_KIND)
+                                              if r.status == "FINISHED"]
+        runs.sort(key=lambda r: (r.start_time, r.run_id))
+        known = {schema.safe_name(d): d for d in (datasets or [])}
+        seen, rows = set(), []
+        for run in runs:
+            if run.tags[schema.TTA_HASH] in seen:
+                continue
+            seen.add(run.tags[schema.TTA_HASH])
+            job, extra = self._job_columns(run, known)
+            job[0] = f"{job[0]}+{run.tags[schema.TTA]}"
+            for key, value in run.metrics.items():
+                parsed = schema.parse_test_metric(key)
+                if parsed is not None:
+                    rows.append([*job, extra["names"].get(parsed[0], parsed[0]), parsed[1], float(value), extra["env"],
+                                 extra["sweep"], extra["collapsed"]])
+        frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+        frame["backbone"] = backbone_labels(frame["backbone"])
+        frame = frame.sort_values(RESULT_COLUMNS[:6], kind="stable").reset_index(drop=True)
+        frame.attrs["warnings"] = []
+        return frame
+
+    def tta_costs(self, protocol: str) -> pd.DataFrame:
+        """A row per FINISHED, applicable TTA evaluation of the protocol: its TTA label, seconds
+        per test image, and network forward and backward passes and batches of its stream."""
+        experiment = self.experiment(protocol, create=False)
+        runs = [] if experiment is None else self.runs(experiment, kind=schema.TTA_KIND)
+        rows = [[r.tags[schema.TTA], r.metrics["tta/seconds_per_image"], r.metrics.get("tta/forwards", 0.0),
+                 r.metrics.get("tta/backwards", 0.0), r.metrics["tta/batches"]]
+                for r in runs if r.status == "FINISHED" and "tta/seconds_per_image" in r.metrics]
+        return pd.DataFrame(rows, columns=["tta", "seconds_per_image", "forwards", "backwards", "batches"])
+
     def histories(self, run_ids: list[str], wanted: Callable[[str], bool],
                   keys: dict[str, list[str]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
         """run id -> metric key -> its (step, value) history, for the `wanted` keys among `keys`

@@ -23,6 +23,15 @@ RESUMED_FROM = "resumed_from"
 # Part of the environment signature (benchmark.core.environment.SIGNATURE_KEYS names it too).
 FUSED = "execution.fused"
 COMMAND = "command"
+# A test-time adaptation evaluation (`benchmark adapt`): kind = "tta", its own hash (trained job,
+# TTA method and options, stream, target), the TTA method's label, the target, and the job run
+# whose trained model it adapted (its LoggedModel id when it has one). Not a job run: no job_hash.
+TTA_KIND = "tta"
+TTA_HASH = "tta_hash"
+TTA = "tta"
+TTA_TARGET = "tta_target"
+SOURCE_RUN = "source_run"
+SOURCE_MODEL = "source_model"
 # MLflow's own tags, which its UI shows: who ran it, from which commit, and a description.
 USER, GIT_COMMIT, DESCRIPTION = "mlflow.user", "mlflow.source.git.commit", "mlflow.note.content"
 # The experiment tag MLflow 3's UI reads to choose an experiment's landing page: this value opens
