@@ -70,6 +70,11 @@ def entropy_margin(fraction: float, classes: int) -> float:
     return fraction * math.log(classes)
 
 
+def full_precision(t: torch.Tensor) -> torch.Tensor:
+    """A half-precision output (autocast) as float32; float32 and float64 as they are."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 class Adaptable:
     """A trained method's model as a TTA method uses it (benchmark.training.trained_method)."""
 
@@ -86,7 +91,7 @@ class Adaptable:
 
     def logits(self, x: torch.Tensor, rows: torch.Tensor, data: DecodedSplit) -> torch.Tensor:
         with self.execution.autocast():
-            return self.method.logits(x, rows, data).float()
+            return full_precision(self.method.logits(x, rows, data))
 
     def logits_and_features(self, x: torch.Tensor, rows: torch.Tensor, data: DecodedSplit):
         """(logits, the input of the final linear layer) of one forward."""
@@ -99,7 +104,7 @@ class Adaptable:
             logits = self.logits(x, rows, data)
         finally:
             handle.remove()
-        return logits, seen[-1].float()
+        return logits, full_precision(seen[-1])
 
     def find_head(self, x: torch.Tensor, rows: torch.Tensor, data: DecodedSplit) -> nn.Linear | None:
         """The nn.Linear whose output the logits are, unchanged (an erm's or CAFE's `fc`), or
@@ -116,7 +121,7 @@ class Adaptable:
             for h in hooks:
                 h.remove()
         self.head = next((m for m, out in reversed(outputs) if out.shape == logits.shape
-                          and torch.equal(out.float(), logits)), None)
+                          and torch.equal(full_precision(out), logits)), None)
         self.head_checked = True
         return self.head
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..base import Adaptable, TTAMethod, register_tta, use_batch_statistics
+from ..base import Adaptable, TTAMethod, full_precision, register_tta, use_batch_statistics
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Norm(TTAMethod):
             m.register_forward_pre_hook(self._mix)
 
     def _mix(self, module: nn.Module, inputs) -> None:
-        x = inputs[0].float()
+        x = full_precision(inputs[0])
         dims = [d for d in range(x.dim()) if d != 1]
         prior = self.options.prior
         module.running_mean.copy_(prior * module.source_mean + (1 - prior) * x.mean(dims))

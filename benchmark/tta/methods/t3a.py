@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from ..base import Adaptable, TTAMethod, entropy, register_tta
+from ..base import Adaptable, TTAMethod, entropy, full_precision, register_tta
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,10 @@ class T3A(TTAMethod):
         self.supports = None
 
     def _warm_up(self, head: torch.nn.Linear) -> None:
-        w = head.weight.detach().float()
-        q = F.linear(w, w, None if head.bias is None else head.bias.detach().float())
+        w = full_precision(head.weight.detach())
+        q = F.linear(w, w, None if head.bias is None else full_precision(head.bias.detach()))
         self.supports = w.clone()
-        self.labels = F.one_hot(q.argmax(1), w.shape[0]).float()
+        self.labels = F.one_hot(q.argmax(1), w.shape[0]).to(w.dtype)
         self.ent = entropy(q)
 
     @torch.no_grad()
@@ -60,7 +60,7 @@ class T3A(TTAMethod):
         if self.supports is None:
             self._warm_up(self.model.head)
         self.supports = torch.cat([self.supports, z])
-        self.labels = torch.cat([self.labels, F.one_hot(logits.argmax(1), self.labels.shape[1]).float()])
+        self.labels = torch.cat([self.labels, F.one_hot(logits.argmax(1), self.labels.shape[1]).to(z.dtype)])
         self.ent = torch.cat([self.ent, entropy(logits)])
         self._prune()
         weights = F.normalize(self.supports, dim=1).T @ self.labels  # (d, C): sum of normalised supports per class

@@ -1,0 +1,105 @@
+"""`benchmark adapt` end to end: a tiny grid's trained models adapted at test time without
+retraining, each evaluation recorded once, the tta table and the paired comparison read back; a
+SIGKILL in the middle resumed to one record per hash."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.store import open_store, schema
+
+from .test_runner import write_protocol
+from .test_tables import markdown_rows
+
+
+def tta_runs(uri: str):
+    store = open_store(uri)
+    return store.runs(store.experiment("tiny"), kind=schema.TTA_KIND)
+
+
+@pytest.mark.slow
+def test_adapt_records_each_evaluation_once_and_the_tta_table_reads_them(tmp_path, capsys):
+    protocol = write_protocol(tmp_path)
+    uri = f"jsonl:{tmp_path}/runs"
+    base = ["--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm"]
+    assert main(["run", *base]) == 0
+    capsys.readouterr()
+    adapt = ["adapt", *base, "--tta", "none,norm,t3a,eata", "--batch-size", "8", "--set", "tta.t3a.filter_k=0"]
+    assert main(adapt) == 0
+    out = capsys.readouterr().out
+    # 2 jobs x 2 targets x 4 methods; t3a with filter_k = 0 is refused, with its reason, and recorded
+    assert "adapt: 12 evaluation(s) run, 0 FINISHED before, 4 not applicable" in out
+    assert "+ t3a(filter_k=0): n/a (t3a: filter_k = 0: a positive count, or -1 for all)" in out
+    runs = tta_runs(uri)
+    assert len(runs) == 16 and len({r.tags[schema.TTA_HASH] for r in runs}) == 16
+    jobs = {r.run_id: r for r in open_store(uri).runs(open_store(uri).experiment("tiny"), jobs_only=True)}
+    for run in runs:
+        job = jobs[run.tags[schema.SOURCE_RUN]]
+        key = f"{schema.target_prefix(run.tags[schema.TTA_TARGET])}/acc"
+        if run.tags[schema.TTA] == "none":  # the stream without adaptation is the evaluator's prediction
+            assert run.metrics[key] == job.metrics[key]
+            assert run.metrics[key.replace("/acc", "/ece")] == pytest.approx(job.metrics[key.replace("/acc", "/ece")],
+                                                                              abs=1e-6)
+        if run.tags[schema.TTA].startswith("t3a"):
+            assert not run.metrics and run.tags[schema.ERROR].startswith("not applicable: t3a:")
+        if run.tags[schema.TTA] == "eata":  # its Fisher came from synth5/studio's or film's validation split
+            assert run.metrics["tta/forwards"] >= run.metrics["tta/batches"]
+
+    assert main(adapt) == 0
+    assert "adapt: 0 evaluation(s) run, 16 FINISHED before" in capsys.readouterr().out
+    assert len(tta_runs(uri)) == 16
+    # Another stream is another evaluation.
+    assert main(["adapt", *base, "--tta", "norm", "--batch-size", "4"]) == 0
+    assert "adapt: 4 evaluation(s) run" in capsys.readouterr().out
+
+    out_file = tmp_path / "tta.md"
+    assert main(["table", "--protocol", "tiny", "--tracking-uri", uri, "--table", "tta", "--out", str(out_file)]) == 0
+    text = out_file.read_text()
+    rows = markdown_rows(text)
+    assert rows[0] == ["Method", *(f"{t} {k}" for t in ("none", "eata", "norm") for k in ("unseen", "in-domain"))]
+    assert rows[2][0] == "erm" and all(c.strip("*!").replace(".", "", 1).isdigit() for c in rows[2][1:])
+    assert "erm+norm − erm" in text and "Cost per test image" in text and "eata " in text
+    capsys.readouterr()
+    assert main(["compare", "erm+eata", "erm", "--protocol", "tiny", "--tracking-uri", uri]) == 0
+    assert "erm+eata vs erm" in capsys.readouterr().out
+    assert main(["table", "--protocol", "tiny", "--tracking-uri", uri, "--table", "tta", "--metric", "ece"]) == 0
+    assert "tiny: ece (%)" in capsys.readouterr().out
+    assert main(["adapt", *base, "--tta", "tent", "--set", "tta.sar.lr=1"]) == 2
+    assert "--set tta.sar.lr: not an option of a TTA method named in --tta (tent)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_adapt_killed_mid_target_resumes_to_one_record_per_hash(tmp_path, capsys):
+    """In an MLflow store (each evaluation linked to its trained model): SIGKILL once the first
+    evaluations are written; the next invocation does the rest, and every hash has one FINISHED run."""
+    protocol = write_protocol(tmp_path)
+    uri = f"sqlite:///{tmp_path}/store.db"
+    base = ["--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm"]
+    assert main(["run", *base]) == 0
+    adapt = [sys.executable, "-m", "benchmark", "adapt", *base, "--tta", "none,tent,sar,shot_im,lame",
+             "--batch-size", "4"]
+    proc = subprocess.Popen(adapt, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len([r for r in tta_runs(uri) if r.status == "FINISHED"]) < 3:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = [r for r in tta_runs(uri) if r.status == "FINISHED"]
+    assert 3 <= len(before) < 20, len(before)
+    done = subprocess.run(adapt, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"{20 - len(before)} evaluation(s) run, {len(before)} FINISHED before" in done.stdout
+    finished = [r for r in tta_runs(uri) if r.status == "FINISHED"]
+    hashes = [r.tags[schema.TTA_HASH] for r in finished]
+    assert len(hashes) == 20 and len(set(hashes)) == 20
+    store = open_store(uri)
+    model = store.model_of_run(finished[0].tags[schema.SOURCE_RUN])
+    assert model is not None and all(r.tags.get(schema.SOURCE_MODEL) for r in finished)
