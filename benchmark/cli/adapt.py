@@ -27,20 +27,36 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         overrides["sources"] = "[" + ",".join(f'"{s.strip()}"' for s in args.sources.split(",")) + "]"
     protocol = load_protocol(args.protocol, overrides)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else protocol.methods
-    names = [t.strip() for t in args.tta.split(",") if t.strip()]
+    defaults = protocol_tta(protocol)
+    names = [t.strip() for t in args.tta.split(",") if t.strip()] if args.tta else defaults.pop("methods", [])
     if not names:
-        raise BenchmarkError("--tta: name at least one TTA method (benchmark adapt --list shows them)")
+        raise BenchmarkError("--tta: name at least one TTA method (benchmark adapt --list shows them; a protocol's "
+                             "[tta] methods are the default)")
     specs = tta_specs(names, tta_sets)
-    stream = StreamSettings(args.batch_size, args.order, args.dirichlet_alpha, args.reset)
+    chosen = {key: getattr(args, key) if getattr(args, key) is not None else defaults.get(key)
+              for key in ("batch_size", "order", "dirichlet_alpha", "reset", "calibrate")}
+    calibrate = chosen.pop("calibrate") or "none"
+    stream = StreamSettings(**{k: v for k, v in chosen.items() if v is not None})
     plan = plan_from(protocol, args.data_root, parse_assignments(args.dataset_path, "--dataset-path"))
     store = open_store(args.tracking_uri)
-    summary = adapt_grid(protocol, methods, plan, specs, stream, store=store, calibrate=args.calibrate,
+    summary = adapt_grid(protocol, methods, plan, specs, stream, store=store, calibrate=calibrate,
                          device=args.device, command=" ".join(sys.argv))
     print(f"adapt: {summary.done} evaluation(s) run, {summary.skipped} FINISHED before, {summary.refused} not "
           f"applicable" + (f"; {summary.jobs_missing} job(s) of the protocol have no FINISHED run to adapt "
                            "(benchmark run trains them)" if summary.jobs_missing else ""))
     print(f"table: benchmark table --protocol {protocol.name} --table tta")
     return 0
+
+
+TTA_KEYS = ("methods", "batch_size", "order", "dirichlet_alpha", "reset", "calibrate")
+
+
+def protocol_tta(protocol) -> dict:
+    """The protocol's [tta] table, its keys checked (a copy: the caller may pop)."""
+    unknown = sorted(set(protocol.tta) - set(TTA_KEYS))
+    if unknown:
+        raise BenchmarkError(f"{protocol.name}: [tta] unknown key(s) {', '.join(unknown)} (known: {', '.join(TTA_KEYS)})")
+    return dict(protocol.tta)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -57,22 +73,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(no retraining): norm, tent, t3a, sar, eta, eata, lame, shot_im")
     ad.add_argument("--protocol", default="synth5", help="the protocol whose trained models to adapt (default synth5)")
     ad.add_argument("--methods", help="comma-separated trained methods (default: the protocol's)")
-    ad.add_argument("--tta", default="", help="comma-separated TTA methods, e.g. norm,tent,t3a (none: the plain "
-                    "model through the same stream)")
+    ad.add_argument("--tta", help="comma-separated TTA methods, e.g. norm,tent,t3a (none: the plain model through "
+                    "the same stream; default: the protocol's [tta] methods)")
     ad.add_argument("--list", action="store_true", help="list the TTA methods and exit")
     ad.add_argument("--seeds", help="comma-separated seeds (as given to `run`)")
     ad.add_argument("--sources", help="comma-separated sources (as given to `run`)")
     ad.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="a TTA option, tta.<method>.<option>=VALUE (e.g. tta.tent.lr=2.5e-4), or a protocol field "
                     "as given to `run` (so the same jobs are found); repeatable")
-    ad.add_argument("--batch-size", type=int, default=64, help="test batch size of the stream (default 64)")
-    ad.add_argument("--order", choices=["iid", "dirichlet"], default="iid",
+    ad.add_argument("--batch-size", type=int, help="test batch size of the stream (default: the protocol's [tta], "
+                    "else 64)")
+    ad.add_argument("--order", choices=["iid", "dirichlet"],
                     help="stream order: iid (seeded shuffle, default) or dirichlet (TTAB's label-correlated stream)")
-    ad.add_argument("--dirichlet-alpha", type=float, default=0.1, help="dirichlet order's concentration (default 0.1)")
-    ad.add_argument("--reset", choices=["per_domain", "never"], default="per_domain",
+    ad.add_argument("--dirichlet-alpha", type=float, help="dirichlet order's concentration (default 0.1)")
+    ad.add_argument("--reset", choices=["per_domain", "never"],
                     help="per_domain: every target starts from the trained model (default); never: carried "
                     "across the targets in order (continual)")
-    ad.add_argument("--calibrate", choices=["none", "temperature"], default="none",
+    ad.add_argument("--calibrate", choices=["none", "temperature"],
                     help="temperature: scale every target's probabilities by a T fitted on the source's validation "
                     "split (recorded and hashed)")
     ad.add_argument("--data-root", help="folder holding one sub-folder per dataset (default $FER_DATA_ROOT)")

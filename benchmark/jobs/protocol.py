@@ -57,6 +57,10 @@ class Protocol:
     skip_bad: bool = False
     # Hyperparameter sweep (benchmark.jobs.sweep): grid values or a random search.
     sweep: dict[str, Any] = field(default_factory=dict)
+    # What `benchmark adapt` runs on this grid's trained models unless its flags say otherwise:
+    # methods (TTA method names), batch_size, order, dirichlet_alpha, reset, calibrate. Not part of
+    # any job's identity: adaptation never retrains.
+    tta: dict[str, Any] = field(default_factory=dict)
 
     def sweep_spec(self) -> Sweep:
         return Sweep.parse(self.sweep, self.name)
