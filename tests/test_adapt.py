@@ -31,7 +31,7 @@ def test_adapt_records_each_evaluation_once_and_the_tta_table_reads_them(tmp_pat
     base = ["--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm"]
     assert main(["run", *base]) == 0
     capsys.readouterr()
-    adapt = ["adapt", *base, "--tta", "none,norm,t3a,eata", "--batch-size", "8", "--set", "tta.t3a.filter_k=0"]
+    adapt = ["adapt", *base, "--tta", "none,norm,t3a,eata", "--set", "tta.t3a.filter_k=0"]
     assert main(adapt) == 0
     out = capsys.readouterr().out
     # 2 jobs x 2 targets x 4 methods; t3a with filter_k = 0 is refused, with its reason, and recorded
@@ -59,11 +59,26 @@ def test_adapt_records_each_evaluation_once_and_the_tta_table_reads_them(tmp_pat
     assert main(["adapt", *base, "--tta", "norm", "--batch-size", "4"]) == 0
     assert "adapt: 4 evaluation(s) run" in capsys.readouterr().out
 
+    # Temperature scaling: T from the source's validation split, the same T for every target of a
+    # job; accuracy unchanged, another evaluation (its own hash).
+    assert main(["adapt", *base, "--tta", "none", "--calibrate", "temperature"]) == 0
+    assert "adapt: 4 evaluation(s) run" in capsys.readouterr().out
+    scaled = [r for r in tta_runs(uri) if r.params.get("tta.calibrate") == "temperature"]
+    assert len(scaled) == 4
+    for run in scaled:
+        job = jobs[run.tags[schema.SOURCE_RUN]]
+        key = f"{schema.target_prefix(run.tags[schema.TTA_TARGET])}/acc"
+        assert run.metrics[key] == job.metrics[key] and run.metrics["tta/temperature"] > 0
+        same_job = [r.metrics["tta/temperature"] for r in scaled if r.tags[schema.SOURCE_RUN] == job.run_id]
+        assert len(set(same_job)) == 1 and same_job[0] != 1.0
+
     out_file = tmp_path / "tta.md"
     assert main(["table", "--protocol", "tiny", "--tracking-uri", uri, "--table", "tta", "--out", str(out_file)]) == 0
     text = out_file.read_text()
     rows = markdown_rows(text)
-    assert rows[0] == ["Method", *(f"{t} {k}" for t in ("none", "eata", "norm") for k in ("unseen", "in-domain"))]
+    # Evaluations under other settings are their own columns, never averaged with the defaults'.
+    columns = ("none", "eata", "none[temperature]", "norm", "norm[batch_size=4]")
+    assert rows[0] == ["Method", *(f"{t} {k}" for t in columns for k in ("unseen", "in-domain"))]
     assert rows[2][0] == "erm" and all(c.strip("*!").replace(".", "", 1).isdigit() for c in rows[2][1:])
     assert "erm+norm − erm" in text and "Cost per test image" in text and "eata " in text
     capsys.readouterr()
@@ -103,3 +118,10 @@ def test_adapt_killed_mid_target_resumes_to_one_record_per_hash(tmp_path, capsys
     store = open_store(uri)
     model = store.model_of_run(finished[0].tags[schema.SOURCE_RUN])
     assert model is not None and all(r.tags.get(schema.SOURCE_MODEL) for r in finished)
+    # The model's page lists the adapted results: metrics of its TTA runs, linked to the target's dataset.
+    import mlflow
+
+    linked = mlflow.MlflowClient(uri).get_logged_model(model.model_id).metrics
+    adapted = {r.run_id for r in finished if r.tags[schema.SOURCE_MODEL] == model.model_id}
+    from_tta = [m for m in linked if m.run_id in adapted and m.key.startswith("test/")]
+    assert from_tta and all(m.dataset_name and m.dataset_name.endswith(":test") for m in from_tta)

@@ -196,7 +196,8 @@ def test_sar_filters_climbs_steps_and_recovers():
         h2 = ent(logits_of(ref, x))[reliable]
         loss2 = h2[h2 < e0].mean()
         if not torch.isnan(loss2):
-            ema = float(loss2) if ema is None else 0.9 * ema + 0.1 * float(loss2)
+            value = float(loss2.detach())
+            ema = value if ema is None else 0.9 * ema + 0.1 * value
         grads2 = torch.autograd.grad(loss2, params)
         with torch.no_grad():
             for p, s in zip(params, saved):

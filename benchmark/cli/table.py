@@ -28,7 +28,8 @@ def read_results(store, protocol: str, datasets: list[str], rule: str, metric: s
 
 def with_tta(store, results, protocol: str, datasets: list[str], rule: str):
     """`results` and the protocol's test-time adaptation evaluations, named "<method>+<tta>" (the
-    stream without adaptation, "+none", is left out: the plain runs are that column)."""
+    stream without adaptation, "+none", is left out, whatever its batches: the plain runs are that
+    column; with temperature scaling it is a column of its own)."""
     import pandas as pd
 
     if rule != "last":
@@ -38,7 +39,8 @@ def with_tta(store, results, protocol: str, datasets: list[str], rule: str):
     if adapted.empty:
         raise BenchmarkError(f"no test-time adaptation results for protocol {protocol!r} in {store.uri} "
                              "(benchmark adapt --tta ... makes them)")
-    adapted = adapted[~adapted["method"].str.endswith("+none")]
+    plain = adapted["method"].str.contains(r"\+none(?:\[[^\]]*\])?$") & ~adapted["method"].str.contains("temperature")
+    adapted = adapted[~plain]
     frame = pd.concat([results, adapted], ignore_index=True)
     frame.attrs["warnings"] = results.attrs.get("warnings", [])
     return frame

@@ -10,6 +10,7 @@ again). A TTA method that cannot adapt a model is recorded once, with its reason
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ def adapt_grid(protocol, methods: list[str], plan, specs, stream, *, store: Resu
     from ..jobs.plan import expand
     from ..training import checkpoint
     from ..training.trainer import pick_device
-    from ..tta.evaluation import evaluation_hash, stream_seed, temperature_of, adapt
+    from ..tta.evaluation import adapt, evaluation_hash, evaluation_label, stream_seed, temperature_of
 
     jobs = expand(protocol, methods, plan)
     experiment_id = store.experiment(protocol.name, create=False)
@@ -83,13 +84,17 @@ def adapt_grid(protocol, methods: list[str], plan, specs, stream, *, store: Resu
             streamed = targets if stream.reset == "never" else [t for t, _ in mine]
             outcome = adapt(method, state_dict, spec, {t: tests[t] for t in streamed}, stream, job.seed, val,
                             temperature, schema_prefix=schema.target_prefix)
+            label = evaluation_label(spec, stream, calibrate)
             for target, key in mine:
-                _record(store, experiment_id, run, job, spec, target, key, outcome, tests[target], model, command)
+                settings = {**{f"tta.stream.{k}": v for k, v in dataclasses.asdict(stream).items()},
+                            "tta.stream.seed": stream_seed(job.seed, target), "tta.calibrate": calibrate}
+                _record(store, experiment_id, run, job, spec, label, target, key, outcome, tests[target], model,
+                        command, settings)
                 if outcome.refused:
                     summary.refused += 1
                 else:
                     summary.done += 1
-            out(_line(job, spec, outcome, run, [t for t, _ in mine]))
+            out(_line(job, label, outcome, run, [t for t, _ in mine]))
     return summary
 
 
@@ -119,35 +124,40 @@ def _source_val(plan, job, size: int):
     return union_split([decode_split(v, size, skip_bad=plan.skip_bad) for v in vals])
 
 
-def _record(store, experiment_id, run, job, spec, target, key, outcome, data, model, command) -> None:
-    label = method_label(run)
-    tags = {schema.KIND: schema.TTA_KIND, schema.TTA_HASH: key, schema.TTA: spec.label, schema.TTA_TARGET: target,
+def _record(store, experiment_id, run, job, spec, label, target, key, outcome, data, model, command, settings) -> None:
+    trained = method_label(run)
+    tags = {schema.KIND: schema.TTA_KIND, schema.TTA_HASH: key, schema.TTA: label, schema.TTA_TARGET: target,
             schema.METHOD: job.method, schema.SOURCE: job.source, schema.SEED: str(job.seed),
             schema.PROTOCOL: job.protocol, schema.SOURCE_RUN: run.run_id, schema.PARENT: run.run_id,
-            schema.DG_RECIPES: label.partition("+")[2], schema.COMMAND: command[:5000],
-            schema.DESCRIPTION: f"{label} trained on {job.source} (seed {job.seed}), adapted at test time by "
-                                f"{spec.label} on {target}", **process_tags()}
+            schema.DG_RECIPES: trained.partition("+")[2], schema.COMMAND: command[:5000],
+            schema.DESCRIPTION: f"{trained} trained on {job.source} (seed {job.seed}), adapted at test time by "
+                                f"{label} on {target}", **process_tags()}
     if model is not None:
         tags[schema.SOURCE_MODEL] = model.model_id
     if outcome.refused:
         tags[schema.ERROR] = f"not applicable: {outcome.refused}"
-    log = store.create_run(experiment_id, f"{schema.job_run_name(job.method, job.source, job.seed)}+{spec.label}"
+    log = store.create_run(experiment_id, f"{schema.job_run_name(job.method, job.source, job.seed)}+{label}"
                                           f"@{schema.safe_name(target)}", tags)
-    log.params({schema.BACKBONE: run.params.get(schema.BACKBONE, ""), **{f"tta.{k}": v for k, v in
-                                                                            spec.identity()["options"].items()},
+    log.params({schema.BACKBONE: run.params.get(schema.BACKBONE, ""), "tta.method": spec.name, **settings,
+                **{f"tta.{k}": v for k, v in spec.identity()["options"].items()},
                 **{k: v for k, v in run.params.items() if k.startswith(schema.DATA_PREFIX + target + ":")},
                 **{k: v for k, v in run.params.items() if k.startswith("env.") or k == schema.FUSED}})
     if not outcome.refused:
         done = outcome.targets[target]
-        log.inputs([DatasetRef(f"{data.dataset}:{data.split}", data.fingerprint, "", "test")])
-        log.metrics(done.metrics, step=0)
-        if model is not None:
-            store.link_model_metrics(log.run_id, model.model_id, 0)
+        dataset = DatasetRef(f"{data.dataset}:{data.split}", data.fingerprint, "", "test")
+        log.inputs([dataset])
+        if model is None:  # a store without models (JSON lines), or a run from before them
+            log.metrics(done.metrics, step=0)
+        else:  # linked to the trained model, a target's metrics also to its dataset: the model's page lists them
+            test = {k: v for k, v in done.metrics.items() if k.startswith("test/")}
+            store.log_model_metrics(log.run_id, model.model_id, test, 0, dataset)
+            store.log_model_metrics(log.run_id, model.model_id, {k: v for k, v in done.metrics.items()
+                                                                 if k not in test}, 0)
     log.finish("FINISHED")
 
 
-def _line(job, spec, outcome, run, targets: list[str]) -> str:
-    head = f"{job.label} + {spec.label}:"
+def _line(job, label: str, outcome, run, targets: list[str]) -> str:
+    head = f"{job.label} + {label}:"
     if outcome.refused:
         return f"{head} n/a ({outcome.refused})"
     cells = []

@@ -301,6 +301,13 @@ class MlflowStore(ResultStore):
             retry(lambda: self.client.log_batch(run_id, metrics=linked[start:start + 1000]))
         return len(linked)
 
+    def log_model_metrics(self, run_id, model_id, values, step, dataset=None):
+        now = int(time.time() * 1000)
+        linked = [Metric(k, float(v), now, step, model_id=model_id, dataset_name=dataset.name if dataset else None,
+                         dataset_digest=dataset.digest if dataset else None) for k, v in values.items()]
+        for start in range(0, len(linked), 1000):
+            retry(lambda: self.client.log_batch(run_id, metrics=linked[start:start + 1000]))
+
     def model_of_run(self, run_id):
         experiment_id = retry(lambda: self.client.get_run(run_id)).info.experiment_id
         found = retry(lambda: self.client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'"))

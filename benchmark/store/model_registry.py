@@ -9,7 +9,7 @@ from typing import Callable
 
 from ..core.errors import BenchmarkError
 from . import schema
-from .records import ModelRecord
+from .records import DatasetRef, ModelRecord
 
 
 class ModelRegistry:
@@ -32,6 +32,12 @@ class ModelRegistry:
     def link_model_metrics(self, run_id: str, model_id: str, step: int) -> int:
         """The run's metrics of `step` logged again against the model (a test target's against that
         target's dataset, as read from the run's inputs); how many."""
+        raise self.no_models("link metrics to a model")
+
+    def log_model_metrics(self, run_id: str, model_id: str, values: dict[str, float], step: int,
+                          dataset: DatasetRef | None = None) -> None:
+        """Metrics of run `run_id` about model `model_id` (a test-time adaptation's results), each
+        linked to the model and to `dataset`, in one write."""
         raise self.no_models("link metrics to a model")
 
     def model_of_run(self, run_id: str) -> ModelRecord | None:

@@ -46,6 +46,18 @@ class TTASpec:
         return {"tta": self.name, "options": dataclasses.asdict(self.options)}
 
 
+def evaluation_label(spec: TTASpec, stream: StreamSettings, calibrate: str) -> str:
+    """How tables name an evaluation: the method's label, and in brackets any stream setting away
+    from the default and the calibration ("tent", "tent[batch_size=32]", "none[temperature]"), so
+    evaluations of one model under different settings are never averaged together."""
+    defaults = dataclasses.asdict(StreamSettings())
+    changed = [f"{k}={v}" for k, v in dataclasses.asdict(stream).items() if v != defaults[k]
+               and not (k == "dirichlet_alpha" and stream.order != "dirichlet")]
+    if calibrate != "none":
+        changed.append(calibrate)
+    return spec.label + (f"[{','.join(changed)}]" if changed else "")
+
+
 def tta_specs(names: list[str], sets: dict[str, str]) -> list[TTASpec]:
     """The TTA methods named, with `tta.<method>.<option>=value` settings applied; a setting for a
     method not named, or an option a method lacks, is an error that names it."""
