@@ -103,12 +103,12 @@ def test_adapt_killed_mid_target_resumes_to_one_record_per_hash(tmp_path, capsys
     proc = subprocess.Popen(adapt, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and len([r for r in tta_runs(uri) if r.status == "FINISHED"]) < 3:
+    while time.time() < deadline and not [r for r in tta_runs(uri) if r.status == "FINISHED"]:
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = [r for r in tta_runs(uri) if r.status == "FINISHED"]
-    assert 3 <= len(before) < 20, len(before)
+    assert 1 <= len(before) < 20, len(before)
     done = subprocess.run(adapt, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"{20 - len(before)} evaluation(s) run, {len(before)} FINISHED before" in done.stdout

@@ -93,10 +93,16 @@ class ResultsFrame:
         dataset names come back from `datasets` and from each run's `data.*` params.
         """
         counted, warnings = self._counted_runs(protocol)
+        return self._tidy(counted, datasets, warnings)
+
+    def _tidy(self, runs: list[RunRecord], datasets: list[str] | None, warnings: list[str],
+              suffix: Callable[[RunRecord], str] = lambda run: "") -> pd.DataFrame:
+        """The results frame of these runs' test metrics; `suffix` extends a run's method label."""
         known = {schema.safe_name(d): d for d in (datasets or [])}
         rows = []
-        for run in counted:
+        for run in runs:
             job, extra = self._job_columns(run, known)
+            job[0] += suffix(run)
             for key, value in run.metrics.items():
                 parsed = schema.parse_test_metric(key)
                 if parsed is not None:
@@ -117,24 +123,12 @@ class ResultsFrame:
         runs = [] if experiment is None else [r for r in self.runs(experiment, kind=schema.TTA_KIND)
                                               if r.status == "FINISHED"]
         runs.sort(key=lambda r: (r.start_time, r.run_id))
-        known = {schema.safe_name(d): d for d in (datasets or [])}
-        seen, rows = set(), []
+        seen, counted = set(), []
         for run in runs:
-            if run.tags[schema.TTA_HASH] in seen:
-                continue
-            seen.add(run.tags[schema.TTA_HASH])
-            job, extra = self._job_columns(run, known)
-            job[0] = f"{job[0]}+{run.tags[schema.TTA]}"
-            for key, value in run.metrics.items():
-                parsed = schema.parse_test_metric(key)
-                if parsed is not None:
-                    rows.append([*job, extra["names"].get(parsed[0], parsed[0]), parsed[1], float(value), extra["env"],
-                                 extra["sweep"], extra["collapsed"]])
-        frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-        frame["backbone"] = backbone_labels(frame["backbone"])
-        frame = frame.sort_values(RESULT_COLUMNS[:6], kind="stable").reset_index(drop=True)
-        frame.attrs["warnings"] = []
-        return frame
+            if run.tags[schema.TTA_HASH] not in seen:
+                seen.add(run.tags[schema.TTA_HASH])
+                counted.append(run)
+        return self._tidy(counted, datasets, [], suffix=lambda run: f"+{run.tags[schema.TTA]}")
 
     def tta_costs(self, protocol: str) -> pd.DataFrame:
         """A row per FINISHED, applicable TTA evaluation of the protocol: its TTA label, seconds

@@ -179,6 +179,15 @@ def freeze_all_but(model: nn.Module, params: list[nn.Parameter]) -> None:
         p.requires_grad_(id(p) in keep)
 
 
+def adapt_norm_affines(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> list[nn.Parameter]:
+    """TENT's set-up, shared by SAR and EATA: `layers` normalise by the batch, their scale and
+    shift are the only trainable parameters of `model`; those parameters."""
+    use_batch_statistics(layers)
+    params = affine_parameters(layers)
+    freeze_all_but(model, params)
+    return params
+
+
 def make_optimizer(params: list[nn.Parameter], optimizer: str, lr: float, momentum: float = 0.9,
                    nesterov: bool = False, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     if not params:

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..base import (Adaptable, TTAMethod, affine_parameters, entropy, entropy_margin, freeze_all_but, make_optimizer,
-                    register_tta, use_batch_statistics)
+from ..base import (Adaptable, TTAMethod, adapt_norm_affines, affine_parameters, entropy, entropy_margin,
+                    make_optimizer, register_tta)
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,7 @@ class ETA(TTAMethod):
         return None
 
     def setup(self) -> None:
-        layers = self.model.norm_layers("bn")
-        use_batch_statistics(layers)
-        self.params = affine_parameters(layers)
-        freeze_all_but(self.model.model, self.params)
+        self.params = adapt_norm_affines(self.model.model, self.model.norm_layers("bn"))
         self.optimizer = make_optimizer(self.params, "sgd", self.options.lr, self.options.momentum)
         self.e0 = entropy_margin(self.options.e0_fraction, self.options.e0_classes or self.model.num_classes)
         self.mean_prob = None

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..base import (Adaptable, TTAMethod, affine_parameters, entropy, entropy_margin, freeze_all_but, make_optimizer,
-                    register_tta, use_batch_statistics)
+from ..base import (Adaptable, TTAMethod, adapt_norm_affines, affine_parameters, entropy, entropy_margin,
+                    make_optimizer, register_tta)
 
 TOP_LAYERS = ("layer4", "blocks.9", "blocks.10", "blocks.11", "norm.")
 
@@ -56,10 +56,7 @@ class SAR(TTAMethod):
         return None
 
     def setup(self) -> None:
-        layers = sar_layers(self.model)
-        use_batch_statistics(layers)
-        self.params = affine_parameters(layers)
-        freeze_all_but(self.model.model, self.params)
+        self.params = adapt_norm_affines(self.model.model, sar_layers(self.model))
         self.optimizer = make_optimizer(self.params, "sgd", self.options.lr, self.options.momentum)
         self.e0 = entropy_margin(self.options.e0_fraction, self.options.e0_classes or self.model.num_classes)
         self.ema = None

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..base import (Adaptable, TTAMethod, affine_parameters, entropy, freeze_all_but, make_optimizer, register_tta,
-                    use_batch_statistics)
+from ..base import Adaptable, TTAMethod, adapt_norm_affines, affine_parameters, entropy, make_optimizer, register_tta
 
 
 @dataclass(frozen=True)
@@ -43,10 +42,7 @@ class Tent(TTAMethod):
         return None
 
     def setup(self) -> None:
-        layers = self.model.norm_layers(self.options.norm_types)
-        use_batch_statistics(layers)
-        params = affine_parameters(layers)
-        freeze_all_but(self.model.model, params)
+        params = adapt_norm_affines(self.model.model, self.model.norm_layers(self.options.norm_types))
         self.optimizer = make_optimizer(params, self.options.optimizer, self.options.lr, self.options.momentum,
                                         nesterov=True)
 
