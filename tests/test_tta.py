@@ -372,3 +372,12 @@ def test_the_stream_orders_are_seeded_permutations():
     assert runs < shuffled_runs / 3  # long runs of one class: a label-correlated stream
     with pytest.raises(Exception, match="tta order = 'sorted'"):
         StreamSettings(order="sorted")
+
+
+def test_a_method_without_a_trained_network_is_refused_not_an_error():
+    from benchmark.tta.evaluation import adapt
+
+    (spec,) = tta_specs(["tent"], {})
+    probe = SimpleNamespace(name="clip_probe")  # a probe on cached features: no `logits`, no network
+    outcome = adapt(probe, {}, spec, {"t": None}, StreamSettings(), 0)
+    assert outcome.refused == "tent: method clip_probe has no trained network to adapt (only the shared loop's methods do)"

@@ -39,6 +39,7 @@ def adapt_grid(protocol, methods: list[str], plan, specs, stream, *, store: Resu
     from ..jobs.plan import expand
     from ..training import checkpoint
     from ..training.trainer import pick_device
+    from ..tta.base import TTA_METHODS
     from ..tta.evaluation import adapt, evaluation_hash, evaluation_label, stream_seed, temperature_of
 
     jobs = expand(protocol, methods, plan)
@@ -72,7 +73,8 @@ def adapt_grid(protocol, methods: list[str], plan, specs, stream, *, store: Resu
         state_dict = method.state_dict()
         size = spec_file["input_size"]
         tests = {t: decode_split(plan.samples(t, job.test_split), size, skip_bad=plan.skip_bad) for t in targets}
-        val = _source_val(plan, job, size)
+        needs_val = calibrate != "none" or any(TTA_METHODS.get(s.name).needs_source_val for s, _, _ in wanted)
+        val = _source_val(plan, job, size) if needs_val else None
         temperature = temperature_of(method, val, calibrate)
         model = store.model_of_run(run.run_id)
         for spec in specs:

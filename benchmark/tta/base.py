@@ -207,6 +207,7 @@ class TTAMethod:
     description: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     backprop: ClassVar[bool] = False  # whether it takes gradients
+    needs_source_val: ClassVar[bool] = False  # reads the source's validation split (EATA's Fisher)
 
     def __init__(self, options: Any, model: Adaptable, source_val: DecodedSplit | None = None):
         self.options = options

@@ -121,6 +121,9 @@ def adapt(method, state: dict[str, Any], spec: TTASpec, targets: dict[str, Decod
     """`method` (a trained method; `state` its trained state dict, restored first) adapted by
     `spec` on each target's stream, in the order of `targets`. A method that cannot adapt this
     model is refused before any target is streamed."""
+    if not callable(getattr(method, "logits", None)):  # clip_probe, clip_zeroshot, tip_adapter: no network trained
+        return Outcome(refused=f"{spec.name}: method {method.name} has no trained network to adapt "
+                               "(only the shared loop's methods do)")
     method.load_state_dict(state)
     method.model.eval()
     model = Adaptable(method, len(CLASSES))

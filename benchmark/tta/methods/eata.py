@@ -126,3 +126,4 @@ class EATA(ETA):
     description = "eta plus a Fisher-weighted anchor to the trained weights (source validation images)"
     Options = EATAOptions
     fisher = True
+    needs_source_val = True
