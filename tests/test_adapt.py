@@ -86,6 +86,15 @@ def test_adapt_records_each_evaluation_once_and_the_tta_table_reads_them(tmp_pat
     assert "erm+eata vs erm" in capsys.readouterr().out
     assert main(["table", "--protocol", "tiny", "--tracking-uri", uri, "--table", "tta", "--metric", "ece"]) == 0
     assert "tiny: ece (%)" in capsys.readouterr().out
+    figure = tmp_path / "reliability.png"
+    assert main(["reliability", "--protocol", str(protocol), "--tracking-uri", uri, "--method", "erm", "--source",
+                 "synth5/studio", "--target", "synth5/film", "--tta", "none,norm", "--out", str(figure)]) == 0
+    out = capsys.readouterr().out
+    assert figure.stat().st_size > 0 and figure.with_suffix(".pdf").stat().st_size > 0
+    # The diagram's "none" panel is the recorded plain evaluation's ECE.
+    ece = next(r for r in tta_runs(uri) if r.tags[schema.TTA] == "none" and r.tags[schema.TTA_TARGET] == "synth5/film"
+               and r.tags[schema.SOURCE] == "synth5/studio").metrics["test/synth5.film/ece"]
+    assert f"none: ECE {100 * ece:.2f}%" in out
     assert main(["adapt", *base, "--tta", "tent", "--set", "tta.sar.lr=1"]) == 2
     assert "--set tta.sar.lr: not an option of a TTA method named in --tta (tent)" in capsys.readouterr().err
 

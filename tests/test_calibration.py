@@ -102,3 +102,20 @@ def test_table_of_a_lower_is_better_metric_bolds_the_lowest_and_nll_is_in_nats()
                        metric="nll")
     x, y = markdown_rows(tables.render(nll, "md"))[2:]
     assert x[1] == "1.25" and y[1] == "**0.75**"
+
+
+def test_reliability_bins_hold_the_ece_and_the_diagram_is_drawn(predictions, tmp_path):
+    from PIL import Image
+
+    from benchmark.report.reliability import reliability_figure
+    from benchmark.training.calibration import reliability_bins
+
+    labels, probs = predictions
+    bins = reliability_bins(labels, probs)
+    assert sum(b["count"] for b in bins) == len(labels) and len(bins) == 15
+    ece = sum(b["count"] / len(labels) * abs(b["acc"] - b["conf"]) for b in bins if b["count"])
+    assert ece == pytest.approx(direct_ece(labels, probs), abs=1e-12)
+    written = reliability_figure([("plain", bins, ece), ("again", bins, ece)], tmp_path / "rel", "a title")
+    assert [p.suffix for p in written] == [".png", ".pdf"]
+    with Image.open(written[0]) as image:
+        assert image.size[0] > image.size[1] > 100  # two panels side by side

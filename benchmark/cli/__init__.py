@@ -11,7 +11,7 @@ import sys
 
 from ..core import interrupt
 from ..core.errors import BenchmarkError
-from . import adapt, evaluate, explain, listing, perf, predict, register, run, table, ui
+from . import adapt, evaluate, explain, listing, perf, predict, register, reliability, run, table, ui
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (run, adapt, table, evaluate, register, predict, explain, listing, perf, ui):
+    for command in (run, adapt, table, reliability, evaluate, register, predict, explain, listing, perf, ui):
         command.add_parser(sub)
     return parser
 

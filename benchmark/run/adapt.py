@@ -74,7 +74,7 @@ def adapt_grid(protocol, methods: list[str], plan, specs, stream, *, store: Resu
         size = spec_file["input_size"]
         tests = {t: decode_split(plan.samples(t, job.test_split), size, skip_bad=plan.skip_bad) for t in targets}
         needs_val = calibrate != "none" or any(TTA_METHODS.get(s.name).needs_source_val for s, _, _ in wanted)
-        val = _source_val(plan, job, size) if needs_val else None
+        val = source_val(plan, job, size) if needs_val else None
         temperature = temperature_of(method, val, calibrate)
         model = store.model_of_run(run.run_id)
         for spec in specs:
@@ -117,7 +117,7 @@ def _tta_records(store: ResultStore, experiment_id: str) -> dict[str, str]:
     return out
 
 
-def _source_val(plan, job, size: int):
+def source_val(plan, job, size: int):
     """The job's source validation split (its own, or the held-out share it trained without), or None."""
     vals = [v for v in (plan.source_splits(d, job.recipe.val_fraction, job.recipe.seed)[1]
                         for d in source_parts(job.source)) if v is not None]

@@ -43,6 +43,22 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
                                               num_classes=probs.shape[1], n_bins=bins, norm="l1"))
 
 
+def reliability_bins(labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """The reliability diagram's data: per equal-width confidence bin (lo, hi], its sample count,
+    accuracy and mean confidence (NaN where empty)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    confidence, correct = probs.max(1), (probs.argmax(1) == np.asarray(labels)).astype(float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (confidence > lo) & (confidence <= hi)
+        n = int(inside.sum())
+        out.append({"lo": float(lo), "hi": float(hi), "count": n,
+                    "acc": float(correct[inside].mean()) if n else float("nan"),
+                    "conf": float(confidence[inside].mean()) if n else float("nan")})
+    return out
+
+
 def brier_score(labels: np.ndarray, probs: np.ndarray) -> float:
     probs = np.asarray(probs, dtype=np.float64)
     onehot = np.eye(probs.shape[1])[np.asarray(labels)]
