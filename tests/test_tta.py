@@ -381,3 +381,11 @@ def test_a_method_without_a_trained_network_is_refused_not_an_error():
     probe = SimpleNamespace(name="clip_probe")  # a probe on cached features: no `logits`, no network
     outcome = adapt(probe, {}, spec, {"t": None}, StreamSettings(), 0)
     assert outcome.refused == "tent: method clip_probe has no trained network to adapt (only the shared loop's methods do)"
+
+
+def test_a_protocols_tta_table_is_checked_when_it_loads():
+    from benchmark.jobs.protocol import ProtocolError, load_protocol
+
+    assert "tent" in load_protocol("synth5_tta").tta["methods"]
+    with pytest.raises(ProtocolError, match=r"synth5_tta.toml: \[tta\] unknown key\(s\) batch \(known: methods, "):
+        load_protocol("synth5_tta", {"tta.batch": "3"})

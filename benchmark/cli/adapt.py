@@ -27,7 +27,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         overrides["sources"] = "[" + ",".join(f'"{s.strip()}"' for s in args.sources.split(",")) + "]"
     protocol = load_protocol(args.protocol, overrides)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else protocol.methods
-    defaults = protocol_tta(protocol)
+    defaults = dict(protocol.tta)  # its keys checked when the protocol loaded
     names = [t.strip() for t in args.tta.split(",") if t.strip()] if args.tta else defaults.pop("methods", [])
     if not names:
         raise BenchmarkError("--tta: name at least one TTA method (benchmark adapt --list shows them; a protocol's "
@@ -46,17 +46,6 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
                            "(benchmark run trains them)" if summary.jobs_missing else ""))
     print(f"table: benchmark table --protocol {protocol.name} --table tta")
     return 0
-
-
-TTA_KEYS = ("methods", "batch_size", "order", "dirichlet_alpha", "reset", "calibrate")
-
-
-def protocol_tta(protocol) -> dict:
-    """The protocol's [tta] table, its keys checked (a copy: the caller may pop)."""
-    unknown = sorted(set(protocol.tta) - set(TTA_KEYS))
-    if unknown:
-        raise BenchmarkError(f"{protocol.name}: [tta] unknown key(s) {', '.join(unknown)} (known: {', '.join(TTA_KEYS)})")
-    return dict(protocol.tta)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

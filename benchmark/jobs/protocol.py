@@ -21,6 +21,10 @@ from ..training.recipe import Recipe
 from ..core.sources import leave_one_out, parts as source_parts
 from .sweep import Sweep
 
+# The keys of a protocol's [tta] table (benchmark adapt's defaults).
+TTA_KEYS = ("methods", "batch_size", "order", "dirichlet_alpha", "reset", "calibrate")
+
+
 class ProtocolError(BenchmarkError):
     pass
 
@@ -211,6 +215,9 @@ def parse_protocol(data: dict[str, Any], where: str, methods_checked: bool = Tru
         _build(Recipe, {**dataclasses.asdict(protocol.recipe), **changes}, f"{where}: source_recipe.{source}")
     if methods_checked:
         check_hparams(protocol.hparams, where)
+    unknown = sorted(set(protocol.tta) - set(TTA_KEYS))
+    if unknown:
+        raise ProtocolError(f"{where}: [tta] unknown key(s) {', '.join(unknown)} (known: {', '.join(TTA_KEYS)})")
     try:
         for point in Sweep.parse(protocol.sweep, where).points():
             protocol.at(point)  # every point's values checked before any work
