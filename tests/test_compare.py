@@ -137,3 +137,23 @@ def test_a_collapsed_seed_is_marked_in_the_per_cell_rows_and_named():
     assert not any(line.split("|")[4].strip().endswith("!") for line in rows)  # b never collapsed
     assert f"Here: a on {DOMAINS[0]} (seed 1)." in text
     assert "collapsed" not in render(compare(results(0.02), "a", "b"), "last epoch")
+
+
+@pytest.mark.parametrize("metric, scale, unit", [("ece", 100, "points"), ("nll", 1, "nats")])
+def test_a_lower_is_better_metric_counts_a_lower_value_as_the_improvement(metric, scale, unit, tmp_path):
+    """A planted calibration gain: A's ECE (or NLL) 0.05 lower on every cell. The mean difference
+    is negative, P(A < B) is 1, and the text says which way is better and in which unit."""
+    from benchmark.report.compare import figure, profile_figure
+
+    frame = results(-0.05, noise=0.003).assign(metric=metric)
+    c = compare(frame, "a", "b", metric)
+    unseen = next(g for g in c.groups if g.group == "unseen")
+    assert unseen.mean_diff == pytest.approx(-0.05, abs=0.01) and unseen.p_improvement == 1.0
+    text = render(c, "last epoch")
+    assert f"{metric} ({'%' if scale == 100 else 'nats'}, lower is better)" in text and "P(a < b)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| unseen"))
+    assert float(row.split("|")[4]) == pytest.approx(-0.05 * scale, abs=0.01 * scale)
+    assert f"{unit} (sd)" in text
+    # The same numbers read as an accuracy would be a loss: the direction is the metric's.
+    assert compare(frame.assign(metric="acc"), "a", "b").groups[1].p_improvement == 0.0
+    assert figure(c, "last epoch", tmp_path / "cells") and profile_figure(c, "last epoch", tmp_path / "p") == []

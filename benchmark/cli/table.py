@@ -169,7 +169,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     order = tables.in_paper_order(datasets or sorted(set(results["target"])))
     comparison = compare.compare(results, args.a, args.b, args.metric, order)
     label = SELECTION_LABELS[args.selection]
-    mde = None if args.mde is None else args.mde / 100
+    from ..store import schema
+
+    mde = None if args.mde is None else args.mde / schema.metric_scale(args.metric)
     text = f"{protocol_name}: " + compare.render(comparison, label, tables.display, mde=mde)
     if args.out:
         out = Path(args.out)
@@ -204,7 +206,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     cmp.add_argument("b", help="method B (the difference is A - B), or METHOD@BACKBONE")
     cmp.add_argument("--protocol", help="experiment to read (default: the most recent with finished runs)")
     cmp.add_argument("--selection", choices=list(SELECTION_RULES), default="last", help="as for `table`")
-    cmp.add_argument("--metric", choices=["acc", "mean_class_acc", "macro_f1"], default="acc")
+    cmp.add_argument("--metric", choices=METRICS, default="acc",
+                     help="acc (default), mean_class_acc, macro_f1, or ece, nll, brier (lower is better: P(A < B))")
     cmp.add_argument("--mde", type=float, metavar="POINTS", help="also say how many seeds per source would detect "
                      "an unseen-domain difference of POINTS percentage points with 80%% power")
     cmp.add_argument("--out", help="write the markdown here, the per-cell figure and the performance profiles "

@@ -40,6 +40,7 @@ import pandas as pd
 
 from ..core.errors import BenchmarkError
 from ..core.sources import seen, seen_mask
+from ..store import schema
 from .figures import save_figure, t_half_width
 
 # The mark of a result whose model collapsed (benchmark.training.metrics.collapse), in tables and here.
@@ -110,6 +111,14 @@ class Comparison:
     groups: list[GroupSummary]
     per_cell: pd.DataFrame  # source, target, n, a_mean, b_mean, diff, half_width, p, outside_noise
     aggregates: list[Aggregate] = field(default_factory=list)
+
+    @property
+    def lower_is_better(self) -> bool:  # ECE, NLL, Brier: A improves on B where A − B < 0
+        return self.metric in schema.LOWER_IS_BETTER
+
+    @property
+    def scale(self) -> float:  # percent points, or nats for NLL
+        return schema.metric_scale(self.metric)
 
 
 def side_rows(frame: pd.DataFrame, side: str) -> pd.Series:
@@ -283,7 +292,10 @@ def _wins(x: np.ndarray) -> np.ndarray:
     return (x > 0) + 0.5 * (x == 0)  # ties count half
 
 
-def summarise(group: str, cells: pd.DataFrame, with_power: bool = False) -> GroupSummary:
+def summarise(group: str, cells: pd.DataFrame, with_power: bool = False, lower_is_better: bool = False) -> GroupSummary:
+    """The group's mean difference, interval and sign-flip p; its probability of improvement (A
+    better than B: higher, or lower where `lower_is_better`), and with `with_power` what the seeds
+    can detect."""
     diffs, strata = _units(cells, "diff")
     units = len(diffs)
     mean = float(cells["diff"].mean())
@@ -292,11 +304,12 @@ def summarise(group: str, cells: pd.DataFrame, with_power: bool = False) -> Grou
     if units:
         sums = np.array([d.sum() for d in diffs])
         p, exact = (1.0, True) if np.all(sums == 0) else sign_flip_p(sums)
-    improvement = lambda x: float(np.mean(_wins(x)))  # noqa: E731
+    wins = (lambda x: _wins(-x)) if lower_is_better else _wins
+    improvement = lambda x: float(np.mean(wins(x)))  # noqa: E731
     ci = pi_ci = None
     if df >= 1:
         ci = t_interval(mean, unit_bootstrap(diffs, strata, cellwise=lambda x: x), df)
-        pi_ci = t_interval(improvement(cells["diff"].to_numpy()), unit_bootstrap(diffs, strata, cellwise=_wins), df,
+        pi_ci = t_interval(improvement(cells["diff"].to_numpy()), unit_bootstrap(diffs, strata, cellwise=wins), df,
                            bounds=(0.0, 1.0))
     return GroupSummary(group, units, len(cells), mean, ci, p, exact, improvement(cells["diff"].to_numpy()), pi_ci,
                         variance_components(cells) if with_power else None)
@@ -374,7 +387,8 @@ def compare(results: pd.DataFrame, a: str, b: str, metric: str = "acc", order: l
     if cells.empty:
         raise BenchmarkError(f"{a} and {b} share no (source, target, seed) cell: nothing to compare")
     domain = seen_mask(cells)  # the target is (one of) the source's datasets
-    groups = [summarise(name, part, with_power=name == "unseen")
+    lower = metric in schema.LOWER_IS_BETTER
+    groups = [summarise(name, part, with_power=name == "unseen", lower_is_better=lower)
               for name, part in (("in-domain", cells[domain]), ("unseen", cells[~domain])) if len(part)]
     rank = {name: k for k, name in enumerate(order or [])}
     key = lambda name: (rank.get(name, len(rank)), name)  # noqa: E731
@@ -387,10 +401,10 @@ def compare(results: pd.DataFrame, a: str, b: str, metric: str = "acc", order: l
 
 # -- rendering ------------------------------------------------------------------------------------
 
-def _pct(x: float | None, signed: bool = True) -> str:
+def _pct(x: float | None, signed: bool = True, scale: float = 100) -> str:
     if x is None or np.isnan(x):
         return "–"
-    return f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
+    return f"{scale * x:+.2f}" if signed else f"{scale * x:.2f}"
 
 
 def _interval(ci: tuple[float, float] | None, scale: float = 100, signed: bool = True) -> str:
@@ -406,28 +420,34 @@ def _p(g: GroupSummary) -> str:
     return f"{g.p_value:.3g}" + ("" if g.p_exact else " (drawn)")
 
 
-def group_text(g: GroupSummary) -> str:
+def _units_word(scale: float) -> str:
+    return "points" if scale == 100 else "nats"
+
+
+def group_text(g: GroupSummary, metric: str = "acc") -> str:
     """One group's result in a line: "unseen +1.23 [-0.40, +2.86] points, p = 0.125"."""
-    interval = "" if g.diff_ci is None else f" {_interval(g.diff_ci)}"
-    return f"{g.group} {_pct(g.mean_diff)}{interval} points, p = {_p(g)}"
+    scale = schema.metric_scale(metric)
+    interval = "" if g.diff_ci is None else f" {_interval(g.diff_ci, scale=scale)}"
+    return f"{g.group} {_pct(g.mean_diff, scale=scale)}{interval} {_units_word(scale)}, p = {_p(g)}"
 
 
-def power_text(g: GroupSummary, mde: float | None = None) -> str:
+def power_text(g: GroupSummary, mde: float | None = None, scale: float = 100) -> str:
     """What the seeds can show: the variance components, the detectable difference, and (for a
     requested `mde`) the seeds per source it needs."""
     pw = g.power
+    points = _units_word(scale)
     if pw is None:
         return "How many seeds: one seed per source here, so the spread between trained models is unknown; run at least two."
-    within = "–" if pw.within_model_sd is None else f"{100 * pw.within_model_sd:.2f}"
+    within = "–" if pw.within_model_sd is None else f"{scale * pw.within_model_sd:.2f}"
     text = (f"How many seeds (unseen targets; 80% power, two-sided 5%): the difference between the two trained "
-            f"models of a unit varies by {100 * pw.between_models_sd:.2f} points (sd) from one (source, seed) to "
+            f"models of a unit varies by {scale * pw.between_models_sd:.2f} {points} (sd) from one (source, seed) to "
             f"another, and one target's difference around its unit's mean by {within}; with "
             f"{pw.seeds:g} seed{'s' if pw.seeds != 1 else ''} per source over {pw.sources} source"
             f"{'s' if pw.sources != 1 else ''} ({g.units} units) the smallest detectable difference is "
-            + ("–" if pw.mde is None else f"{100 * pw.mde:.2f} points") + ".")
+            + ("–" if pw.mde is None else f"{scale * pw.mde:.2f} {points}") + ".")
     if mde is not None:
         need = pw.seeds_for(mde)
-        text += (f" To detect {100 * mde:.2f} points: " + (f"{need} seeds per source." if need else
+        text += (f" To detect {scale * mde:.2f} {points}: " + (f"{need} seeds per source." if need else
                                                              "more than 1000 seeds per source."))
     return text
 
@@ -441,13 +461,15 @@ def render(comparison: Comparison, selection_label: str, display=lambda name: na
     seeds = int(c.cells.groupby(["source", "target"]).size().max())
     sources = c.cells["source"].nunique()
     units = int(c.cells.groupby(UNIT).ngroups)
-    out = [f"**{c.a} vs {c.b}: {c.metric} (%), {selection_label}; unit: the pair of trained models sharing "
+    scale, better = c.scale, "<" if c.lower_is_better else ">"
+    out = [f"**{c.a} vs {c.b}: {c.metric} ({schema.metric_unit(c.metric)}"
+           f"{', lower is better' if c.lower_is_better else ''}), {selection_label}; unit: the pair of trained models sharing "
            f"(source, seed), {units} unit{'s' if units != 1 else ''} ({sources} source{'s' if sources != 1 else ''}, "
            f"up to {seeds} seed{'s' if seeds != 1 else ''} each)**", ""]
-    rows = [[g.group, g.units, g.cells, _pct(g.mean_diff), _interval(g.diff_ci), _p(g),
+    rows = [[g.group, g.units, g.cells, _pct(g.mean_diff, scale=scale), _interval(g.diff_ci, scale=scale), _p(g),
              f"{g.p_improvement:.2f}", _interval(g.p_improvement_ci, scale=1, signed=False)] for g in c.groups]
     out.append(tabulate(rows, headers=["targets", "units", "cells", f"mean {c.a} − {c.b}", "95% CI",
-                                       "sign-flip p", f"P({c.a} > {c.b})", "95% CI"],
+                                       "sign-flip p", f"P({c.a} {better} {c.b})", "95% CI"],
                         tablefmt="github", disable_numparse=True))
     out += ["", "95% CI: bootstrap over units (seeds resampled within each source, all targets of a unit "
             "carried along), its standard error × t(units − sources); p: sign-flip permutation test on the "
@@ -455,11 +477,11 @@ def render(comparison: Comparison, selection_label: str, display=lambda name: na
                                       f"{SIGN_FLIPS} seeded sign patterns where marked (drawn), else exact.")]
     unseen = next((g for g in c.groups if g.group == "unseen"), None)
     if unseen is not None:
-        out += ["", power_text(unseen, mde)]
+        out += ["", power_text(unseen, mde, scale)]
     if c.aggregates:
         out += ["", "Unseen cells per method (IQM: mean of the middle 50% of cells; 95% CI as above):", ""]
-        out.append(tabulate([[x.method, _pct(x.mean, False), _interval(x.mean_ci, signed=False), _pct(x.iqm, False),
-                              _interval(x.iqm_ci, signed=False)] for x in c.aggregates],
+        out.append(tabulate([[x.method, _pct(x.mean, False, scale), _interval(x.mean_ci, scale, signed=False),
+                              _pct(x.iqm, False, scale), _interval(x.iqm_ci, scale, signed=False)] for x in c.aggregates],
                             headers=["method", "mean", "95% CI", "IQM", "95% CI"], tablefmt="github",
                             disable_numparse=True))
     n_tests = int(c.per_cell["p"].notna().sum())
@@ -468,10 +490,10 @@ def render(comparison: Comparison, selection_label: str, display=lambda name: na
             "seeds)):", ""]
     cell_rows = []
     for r in c.per_cell.itertuples():
-        diff = _pct(r.diff) + ("" if r.half_width is None else f" ± {100 * r.half_width:.2f}")
+        diff = _pct(r.diff, scale=scale) + ("" if r.half_width is None else f" ± {scale * r.half_width:.2f}")
         cell_rows.append([f"{display(r.source)} → {display(r.target)}", r.n,
-                          _pct(r.a_mean, False) + (COLLAPSED if r.a_collapsed else ""),
-                          _pct(r.b_mean, False) + (COLLAPSED if r.b_collapsed else ""),
+                          _pct(r.a_mean, False, scale) + (COLLAPSED if r.a_collapsed else ""),
+                          _pct(r.b_mean, False, scale) + (COLLAPSED if r.b_collapsed else ""),
                           diff + ("*" if r.outside_noise else "")])
     out.append(tabulate(cell_rows, headers=["cell", "seeds", c.a, c.b, "Δ"], tablefmt="github",
                         disable_numparse=True))
@@ -498,16 +520,18 @@ def figure(comparison: Comparison, selection_label: str, path_stem, display=lamb
     c = comparison
     cells = c.per_cell
     labels = [f"{display(s)} → {display(t)}" for s, t in zip(cells["source"], cells["target"])]
-    errors = [0.0 if h is None or np.isnan(h) else 100 * h for h in cells["half_width"]]
+    scale, sign = c.scale, (-1 if c.lower_is_better else 1)
+    errors = [0.0 if h is None or np.isnan(h) else scale * h for h in cells["half_width"]]
     fig, ax = plt.subplots(figsize=(7, max(3.0, 0.28 * len(cells) + 1.5)))
-    colours = ["#1b7837" if d > 0 else "#762a83" for d in cells["diff"]]
+    colours = ["#1b7837" if sign * d > 0 else "#762a83" for d in cells["diff"]]  # green: A better
     y = np.arange(len(cells))
-    ax.errorbar(100 * cells["diff"], y, xerr=errors, fmt="none", ecolor="0.4", capsize=3)
-    ax.scatter(100 * cells["diff"], y, c=colours, zorder=3)
+    ax.errorbar(scale * cells["diff"], y, xerr=errors, fmt="none", ecolor="0.4", capsize=3)
+    ax.scatter(scale * cells["diff"], y, c=colours, zorder=3)
     ax.axvline(0, color="0.2", linewidth=0.8)
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
-    ax.set_xlabel(f"{c.a} − {c.b}, {c.metric} (percentage points)")
+    ax.set_xlabel(f"{c.a} − {c.b}, {c.metric} ({'percentage points' if scale == 100 else 'nats'}"
+                  f"{'; lower is better' if c.lower_is_better else ''})")
     ax.set_title(f"{c.a} vs {c.b} per cell, {selection_label}\n(bars: 95% t-interval over seeds)")
     fig.tight_layout()
     written = save_figure(fig, path_stem)
@@ -525,7 +549,7 @@ def profile_figure(comparison: Comparison, selection_label: str, path_stem) -> l
 
     c = comparison
     unseen = c.cells[~seen_mask(c.cells)]
-    if unseen.empty:
+    if unseen.empty or c.lower_is_better:  # profiles are of scores in [0, 1], higher better: the accuracies
         return []
     thresholds = np.linspace(0, 1, 201)
     fig, ax = plt.subplots(figsize=(6, 4))

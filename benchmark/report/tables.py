@@ -457,7 +457,7 @@ def recipes_table(layout: TableLayout, results: pd.DataFrame, metric: str, sourc
                 notes.append(f"{method}+{name} vs {method}: {exc}")
                 continue
             notes.append(f"{method}+{name} − {method} ({comparison.groups[0].units} (source, seed) units): "
-                         + "; ".join(comparisons.group_text(g) for g in comparison.groups))
+                         + "; ".join(comparisons.group_text(g, metric) for g in comparison.groups))
     columns = [f"{name or 'none'} {kind}" for name in recipes for kind in ("unseen", "in-domain")]
     table = Table(layout.title.format(n=len(sources)), columns, rows, bold=layout.bold)
     if notes:
