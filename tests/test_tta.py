@@ -389,3 +389,50 @@ def test_a_protocols_tta_table_is_checked_when_it_loads():
     assert "tent" in load_protocol("synth5_tta").tta["methods"]
     with pytest.raises(ProtocolError, match=r"synth5_tta.toml: \[tta\] unknown key\(s\) batch \(known: methods, "):
         load_protocol("synth5_tta", {"tta.batch": "3"})
+
+
+class TinySplit:
+    """A decoded split as the stream reads it: uint8 images, labels."""
+
+    def __init__(self, n: int, seed: int):
+        rng = np.random.default_rng(seed)
+        self.images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+        self.labels = rng.integers(0, C, n)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def read(self, rows):
+        return self.images[rows]
+
+
+class TinyTrained(TinyMethod):
+    """TinyMethod in float32 with a trained method's state_dict / load_state_dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = self.model.float()
+
+    def state_dict(self):
+        return {"model": copy.deepcopy(self.model.state_dict())}
+
+    def load_state_dict(self, state):
+        self.model = TinyMethod().model.float()
+        self.model.load_state_dict(state["model"])
+
+
+def test_per_domain_starts_each_target_fresh_and_never_carries_the_adaptation_on():
+    from benchmark.tta.evaluation import adapt
+
+    method = TinyTrained()
+    state = method.state_dict()
+    (spec,) = tta_specs(["tent"], {"tta.tent.lr": "0.05"})
+    a, b = TinySplit(40, 1), TinySplit(40, 2)
+    stream = StreamSettings(batch_size=8)
+    both = adapt(method, state, spec, {"a": a, "b": b}, stream, 0)
+    alone = adapt(method, state, spec, {"b": b}, stream, 0)
+    np.testing.assert_array_equal(both.targets["b"].stream.probs, alone.targets["b"].stream.probs)
+    continual = adapt(method, state, spec, {"a": a, "b": b}, StreamSettings(batch_size=8, reset="never"), 0)
+    np.testing.assert_array_equal(continual.targets["a"].stream.probs, both.targets["a"].stream.probs)
+    assert np.abs(continual.targets["b"].stream.probs - alone.targets["b"].stream.probs).max() > 1e-4
+    assert both.targets["b"].metrics["tta/updates"] == 5  # 40 images, batches of 8, one step each
