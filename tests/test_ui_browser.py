@@ -129,3 +129,42 @@ def stop_and_check_nothing_is_left(ui: subprocess.Popen, port: int, group: bool 
         time.sleep(0.2)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2)
+
+
+@pytest.mark.slow
+def test_a_models_page_lists_its_results_adapted_at_test_time(tmp_path):
+    """After `benchmark adapt`, the trained model's page in the MLflow UI lists the adapted
+    evaluations' metrics beside its own: the TTA run by name, its accuracy on the target."""
+    from benchmark.store import open_store, schema
+
+    browser = chromium()
+    protocol = write_protocol(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    base = ["--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm", "--sources", "synth5/studio"]
+    assert main(["run", *base]) == 0
+    assert main(["adapt", *base, "--tta", "norm"]) == 0
+    store = open_store(uri)
+    experiment = store.experiment("tiny")
+    adapted = next(r for r in store.runs(experiment, kind=schema.TTA_KIND) if r.tags[schema.TTA_TARGET] == "synth5/film")
+    model_id = adapted.tags[schema.SOURCE_MODEL]
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    ui = subprocess.Popen([sys.executable, "-m", "benchmark", "ui", "--tracking-uri", uri, "--port", str(port)],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                          start_new_session=True)
+    try:
+        ui.stdout.readline()
+        wait_until_healthy(f"http://127.0.0.1:{port}", ui, "the UI")
+        url = f"http://127.0.0.1:{port}/#/experiments/{experiment}/models/{model_id}"
+        name = adapted.tags["mlflow.runName"]
+        value = str(adapted.metrics["test/synth5.film/acc"])
+        for budget in (15000, 45000):
+            page = rendered_page(browser, url, budget, width=2400)
+            if name in page:
+                break
+        body = page[page.find("<body"):]
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<style.*?</style>", " ", body, flags=re.S)))
+        assert name in text and "test/synth5.film/acc" in text and value in text, text[:3000]
+    finally:
+        if ui.poll() is None:
+            os.killpg(ui.pid, signal.SIGKILL)

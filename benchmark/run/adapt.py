@@ -151,10 +151,8 @@ def _record(store, experiment_id, run, job, spec, label, target, key, outcome, d
         if model is None:  # a store without models (JSON lines), or a run from before them
             log.metrics(done.metrics, step=0)
         else:  # linked to the trained model, a target's metrics also to its dataset: the model's page lists them
-            test = {k: v for k, v in done.metrics.items() if k.startswith("test/")}
-            store.log_model_metrics(log.run_id, model.model_id, test, 0, dataset)
-            store.log_model_metrics(log.run_id, model.model_id, {k: v for k, v in done.metrics.items()
-                                                                 if k not in test}, 0)
+            store.log_model_metrics(log.run_id, model.model_id, done.metrics, 0,
+                                    {schema.target_prefix(target) + "/": dataset})
     log.finish("FINISHED")
 
 

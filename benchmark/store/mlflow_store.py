@@ -301,10 +301,14 @@ class MlflowStore(ResultStore):
             retry(lambda: self.client.log_batch(run_id, metrics=linked[start:start + 1000]))
         return len(linked)
 
-    def log_model_metrics(self, run_id, model_id, values, step, dataset=None):
+    def log_model_metrics(self, run_id, model_id, values, step, datasets=None):
         now = int(time.time() * 1000)
-        linked = [Metric(k, float(v), now, step, model_id=model_id, dataset_name=dataset.name if dataset else None,
-                         dataset_digest=dataset.digest if dataset else None) for k, v in values.items()]
+        linked = []
+        for key, value in values.items():
+            dataset = next((d for prefix, d in (datasets or {}).items() if key.startswith(prefix)), None)
+            linked.append(Metric(key, float(value), now, step, model_id=model_id,
+                                 dataset_name=dataset.name if dataset else None,
+                                 dataset_digest=dataset.digest if dataset else None))
         for start in range(0, len(linked), 1000):
             retry(lambda: self.client.log_batch(run_id, metrics=linked[start:start + 1000]))
 

@@ -35,9 +35,9 @@ class ModelRegistry:
         raise self.no_models("link metrics to a model")
 
     def log_model_metrics(self, run_id: str, model_id: str, values: dict[str, float], step: int,
-                          dataset: DatasetRef | None = None) -> None:
+                          datasets: dict[str, DatasetRef] | None = None) -> None:
         """Metrics of run `run_id` about model `model_id` (a test-time adaptation's results), each
-        linked to the model and to `dataset`, in one write."""
+        linked to the model, and a key starting with a prefix in `datasets` to that dataset; one write."""
         raise self.no_models("link metrics to a model")
 
     def model_of_run(self, run_id: str) -> ModelRecord | None:
