@@ -33,6 +33,14 @@ def chromium() -> str:
     return found
 
 
+def start_ui(uri: str, port: int) -> subprocess.Popen:
+    """`benchmark ui` on `uri` at `port`, in a process group of its own, its stdout readable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    return subprocess.Popen([sys.executable, "-m", "benchmark", "ui", "--tracking-uri", uri, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                            start_new_session=True)
+
+
 def rendered_page(browser: str, url: str, wait_ms: int = 15000, width: int = 1600) -> str:
     """The DOM of `url` after its scripts ran for `wait_ms` of virtual time."""
     proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -50,10 +58,7 @@ def test_the_ui_opens_on_the_job_runs_with_their_accuracies(tmp_path):
     runs = finished_runs(uri)
     assert len(runs) == 2
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    ui = subprocess.Popen([sys.executable, "-m", "benchmark", "ui", "--tracking-uri", uri, "--port", str(port)],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-                          start_new_session=True)
+    ui = start_ui(uri, port)
     try:
         first = ui.stdout.readline()
         url = re.search(r"http://\S+", first).group(0)
@@ -148,10 +153,7 @@ def test_a_models_page_lists_its_results_adapted_at_test_time(tmp_path):
     adapted = next(r for r in store.runs(experiment, kind=schema.TTA_KIND) if r.tags[schema.TTA_TARGET] == "synth5/film")
     model_id = adapted.tags[schema.SOURCE_MODEL]
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    ui = subprocess.Popen([sys.executable, "-m", "benchmark", "ui", "--tracking-uri", uri, "--port", str(port)],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-                          start_new_session=True)
+    ui = start_ui(uri, port)
     try:
         ui.stdout.readline()
         wait_until_healthy(f"http://127.0.0.1:{port}", ui, "the UI")
