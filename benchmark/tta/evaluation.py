@@ -23,7 +23,7 @@ from ..data.cache import DecodedSplit
 from ..training.calibration import fit_temperature, scale_probabilities
 from ..training.metrics import evaluate
 from . import methods as _builtin  # noqa: F401  (registers the built-in TTA methods)
-from .base import NO_ADAPTATION, TTA_METHODS, Adaptable, options_from
+from .base import TTA_METHODS, Adaptable, options_from
 from .stream import StreamResult, StreamSettings, run_stream, stream_order
 
 IDENTITY_VERSION = 1  # bump when a TTA method's arithmetic changes, so its evaluations are redone
@@ -149,7 +149,3 @@ def adapt(method, state: dict[str, Any], spec: TTASpec, targets: dict[str, Decod
                         **{f"tta/{key}": value for key, value in result.counters.items()}})
         outcome.targets[target] = TargetOutcome(metrics, result)
     return outcome
-
-
-def is_plain(spec: TTASpec) -> bool:
-    return spec.name == NO_ADAPTATION
