@@ -28,33 +28,38 @@ def tta_runs(uri: str):
 def test_adapt_records_each_evaluation_once_and_the_tta_table_reads_them(tmp_path, capsys):
     protocol = write_protocol(tmp_path)
     uri = f"jsonl:{tmp_path}/runs"
-    base = ["--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm"]
+    base = ["--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm,clip_probe"]
     assert main(["run", *base]) == 0
     capsys.readouterr()
-    adapt = ["adapt", *base, "--tta", "none,norm,t3a,eata", "--set", "tta.t3a.filter_k=0"]
+    # A wrong option value stops before any work, naming the key.
+    assert main(["adapt", *base, "--tta", "t3a", "--set", "tta.t3a.filter_k=0"]) == 2
+    assert "tta.t3a.filter_k = 0: a positive count, or -1 for all" in capsys.readouterr().err
+    adapt = ["adapt", *base, "--tta", "none,norm,t3a,eata"]
     assert main(adapt) == 0
     out = capsys.readouterr().out
-    # 2 jobs x 2 targets x 4 methods; t3a with filter_k = 0 is refused, with its reason, and recorded
-    assert "adapt: 12 evaluation(s) run, 0 FINISHED before, 4 not applicable" in out
-    assert "+ t3a(filter_k=0): n/a (t3a: filter_k = 0: a positive count, or -1 for all)" in out
+    # 2 sources x 2 targets x 4 methods, for each trained method; clip_probe (a probe on cached
+    # features, no network) is refused, with its reason, and recorded
+    assert "adapt: 16 evaluation(s) run, 0 FINISHED before, 16 not applicable" in out
+    assert "clip_probe on synth5/studio (seed 0) + norm: n/a (norm: method clip_probe has no trained network" in out
     runs = tta_runs(uri)
-    assert len(runs) == 16 and len({r.tags[schema.TTA_HASH] for r in runs}) == 16
+    assert len(runs) == 32 and len({r.tags[schema.TTA_HASH] for r in runs}) == 32
     jobs = {r.run_id: r for r in open_store(uri).runs(open_store(uri).experiment("tiny"), jobs_only=True)}
     for run in runs:
         job = jobs[run.tags[schema.SOURCE_RUN]]
         key = f"{schema.target_prefix(run.tags[schema.TTA_TARGET])}/acc"
+        if run.tags[schema.METHOD] == "clip_probe":
+            assert not run.metrics and run.tags[schema.ERROR].startswith("not applicable: ")
+            continue
         if run.tags[schema.TTA] == "none":  # the stream without adaptation is the evaluator's prediction
             assert run.metrics[key] == job.metrics[key]
             assert run.metrics[key.replace("/acc", "/ece")] == pytest.approx(job.metrics[key.replace("/acc", "/ece")],
                                                                               abs=1e-6)
-        if run.tags[schema.TTA].startswith("t3a"):
-            assert not run.metrics and run.tags[schema.ERROR].startswith("not applicable: t3a:")
         if run.tags[schema.TTA] == "eata":  # its Fisher came from synth5/studio's or film's validation split
             assert run.metrics["tta/forwards"] >= run.metrics["tta/batches"]
 
     assert main(adapt) == 0
-    assert "adapt: 0 evaluation(s) run, 16 FINISHED before" in capsys.readouterr().out
-    assert len(tta_runs(uri)) == 16
+    assert "adapt: 0 evaluation(s) run, 32 FINISHED before" in capsys.readouterr().out
+    assert len(tta_runs(uri)) == 32
     # Another stream is another evaluation.
     assert main(["adapt", *base, "--tta", "norm", "--batch-size", "4"]) == 0
     assert "adapt: 4 evaluation(s) run" in capsys.readouterr().out
@@ -63,7 +68,7 @@ def test_adapt_records_each_evaluation_once_and_the_tta_table_reads_them(tmp_pat
     # job; accuracy unchanged, another evaluation (its own hash).
     assert main(["adapt", *base, "--tta", "none", "--calibrate", "temperature"]) == 0
     assert "adapt: 4 evaluation(s) run" in capsys.readouterr().out
-    scaled = [r for r in tta_runs(uri) if r.params.get("tta.calibrate") == "temperature"]
+    scaled = [r for r in tta_runs(uri) if r.params.get("tta.calibrate") == "temperature" and r.metrics]
     assert len(scaled) == 4
     for run in scaled:
         job = jobs[run.tags[schema.SOURCE_RUN]]
@@ -77,7 +82,7 @@ def test_adapt_records_each_evaluation_once_and_the_tta_table_reads_them(tmp_pat
     text = out_file.read_text()
     rows = markdown_rows(text)
     # Evaluations under other settings are their own columns, never averaged with the defaults'.
-    columns = ("none", "eata", "none[temperature]", "norm", "norm[batch_size=4]")
+    columns = ("none", "eata", "none[temperature]", "norm", "norm[batch_size=4]", "t3a")
     assert rows[0] == ["Method", *(f"{t} {k}" for t in columns for k in ("unseen", "in-domain"))]
     assert rows[2][0] == "erm" and all(c.strip("*!").replace(".", "", 1).isdigit() for c in rows[2][1:])
     assert "erm+norm − erm" in text and "Cost per test image" in text and "eata " in text

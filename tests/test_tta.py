@@ -45,7 +45,7 @@ class TinyMethod:
                 m.bias.data.uniform_(-0.2, 0.2)
         self.model.eval()
         self.head = head
-        self.execution = SimpleNamespace(autocast=contextlib.nullcontext, layout=lambda x: x)
+        self.execution = SimpleNamespace(autocast=contextlib.nullcontext, layout=lambda x: x, device=torch.device("cpu"))
         self.device = torch.device("cpu")
         self.hparams = SimpleNamespace(lr=1e-3)
 
@@ -356,6 +356,12 @@ def test_options_are_typed_and_a_wrong_one_is_named():
         tta_specs(["tent"], {"tta.tent.rho": "1"})
     with pytest.raises(BenchmarkError, match=r"--set tta.sar.lr: not an option of a TTA method named in --tta"):
         tta_specs(["tent"], {"tta.sar.lr": "1"})
+    for key, value, message in [("tta.tent.steps", "0", "tta.tent.steps = 0: at least 1"),
+                                ("tta.tent.norm_types", "ln", r"tta.tent.norm_types = 'ln': expected one of bn, bn\+ln\+gn"),
+                                ("tta.lame.affinity", "cos", "tta.lame.affinity = 'cos': expected one of knn"),
+                                ("tta.norm.prior", "2", r"tta.norm.prior = 2.0: expected a weight in \[0, 1\]")]:
+        with pytest.raises(BenchmarkError, match=message):  # before any model is loaded
+            tta_specs([key.split(".")[1]], {key: value})
     with pytest.raises(Exception, match="unknown TTA method 'tnet'; did you mean 'tent'"):
         tta_specs(["tnet"], {})
 

@@ -463,6 +463,12 @@ def evaluates_after(epoch: int, recipe: Recipe) -> bool:
 
 
 
+def eval_inputs(data: DecodedSplit, rows, execution: Execution) -> torch.Tensor:
+    """Rows `rows` (a slice or indices) of `data` as the model's evaluation input: on the device,
+    normalised, in the execution's memory layout."""
+    return execution.layout(normalize(to_device_batch(data.read(rows), execution.device)))
+
+
 @torch.no_grad()
 def predict_batches(data: DecodedSplit, execution: Execution, batch_size: int,
                     logits_fn: Callable[[torch.Tensor, slice], torch.Tensor]) -> np.ndarray:
@@ -470,7 +476,7 @@ def predict_batches(data: DecodedSplit, execution: Execution, batch_size: int,
     out = []
     for start in range(0, len(data), batch_size):
         rows = slice(start, min(len(data), start + batch_size))
-        x = execution.layout(normalize(to_device_batch(data.read(rows), execution.device)))
+        x = eval_inputs(data, rows, execution)
         with execution.autocast():
             logits = logits_fn(x, rows)
         out.append(torch.softmax(logits.float(), dim=1).cpu())

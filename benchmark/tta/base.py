@@ -133,17 +133,13 @@ class Adaptable:
 
     def inputs(self, data: DecodedSplit, rows: torch.Tensor) -> torch.Tensor:
         """Rows `rows` of `data` as the model's eval input (the evaluator's transform)."""
-        from ..training.augment import normalize
-        from ..training.execution import to_device_batch
+        from ..training.trainer import eval_inputs
 
-        return self.execution.layout(normalize(to_device_batch(data.read(rows.numpy()), self.device)))
+        return eval_inputs(data, rows.numpy(), self.execution)
 
-    def norm_layers(self, norm_types: str, exclude: tuple[str, ...] = ()) -> list[tuple[str, nn.Module]]:
-        if norm_types not in NORM_TYPES:
-            raise BenchmarkError(f"norm_types = {norm_types!r}; expected one of {', '.join(NORM_TYPES)}")
-        kinds = NORM_TYPES[norm_types]
-        return [(name, m) for name, m in self.model.named_modules()
-                if isinstance(m, kinds) and not any(word in name for word in exclude)]
+    def norm_layers(self, norm_types: str) -> list[tuple[str, nn.Module]]:
+        """The model's norm layers of the kinds `norm_types` names (NORM_TYPES), with their names."""
+        return [(name, m) for name, m in self.model.named_modules() if isinstance(m, NORM_TYPES[norm_types])]
 
     def snapshot(self) -> dict[str, Any]:
         return copy.deepcopy(self.model.state_dict())
@@ -206,7 +202,6 @@ class TTAMethod:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
-    backprop: ClassVar[bool] = False  # whether it takes gradients
     needs_source_val: ClassVar[bool] = False  # reads the source's validation split (EATA's Fisher)
 
     def __init__(self, options: Any, model: Adaptable, source_val: DecodedSplit | None = None):
@@ -219,8 +214,14 @@ class TTAMethod:
         self.optimizer: torch.optim.Optimizer | None = None
 
     @classmethod
+    def check(cls, options: Any) -> str | None:
+        """What is wrong with an option's value ("steps = 0: at least 1"), or None: checked when
+        the options are read, before any model is loaded."""
+        return None
+
+    @classmethod
     def refuse(cls, options: Any, model: Adaptable, source_val: DecodedSplit | None) -> str | None:
-        """Why this method cannot adapt `model`, or None."""
+        """Why this method cannot adapt `model` (a property of the model, not of the options), or None."""
         return None
 
     def setup(self) -> None:
@@ -266,4 +267,8 @@ def options_from(cls: type[TTAMethod], values: dict[str, Any]) -> Any:
             except ValueError:
                 raise BenchmarkError(f"tta.{cls.name}.{key} = {value!r}: expected a {type(default).__name__}") from None
         out[key] = value
-    return cls.Options(**out)
+    options = cls.Options(**out)
+    wrong = cls.check(options)
+    if wrong:
+        raise BenchmarkError(f"tta.{cls.name}.{wrong}")
+    return options

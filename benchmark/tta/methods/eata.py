@@ -52,7 +52,6 @@ class ETAOptions:
 class ETA(TTAMethod):
     description = "entropy minimisation on reliable, non-redundant samples, weighted by their confidence"
     Options = ETAOptions
-    backprop = True
     fisher = False
 
     @classmethod

@@ -66,11 +66,13 @@ class LAME(TTAMethod):
     Options = LAMEOptions
 
     @classmethod
-    def refuse(cls, options, model: Adaptable, source_val) -> str | None:
+    def check(cls, options) -> str | None:
         if options.affinity not in AFFINITIES:
-            return f"affinity = {options.affinity!r}; expected one of {', '.join(AFFINITIES)}"
-        if options.knn < 1:
-            return f"knn = {options.knn}: at least 1"
+            return f"affinity = {options.affinity!r}: expected one of {', '.join(AFFINITIES)}"
+        return None if options.knn >= 1 else f"knn = {options.knn}: at least 1"
+
+    @classmethod
+    def refuse(cls, options, model: Adaptable, source_val) -> str | None:
         if model.head is None:
             return "its logits are not the output of one linear layer (no features to compare)"
         return None

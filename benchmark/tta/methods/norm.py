@@ -27,9 +27,11 @@ class Norm(TTAMethod):
     Options = NormOptions
 
     @classmethod
+    def check(cls, options) -> str | None:
+        return None if 0.0 <= options.prior <= 1.0 else f"prior = {options.prior}: expected a weight in [0, 1]"
+
+    @classmethod
     def refuse(cls, options, model: Adaptable, source_val) -> str | None:
-        if not 0.0 <= options.prior <= 1.0:
-            return f"prior = {options.prior}: expected a weight in [0, 1]"
         if not model.norm_layers("bn"):
             return "the trained model has no BatchNorm layer (a LayerNorm-only or cached-feature model)"
         return None

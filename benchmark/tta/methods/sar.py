@@ -47,7 +47,6 @@ def sar_layers(model: Adaptable):
 class SAR(TTAMethod):
     description = "reliable, sharpness-aware entropy minimisation on norm layers, with model recovery"
     Options = SAROptions
-    backprop = True
 
     @classmethod
     def refuse(cls, options, model: Adaptable, source_val) -> str | None:

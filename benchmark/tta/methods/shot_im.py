@@ -34,7 +34,6 @@ def information_maximization_loss(logits: torch.Tensor, epsilon: float = 1e-5) -
 class ShotIM(TTAMethod):
     description = "information maximisation on every layer but the frozen linear head"
     Options = ShotIMOptions
-    backprop = True
 
     @classmethod
     def refuse(cls, options, model: Adaptable, source_val) -> str | None:

@@ -34,9 +34,13 @@ class T3A(TTAMethod):
     Options = T3AOptions
 
     @classmethod
-    def refuse(cls, options, model: Adaptable, source_val) -> str | None:
+    def check(cls, options) -> str | None:
         if options.filter_k == 0 or options.filter_k < -1:
             return f"filter_k = {options.filter_k}: a positive count, or -1 for all"
+        return None
+
+    @classmethod
+    def refuse(cls, options, model: Adaptable, source_val) -> str | None:
         if model.head is None:
             return "its logits are not the output of one linear layer (no class vectors to replace)"
         return None

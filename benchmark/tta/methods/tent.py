@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..base import Adaptable, TTAMethod, adapt_norm_affines, affine_parameters, entropy, make_optimizer, register_tta
+from ..base import NORM_TYPES, Adaptable, TTAMethod, adapt_norm_affines, affine_parameters, entropy, make_optimizer, register_tta
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,19 @@ class TentOptions:
 class Tent(TTAMethod):
     description = "entropy minimisation on the norm layers' affine parameters"
     Options = TentOptions
-    backprop = True
+
+    @classmethod
+    def check(cls, options) -> str | None:
+        if options.steps < 1:
+            return f"steps = {options.steps}: at least 1"
+        if options.optimizer not in ("adam", "sgd"):
+            return f"optimizer = {options.optimizer!r}: expected adam or sgd"
+        if options.norm_types not in NORM_TYPES:
+            return f"norm_types = {options.norm_types!r}: expected one of {', '.join(NORM_TYPES)}"
+        return None
 
     @classmethod
     def refuse(cls, options, model: Adaptable, source_val) -> str | None:
-        if options.steps < 1:
-            return f"steps = {options.steps}: at least 1"
         if not affine_parameters(model.norm_layers(options.norm_types)):
             return f"no {options.norm_types} norm layer with scale and shift in the trained model"
         return None
