@@ -9,10 +9,11 @@ import sys
 from ..core.errors import BenchmarkError
 
 
-def _cmd_adapt(args: argparse.Namespace) -> int:
+def run_adapt(args: argparse.Namespace) -> int:
+    """adapt's work for parsed flags (also `benchmark evaluate --protocol`'s, with the TTA method none)."""
     from ..data.roots import parse_assignments
     from ..jobs.plan import plan_from
-    from ..jobs.protocol import load_protocol
+    from ..jobs.protocol import check_slices, load_protocol
     from ..run.adapt import adapt_grid
     from ..store import open_store
     from ..tta.evaluation import tta_specs
@@ -37,14 +38,17 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
               for key in ("batch_size", "order", "dirichlet_alpha", "reset", "calibrate")}
     calibrate = chosen.pop("calibrate") or "none"
     stream = StreamSettings(**{k: v for k, v in chosen.items() if v is not None})
+    slices = [s.strip() for s in args.slices.split(",") if s.strip()] if args.slices else []
+    check_slices(slices, protocol.datasets, "--slices")
     plan = plan_from(protocol, args.data_root, parse_assignments(args.dataset_path, "--dataset-path"))
     store = open_store(args.tracking_uri)
-    summary = adapt_grid(protocol, methods, plan, specs, stream, store=store, calibrate=calibrate,
+    summary = adapt_grid(protocol, methods, plan, specs, stream, store=store, calibrate=calibrate, slices=slices,
                          device=args.device, command=" ".join(sys.argv))
     print(f"adapt: {summary.done} evaluation(s) run, {summary.skipped} FINISHED before, {summary.refused} not "
           f"applicable" + (f"; {summary.jobs_missing} job(s) of the protocol have no FINISHED run to adapt "
                            "(benchmark run trains them)" if summary.jobs_missing else ""))
-    print(f"table: benchmark table --protocol {protocol.name} --table tta")
+    table = "slices" if slices else "tta"
+    print(f"table: benchmark table --protocol {protocol.name} --table {table}")
     return 0
 
 
@@ -81,8 +85,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ad.add_argument("--calibrate", choices=["none", "temperature"],
                     help="temperature: scale every target's probabilities by a T fitted on the source's validation "
                     "split (recorded and hashed)")
+    ad.add_argument("--slices", help="comma-separated slices of the targets to adapt and test on instead of the "
+                    "targets, e.g. synth5/wild:occluded,synth5/wild:fog@3 (benchmark datasets slices lists them)")
     ad.add_argument("--data-root", help="folder holding one sub-folder per dataset (default $FER_DATA_ROOT)")
     ad.add_argument("--dataset-path", action="append", metavar="NAME=DIR", help="one dataset's folder (repeatable)")
     ad.add_argument("--tracking-uri", help="result store (default as `run`)")
     ad.add_argument("--device", help="torch device (default cuda when present, else cpu)")
-    ad.set_defaults(func=lambda args: _cmd_list(args) if args.list else _cmd_adapt(args))
+    ad.set_defaults(func=lambda args: _cmd_list(args) if args.list else run_adapt(args))

@@ -1,5 +1,7 @@
-"""`benchmark evaluate`: a finished job's trained method tested on another dataset, without
-retraining."""
+"""`benchmark evaluate`: trained methods tested on data they were not tested on, without
+retraining: every FINISHED trained model of a protocol on slices of its targets (`--protocol`,
+recorded and resumable, as `benchmark adapt` with the TTA method none), or one finished job run on
+another dataset (`--run`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,29 @@ from ..core.errors import BenchmarkError
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.protocol:
+        return _evaluate_protocol(args)
+    if not args.run or not args.dataset:
+        raise BenchmarkError("evaluate: give --protocol P (every trained model on the protocol's slices) or "
+                             "--run RUN_ID --dataset NAME (one run on one dataset)")
+    return _evaluate_run(args)
+
+
+def _evaluate_protocol(args: argparse.Namespace) -> int:
+    from ..jobs.protocol import load_protocol
+    from .adapt import run_adapt
+
+    slices = args.slices or ",".join(load_protocol(args.protocol).slices)
+    if not slices:
+        raise BenchmarkError(f"evaluate --protocol {args.protocol}: no slices to evaluate; give --slices or a "
+                             "`slices` list in the protocol (benchmark datasets slices lists them)")
+    return run_adapt(argparse.Namespace(
+        protocol=args.protocol, methods=args.methods, tta="none", seeds=args.seeds, sources=args.sources,
+        set=args.set, batch_size=None, order=None, dirichlet_alpha=None, reset=None, calibrate=None, slices=slices,
+        data_root=args.data_root, dataset_path=args.dataset_path, tracking_uri=args.tracking_uri, device=args.device))
+
+
+def _evaluate_run(args: argparse.Namespace) -> int:
     import tempfile
 
     from tabulate import tabulate
@@ -48,9 +73,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    ev = sub.add_parser("evaluate", help="test a finished job's trained method on a dataset, without retraining")
-    ev.add_argument("--run", required=True, help="the job's run id (printed by `run`, shown in the UI)")
-    ev.add_argument("--dataset", required=True, help="reader name, e.g. ferplus or synth5/wild")
+    ev = sub.add_parser("evaluate", help="test trained methods on slices of their targets (--protocol) or one "
+                        "finished job's on a dataset (--run), without retraining")
+    ev.add_argument("--protocol", help="every FINISHED trained model of this protocol, on its slices (recorded; "
+                    "run again, nothing is redone)")
+    ev.add_argument("--slices", help="with --protocol: comma-separated slices, e.g. synth5/wild:occluded,"
+                    "synth5/wild:fog@3 (default: the protocol's `slices`)")
+    ev.add_argument("--methods", help="with --protocol: comma-separated trained methods (default: the protocol's)")
+    ev.add_argument("--seeds", help="with --protocol: comma-separated seeds (as given to `run`)")
+    ev.add_argument("--sources", help="with --protocol: comma-separated sources (as given to `run`)")
+    ev.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="with --protocol: a protocol field as given to `run` (so the same jobs are found)")
+    ev.add_argument("--run", help="a job's run id (printed by `run`, shown in the UI)")
+    ev.add_argument("--dataset", help="with --run: reader name or slice, e.g. ferplus, synth5/wild:occluded")
     ev.add_argument("--split", default="test", help="split to test on (default test)")
     ev.add_argument("--option", action="append", metavar="KEY=VALUE", help="reader option (repeatable)")
     ev.add_argument("--data-root", help="folder holding one sub-folder per dataset (default $FER_DATA_ROOT)")

@@ -46,6 +46,25 @@ def with_tta(store, results, protocol: str, datasets: list[str], rule: str):
     return frame
 
 
+def with_slices(store, results, protocol: str, datasets: list[str], rule: str):
+    """`results` and the protocol's plain slice evaluations (`benchmark evaluate --protocol`: the TTA
+    method none on slices), named as their trained methods."""
+    import pandas as pd
+
+    if rule != "last":
+        raise BenchmarkError(f"--selection {rule}: slices are evaluated on the trained (last) model only; "
+                             "use --selection last")
+    adapted = store.tta_results(protocol, datasets)
+    plain = adapted["method"].str.contains(r"\+none$") & adapted["target"].str.contains(":", regex=False)
+    sliced = adapted[plain].assign(method=adapted.loc[plain, "method"].str.removesuffix("+none"))
+    if sliced.empty:
+        raise BenchmarkError(f"no slice evaluations for protocol {protocol!r} in {store.uri} "
+                             "(benchmark evaluate --protocol ... --slices ... makes them)")
+    frame = pd.concat([results, sliced], ignore_index=True)
+    frame.attrs["warnings"] = results.attrs.get("warnings", [])
+    return frame
+
+
 def _sweep_table(args: argparse.Namespace, store, protocol_name: str, datasets: list[str]) -> int:
     import dataclasses
 
@@ -92,6 +111,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
                            per_class=args.table in ("perclass", "all"))
     if args.table == "tta":
         results = with_tta(store, results, protocol_name, datasets, args.selection)
+    if args.table in tables.SLICE_KINDS:
+        results = with_slices(store, results, protocol_name, datasets, args.selection)
     if results.empty:
         raise BenchmarkError(f"no FINISHED runs for protocol {protocol_name!r} in {store.uri}")
     for warning in results.attrs["warnings"] + tables.mixed_environments(results):
@@ -108,7 +129,12 @@ def _cmd_table(args: argparse.Namespace) -> int:
              if args.table == "all" else [args.table])
     outputs = []
     for name in names:
-        built = tables.build_tables(name, results, args.metric, sources, datasets, methods, args.selection)
+        if name in tables.SLICE_KINDS:
+            from ..report import slices
+
+            built = slices.build_tables(name, results, args.metric, methods, args.baseline)
+        else:
+            built = tables.build_tables(name, results, args.metric, sources, datasets, methods, args.selection)
         if name == "tta" and (cost := tables.tta_cost_note(store.tta_costs(protocol_name))):
             built[0].notes.append(cost)
         if args.format == "csv":
@@ -138,7 +164,7 @@ def _belongs_to_all(layout, lodo: bool, present: list[str]) -> bool:
     """Whether `--table all` writes this table: leave-one-out only for such grids, the adaptation
     table when one of its rows beyond the paper's own ran, the recipes table when a method wore
     a recipe."""
-    from ..report.tables import paper_numbers
+    from ..report.tables import SLICE_KINDS, paper_numbers
 
     if layout.kind == "leave_one_out":
         return lodo
@@ -147,7 +173,7 @@ def _belongs_to_all(layout, lodo: bool, present: list[str]) -> bool:
         return any(m in layout.methods and m not in in_paper for m in present)
     if layout.kind == "recipes":
         return any("+" in m for m in present)
-    if layout.kind == "tta":  # only on request: its results are the adaptation runs, read for it alone
+    if layout.kind in ("tta", *SLICE_KINDS):  # only on request: their results are other runs, read for them alone
         return False
     return True
 
@@ -188,8 +214,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     table = sub.add_parser("table", help="build the paper's tables (markdown, LaTeX, CSV) from MLflow runs")
     table.add_argument("--protocol", help="experiment to read (default: the most recent with finished runs)")
-    table.add_argument("--table", help="table1..table5, perclass, lodo, fair (methods x backbones), recipes (methods x DG recipes), adaptation (the ways of adapting CLIP), tta (methods x test-time adaptations, from benchmark adapt), all, or sweep (accuracy against swept "
+    table.add_argument("--table", help="table1..table5, perclass, lodo, fair (methods x backbones), recipes (methods x DG recipes), adaptation (the ways of adapting CLIP), tta (methods x test-time adaptations, from benchmark adapt), slices, groups, corruptions (from benchmark evaluate --protocol), all, or sweep (accuracy against swept "
                        "values, the paper's Fig. 3; default table1, lodo for a leave-one-domain-out protocol)")
+    table.add_argument("--baseline", help="--table corruptions: the method whose errors the mCE is relative to "
+                       "(ImageNet-C's AlexNet role; default: none, no mCE column)")
     table.add_argument("--out", help="write here (with --table all: one file per table beside it) plus the figures")
     table.add_argument("--format", choices=["md", "latex", "csv"], default="md")
     table.add_argument("--compare", choices=["paper"], help="put the paper's number and the difference beside ours")

@@ -165,6 +165,8 @@ def _build_entry(tmp: Path, samples: Samples, size: int, skip_bad: bool,
             img = native_image(samples, i)
             native[i] = (img.height, img.width)
             images[i] = resize_square(img, size)
+            if samples.transform is not None:
+                images[i] = samples.transform(images[i], samples.ids[i])
         except DatasetError as exc:
             ok[i] = False
             unreadable.append({"id": samples.ids[i], "error": str(exc)})

@@ -8,6 +8,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
 
 from ..core.labels import CLASSES
@@ -49,6 +51,10 @@ class Samples:
     # A digest of the whole dataset as its reader made it, where there is one (synth5: the generated
     # domain, benchmark.data.synth5.domain_digest); MLflow shows it as the run input's digest.
     content_digest: str = ""
+    # A pixel transform applied to each image after it is decoded and resized, called with the
+    # (H, W, 3) uint8 image and the image's id (a corruption slice, benchmark.data.slices); its
+    # `key` enters the fingerprint, so the transformed split is cached as its own.
+    transform: Any = None
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -98,4 +104,6 @@ def fingerprint(samples: Samples) -> str:
         h.update(b"boxes" + np.ascontiguousarray(samples.boxes, dtype=np.int64).tobytes())
     if samples.file_sizes is not None:
         h.update(np.asarray(samples.file_sizes, dtype=np.int64).tobytes())
+    if samples.transform is not None:  # only then: the other fingerprints stay what they were
+        h.update(f"transform={samples.transform.key}".encode())
     return h.hexdigest()[:16]

@@ -165,14 +165,16 @@ def _noise(rng: np.random.Generator, style: DomainStyle, arr: np.ndarray) -> np.
     return np.clip(arr.astype(np.int64) + noise, 0, 255).astype(np.uint8)
 
 
-def _occlude(rng: np.random.Generator, style: DomainStyle, img: Image.Image) -> Image.Image:
+def _occlude(rng: np.random.Generator, style: DomainStyle, img: Image.Image) -> tuple[Image.Image, bool]:
+    """The image with an occluder drawn on it (with probability `style.occluder_p`), and whether one was."""
     if style.occluder_p and rng.random() < style.occluder_p:
         d = ImageDraw.Draw(img)
         c = img.size[0]
         x, y = rng.uniform(0.2, 0.7, 2) * c
         r = rng.uniform(0.08, 0.16) * c
         d.ellipse([x, y, x + r * 1.3, y + r], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
-    return img
+        return img, True
+    return img, False
 
 
 def _blur(rng: np.random.Generator, style: DomainStyle, img: Image.Image) -> Image.Image:
@@ -187,8 +189,10 @@ Trace = Callable[[int, str, Any], None]
 
 
 def _render(rng: np.random.Generator, style: DomainStyle, identity: Identity, label: int,
-            trace: Callable[[str, Any], None]) -> np.ndarray:
-    """One image of the domain: the native-size uint8 array, (S, S) grey or (S, S, 3) colour."""
+            trace: Callable[[str, Any], None], attributes: dict[str, Any] | None = None) -> np.ndarray:
+    """One image of the domain: the native-size uint8 array, (S, S) grey or (S, S, 3) colour.
+    `attributes`, when given, receives what was drawn for it (pose, occluder); recording them
+    takes no random draw, so the image is the same either way."""
     canvas = style.size * 2  # draw at twice the size, then downsample: anti-aliased strokes
     expr = expression_params(rng, CLASSES[label], rng.uniform(*style.intensity), jitter=1.0)
     pose = {"dx": rng.uniform(-style.shift, style.shift), "dy": rng.uniform(-style.shift, style.shift),
@@ -200,8 +204,10 @@ def _render(rng: np.random.Generator, style: DomainStyle, identity: Identity, la
     trace("face", layer)
     img = rotate_onto(layer, background, pose["angle"], center)
     trace("rotation", img)
-    img = _occlude(rng, style, img)
+    img, occluded = _occlude(rng, style, img)
     trace("occluder", img)
+    if attributes is not None:
+        attributes.update(yaw=pose["yaw"], angle=pose["angle"], occluded=occluded)
     img = img.resize((style.size, style.size), Image.BILINEAR)
     trace("resize", img)
     img = _blur(rng, style, img)
@@ -213,10 +219,11 @@ def _render(rng: np.random.Generator, style: DomainStyle, identity: Identity, la
     return arr[..., 0] if style.grey else arr
 
 
-def generate_split(style: DomainStyle, split: str, seed: int, count: int,
-                   trace: Trace | None = None) -> tuple[np.ndarray, np.ndarray]:
+def generate_split(style: DomainStyle, split: str, seed: int, count: int, trace: Trace | None = None,
+                   attributes: list[dict[str, Any]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, S, S) or (N, S, S, 3) uint8, labels (N,)) of one split, a function of the seed
-    alone (the same bytes on every CPU). `trace(i, stage, image)` sees each stage of image i."""
+    alone (the same bytes on every CPU). `trace(i, stage, image)` sees each stage of image i;
+    `attributes`, when given, gets one dict per image of what the generator decided for it."""
     domain_index = list(DOMAINS).index(style.name)
     rng = np.random.default_rng([seed, domain_index, SPLIT_OFFSET[split], GENERATOR_VERSION])
     identities = [sample_identity(rng, **style.identity) for _ in range(IDENTITIES_PER_SPLIT)]
@@ -224,9 +231,14 @@ def generate_split(style: DomainStyle, split: str, seed: int, count: int,
     shape = (count, style.size, style.size) if style.grey else (count, style.size, style.size, 3)
     images = np.empty(shape, dtype=np.uint8)
     for i, label in enumerate(true_labels):
-        identity = identities[int(rng.integers(0, len(identities)))]
+        which = int(rng.integers(0, len(identities)))
+        identity = identities[which]
+        drawn: dict[str, Any] | None = None if attributes is None else {
+            "identity": which, "glasses": identity.glasses, "beard": identity.beard, "tone": identity.tone}
         images[i] = _render(rng, style, identity, int(label),
-                            (lambda stage, image, i=i: trace(i, stage, image)) if trace else (lambda *_: None))
+                            (lambda stage, image, i=i: trace(i, stage, image)) if trace else (lambda *_: None), drawn)
+        if attributes is not None:
+            attributes.append(drawn)
     labels = true_labels.copy()
     noisy = rng.random(count) < style.label_noise
     labels[noisy] = (labels[noisy] + rng.integers(1, len(CLASSES), int(noisy.sum()))) % len(CLASSES)
@@ -258,6 +270,32 @@ def build_domain(domain: str, seed: int = 0, scale: float = 1.0, root: Path | No
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+ATTRIBUTES = ("identity", "glasses", "beard", "tone", "yaw", "angle", "occluded")
+
+
+def split_attributes(domain: str, split: str, seed: int = 0, scale: float = 1.0) -> dict[str, np.ndarray]:
+    """What the generator decided for each image of one split (ATTRIBUTES: its identity and that
+    identity's glasses, beard and skin tone, the head's yaw and in-plane angle, whether an
+    occluder was drawn), one array per attribute in image order. Drawn again with the same seed
+    and cached beside the domain's file; the domain's images and digest are unchanged."""
+    path = domain_file(domain, seed, scale).with_name(f"{domain}.{split}-attributes.npz")
+    if not path.is_file():
+        style = DOMAINS[domain]
+        count = max(len(CLASSES), int(round(style.counts[split] * scale)))
+        drawn: list[dict[str, Any]] = []
+        _, labels = generate_split(style, split, seed, count, attributes=drawn)
+        with np.load(build_domain(domain, seed, scale)) as data:
+            if not np.array_equal(labels, data[f"{split}_labels"]):  # the same draws, or nothing recorded
+                raise DatasetError(f"synth5/{domain} {split}: attributes drawn again do not match the cached split")
+        arrays = {name: np.asarray([d[name] for d in drawn]) for name in ATTRIBUTES}
+        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    with np.load(path) as data:
+        return {name: data[name] for name in ATTRIBUTES}
 
 
 class Synth5Domain(DatasetReader):

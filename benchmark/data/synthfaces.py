@@ -50,6 +50,7 @@ class Identity:
     mouth_w: float
     glasses: bool
     beard: bool
+    tone: float = 1.0  # the skin's brightness factor drawn for it (0.25 dark .. 1 light); recorded, not drawn again
 
 
 SQRT3 = 1.7320508075688772  # sqrt(3), so that gauss() has unit variance
@@ -75,7 +76,7 @@ def sample_identity(rng: np.random.Generator, *, round_faces: bool = False, glas
         skin=skin, hair=hair, hair_style=int(rng.integers(0, 3)),
         eye_dx=rng.uniform(0.30, 0.40), eye_y=rng.uniform(-0.22, -0.12), eye_size=rng.uniform(0.10, 0.13),
         brow_thick=rng.uniform(0.05, 0.08), mouth_y=rng.uniform(0.38, 0.50), mouth_w=rng.uniform(0.26, 0.34),
-        glasses=bool(rng.random() < glasses_p), beard=bool(rng.random() < beard_p),
+        glasses=bool(rng.random() < glasses_p), beard=bool(rng.random() < beard_p), tone=float(tone),
     )
 
 

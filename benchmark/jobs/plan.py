@@ -26,6 +26,7 @@ from ..models.backbones import BackboneSpec, backbone_weights_digest, traits as 
 from ..data.cache import DECODE_RECIPE
 from ..data import DATASETS, Samples
 from ..data.roots import dataset_root
+from ..data.slices import load_slice, split_name
 from ..models.encoders import EncoderSpec, encoder_weights_digest
 from ..core.errors import BenchmarkError
 from .protocol import Protocol
@@ -54,6 +55,9 @@ class DataPlan:
         stays RGB (the bug was in evaluation only). It changes the split's fingerprint, and so
         the hash of every job tested on it."""
         key = (dataset, split)
+        base, slice_name = split_name(dataset)
+        if slice_name is not None and key not in self._loaded:  # a slice: cut from its dataset's split
+            self._loaded[key] = load_slice(dataset, self.samples(base, split), self.root_of(base))
         if key not in self._loaded:
             options = dict(self.options.get(dataset, {}))
             order = options.pop("channel_order", "rgb")
@@ -66,6 +70,13 @@ class DataPlan:
                 samples = dataclasses.replace(samples, channel_order=order, fingerprint="")
             self._loaded[key] = samples
         return self._loaded[key]
+
+    def root_of(self, dataset: str) -> Path | None:
+        """The dataset's folder, or None where it has none or none is known."""
+        try:
+            return dataset_root(dataset, data_root=self.data_root, dataset_paths=self.dataset_paths)
+        except BenchmarkError:
+            return None
 
     def has_split(self, dataset: str, split: str) -> bool:
         """Whether the dataset has that split where it lives (a generic folder may lack val/)."""

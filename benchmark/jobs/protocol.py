@@ -65,6 +65,10 @@ class Protocol:
     # methods (TTA method names), batch_size, order, dirichlet_alpha, reset, calibrate. Not part of
     # any job's identity: adaptation never retrains.
     tta: dict[str, Any] = field(default_factory=dict)
+    # Slices of the targets (benchmark.data.slices: "synth5/wild:occluded", "rafdb:gender=female",
+    # "ferplus:fog@3") that `benchmark evaluate --protocol` tests every trained model on. Not part
+    # of any job's identity: evaluating a slice never retrains.
+    slices: list[str] = field(default_factory=list)
 
     def sweep_spec(self) -> Sweep:
         return Sweep.parse(self.sweep, self.name)
@@ -215,6 +219,7 @@ def parse_protocol(data: dict[str, Any], where: str, methods_checked: bool = Tru
         _build(Recipe, {**dataclasses.asdict(protocol.recipe), **changes}, f"{where}: source_recipe.{source}")
     if methods_checked:
         check_hparams(protocol.hparams, where)
+    check_slices(protocol.slices, protocol.datasets, f"{where}: slices")
     unknown = sorted(set(protocol.tta) - set(TTA_KEYS))
     if unknown:
         raise ProtocolError(f"{where}: [tta] unknown key(s) {', '.join(unknown)} (known: {', '.join(TTA_KEYS)})")
@@ -286,3 +291,20 @@ def load_protocol(name_or_path: str, overrides: dict[str, str] | None = None, me
             data["encoder"] = {"id": data["encoder"]}
         apply_override(data, dotted, parse_value(text))
     return parse_protocol(data, str(path), methods_checked)
+
+
+def check_slices(slices: list[str], datasets: list[str], where: str) -> None:
+    """Every slice names one of the protocol's datasets and a slice its families offer (nothing is read)."""
+    from ..data.slices import base_dataset
+    from ..data.slices.base import family_of
+
+    if not isinstance(slices, list) or not all(isinstance(s, str) for s in slices):
+        raise ProtocolError(f"{where}: expected a list of slice names, e.g. [\"synth5/wild:occluded\"]")
+    for name in slices:
+        if base_dataset(name) not in datasets:
+            raise ProtocolError(f"{where}: {name!r} is cut from {base_dataset(name)!r}, which is not one of the "
+                                f"protocol's datasets ({', '.join(datasets)})")
+        try:
+            family_of(name)
+        except BenchmarkError as exc:
+            raise ProtocolError(f"{where}: {exc}") from None

@@ -34,7 +34,8 @@ MISSING = "–"
 TIED = "†"  # not distinguishable from the column's best (see ties)
 
 LAYOUT_KINDS = ("per_source", "single_source", "backbones", "perclass", "leave_one_out", "fair", "recipes", "adaptation",
-                "tta")
+                "tta", "slices", "groups", "corruptions")
+SLICE_KINDS = ("slices", "groups", "corruptions")  # read from the slice evaluations (benchmark.report.slices)
 
 
 @dataclass(frozen=True)
@@ -647,6 +648,8 @@ def _build(name: str, results: pd.DataFrame, metric: str, sources: list[str], da
     layout = known[name]
     if layout.kind == "perclass":
         return [perclass_table(layout, results, sources, datasets, methods)]
+    if layout.kind in SLICE_KINDS:
+        raise BenchmarkError(f"table {name!r} is built by benchmark.report.slices.build_tables")
     acc = results[results["metric"] == metric]
     if layout.kind == "leave_one_out":
         return [leave_one_out_table(layout, acc, sources, datasets, methods)]

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..core.errors import BenchmarkError
 from ..core.sources import parts as source_parts, seen
 from ..data.cache import decode_split
+from ..data.slices import base_dataset
 from ..data.union import union_split
 from ..store import DatasetRef, ResultStore, schema
 from ..store.liveness import process_tags, run_alive
@@ -33,7 +34,10 @@ class AdaptSummary:
 
 
 def adapt_grid(protocol, methods: list[str], plan, specs, stream, *, store: ResultStore, calibrate: str = "none",
-               device: str | None = None, command: str = "", out=print) -> AdaptSummary:
+               slices: list[str] | None = None, device: str | None = None, command: str = "",
+               out=print) -> AdaptSummary:
+    """`slices`: evaluate on these slices of each job's targets (benchmark.data.slices) instead of
+    on the targets themselves."""
     import torch
 
     from ..jobs.plan import expand
@@ -56,7 +60,7 @@ def adapt_grid(protocol, methods: list[str], plan, specs, stream, *, store: Resu
             summary.jobs_missing += 1
             continue
         run = next(r for r in store.runs(experiment_id, job_hash=job.hash) if r.status == "FINISHED")
-        targets = list(job.targets)
+        targets = [s for s in slices if base_dataset(s) in job.targets] if slices else list(job.targets)
         wanted = []
         for spec in specs:
             for k, target in enumerate(targets):
@@ -165,6 +169,6 @@ def _line(job, label: str, outcome, run, targets: list[str]) -> str:
         done = outcome.targets[target]
         acc = done.metrics[f"{schema.target_prefix(target)}/acc"]
         plain = run.metrics.get(f"{schema.target_prefix(target)}/acc")
-        mark = "" if not seen(job.source, target) else " (in-domain)"
+        mark = "" if not seen(job.source, base_dataset(target)) else " (in-domain)"
         cells.append(f"{target} {100 * acc:.2f}" + (f" (plain {100 * plain:.2f})" if plain is not None else "") + mark)
     return f"{head} " + ", ".join(cells)

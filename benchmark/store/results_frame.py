@@ -14,6 +14,15 @@ from .records import RunRecord
 # `sweep`: the job's swept values as "name=value, ..." ("" outside a sweep).
 # collapsed: the run's model predicts (almost) one class on its source's test set (schema.COLLAPSED)
 RESULT_COLUMNS = ["method", "backbone", "source", "seed", "target", "metric", "value", "env", "sweep", "collapsed"]
+def target_name(names: dict[str, str], safe: str) -> str:
+    """A target's name from its safe name in metric keys; a slice's (`synth5.wild:occluded`) from
+    its dataset's (`synth5/wild:occluded`)."""
+    if safe in names:
+        return names[safe]
+    base, sep, slice_name = safe.partition(":")
+    return f"{names.get(base, base)}:{slice_name}" if sep else safe
+
+
 HISTORY_COLUMNS = ["job_hash", "method", "backbone", "source", "seed", "target", "metric", "epoch", "value", "env",
                    "sweep", "collapsed"]
 
@@ -106,7 +115,7 @@ class ResultsFrame:
             for key, value in run.metrics.items():
                 parsed = schema.parse_test_metric(key)
                 if parsed is not None:
-                    rows.append([*job, extra["names"].get(parsed[0], parsed[0]), parsed[1], float(value), extra["env"],
+                    rows.append([*job, target_name(extra["names"], parsed[0]), parsed[1], float(value), extra["env"],
                                  extra["sweep"], extra["collapsed"]])
         frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
         frame["backbone"] = backbone_labels(frame["backbone"])
@@ -166,7 +175,7 @@ class ResultsFrame:
             job, extra = self._job_columns(run, known)
             for key, points in histories[run.run_id].items():
                 parsed = schema.parse_test_metric(key)
-                target, metric = ((extra["names"].get(parsed[0], parsed[0]), parsed[1]) if parsed is not None
+                target, metric = ((target_name(extra["names"], parsed[0]), parsed[1]) if parsed is not None
                                   else (schema.SOURCE_VAL, key[len(schema.SOURCE_VAL) + 1:]))
                 for step, value in points:
                     rows.append([run.tags[schema.JOB_HASH], *job, target, metric, int(step), float(value), extra["env"],

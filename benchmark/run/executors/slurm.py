@@ -29,6 +29,7 @@ import dataclasses
 import json
 import math
 import re
+import signal
 import subprocess
 import time
 import tomllib
@@ -157,6 +158,11 @@ class SlurmTask:
     checkpoints (RunContext.resume_dir)."""
 
     def __call__(self, units, ctx, jobs_per_gpu: int) -> list[list[JobResult]]:
+        # Slurm sends SIGCONT with its USR2 warning. submitit's SIGCONT handler logs a line; when
+        # the USR2 handler's "timed out, not requeued" error is raised inside that logging call,
+        # logging swallows it and the task trains on until Slurm kills it without a result (seen
+        # in CI). SIGCONT needs no handler: the default just continues the process.
+        signal.signal(signal.SIGCONT, signal.SIG_DFL)
         if jobs_per_gpu == 1 or len(units) == 1:
             return [run_group(group, ctx) for group in units]
         from .pool import map_in_pool
@@ -261,6 +267,8 @@ def run_slurm(jobs, ctx, options, announce, report):
                 task_results = [r for group_results in sjob.result() for r in group_results]
             except Exception as exc:  # noqa: BLE001 - the task died (time limit, node lost, cancelled)
                 reason = slurm_reason(sjob)
+                if "DUE TO TIME LIMIT" in reason:  # killed at the limit before it could close its jobs
+                    reason = f"Slurm time limit reached ({limit_s} s): {reason}"
                 task_results = [lost(job, BenchmarkError(f"{reason} (Slurm job {sjob.job_id}; {type(exc).__name__})"))
                                 for group in task for job in group]
             for result in task_results:
