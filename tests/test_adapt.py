@@ -1,6 +1,7 @@
 """`benchmark adapt` end to end: a tiny grid's trained models adapted at test time without
-retraining, each evaluation recorded once, the tta table and the paired comparison read back; a
-SIGKILL in the middle resumed to one record per hash."""
+retraining, each evaluation recorded once, the tta table and the paired comparison read back;
+`benchmark evaluate --protocol` on slices of the targets and the slices, groups and corruptions
+tables; a SIGKILL in the middle (of adaptations on slices) resumed to one record per hash."""
 
 from __future__ import annotations
 
@@ -103,6 +104,24 @@ def test_adapt_records_each_evaluation_once_and_the_tta_table_reads_them(tmp_pat
     assert main(["adapt", *base, "--tta", "tent", "--set", "tta.sar.lr=1"]) == 2
     assert "--set tta.sar.lr: not an option of a TTA method named in --tta (tent)" in capsys.readouterr().err
 
+    # Slices: every trained model on each slice of its targets, once (the TTA method none), no retraining.
+    sliced = ("synth5/film:pose30,synth5/studio:skin=dark,synth5/studio:skin=medium,synth5/studio:skin=light,"
+              "synth5/film:contrast@1,synth5/studio:contrast@1")
+    evaluate = ["evaluate", "--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm", "--slices", sliced]
+    assert main(evaluate) == 0
+    assert "adapt: 12 evaluation(s) run, 0 FINISHED before" in capsys.readouterr().out
+    assert main(evaluate) == 0
+    assert "adapt: 0 evaluation(s) run, 12 FINISHED before" in capsys.readouterr().out
+    for name, header in (("slices", ["Method", "synth5/film:pose30", "Δ synth5/film:pose30"]),
+                         ("groups", ["Method", "dark", "medium", "light", "worst", "gap"]),
+                         ("corruptions", ["Method", "contrast", "mean (mCA)", "mCE vs erm"])):
+        assert main(["table", "--protocol", "tiny", "--tracking-uri", uri, "--table", name, "--baseline", "erm",
+                     "--out", str(tmp_path / f"{name}.md")]) == 0
+        rows = markdown_rows((tmp_path / f"{name}.md").read_text())
+        assert rows[0] == header and rows[2][0] == "erm", rows
+        assert all(c.replace(".", "", 1).lstrip("-").isdigit() for c in rows[2][1:]), rows
+    assert rows[2][3] == "100.00"  # erm's mCE relative to itself
+
 
 @pytest.mark.slow
 def test_adapt_killed_mid_target_resumes_to_one_record_per_hash(tmp_path, capsys):
@@ -113,7 +132,7 @@ def test_adapt_killed_mid_target_resumes_to_one_record_per_hash(tmp_path, capsys
     base = ["--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm"]
     assert main(["run", *base]) == 0
     adapt = [sys.executable, "-m", "benchmark", "adapt", *base, "--tta", "none,tent,sar,shot_im,lame",
-             "--batch-size", "4"]
+             "--batch-size", "4", "--slices", "synth5/film:pose30,synth5/studio:contrast@1"]
     proc = subprocess.Popen(adapt, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
@@ -139,3 +158,5 @@ def test_adapt_killed_mid_target_resumes_to_one_record_per_hash(tmp_path, capsys
     adapted = {r.run_id for r in finished if r.tags[schema.SOURCE_MODEL] == model.model_id}
     from_tta = [m for m in linked if m.run_id in adapted and m.key.startswith("test/")]
     assert from_tta and all(m.dataset_name and m.dataset_name.endswith(":test") for m in from_tta)
+    # ... the slices' own datasets (the run was on slices of the targets)
+    assert {m.dataset_name for m in from_tta} == {"synth5/film:pose30:test", "synth5/studio:contrast@1:test"}

@@ -54,7 +54,7 @@ def _cmd_datasets_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_datasets_check(args: argparse.Namespace) -> int:
-    from ..data.check import check_dataset, format_report, write_manifest
+    from ..data.check import check_dataset, format_report, slice_report, write_manifest
     from ..data.roots import dataset_root, parse_assignments
 
     root = dataset_root(args.name, root=args.root, data_root=args.data_root)
@@ -62,9 +62,31 @@ def _cmd_datasets_check(args: argparse.Namespace) -> int:
     reports = check_dataset(args.name, root, args.split, skip_bad=args.skip_bad,
                             verify=not args.no_verify, options=options)
     print(format_report(args.name, reports))
+    test = next((r.samples for r in reports if r.samples.split == "test"), None)
+    if test is not None and (lines := slice_report(args.name, root, test)):
+        print("\nslices of the test split (benchmark evaluate --slices):")
+        print("\n".join(lines))
     if args.manifest:
         n = write_manifest(Path(args.manifest), reports)
         print(f"manifest: {args.manifest} ({n} rows)")
+    return 0
+
+
+def _cmd_datasets_slices(args: argparse.Namespace) -> int:
+    from ..data import DATASETS
+    from ..data.slices import SLICE_FAMILIES
+    from ..data.slices.corruptions import CORRUPTIONS
+
+    names = [args.name] if args.name else DATASETS.names()
+    for name in names:
+        DATASETS.get(name)
+        for family_name in SLICE_FAMILIES.names():
+            family = SLICE_FAMILIES.get(family_name)
+            offered = family.names(name)
+            plain = [s for s in offered if "@" not in s]
+            if plain:
+                print(f"{name}  {family.description}: " + ", ".join(f"{name}:{s}" for s in plain))
+    print("any dataset  <dataset>:<corruption>@<1-5>, corruption one of: " + ", ".join(CORRUPTIONS))
     return 0
 
 
@@ -93,3 +115,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--no-verify", action="store_true", help="do not decode every image (faster)")
     check.add_argument("--manifest", metavar="FILE", help="write a CSV split,path,label of every kept sample")
     check.set_defaults(func=_cmd_datasets_check)
+    slices = dsub.add_parser("slices", help="list the slices each dataset offers (benchmark evaluate --slices)")
+    slices.add_argument("name", nargs="?", help="one dataset (default: every reader)")
+    slices.set_defaults(func=_cmd_datasets_slices)

@@ -99,3 +99,28 @@ def write_manifest(path: Path, reports: list[SplitReport]) -> int:
                 writer.writerow([report.samples.split, printable_id(sample_id), CLASSES[label]])
                 n += 1
     return n
+
+
+def slice_report(name: str, root: Path | None, samples: Samples) -> list[str]:
+    """One line per slice of the dataset's test split (corruptions aside: each is the whole split):
+    its size, or why it cannot be cut here; then every entry of its source that names no image."""
+    from .slices import SLICE_FAMILIES
+
+    lines = []
+    for family_name in SLICE_FAMILIES.names():
+        family = SLICE_FAMILIES.get(family_name)
+        for slice_name in family.names(name):
+            if "@" in slice_name:
+                continue
+            try:
+                size = len(family.apply(samples, root, slice_name))
+                missing = family.missing(samples, root, slice_name)
+            except DatasetError as exc:
+                lines.append(f"  {name}:{slice_name}: not available ({exc})")
+                continue
+            lines.append(f"  {name}:{slice_name}: {size} images" + (f", {len(missing)} list entries name no "
+                                                                  "image:" if missing else ""))
+            lines.extend(f"    {m}" for m in missing[:20])
+            if len(missing) > 20:
+                lines.append(f"    ... and {len(missing) - 20} more")
+    return lines

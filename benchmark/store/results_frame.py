@@ -87,6 +87,8 @@ class ResultsFrame:
         from ..core.environment import SIGNATURE_KEYS, signature
 
         names = {**{schema.safe_name(d): d for d in schema.datasets_read(run.params)}, **known}
+        if schema.TTA_TARGET in run.tags:  # an evaluation's target, a slice's name included
+            names[schema.safe_name(run.tags[schema.TTA_TARGET])] = run.tags[schema.TTA_TARGET]
         env = signature({k: run.params.get(k) for k in SIGNATURE_KEYS})
         swept = {k[len(schema.SWEEP_PREFIX):]: v for k, v in run.tags.items() if k.startswith(schema.SWEEP_PREFIX)}
         return [method_label(run), run.params.get(schema.BACKBONE, ""), run.tags[schema.SOURCE],

@@ -82,8 +82,9 @@ SAFE_SEP = "."  # dataset names like synth5/studio become synth5.studio in metri
 
 
 def safe_name(dataset: str) -> str:
-    """A dataset's name as it appears inside metric keys and artifact folders."""
-    return dataset.replace("/", SAFE_SEP)
+    """A dataset's name as it appears inside metric keys and artifact folders (MLflow allows
+    neither the `@` nor the `=` of a slice's name: `fog@3` is `fog_at_3`, `age=4-19` `age_is_4-19`)."""
+    return dataset.replace("/", SAFE_SEP).replace("@", "_at_").replace("=", "_is_")
 
 
 def target_prefix(target: str) -> str:

@@ -8,8 +8,11 @@ image's id, so two runs see the same pixels. The corrupted split is decoded once
 cache, keyed by corruption, severity and package version (the slice's fingerprint).
 
 imagecorruptions 1.1.2 predates NumPy 2 and scikit-image 0.19: its `glass_blur` passes
-`multichannel=True` (now `channel_axis=-1`) and its `fog` names `np.float_` (now `np.float64`).
-Both renames are bridged while it runs; the package's arithmetic is its own.
+`multichannel=True` (now `channel_axis=-1`), its `fog` names `np.float_` (now `np.float64`), and
+its `impulse_noise` calls scikit-image's `random_noise`, which drew from numpy's global generator
+then and from a fresh, unseeded one now (a different image every run). The first two renames are
+bridged while it runs, and `random_noise` is handed a generator seeded from numpy's global one,
+as it drew then; the package's arithmetic is its own.
 """
 
 from __future__ import annotations
@@ -66,14 +69,26 @@ def _corrupt_function():
 
 
 @contextlib.contextmanager
-def _numpy_float_alias():
-    """`np.float_` for the package's fog while it runs (NumPy 2 removed the alias)."""
+def _bridged_apis():
+    """While the package runs: `np.float_` for its fog (NumPy 2 removed the alias), and scikit-image's
+    `random_noise` drawing from numpy's global generator, seeded per image (as it did in 2019)."""
+    import skimage.util
+
     had = "float_" in np.__dict__
     if not had:
         np.float_ = np.float64
+    random_noise = skimage.util.random_noise
+
+    def seeded_random_noise(image, mode="gaussian", *args, rng=None, **kwargs):
+        if rng is None:
+            rng = np.random.default_rng(np.random.randint(0, 2**31 - 1))
+        return random_noise(image, mode, *args, rng=rng, **kwargs)
+
+    skimage.util.random_noise = seeded_random_noise
     try:
         yield
     finally:
+        skimage.util.random_noise = random_noise
         if not had:
             del np.float_
 
@@ -95,7 +110,7 @@ class Corruption:
 
     def __call__(self, image: np.ndarray, sample_id: str) -> np.ndarray:
         corrupt = _corrupt_function()
-        with _LOCK, _numpy_float_alias(), warnings.catch_warnings():
+        with _LOCK, _bridged_apis(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             state = np.random.get_state()
             np.random.seed(self.seed(sample_id))
