@@ -39,8 +39,9 @@ def test_adapt_records_each_evaluation_once_and_the_tta_table_reads_them(tmp_pat
     assert main(adapt) == 0
     out = capsys.readouterr().out
     # 2 sources x 2 targets x 4 methods, for each trained method; clip_probe (a probe on cached
-    # features, no network) is refused, with its reason, and recorded
-    assert "adapt: 16 evaluation(s) run, 0 FINISHED before, 16 not applicable" in out
+    # features, no network) is refused by the three that adapt, with its reason, and recorded;
+    # none evaluates it with its own predict
+    assert "adapt: 20 evaluation(s) run, 0 FINISHED before, 12 not applicable" in out
     assert "clip_probe on synth5/studio (seed 0) + norm: n/a (norm: method clip_probe has no trained network" in out
     runs = tta_runs(uri)
     assert len(runs) == 32 and len({r.tags[schema.TTA_HASH] for r in runs}) == 32
@@ -48,7 +49,7 @@ def test_adapt_records_each_evaluation_once_and_the_tta_table_reads_them(tmp_pat
     for run in runs:
         job = jobs[run.tags[schema.SOURCE_RUN]]
         key = f"{schema.target_prefix(run.tags[schema.TTA_TARGET])}/acc"
-        if run.tags[schema.METHOD] == "clip_probe":
+        if run.tags[schema.METHOD] == "clip_probe" and run.tags[schema.TTA] != "none":
             assert not run.metrics and run.tags[schema.ERROR].startswith("not applicable: ")
             continue
         if run.tags[schema.TTA] == "none":  # the stream without adaptation is the evaluator's prediction
@@ -68,9 +69,9 @@ def test_adapt_records_each_evaluation_once_and_the_tta_table_reads_them(tmp_pat
     # Temperature scaling: T from the source's validation split, the same T for every target of a
     # job; accuracy unchanged, another evaluation (its own hash).
     assert main(["adapt", *base, "--tta", "none", "--calibrate", "temperature"]) == 0
-    assert "adapt: 4 evaluation(s) run" in capsys.readouterr().out
+    assert "adapt: 8 evaluation(s) run" in capsys.readouterr().out
     scaled = [r for r in tta_runs(uri) if r.params.get("tta.calibrate") == "temperature" and r.metrics]
-    assert len(scaled) == 4
+    assert len(scaled) == 8
     for run in scaled:
         job = jobs[run.tags[schema.SOURCE_RUN]]
         key = f"{schema.target_prefix(run.tags[schema.TTA_TARGET])}/acc"
@@ -107,11 +108,12 @@ def test_adapt_records_each_evaluation_once_and_the_tta_table_reads_them(tmp_pat
     # Slices: every trained model on each slice of its targets, once (the TTA method none), no retraining.
     sliced = ("synth5/film:pose30,synth5/studio:skin=dark,synth5/studio:skin=medium,synth5/studio:skin=light,"
               "synth5/film:contrast@1,synth5/studio:contrast@1")
-    evaluate = ["evaluate", "--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm", "--slices", sliced]
+    evaluate = ["evaluate", "--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm,clip_probe",
+                "--slices", sliced]
     assert main(evaluate) == 0
-    assert "adapt: 12 evaluation(s) run, 0 FINISHED before" in capsys.readouterr().out
+    assert "adapt: 24 evaluation(s) run, 0 FINISHED before" in capsys.readouterr().out
     assert main(evaluate) == 0
-    assert "adapt: 0 evaluation(s) run, 12 FINISHED before" in capsys.readouterr().out
+    assert "adapt: 0 evaluation(s) run, 24 FINISHED before" in capsys.readouterr().out
     for name, header in (("slices", ["Method", "synth5/film:pose30", "Δ synth5/film:pose30"]),
                          ("groups", ["Method", "dark", "medium", "light", "worst", "gap"]),
                          ("corruptions", ["Method", "contrast", "mean (mCA)", "mCE vs erm"])):
@@ -121,6 +123,13 @@ def test_adapt_records_each_evaluation_once_and_the_tta_table_reads_them(tmp_pat
         assert rows[0] == header and rows[2][0] == "erm", rows
         assert all(c.replace(".", "", 1).lstrip("-").isdigit() for c in rows[2][1:]), rows
     assert rows[2][3] == "100.00"  # erm's mCE relative to itself
+    # compare on the slices, and on each attribute's worst group (the unit still the trained model)
+    assert main(["compare", "erm", "clip_probe", "--protocol", "tiny", "--tracking-uri", uri, "--slices"]) == 0
+    out = capsys.readouterr().out
+    assert "synth5/film:pose30" in out and "synth5/studio:contrast@1" in out and "in-domain" in out
+    assert main(["compare", "erm", "clip_probe", "--protocol", "tiny", "--tracking-uri", uri, "--worst-group"]) == 0
+    out = capsys.readouterr().out
+    assert "synth5/studio:skin=worst" in out and "synth5/film:pose30" not in out
 
 
 @pytest.mark.slow

@@ -186,7 +186,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     protocol_name = args.protocol or store.latest_protocol()
     _, datasets, _ = tables.protocol_layout(protocol_name)
     results = read_results(store, protocol_name, datasets, args.selection, args.metric)
-    if args.selection == "last" and "+" in args.a + args.b:  # a test-time adaptation may be named (cafe+tent)
+    if args.slices or args.worst_group:  # on the slice evaluations instead of the targets
+        from ..report.slices import worst_groups
+
+        merged = with_slices(store, results, protocol_name, datasets, args.selection)
+        results = merged[merged["target"].str.contains(":", regex=False)]
+        if args.worst_group:
+            results = worst_groups(results)
+        results.attrs["warnings"] = merged.attrs["warnings"]
+    elif args.selection == "last" and "+" in args.a + args.b:  # a test-time adaptation may be named (cafe+tent)
         adapted = store.tta_results(protocol_name, datasets)
         if not adapted.empty:
             results = with_tta(store, results, protocol_name, datasets, args.selection)
@@ -240,5 +248,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      "an unseen-domain difference of POINTS percentage points with 80%% power")
     cmp.add_argument("--out", help="write the markdown here, the per-cell figure and the performance profiles "
                      "(<name>_profile) beside it (.png, .pdf)")
+    cmp.add_argument("--slices", action="store_true", help="compare on the slice evaluations (benchmark evaluate "
+                     "--protocol) instead of the targets: a row per slice, the unit still the trained model")
+    cmp.add_argument("--worst-group", action="store_true", help="compare each model's worst group per (dataset, "
+                     "attribute) of the group slices (e.g. synth5/studio:skin=worst)")
     cmp.add_argument("--tracking-uri", help="result store to read (default as `run`)")
     cmp.set_defaults(func=_cmd_compare)

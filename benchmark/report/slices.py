@@ -109,6 +109,19 @@ def groups_table(results: pd.DataFrame, metric: str, methods: list[str]) -> list
     return tables
 
 
+def worst_groups(results: pd.DataFrame) -> pd.DataFrame:
+    """Per trained model and (dataset, attribute) with groups evaluated, one row holding its worst
+    group's value, as the target `<dataset>:<attribute>=worst` (for `benchmark compare --worst-group`)."""
+    parts = results["target"].str.extract(TARGET_PARTS)
+    grouped = results[parts["slice"].fillna("").str.contains("=", regex=False)]
+    if grouped.empty:
+        raise BenchmarkError("no group evaluations (benchmark evaluate --protocol ... --slices <dataset>:<attribute>="
+                             "<group>,... makes them)")
+    grouped = grouped.assign(target=grouped["target"].str.replace(r"=[^=]*$", "=worst", regex=True))
+    keys = [c for c in grouped.columns if c != "value"]
+    return grouped.groupby(keys, dropna=False, sort=False)["value"].min().reset_index()[list(results.columns)]
+
+
 def _family_order(base: str, slice_name: str) -> tuple[int, str]:
     """Where its family lists the slice (groups in their natural order: age 0-3 before 4-19)."""
     from ..data.slices.base import family_of

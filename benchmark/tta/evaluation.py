@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ from ..data.cache import DecodedSplit
 from ..training.calibration import fit_temperature, scale_probabilities
 from ..training.metrics import evaluate
 from . import methods as _builtin  # noqa: F401  (registers the built-in TTA methods)
-from .base import TTA_METHODS, Adaptable, options_from
+from .base import NO_ADAPTATION, TTA_METHODS, Adaptable, options_from
 from .stream import StreamResult, StreamSettings, run_stream, stream_order
 
 IDENTITY_VERSION = 1  # bump when a TTA method's arithmetic changes, so its evaluations are redone
@@ -121,6 +122,8 @@ def adapt(method, state: dict[str, Any], spec: TTASpec, targets: dict[str, Decod
     """`method` (a trained method; `state` its trained state dict, restored first) adapted by
     `spec` on each target's stream, in the order of `targets`. A method that cannot adapt this
     model is refused before any target is streamed."""
+    if not callable(getattr(method, "logits", None)) and spec.name == NO_ADAPTATION:
+        return _predicted(method, state, targets, temperature, schema_prefix)  # nothing to adapt: its own predict
     if not callable(getattr(method, "logits", None)):  # clip_probe, clip_zeroshot, tip_adapter: no network trained
         return Outcome(refused=f"{spec.name}: method {method.name} has no trained network to adapt "
                                "(only the shared loop's methods do)")
@@ -147,5 +150,25 @@ def adapt(method, state: dict[str, Any], spec: TTASpec, targets: dict[str, Decod
         metrics.update({"tta/seconds_per_image": result.seconds / max(len(data), 1), "tta/batches": result.batches,
                         "tta/temperature": temperature,
                         **{f"tta/{key}": value for key, value in result.counters.items()}})
+        outcome.targets[target] = TargetOutcome(metrics, result)
+    return outcome
+
+
+def _predicted(method, state: dict[str, Any], targets: dict[str, DecodedSplit], temperature: float,
+               schema_prefix=None) -> Outcome:
+    """The plain evaluation (TTA none) of a method with no network of its own to stream through
+    (a probe on cached features, zero-shot CLIP, Tip-Adapter): its predict on each target, which
+    no stream order can change."""
+    method.load_state_dict(state)
+    outcome = Outcome(temperature=temperature)
+    for target, data in targets.items():
+        start = time.perf_counter()
+        result = StreamResult(method.predict(data), 0.0, 1, {"forwards": 1.0})
+        result.seconds = time.perf_counter() - start
+        probs = scale_probabilities(result.probs, temperature)
+        prefix = schema_prefix(target) if schema_prefix else f"test/{target}"
+        metrics = evaluate(data.labels, probs=probs).as_metrics(prefix)
+        metrics.update({"tta/seconds_per_image": result.seconds / max(len(data), 1), "tta/batches": 1.0,
+                        "tta/temperature": temperature, "tta/forwards": 1.0})
         outcome.targets[target] = TargetOutcome(metrics, result)
     return outcome
