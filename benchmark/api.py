@@ -12,7 +12,9 @@ from .models.clip_text import (CLASS_NAMES, TEMPLATES, NotApplicable, require_cl
 from .training.augment import AugmentSpec, augment, normalize
 from .training.clip_input import CLIP_MEAN, CLIP_POLICY, CLIP_STD, random_resized_crop, to_clip_input, tower_size
 from .training.evaluator import in_domain_and_unseen
-from .training.execution import Execution, to_device_batch
+from .training.numerics import Numerics, to_device_batch
+
+Execution = Numerics  # its name until 2026-12-08 (a plugin may import it)
 from .training.method import (BaseHparams, Batch, Components, Method, OptimizerSettings, Relabel, RunLog, check_range,
                               register_method)
 from .training.trained_method import ONE_OF_FLIP_NOISE, EncoderHparams, TrainedMethod, check_clip_features
@@ -23,7 +25,7 @@ __all__ = [
     # methods trained by the shared loop
     "TrainedMethod", "EncoderHparams", "Batch", "Relabel", "OptimizerSettings", "check_clip_features",
     # helpers
-    "AugmentSpec", "ONE_OF_FLIP_NOISE", "augment", "normalize", "Execution", "to_device_batch", "BenchmarkError",
+    "AugmentSpec", "ONE_OF_FLIP_NOISE", "augment", "normalize", "Numerics", "to_device_batch", "BenchmarkError",
     "CLASSES", "NUM_CLASSES", "in_domain_and_unseen",
     # CLIP's text tower and input policy, for the methods that adapt CLIP
     "CLASS_NAMES", "TEMPLATES", "NotApplicable", "require_clip_encoder", "tokenizer", "zero_shot_weights",

@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from benchmark.api import BenchmarkError, Execution, Method, NUM_CLASSES, check_range, register_method
+from benchmark.api import BenchmarkError, Numerics, Method, NUM_CLASSES, check_range, register_method
 
 
 @dataclass
@@ -41,7 +41,7 @@ class ClipProbe(Method):
         return self.components.features.get(self.placed_encoder(), data, self.device).cpu().numpy()
 
     def fit(self, train_data, *, recipe, device, log, epoch_end=None) -> None:
-        self.place(device, Execution.resolve(device, recipe.precision))
+        self.place(device, Numerics.resolve(device, recipe.precision))
         x, y = self.features(train_data), train_data.labels
         self.pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=self.hparams.C,
                                                                            max_iter=self.hparams.max_iter,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from benchmark.api import TEMPLATES, BenchmarkError, Execution, Method, register_method, require_clip_encoder, zero_shot_weights
+from benchmark.api import TEMPLATES, BenchmarkError, Numerics, Method, register_method, require_clip_encoder, zero_shot_weights
 
 
 @dataclass
@@ -39,7 +39,7 @@ class ClipZeroShot(Method):
 
     @torch.no_grad()
     def fit(self, train_data, *, recipe, device, log, epoch_end=None) -> None:
-        self.place(device, Execution.resolve(device, recipe.precision))
+        self.place(device, Numerics.resolve(device, recipe.precision))
         self.text = zero_shot_weights(self.placed_encoder(), self.hparams.templates, device)
         if epoch_end is not None:
             epoch_end(1)

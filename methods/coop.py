@@ -120,7 +120,7 @@ class Coop(TrainedMethod):
                                  "csc = true takes a random init")
 
     def encoder(self):
-        """The frozen CLIP, in fp32 when `precision` says so, else in the execution's dtype."""
+        """The frozen CLIP, in fp32 when `precision` says so, else in the numerics's dtype."""
         if self.hparams.precision == "fp32":
             return self.components.encoder.to_device(self.device, torch.float32)
         return self.placed_encoder()

@@ -149,8 +149,8 @@ class LpFt(TrainedMethod):
         finally:
             self._probe_data = None
 
-    def build(self, device, input_size=224, execution=None, seed=0) -> None:
-        super().build(device, input_size, execution, seed)
+    def build(self, device, input_size=224, numerics=None, seed=0) -> None:
+        super().build(device, input_size, numerics, seed)
         if self._probe_data is not None:
             self.linear_probe(*self._probe_data)
 

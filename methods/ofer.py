@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn import init
 
-from benchmark.api import (AugmentSpec, BaseHparams, Batch, BenchmarkError, Execution, NUM_CLASSES,
+from benchmark.api import (AugmentSpec, BaseHparams, Batch, BenchmarkError, Numerics, NUM_CLASSES,
                            OptimizerSettings, TrainedMethod, check_range, register_method)
 
 
@@ -167,7 +167,7 @@ class Ofer(TrainedMethod):
     @contextlib.contextmanager
     def training_features(self, train_data, recipe, device):
         """The training split's latents, computed once (and cached on disk) before training."""
-        self.place(device, Execution.from_recipe(device, recipe))
+        self.place(device, Numerics.from_recipe(device, recipe))
         self._latents = self.components.features.get(self.placed_encoder(), train_data, device)
         try:
             yield

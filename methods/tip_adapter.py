@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from benchmark.api import (CLIP_MEAN, CLIP_STD, TEMPLATES, BenchmarkError, Execution, Method, NUM_CLASSES, check_range,
+from benchmark.api import (CLIP_MEAN, CLIP_STD, TEMPLATES, BenchmarkError, Numerics, Method, NUM_CLASSES, check_range,
                            register_method, tower_size, zero_shot_weights)
 
 ZERO_SHOT_SCALE = 100.0  # upstream's constant in front of the zero-shot logits
@@ -147,7 +147,7 @@ class TipAdapter(Method):
 
     # -- fit --------------------------------------------------------------------------------------
     def fit(self, train_data, *, recipe, device, log, epoch_end=None, validation=None) -> None:
-        self.place(device, Execution.resolve(device, recipe.precision))
+        self.place(device, Numerics.resolve(device, recipe.precision))
         torch.manual_seed(recipe.seed)  # the augmentation draws (upstream seeds 1 before building the cache)
         self.zero_shot = zero_shot_weights(self.placed_encoder(), self.hparams.templates, device)
         rows = few_shot_rows(np.asarray(train_data.labels), self.hparams.shots, recipe.seed)

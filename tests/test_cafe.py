@@ -201,7 +201,7 @@ def test_cached_mode_changes_the_job_hash(tmp_path):
     jobs_cached = expand(cached, ["cafe"], plan_from(cached, None, None))
     assert jobs_cached[0].hparams["clip_features"] == "cached"
     assert {j.hash for j in jobs_online}.isdisjoint({j.hash for j in jobs_cached})
-    # The execution and data-path choices change the numbers too, so they are in the hash.
+    # The numerics and data-path choices change the numbers too, so they are in the hash.
     for key, value in {"recipe.precision": "bf16", "recipe.data_path": "per_sample", "recipe.channels_last": "false",
                        "recipe.compile": "true"}.items():
         other = load_protocol(str(path), {"methods": '["cafe"]', key: value})

@@ -132,7 +132,7 @@ def test_each_clip_method_runs_clip_in_its_authors_dtype_under_auto_on_cuda():
     (CLIP-Adapter, WiSE-FT, LP-FT); "bf16" and "fp32" are the same for every method."""
     import types
 
-    from benchmark.training.execution import Execution
+    from benchmark.training.numerics import Numerics
     from benchmark.training.method import Components
     from benchmark.training.plugins import load_plugins
 
@@ -146,7 +146,7 @@ def test_each_clip_method_runs_clip_in_its_authors_dtype_under_auto_on_cuda():
         method.components = Components(encoder=encoder)
         for precision, dtype in (("auto", torch.float32 if name in expected_fp32 else torch.float16),
                                  ("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            method.execution = Execution.resolve(cuda, precision)
+            method.numerics = Numerics.resolve(cuda, precision)
             assert method.encoder_dtype() == dtype, (name, precision)
-        method.execution = Execution.resolve(torch.device("cpu"), "auto")
+        method.numerics = Numerics.resolve(torch.device("cpu"), "auto")
         assert method.encoder_dtype() == torch.float32, name  # on the CPU, fp32 for all

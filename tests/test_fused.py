@@ -157,7 +157,7 @@ def sources():
 def float64_training(monkeypatch):
     """The shared loop in float64: models built in float64 and every batch cast to it (the
     frozen encoder still computes in float32, the same features for both arithmetics)."""
-    from benchmark.training.execution import Execution
+    from benchmark.training.numerics import Numerics
     from benchmark.training.trained_method import TrainedMethod
 
     build = TrainedMethod.build
@@ -166,7 +166,7 @@ def float64_training(monkeypatch):
         build(self, *args, **kwargs)
         self.model.double()
 
-    monkeypatch.setattr(Execution, "layout", lambda self, x: x.to(torch.float64))
+    monkeypatch.setattr(Numerics, "layout", lambda self, x: x.to(torch.float64))
     monkeypatch.setattr(TrainedMethod, "build", build_float64)
 
 
@@ -278,7 +278,7 @@ scale = 0.03
 def test_a_fused_grid_leaves_one_run_per_job_that_reads_as_an_unfused_one(tmp_path, capsys, monkeypatch):
     """`benchmark run --fuse 4` on 4 jobs (two sources x two seeds), one of them held by another
     claimant when the group claims it: the 3 others train fused, each its own FINISHED run with
-    the same parameters and metrics as an unfused run of the grid but execution.fused = 3; the
+    the same parameters and metrics as an unfused run of the grid but numerics.fused = 3; the
     held job is left out (SKIPPED); the table reads the fused store as it reads the plain one."""
     from benchmark.cli import main
     from benchmark.jobs.plan import expand, plan_from

@@ -45,7 +45,7 @@ class TinyMethod:
                 m.bias.data.uniform_(-0.2, 0.2)
         self.model.eval()
         self.head = head
-        self.execution = SimpleNamespace(autocast=contextlib.nullcontext, layout=lambda x: x, device=torch.device("cpu"))
+        self.numerics = SimpleNamespace(autocast=contextlib.nullcontext, layout=lambda x: x, device=torch.device("cpu"))
         self.device = torch.device("cpu")
         self.hparams = SimpleNamespace(lr=1e-3)
 

@@ -1,6 +1,6 @@
 """A backbone built from its spec, whatever library holds it: the spec's name picks the family,
 one module `<family>_backbones.py` each, found by its file (benchmark.models.specs), none named
-here (benchmark.models.backbone states the contract every family keeps):
+here (benchmark.models.backbone_contract states the contract every family keeps):
 
     resnet18, resnet50, mobilenet_v2      torchvision (torchvision_backbones.py), the paper's
     timm:<model>                          any model of timm's registry (timm_backbones.py)
@@ -13,7 +13,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backbone import Backbone
+from .backbone_contract import Backbone
 from .specs import BackboneSpec
 from .weights import file_digest
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..core.errors import BenchmarkError
-from .backbone import Backbone, known_name
+from .backbone_contract import Backbone, known_name
 from .specs import BackboneSpec
 from .weights import WeightsError, file_digest, load_state_dict, load_strict
 

@@ -15,7 +15,7 @@ import torchvision
 from torch import nn
 
 from ..core.errors import BenchmarkError
-from .backbone import Backbone
+from .backbone_contract import Backbone
 from .specs import BackboneSpec
 from .weights import WeightsError, file_digest, load_state_dict, load_strict, torchvision_weights_file
 

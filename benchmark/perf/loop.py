@@ -6,7 +6,7 @@ of the GPU. Here nothing is synchronised but what the trainer itself does: a met
 for two epochs of `loop_steps` batches with `trainer.fit` (the first epoch warms up kernels,
 cuDNN and compilation; the second is timed by the trainer's own `train/epoch_seconds`).
 
-Variants of the recipe's execution keys show what each part of the loop is worth:
+Variants of the recipe's numerics keys show what each part of the loop is worth:
 `sync_every_step` looks at the loss on the host every step and reads each batch in the loop
 from disk (as the loop did before read-ahead); `on_disk` keeps read-ahead but not the
 device-resident split; `foreach_adam` runs Adam as torch's multi-tensor kernels instead of the

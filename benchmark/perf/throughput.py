@@ -5,7 +5,7 @@ For each method it times training steps on two data paths:
   file and run the paper's per-sample torchvision transforms every step; spec precision
   ("auto"), contiguous layout, as published FER code runs;
 - the harness path: batches read from the decoded-image cache, augmented batched on the device
-  (benchmark.training.augment), channels_last, once per precision in `precisions` (benchmark.training.execution).
+  (benchmark.training.augment), channels_last, once per precision in `precisions` (benchmark.training.numerics).
 Each step is split into stages (data, frozen-encoder forward, backbone forward + backward,
 optimizer) and the share of time spent waiting for data. It counts the FLOPs of one training
 step (torch.utils.flop_counter), times a dense matmul to measure the device's FLOP/s, and
@@ -35,7 +35,7 @@ from ..data import DATASETS, decode_split
 from ..data.synth5 import DOMAINS
 from ..models.encoders import EncoderSpec, build_encoder
 from ..core.errors import BenchmarkError
-from ..training.execution import Execution, to_device_batch
+from ..training.numerics import Numerics, to_device_batch
 from ..training.features import FeatureCache
 from ..core.labels import CLASSES
 from ..training.method import Batch
@@ -56,7 +56,7 @@ class PerfConfig:
     # weights, and nothing to download. Timing only; accuracy needs the real weights.
     encoder: str = "openclip:ViT-B-32:random"
     backbone: str = "resnet18:none"
-    # The harness path runs once per precision (benchmark.training.execution); the per-sample path runs at
+    # The harness path runs once per precision (benchmark.training.numerics); the per-sample path runs at
     # "auto" with the contiguous layout, as the common FER code does.
     precisions: list[str] = field(default_factory=lambda: ["auto", "bf16"])
     # CAFE runs its trained backbone on every test image, which no cache removes; clip_probe
@@ -148,14 +148,14 @@ def matmul_flops(device: torch.device, n: int, repeats: int = 5, dtype: torch.dt
 
 def timing_batch(method, x: torch.Tensor, y: torch.Tensor) -> Batch:
     """A training Batch of `x`, `y` (the timed loops know no sample rows: they index 0..B-1)."""
-    return method.with_extras(Batch(method.execution.layout(x), y, np.arange(len(y))))
+    return method.with_extras(Batch(method.numerics.layout(x), y, np.arange(len(y))))
 
 
 def step_flops(method, x: torch.Tensor, y: torch.Tensor) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with counter, method.execution.autocast():
+    with counter, method.numerics.autocast():
         loss, _ = method.training_step(timing_batch(method, x, y))
         loss.backward()
     method.model.zero_grad(set_to_none=True)
@@ -178,7 +178,7 @@ def time_training(method, batches, device: torch.device, steps: int, warmup: int
             x, y = next(batches)
             timer.sync()
             t1 = time.perf_counter()
-            with method.execution.autocast():
+            with method.numerics.autocast():
                 loss, _ = method.training_step(timing_batch(method, x, y))
             loss.backward()
             timer.sync()
@@ -268,7 +268,7 @@ def run_perf(config: PerfConfig, work: Path, device_name: str | None = None) -> 
         method = build_method(method_name, components=components)
         row: dict = {}
         # The common code's run: per-sample data path, spec precision, contiguous layout.
-        method.build(device, config.size, Execution.resolve(device, "auto"))
+        method.build(device, config.size, Numerics.resolve(device, "auto"))
         method.train_mode(True)
         x, y = next(harness_batches(method))
         row["train_flops_per_image"] = step_flops(method, x, y) / len(y)
@@ -279,11 +279,11 @@ def run_perf(config: PerfConfig, work: Path, device_name: str | None = None) -> 
         row["per_sample"] = time_training(method, per_sample_batches(), device, config.steps, config.warmup)
         for precision in config.precisions:
             stage(f"{method_name}: {config.steps} steps on the cache path, {precision}")
-            execution = Execution.resolve(device, precision, channels_last=True)
-            method.build(device, config.size, execution)
+            numerics = Numerics.resolve(device, precision, channels_last=True)
+            method.build(device, config.size, numerics)
             method.train_mode(True)
             timing = time_training(method, harness_batches(method), device, config.steps, config.warmup)
-            peak = report["flops_per_s_measured_bf16" if execution.autocast_dtype else "flops_per_s_measured"]
+            peak = report["flops_per_s_measured_bf16" if numerics.autocast_dtype else "flops_per_s_measured"]
             timing["speedup_vs_per_sample"] = timing["images_per_s"] / row["per_sample"]["images_per_s"]
             timing["efficiency"] = row["train_flops_per_image"] * timing["images_per_s"] / peak
             row[f"harness_{precision}"] = timing
@@ -293,7 +293,7 @@ def run_perf(config: PerfConfig, work: Path, device_name: str | None = None) -> 
     for precision in ([] if config.loop_only else config.precisions):
         stage(f"evaluation of five test sets, cold and warm, {precision}")
         report["eval"][precision] = time_eval(config, encoder, name, weights, device, work,
-                                              Execution.resolve(device, precision, channels_last=True), cached)
+                                              Numerics.resolve(device, precision, channels_last=True), cached)
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return report
 
@@ -345,7 +345,7 @@ def time_loop(config: PerfConfig, encoder, device: torch.device, work: Path) -> 
 
 
 def time_eval(config: PerfConfig, encoder, name: str, weights: str, device: torch.device, work: Path,
-              execution: Execution, train_data) -> dict:
+              numerics: Numerics, train_data) -> dict:
     """Evaluation of five test sets by each of `config.eval_methods`: cold (decode the files,
     run the encoder) vs warm (decoded images and encoder features read from the disk caches).
 
@@ -367,10 +367,10 @@ def time_eval(config: PerfConfig, encoder, name: str, weights: str, device: torc
         components = Components(BackboneSpec(name, weights), encoder, features)
         method = build_method(method_name, components=components)
         if isinstance(method, TrainedMethod):
-            method.build(device, config.size, execution)  # untrained weights: the same arithmetic
+            method.build(device, config.size, numerics)  # untrained weights: the same arithmetic
         else:
             # A probe needs a fitted classifier before it can predict; fitted here, not timed.
-            method.fit(train_data, recipe=Recipe(precision=execution.precision, seed=0, progress=False),
+            method.fit(train_data, recipe=Recipe(precision=numerics.precision, seed=0, progress=False),
                        device=device, log=MemoryLog())
         # One untimed pass first, so neither run pays for first-call kernel set-up (oneDNN, cuDNN).
         first = DATASETS.get("imagefolder").load(next(iter(roots.values())), "test")

@@ -327,13 +327,13 @@ def _prepare(p: _Prepared, ctx: RunContext, device) -> None:
     from ..training.plugins import build_method
 
     from ..core.environment import environment
-    from ..training.execution import Execution
+    from ..training.numerics import Numerics
     from ..training.optimization import adam_kernels
 
     job, log = p.job, p.log
     if device.type == "cuda":  # before the environment is recorded (trainer.fit sets it too)
         torch.backends.cudnn.benchmark = job.recipe.cudnn_benchmark
-    execution = Execution.from_recipe(device, job.recipe)
+    numerics = Numerics.from_recipe(device, job.recipe)
     commit = git_commit()
     log.tags({schema.USER: getpass.getuser(), schema.GIT_COMMIT: commit,
               schema.DESCRIPTION: f"{job.label}, protocol {job.protocol}: trained on {job.source}, tested on "
@@ -353,8 +353,8 @@ def _prepare(p: _Prepared, ctx: RunContext, device) -> None:
                 **_flatten("lib", library_versions()), "git_commit": commit,
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
                 # What recipe.precision resolved to on this device (it is "auto" by default).
-                "execution.autocast": str(execution.autocast_dtype).removeprefix("torch.") if execution.autocast_dtype else "off",
-                "execution.clip_dtype": str(execution.encoder_dtype).removeprefix("torch."),
+                "execution.autocast": str(numerics.autocast_dtype).removeprefix("torch.") if numerics.autocast_dtype else "off",
+                "execution.clip_dtype": str(numerics.encoder_dtype).removeprefix("torch."),
                 **environment(device),
                 # Adam's kernels as recipe.adam_impl resolved them; "sgd" for a method on SGD (OFER).
                 "execution.adam": (next(iter(adam_kernels(job.recipe.adam_impl, device)), "torch default")

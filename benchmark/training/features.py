@@ -20,7 +20,7 @@ from .augment import normalize
 from .clip_input import CLIP_POLICY, to_clip_input, tower_size
 from ..data.cache import DecodedSplit
 from ..models.encoders import FrozenEncoder
-from .execution import to_device_batch
+from .numerics import to_device_batch
 from ..core.paths import cache_dir as default_cache_dir
 
 EVAL_TRANSFORM = "resize-bilinear+imagenet-norm"

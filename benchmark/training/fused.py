@@ -37,7 +37,7 @@ from torch import nn
 
 from ..core.errors import BenchmarkError
 from ..data.cache import DecodedSplit
-from .execution import Execution
+from .numerics import Numerics
 from .method import Batch, EpochEnd, RunLog
 from .recipe import Recipe
 from .resume import ResumePoint
@@ -101,7 +101,7 @@ class FusedModels:
         if self.methods[0].trains_on_encoder():
             for batch, feature in zip(batches, _encoder_features(self.methods, batches)):
                 batch.extra["encoder"] = feature
-        with self.loop.execution.autocast():
+        with self.loop.numerics.autocast():
             losses, parts = self.losses(batches)
         alive = torch.tensor(self.loop.alive(), device=losses.device)
         return losses.detach(), parts, torch.where(alive, losses, torch.zeros_like(losses)).sum()
@@ -160,9 +160,9 @@ def fit_fused(methods: Sequence[TrainedMethod], datas: Sequence[DecodedSplit], *
     check_fusable(methods, datas, recipes)
     recipe = recipes[0]
     # Not compiled: torch.compile of a vmapped functional_call is another program than the job's.
-    execution = Execution.resolve(device, recipe.precision, recipe.channels_last)
+    numerics = Numerics.resolve(device, recipe.precision, recipe.channels_last)
     jobs = [LoopJob(m, d, r, log, end) for m, d, r, log, end in zip(methods, datas, recipes, logs, epoch_ends)]
     with contextlib.ExitStack() as features:
         for job in jobs:
             features.enter_context(job.method.training_features(job.data, job.recipe, device))
-        return run_loop(jobs, recipe, device, FusedModels.for_loop, resume=resume, execution=execution)
+        return run_loop(jobs, recipe, device, FusedModels.for_loop, resume=resume, numerics=numerics)

@@ -38,7 +38,7 @@ from ..models.backbones import BackboneSpec
 from ..data.cache import DecodedSplit
 from ..models.encoders import FrozenEncoder
 from ..core.errors import BenchmarkError
-from .execution import Execution
+from .numerics import Numerics
 from .features import FeatureCache
 from ..core.registry import Registry
 from .recipe import Recipe
@@ -92,7 +92,7 @@ def check_range(ok: bool, key: str, value: Any, rule: str) -> None:
 class Batch:
     """One training batch, as the shared loop hands it to `TrainedMethod.training_step`."""
 
-    images: torch.Tensor  # augmented, normalised, in the execution's memory layout, on the device
+    images: torch.Tensor  # augmented, normalised, in the numerics's memory layout, on the device
     labels: torch.Tensor  # the samples' current training labels (after any relabelling), on the device
     index: np.ndarray  # the samples' rows in the training split
     flips: torch.Tensor | None = None  # which samples the augmentation mirrored (None: not reported)
@@ -196,21 +196,21 @@ class Method(abc.ABC):
         if self.needs_encoder and components.encoder is None:
             raise BenchmarkError(f"method {self.name} needs a frozen encoder (protocol key `encoder`)")
 
-    def place(self, device: torch.device, execution: Execution | None = None) -> None:
+    def place(self, device: torch.device, numerics: Numerics | None = None) -> None:
         """Where and how this method computes (default: the "auto" precision on `device`)."""
         self.device = device
-        self.execution = execution or Execution.resolve(device)
+        self.numerics = numerics or Numerics.resolve(device)
 
     def encoder_dtype(self) -> torch.dtype:
-        """The frozen encoder's dtype: the execution's (CLIP in fp16 on CUDA under "auto"), but
+        """The frozen encoder's dtype: the numerics's (CLIP in fp16 on CUDA under "auto"), but
         fp32 under "auto" for a method whose authors' code casts CLIP to fp32 (`clip_fp32`)."""
-        if self.clip_fp32 and self.execution.precision == "auto":
+        if self.clip_fp32 and self.numerics.precision == "auto":
             return torch.float32
-        return self.execution.encoder_dtype_for(self.components.encoder.is_clip)
+        return self.numerics.encoder_dtype_for(self.components.encoder.is_clip)
 
     def placed_encoder(self) -> FrozenEncoder:
         """The frozen encoder on this method's device, in `encoder_dtype()`."""
-        return self.components.encoder.to_device(self.execution.device, self.encoder_dtype())
+        return self.components.encoder.to_device(self.numerics.device, self.encoder_dtype())
 
     @abc.abstractmethod
     def fit(self, train_data: DecodedSplit, *, recipe: Recipe, device: torch.device, log: RunLog,

@@ -32,7 +32,7 @@ from .augment import PAPER, AugmentSpec
 from ..models.backbones import Backbone, build_backbone
 from ..data.cache import DecodedSplit
 from ..core.errors import BenchmarkError
-from .execution import Execution
+from .numerics import Numerics
 from .method import BaseHparams, Batch, Components, EpochEnd, Method, OptimizerSettings, Relabel, RunLog
 from .recipe import Recipe
 from .resume import ResumePoint
@@ -118,19 +118,19 @@ class TrainedMethod(Method):
         return {}
 
     # -- shared plumbing ----------------------------------------------------------------------
-    def build(self, device: torch.device, input_size: int = 224, execution: Execution | None = None,
+    def build(self, device: torch.device, input_size: int = 224, numerics: Numerics | None = None,
               seed: int = 0) -> None:
-        """Fresh trainable modules on `device`, laid out and compiled as `execution` says (default:
+        """Fresh trainable modules on `device`, laid out and compiled as `numerics` says (default:
         the "auto" precision, contiguous layout, no compilation); the method's own random draws
         seeded from the job's seed."""
-        self.place(device, execution)
+        self.place(device, numerics)
         self.input_size = input_size
         self.rng = random.Random(seed + 2)
-        self.model = self.execution.prepare(self.make_model().to(device))
-        if self.execution.compile:
+        self.model = self.numerics.prepare(self.make_model().to(device))
+        if self.numerics.compile:
             for module in self.model.modules():
                 if isinstance(module, Backbone):
-                    module.compile(mode=self.execution.compile)  # in place: state_dict keys stay as they are
+                    module.compile(mode=self.numerics.compile)  # in place: state_dict keys stay as they are
         if self.components.encoder is not None:
             self.placed_encoder()
 
@@ -174,7 +174,7 @@ class TrainedMethod(Method):
                                      "which only the cache data path reports; use recipe.data_path = 'cache'")
             # Faster but different: encoder features of the un-augmented image and of its mirror,
             # computed once; training then sees no noise or erasing on the encoder branch.
-            self.place(device, Execution.from_recipe(device, recipe))
+            self.place(device, Numerics.from_recipe(device, recipe))
             encoder, cache = self.placed_encoder(), self.components.features
             self._train_features = (cache.get(encoder, train_data, device),
                                     cache.get(encoder, train_data, device, flipped=True))
@@ -194,7 +194,7 @@ class TrainedMethod(Method):
         was_training = self.model.training
         self.model.eval()
         try:
-            return predict_batches(data, self.execution, self.eval_batch_size,
+            return predict_batches(data, self.numerics, self.eval_batch_size,
                                    lambda x, rows: self.logits(x, rows, data))
         finally:
             self.model.train(was_training)
@@ -222,9 +222,9 @@ class TrainedMethod(Method):
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "hparams": dataclasses.asdict(self.hparams),
-                "input_size": self.input_size, "precision": self.execution.precision}
+                "input_size": self.input_size, "precision": self.numerics.precision}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device | None = None) -> None:
         device = device or self.device
-        self.build(device, state.get("input_size", 224), Execution.resolve(device, state.get("precision", "auto")))
+        self.build(device, state.get("input_size", 224), Numerics.resolve(device, state.get("precision", "auto")))
         self.model.load_state_dict(state["model"])

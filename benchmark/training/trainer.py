@@ -35,7 +35,7 @@ from .augment import AugmentSpec, augment, normalize
 from ..data.cache import DecodedSplit
 from ..core import interrupt
 from ..core.errors import BenchmarkError
-from .execution import Execution, host_batch, to_device_batch
+from .numerics import Numerics, host_batch, to_device_batch
 from .extensions.step_monitor import TrainingDiverged
 from .method import Batch, EpochEnd, OptimizerSettings, Relabel, RunLog
 from .optimization import clip_gradients, optimizer_for, steps_per_step
@@ -54,7 +54,7 @@ class Trainable(Protocol):
     name: str
     augment_spec: AugmentSpec
 
-    def build(self, device: torch.device, input_size: int, execution: Execution, seed: int) -> None: ...
+    def build(self, device: torch.device, input_size: int, numerics: Numerics, seed: int) -> None: ...
 
     def param_groups(self) -> list[dict[str, Any]]: ...
 
@@ -205,7 +205,7 @@ class Loop:
     jobs: list[LoopJob]
     recipe: Recipe
     device: torch.device
-    execution: Execution
+    numerics: Numerics
     total_steps: int
     resume: ResumePoint | None = None
     validation: DecodedSplit | None = None
@@ -252,7 +252,7 @@ class Loop:
 
     def step_loss_parts(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One job's loss on `batch` (the method's, with every extension's term) and its parts."""
-        with self.execution.autocast():
+        with self.numerics.autocast():
             loss, parts = self.method.training_step(batch)
             for ext in self.extensions:
                 loss = ext.loss(self, batch, loss, parts)
@@ -265,7 +265,7 @@ class Loop:
               labels: np.ndarray | None = None) -> Batch:
         domains = None if job.data.domains is None else to_device_batch(job.data.domains[index], self.device)
         labels = job.labels if labels is None else labels
-        return job.method.with_extras(Batch(self.execution.layout(x), to_device_batch(labels[index], self.device),
+        return job.method.with_extras(Batch(self.numerics.layout(x), to_device_batch(labels[index], self.device),
                                             index, flips, domains))
 
     def fresh_batches(self, count: int):
@@ -311,13 +311,13 @@ def fit(method: Trainable, data: DecodedSplit, *, recipe: Recipe, device: torch.
         check_per_sample(data, method.augment_spec, method.name)
     job = LoopJob(method, data, recipe, log, epoch_end)
     run_loop([job], recipe, device, SingleModel, resume=resume, validation=validation,
-             execution=Execution.from_recipe(device, recipe))
+             numerics=Numerics.from_recipe(device, recipe))
     if job.error is not None:
         raise job.error
 
 
 def run_loop(jobs: list[LoopJob], recipe: Recipe, device: torch.device, learner: Callable[[Loop], Any], *,
-             execution: Execution, resume: ResumePoint | None = None,
+             numerics: Numerics, resume: ResumePoint | None = None,
              validation: DecodedSplit | None = None) -> list[BaseException | None]:
     """Train `jobs` (one, or a fused group sharing `recipe` but the seed) with `learner`; each
     job's error or None. A job whose loss diverged or whose evaluation failed stops alone."""
@@ -325,13 +325,13 @@ def run_loop(jobs: list[LoopJob], recipe: Recipe, device: torch.device, learner:
         torch.backends.cudnn.benchmark = recipe.cudnn_benchmark  # process-wide: jobs in a process run one by one
     for job in jobs:
         seed_everything(job.recipe.seed)  # each model initialised exactly as its job alone
-        job.method.build(device, job.recipe.input_size, execution, job.recipe.seed)
+        job.method.build(device, job.recipe.input_size, numerics, job.recipe.seed)
         job.labels = np.array(job.data.labels)
         job.gen = torch.Generator(device="cpu").manual_seed(job.recipe.seed)
         job.aug_gen = torch.Generator(device=device).manual_seed(job.recipe.seed + 1)
         job.resident = resident_split(job.data, job.recipe, device)
     batches_per_epoch = math.ceil((recipe.samples_per_epoch or len(jobs[0].data)) / recipe.batch_size)
-    loop = Loop(jobs, recipe, device, execution, batches_per_epoch * recipe.epochs, resume, validation)
+    loop = Loop(jobs, recipe, device, numerics, batches_per_epoch * recipe.epochs, resume, validation)
     loop.extensions = [cls(recipe) for cls in recipe.extensions()]
     if len(jobs) > 1:
         alone = [ext.name for ext in loop.extensions if not ext.fuses]
@@ -463,21 +463,21 @@ def evaluates_after(epoch: int, recipe: Recipe) -> bool:
 
 
 
-def eval_inputs(data: DecodedSplit, rows, execution: Execution) -> torch.Tensor:
+def eval_inputs(data: DecodedSplit, rows, numerics: Numerics) -> torch.Tensor:
     """Rows `rows` (a slice or indices) of `data` as the model's evaluation input: on the device,
-    normalised, in the execution's memory layout."""
-    return execution.layout(normalize(to_device_batch(data.read(rows), execution.device)))
+    normalised, in the numerics's memory layout."""
+    return numerics.layout(normalize(to_device_batch(data.read(rows), numerics.device)))
 
 
 @torch.no_grad()
-def predict_batches(data: DecodedSplit, execution: Execution, batch_size: int,
+def predict_batches(data: DecodedSplit, numerics: Numerics, batch_size: int,
                     logits_fn: Callable[[torch.Tensor, slice], torch.Tensor]) -> np.ndarray:
     """Softmax probabilities (N, C) over `data`, evaluated in order with the eval transform."""
     out = []
     for start in range(0, len(data), batch_size):
         rows = slice(start, min(len(data), start + batch_size))
-        x = eval_inputs(data, rows, execution)
-        with execution.autocast():
+        x = eval_inputs(data, rows, numerics)
+        with numerics.autocast():
             logits = logits_fn(x, rows)
         out.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(out).numpy()

@@ -83,14 +83,14 @@ class Adaptable:
             raise BenchmarkError(f"method {method.name}: no trained model to adapt")
         self.method = method
         self.model: nn.Module = method.model
-        self.execution = method.execution
+        self.numerics = method.numerics
         self.device = method.device
         self.num_classes = num_classes
         self.head: nn.Linear | None = None  # found by `find_head` on the first batch
         self.head_checked = False
 
     def logits(self, x: torch.Tensor, rows: torch.Tensor, data: DecodedSplit) -> torch.Tensor:
-        with self.execution.autocast():
+        with self.numerics.autocast():
             return full_precision(self.method.logits(x, rows, data))
 
     def logits_and_features(self, x: torch.Tensor, rows: torch.Tensor, data: DecodedSplit):
@@ -135,7 +135,7 @@ class Adaptable:
         """Rows `rows` of `data` as the model's eval input (the evaluator's transform)."""
         from ..training.trainer import eval_inputs
 
-        return eval_inputs(data, rows.numpy(), self.execution)
+        return eval_inputs(data, rows.numpy(), self.numerics)
 
     def norm_layers(self, norm_types: str) -> list[tuple[str, nn.Module]]:
         """The model's norm layers of the kinds `norm_types` names (NORM_TYPES), with their names."""

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.training.execution import Execution, host_batch, to_device_batch
+from benchmark.training.numerics import Numerics, host_batch, to_device_batch
 from benchmark.training.recipe import Recipe
 from benchmark.training.method import MemoryLog
 from benchmark.training.plugins import build_method, load_plugins
@@ -54,8 +54,8 @@ def test_every_method_trains_and_predicts_channels_last(name, precision, setting
     method, log, probs = fit_and_predict(name, components, splits, recipe(setting, precision=precision,
                                                                           channels_last=True))
     check_probs(probs, splits[1])
-    execution = method.execution
-    assert execution.precision == precision
+    numerics = method.numerics
+    assert numerics.precision == precision
     if isinstance(method, TrainedMethod):
         losses = log.series("train/loss")
         assert len(losses) == 1 and np.isfinite(losses[0])
@@ -67,7 +67,7 @@ def test_every_method_trains_and_predicts_channels_last(name, precision, setting
         expected = {"auto": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[precision]
         assert method.components.encoder.dtype == expected
     report(f"train_predict[{name}-{precision}]", seconds=time.perf_counter() - start,
-           autocast=str(execution.autocast_dtype), encoder_dtype=str(method.components.encoder.dtype))
+           autocast=str(numerics.autocast_dtype), encoder_dtype=str(method.components.encoder.dtype))
 
 
 def test_feature_cache_round_trips_each_encoder_dtype(setting, components, splits, report):
@@ -136,11 +136,11 @@ def test_the_same_job_twice_gives_the_same_predictions(setting, components, spli
 
 
 def test_execution_resolves_auto_for_this_device():
-    execution = Execution.resolve(DEVICE, "auto")
+    numerics = Numerics.resolve(DEVICE, "auto")
     if ON_CUDA:
-        assert execution.autocast_dtype is None and execution.encoder_dtype == torch.float16
+        assert numerics.autocast_dtype is None and numerics.encoder_dtype == torch.float16
     else:
-        assert execution.autocast_dtype is None and execution.encoder_dtype == torch.float32
+        assert numerics.autocast_dtype is None and numerics.encoder_dtype == torch.float32
 
 
 # Last: the slowest (compilation), so a time limit cuts these first.

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...models.backbone import Backbone
+from ...models.backbone_contract import Backbone
 from .base import TrainingExtension, register_extension
 
 

@@ -85,7 +85,7 @@ class TrainingExtension:
     @classmethod
     def identity(cls, recipe: Any) -> dict[str, Any]:
         """Its options in a job's identity: those set away from their default (so a job that does
-        not wear it hashes as before it existed), never the execution-only ones."""
+        not wear it hashes as before it existed), never the numerics-only ones."""
         defaults = cls.defaults()
         return {k: getattr(recipe, k) for k in defaults
                 if k not in cls.execution_only and getattr(recipe, k) != defaults[k]}

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ...core.errors import BenchmarkError
-from ...models.backbone import Backbone
+from ...models.backbone_contract import Backbone
 from .base import TrainingExtension, check, register_extension
 
 # Parameter names never decayed under no_decay_norms, besides 1-d tensors and biases (open_clip's

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ...core.errors import BenchmarkError
-from ...models.backbone import Backbone
+from ...models.backbone_contract import Backbone
 from .base import TrainingExtension, check, is_off, register_extension
 
 

@@ -1,4 +1,4 @@
-"""The execution policy (precision, layout, compilation) and the per-sample reference data path."""
+"""The numerics policy (precision, layout, compilation) and the per-sample reference data path."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmark.core.errors import BenchmarkError
-from benchmark.training.execution import Execution
+from benchmark.training.numerics import Numerics
 from benchmark.training.recipe import Recipe
 from benchmark.training.method import MemoryLog
 from benchmark.training.plugins import build_method
@@ -26,14 +26,14 @@ def fit_predict(name, studio, components, **recipe):
 
 
 def test_precision_policy_per_device():
-    cpu_auto = Execution.resolve(CPU)
+    cpu_auto = Numerics.resolve(CPU)
     assert cpu_auto.autocast_dtype is None and cpu_auto.encoder_dtype_for(True) == torch.float32
-    cuda_auto = Execution.resolve(torch.device("cuda"))  # the authors': trainable model fp32, CLIP fp16
+    cuda_auto = Numerics.resolve(torch.device("cuda"))  # the authors': trainable model fp32, CLIP fp16
     assert cuda_auto.autocast_dtype is None and cuda_auto.encoder_dtype_for(True) == torch.float16
     assert cuda_auto.encoder_dtype_for(False) == torch.float32  # torchvision encoders stay fp32
-    bf16 = Execution.resolve(CPU, "bf16")
+    bf16 = Numerics.resolve(CPU, "bf16")
     assert bf16.autocast_dtype == torch.bfloat16 and bf16.encoder_dtype_for(False) == torch.bfloat16
-    assert Execution.resolve(torch.device("cuda"), "fp32").autocast_dtype is None
+    assert Numerics.resolve(torch.device("cuda"), "fp32").autocast_dtype is None
     with pytest.raises(BenchmarkError, match="recipe.precision = 'fp16'"):
         Recipe(precision="fp16")
     with pytest.raises(BenchmarkError, match="recipe.data_path = 'disk'"):
@@ -63,7 +63,7 @@ def test_bf16_training_on_cpu_is_reproducible(studio, components):
     short = dict(precision="bf16", samples_per_epoch=96)
     try:
         method, first = fit_predict("cafe", studio, components, **short)
-        assert method.execution.autocast_dtype == torch.bfloat16 and components.encoder.dtype == torch.bfloat16
+        assert method.numerics.autocast_dtype == torch.bfloat16 and components.encoder.dtype == torch.bfloat16
         _, second = fit_predict("cafe", studio, components, **short)
     finally:
         components.encoder.to_device(CPU, torch.float32)  # the encoder is shared with other tests
@@ -76,13 +76,13 @@ def test_channels_last_changes_layout_not_predictions(studio, components):
     conv = next(m for m in method.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     contiguous = build_method("erm", components=components)
-    contiguous.load_state_dict(method.state_dict(), device=CPU)  # default execution: contiguous layout
+    contiguous.load_state_dict(method.state_dict(), device=CPU)  # default numerics: contiguous layout
     np.testing.assert_allclose(contiguous.predict(studio[1]), probs, atol=1e-4)
 
 
 def test_compile_wraps_the_backbone_in_place(components):
     method = build_method("erm", components=components)
-    method.build(CPU, SIZE, Execution.resolve(CPU, compile=True))
+    method.build(CPU, SIZE, Numerics.resolve(CPU, compile=True))
     assert getattr(method.model["backbone"], "_compiled_call_impl", None) is not None
     plain = build_method("erm", components=components)
     plain.build(CPU, SIZE)

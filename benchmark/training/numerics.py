@@ -27,7 +27,7 @@ from .recipe import PRECISIONS
 
 
 @dataclass(frozen=True)
-class Execution:
+class Numerics:
     device: torch.device
     precision: str = "fp32"  # the recipe's name for it ("auto" resolves per device)
     autocast_dtype: torch.dtype | None = None  # trainable model, in training and evaluation
@@ -38,7 +38,7 @@ class Execution:
 
     @classmethod
     def resolve(cls, device: torch.device, precision: str = "auto", channels_last: bool = False,
-                compile: bool | str = False) -> "Execution":
+                compile: bool | str = False) -> "Numerics":
         if compile is True:
             compile = "default"
         if precision not in PRECISIONS:
@@ -50,7 +50,7 @@ class Execution:
         return cls(device, precision, None, torch.float32, False, channels_last, compile)
 
     @classmethod
-    def from_recipe(cls, device: torch.device, recipe) -> "Execution":
+    def from_recipe(cls, device: torch.device, recipe) -> "Numerics":
         return cls.resolve(device, recipe.precision, recipe.channels_last,
                            recipe.compile and recipe.compile_mode)
 
