@@ -13,11 +13,11 @@ from benchmark.cli import main
 @pytest.mark.slow
 def test_perf_scale_trains_one_epoch_and_reports_memory(tmp_path, capsys):
     out = tmp_path / "scale.json"
-    assert main(["perf", "--quick", "--scale-images", "600", "--size", "24", "--json", str(out)]) == 0
+    assert main(["perf", "--quick", "--scale-images", "200", "--size", "24", "--json", str(out)]) == 0
     assert "peak resident memory" in capsys.readouterr().out
     scale = json.loads(out.read_text())["scale"]
-    assert scale["images"] == 600 and scale["size"] == 24
-    assert scale["cache_mb"] == 600 * 24 * 24 * 3 / 2**20
+    assert scale["images"] == 200 and scale["size"] == 24
+    assert scale["cache_mb"] == 200 * 24 * 24 * 3 / 2**20
     assert scale["epoch_s"] > 0 and scale["peak_rss_mb"] > 0 and scale["peak_rss_mb_build"] > 0
 
 

@@ -236,6 +236,8 @@ def test_options_hash_label_and_refusals():
 
 @pytest.mark.slow
 def test_a_grid_with_randconv_and_sd_shows_both_in_the_recipes_table(tmp_path, capsys):
+    """Both new recipes end to end (spectral decoupling's own end-to-end test merged here: the same
+    grid trains it, logs its penalty and shows its column)."""
     from benchmark.cli import main
 
     from .test_runner import finished_runs, write_protocol
@@ -251,6 +253,7 @@ def test_a_grid_with_randconv_and_sd_shows_both_in_the_recipes_table(tmp_path, c
     runs = finished_runs(uri)
     assert sorted(r.tags.get("dg_recipes") for r in runs) == ["", "", "randconv", "randconv", "sd", "sd"]
     assert all("train/randconv_consistency" in r.metrics for r in runs if r.tags.get("dg_recipes") == "randconv")
+    assert all("train/sd_penalty" in r.metrics for r in runs if r.tags.get("dg_recipes") == "sd")
     capsys.readouterr()
     out = tmp_path / "recipes.md"
     assert main(["table", "--protocol", "tiny", "--tracking-uri", uri, "--table", "recipes", "--out", str(out)]) == 0

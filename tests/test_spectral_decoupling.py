@@ -98,26 +98,3 @@ def test_every_method_that_declares_training_logits_records_them():
         batch = method.with_extras(Batch(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]), torch.arange(4).numpy()))
         method.training_step(batch)
         assert batch.outputs["logits"].shape == (4, 7), name
-
-
-@pytest.mark.slow
-def test_a_sweep_trains_erm_with_and_without_it_and_the_recipes_table_shows_both(tmp_path, capsys):
-    from benchmark.cli import main
-
-    from .test_runner import finished_runs, write_protocol
-    from .test_tables import markdown_rows
-
-    protocol = write_protocol(tmp_path, epochs=1)
-    uri = f"jsonl:{tmp_path}/runs"
-    assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm",
-                 "--sweep", "recipe.sd_reg=0,0.1"]) == 0
-    runs = finished_runs(uri)
-    assert sorted(r.tags.get("dg_recipes") for r in runs) == ["", "", "sd", "sd"]
-    penalised = [r for r in runs if r.tags.get("dg_recipes") == "sd"]
-    assert all("train/sd_penalty" in r.metrics for r in penalised)
-    capsys.readouterr()
-    out = tmp_path / "recipes.md"
-    assert main(["table", "--protocol", "tiny", "--tracking-uri", uri, "--table", "recipes", "--out", str(out)]) == 0
-    md = markdown_rows(out.read_text())
-    assert md[0] == ["Method", "none unseen", "none in-domain", "sd unseen", "sd in-domain"]
-    assert [r[0] for r in md[2:]][:1] == ["erm"]

@@ -50,13 +50,18 @@ def rendered_page(browser: str, url: str, wait_ms: int = 15000, width: int = 160
 
 
 @pytest.mark.slow
-def test_the_ui_opens_on_the_job_runs_with_their_accuracies(tmp_path):
+def test_the_ui_opens_on_the_job_runs_and_a_models_page_lists_its_adapted_and_slice_results(tmp_path):
+    """The jobs view, the Models view, and (after `benchmark adapt` and `benchmark evaluate` on a
+    slice) a trained model's page listing those evaluations' metrics beside its own."""
+    from benchmark.store import open_store, schema
+
     browser = chromium()
     protocol = write_protocol(tmp_path)
     uri = f"sqlite:///{tmp_path / 'store.db'}"
     assert main(["run", "--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm"]) == 0
     runs = finished_runs(uri)
     assert len(runs) == 2
+
     port = free_port()
     ui = start_ui(uri, port)
     try:
@@ -103,6 +108,30 @@ def test_the_ui_opens_on_the_job_runs_with_their_accuracies(tmp_path):
         assert "Dataset: synth5/" in text and "test/synth5.film/acc" in text
         for run in runs:
             assert str(run.metrics["test/synth5.film/acc"]) in text
+
+        # A trained model's page lists its adapted and slice evaluations (run while the UI is up: it
+        # reads the store live): each run by name, its value.
+        studio = ["--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm", "--sources", "synth5/studio"]
+        assert main(["adapt", *studio, "--tta", "norm"]) == 0
+        assert main(["evaluate", *studio, "--slices", "synth5/film:contrast@1"]) == 0
+        store = open_store(uri)
+        experiment = store.experiment("tiny")
+        evaluations = store.runs(experiment, kind=schema.TTA_KIND)
+        adapted = next(r for r in evaluations if r.tags[schema.TTA] == "norm" and r.tags[schema.TTA_TARGET] == "synth5/film")
+        sliced = next(r for r in evaluations if r.tags[schema.TTA_TARGET] == "synth5/film:contrast@1")
+        assert adapted.tags[schema.SOURCE_MODEL] == sliced.tags[schema.SOURCE_MODEL]
+        url = f"http://127.0.0.1:{port}/#/experiments/{experiment}/models/{adapted.tags[schema.SOURCE_MODEL]}"
+        shown = {adapted.tags["mlflow.runName"]: ("test/synth5.film/acc", adapted.metrics["test/synth5.film/acc"]),
+                 sliced.tags["mlflow.runName"]: ("test/synth5.film:contrast_at_1/acc",
+                                                 sliced.metrics["test/synth5.film:contrast_at_1/acc"])}
+        for budget in (15000, 45000):
+            page = rendered_page(browser, url, budget, width=2400)
+            if all(name in page for name in shown):
+                break
+        body = page[page.find("<body"):]
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<style.*?</style>", " ", body, flags=re.S)))
+        for name, (key, value) in shown.items():
+            assert name in text and key in text and str(value) in text, (name, key, text[:3000])
         stop_and_check_nothing_is_left(ui, port)
     finally:
         if ui.poll() is None:
@@ -134,39 +163,3 @@ def stop_and_check_nothing_is_left(ui: subprocess.Popen, port: int, group: bool 
         time.sleep(0.2)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2)
-
-
-@pytest.mark.slow
-def test_a_models_page_lists_its_results_adapted_at_test_time(tmp_path):
-    """After `benchmark adapt`, the trained model's page in the MLflow UI lists the adapted
-    evaluations' metrics beside its own: the TTA run by name, its accuracy on the target."""
-    from benchmark.store import open_store, schema
-
-    browser = chromium()
-    protocol = write_protocol(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'store.db'}"
-    base = ["--protocol", str(protocol), "--tracking-uri", uri, "--methods", "erm", "--sources", "synth5/studio"]
-    assert main(["run", *base]) == 0
-    assert main(["adapt", *base, "--tta", "norm"]) == 0
-    store = open_store(uri)
-    experiment = store.experiment("tiny")
-    adapted = next(r for r in store.runs(experiment, kind=schema.TTA_KIND) if r.tags[schema.TTA_TARGET] == "synth5/film")
-    model_id = adapted.tags[schema.SOURCE_MODEL]
-    port = free_port()
-    ui = start_ui(uri, port)
-    try:
-        ui.stdout.readline()
-        wait_until_healthy(f"http://127.0.0.1:{port}", ui, "the UI")
-        url = f"http://127.0.0.1:{port}/#/experiments/{experiment}/models/{model_id}"
-        name = adapted.tags["mlflow.runName"]
-        value = str(adapted.metrics["test/synth5.film/acc"])
-        for budget in (15000, 45000):
-            page = rendered_page(browser, url, budget, width=2400)
-            if name in page:
-                break
-        body = page[page.find("<body"):]
-        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<style.*?</style>", " ", body, flags=re.S)))
-        assert name in text and "test/synth5.film/acc" in text and value in text, text[:3000]
-    finally:
-        if ui.poll() is None:
-            os.killpg(ui.pid, signal.SIGKILL)

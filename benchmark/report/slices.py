@@ -101,8 +101,8 @@ def groups_table(results: pd.DataFrame, metric: str, methods: list[str]) -> list
             cells = [_cell(per_model[g].dropna()) for g in groups]
             cells += [_cell(complete.min(axis=1)), _cell(complete.max(axis=1) - complete.min(axis=1))]
             rows.append((method, cells))
-        table = Table(f"{base}: {attribute} groups — each group, the worst group, and the gap between the best and "
-                      "the worst group of each trained model", [*groups, "worst", "gap"], rows, bold=False)
+        table = Table(f"{base} by {attribute}: each group, the worst group, and the gap between the best and the "
+                      "worst group of each trained model", [*groups, "worst", "gap"], rows, bold=False)
         table.notes.append("Worst and gap per trained model (over the groups it was evaluated on, all of them), then "
                            "the mean over sources and seeds; ± 95% t-interval over seeds.")
         tables.append(table)
