@@ -584,6 +584,11 @@ def test_a_finished_job_is_evaluated_again_from_its_checkpoint_without_retrainin
     assert main(["evaluate", "--run", run.run_id, "--dataset", "synth5/wild", "--option", "scale=0.03",
                  "--tracking-uri", uri, "--log"]) == 0
     assert "test/synth5.wild/acc" in open_store(uri).run(run.run_id).metrics
+    capsys.readouterr()
+    # A slice of a dataset, its reader options given as for the dataset (they are its dataset's)
+    assert main(["evaluate", "--run", run.run_id, "--dataset", "synth5/film:pose30", "--option", "scale=0.05",
+                 "--tracking-uri", uri]) == 0
+    assert "on synth5/film:pose30 test, " in capsys.readouterr().out
     assert main(["evaluate", "--run", "nope", "--dataset", "synth5/wild", "--tracking-uri", uri]) == 2
     assert "no run 'nope'" in capsys.readouterr().err
 

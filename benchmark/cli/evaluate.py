@@ -54,8 +54,10 @@ def _evaluate_run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:  # the run's model's checkpoint, or the run's own (older stores)
         method, spec = checkpoint.load(store.checkpoint(args.run, Path(tmp)), device)
+    from ..data.slices import base_dataset
+
     plan = DataPlan(args.data_root, parse_assignments(args.dataset_path, "--dataset-path"),
-                    {args.dataset: parse_assignments(args.option, "--option")})
+                    {base_dataset(args.dataset): parse_assignments(args.option, "--option")})  # a slice: its dataset's
     data = decode_split(plan.samples(args.dataset, args.split), spec["input_size"])
     ev = evaluate(data.labels, probs=method.predict(data))
     print(f"{spec['method']} trained on {run.tags.get(schema.SOURCE)} (seed {run.tags.get(schema.SEED)}, run {args.run}) "
